@@ -1,0 +1,246 @@
+"""The evaluator: accuracy of a model on a split, with the data resident on the device.
+
+An episode's cost is the cost of its evaluations, so the evaluator keeps the split on the
+device as ready tensors (decoded once, no DataLoader per step), runs in ``inference_mode`` with
+large batches, and on CUDA uses ``channels_last`` and bf16/fp16 autocast.
+
+Activation cache: many models are a chain of stages (stem, residual blocks, head). Layers are
+pruned in forward order, so when layer *t* in stage *s* changes, every stage before *s* is
+unchanged since the last evaluation, and the input of stage *s* can be reused. The evaluator
+keeps the input of one stage (the one the next changed layer lives in); the caller tells it
+which stage changed (:meth:`Evaluator.mark_changed`) and the cache is dropped whenever a stage
+before it changes, so results stay exactly those of a full forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+#: A split given as ready tensors, a dataset of (input, label) pairs, or a DataLoader.
+DataLike = tuple[Tensor, Tensor] | Dataset | DataLoader
+
+#: Datasets up to this many samples are decoded once and kept on the device.
+MAX_RESIDENT_SAMPLES = 20_000
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` is CUDA when present, else the CPU; anything else is passed to ``torch.device``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asked for CUDA, but no GPU is visible: use device='cpu' or 'auto'")
+    return resolved
+
+
+def as_tensors(data: DataLike, batch_size: int = 512, num_workers: int = 0) -> tuple[Tensor, Tensor]:
+    """Decode a split once into ``(inputs, labels)`` CPU tensors."""
+    if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        inputs, labels = data
+        if len(inputs) != len(labels):
+            raise ValueError(f"inputs and labels differ in length: {len(inputs)} vs {len(labels)}")
+        return inputs, labels.long()
+    if isinstance(data, Dataset):
+        data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    if not isinstance(data, DataLoader):
+        raise ValueError(
+            "data must be an (inputs, labels) tuple of tensors, a Dataset of (input, label) pairs "
+            f"or a DataLoader, got {type(data).__name__}"
+        )
+    xs, ys = [], []
+    for batch in data:
+        xs.append(torch.as_tensor(batch[0]))
+        ys.append(torch.as_tensor(batch[1]))
+    if not xs:
+        raise ValueError("the split is empty: it needs at least one sample")
+    return torch.cat(xs), torch.cat(ys).long()
+
+
+def model_stages(model: nn.Module) -> list[nn.Module] | None:
+    """Modules whose composition in order equals ``model.forward``, or None if not known.
+
+    Known: models with a ``stages()`` method (this package's CIFAR models), ``nn.Sequential``,
+    torchvision's ResNets and MobileNet-V2.
+    """
+    if callable(getattr(model, "stages", None)):
+        return list(model.stages())
+    if isinstance(model, nn.Sequential):
+        return list(model)
+    from torchvision.models import MobileNetV2, ResNet
+
+    if type(model) is ResNet:
+        stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+        blocks = [*model.layer1, *model.layer2, *model.layer3, *model.layer4]
+        return [stem, *blocks, nn.Sequential(model.avgpool, nn.Flatten(1), model.fc)]
+    if type(model) is MobileNetV2:
+        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier)
+        return [*model.features, head]
+    return None
+
+
+def stage_of_modules(stages: Sequence[nn.Module], modules: Sequence[nn.Module]) -> list[int]:
+    """For each module, the index of the stage that contains it."""
+    owner: dict[int, int] = {}
+    for index, stage in enumerate(stages):
+        for sub in stage.modules():
+            owner.setdefault(id(sub), index)
+    missing = [m for m in modules if id(m) not in owner]
+    if missing:
+        raise ValueError(f"{len(missing)} prunable module(s) are not inside any stage")
+    return [owner[id(m)] for m in modules]
+
+
+class Evaluator:
+    """Top-1 accuracy of ``model`` on one split, fast and exact.
+
+    Args:
+        model: the model, already on ``device`` and in eval mode.
+        data: the split (see :data:`DataLike`).
+        device: where to evaluate.
+        batch_size: evaluation batch size (large: no gradients are kept).
+        amp: bf16 (or fp16) autocast on CUDA; ignored on the CPU.
+        channels_last: channels-last memory format on CUDA for 4-D inputs.
+        cache_activations: reuse the input of the first changed stage (see module docstring).
+        resident: keep the split on the device; None decides by size (MAX_RESIDENT_SAMPLES).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataLike,
+        device: torch.device | str = "cpu",
+        batch_size: int = 1024,
+        amp: bool = True,
+        channels_last: bool = True,
+        cache_activations: bool = True,
+        resident: bool | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        on_cuda = self.device.type == "cuda"
+        self.amp_dtype: torch.dtype | None = None
+        if amp and on_cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if resident is None:
+            resident = not isinstance(data, Dataset | DataLoader) or _length(data) <= MAX_RESIDENT_SAMPLES
+        self.loader: DataLoader | None = None
+        self.batches: list[tuple[Tensor, Tensor]] = []
+        if resident:
+            inputs, labels = as_tensors(data, num_workers=num_workers)
+            self.channels_last = channels_last and on_cuda and inputs.dim() == 4
+            inputs = inputs.to(self.device, non_blocking=True)
+            if self.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(self.device, non_blocking=True)
+            self.batches = list(zip(inputs.split(self.batch_size), labels.split(self.batch_size)))
+            self.num_samples = len(labels)
+        else:
+            dataset = data.dataset if isinstance(data, DataLoader) else data
+            self.loader = DataLoader(
+                dataset, batch_size=self.batch_size, shuffle=False, num_workers=num_workers,
+                pin_memory=on_cuda,
+            )
+            self.channels_last = channels_last and on_cuda
+            self.num_samples = len(dataset)
+        if self.num_samples == 0:
+            raise ValueError("the split is empty: it needs at least one sample")
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.stages = model_stages(model) if cache_activations and resident else None
+        self._cached_stage: int | None = None
+        self._cache: list[Tensor] = []
+
+    # -- cache bookkeeping -----------------------------------------------------------------
+
+    def mark_changed(self, stage: int = 0) -> None:
+        """Tell the evaluator that weights in ``stage`` changed (0: anything, e.g. a reset)."""
+        if self._cached_stage is not None and stage < self._cached_stage:
+            self._cached_stage = None
+            self._cache = []
+
+    @property
+    def cached_stage(self) -> int | None:
+        return self._cached_stage
+
+    # -- evaluation ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def accuracy(self, from_stage: int = 0, keep_stage: int | None = None) -> float:
+        """Top-1 accuracy in [0, 1].
+
+        ``from_stage`` is the first stage that changed since the last call (resume from the
+        cache if it holds that stage's input); ``keep_stage`` is the stage whose input should be
+        cached for the next call (the stage of the next layer to change).
+        """
+        if self.loader is not None:
+            return self._accuracy_streamed()
+        if self.stages is None:
+            return self._count(self._logits(x) for x, _ in self.batches)
+        start = from_stage if self._cached_stage == from_stage else 0
+        keep = keep_stage if keep_stage is not None and keep_stage >= start else None
+        correct = 0
+        new_cache: list[Tensor] = []
+        for index, (x, y) in enumerate(self.batches):
+            h = self._cache[index] if start > 0 else x
+            with self._autocast():
+                for stage_index in range(start, len(self.stages)):
+                    if stage_index == keep:
+                        new_cache.append(h)
+                    h = self.stages[stage_index](h)
+            correct += int((h.argmax(1) == y).sum())
+        if keep is not None:
+            self._cached_stage, self._cache = keep, new_cache
+        return correct / self.num_samples
+
+    @torch.inference_mode()
+    def logits(self) -> Tensor:
+        """Full-forward logits for the whole split (float32), for tests and analysis."""
+        if self.loader is not None:
+            return torch.cat([self._logits(x.to(self.device)).float() for x, _ in self.loader])
+        return torch.cat([self._logits(x).float() for x, _ in self.batches])
+
+    def _count(self, logits_iter) -> float:
+        correct = sum(int((logits.argmax(1) == y).sum()) for logits, (_, y) in zip(logits_iter, self.batches))
+        return correct / self.num_samples
+
+    def _accuracy_streamed(self) -> float:
+        correct = 0
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            correct += int((self._logits(x).argmax(1).cpu() == y).sum())
+        return correct / self.num_samples
+
+    def _logits(self, x: Tensor) -> Tensor:
+        with self._autocast():
+            return self.model(x)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
+def _length(data: Dataset | DataLoader) -> int:
+    return len(data.dataset if isinstance(data, DataLoader) else data)
+
+
+def evaluate_accuracy(
+    model: nn.Module, data: DataLike, device: torch.device | str = "auto", batch_size: int = 1024, amp: bool = True
+) -> float:
+    """One-off top-1 accuracy of ``model`` on ``data`` (moves the model to ``device``)."""
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    return Evaluator(model, data, device, batch_size=batch_size, amp=amp, cache_activations=False).accuracy()

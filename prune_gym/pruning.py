@@ -1,0 +1,451 @@
+"""The pruning engine: prunable-layer discovery, masks, magnitude pruning and accounting.
+
+Conventions, as in ``torch.nn.utils.prune``: a mask is a boolean tensor of the weight's shape
+with ``True`` for a weight that is *kept*; masks are kept apart from the weights, and applying
+one is an in-place multiply on the weight's device. Every Conv (1d/2d/3d, depthwise included)
+and Linear weight is prunable; biases and normalisation layers never are.
+
+Exact counts: pruning to sparsity ``s`` removes exactly ``round(s * n)`` weights, the smallest
+by magnitude; among weights of equal magnitude at the threshold, those with the lower flat
+index go first, so the result never depends on the backend's sort.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+LayerKind = Literal["conv", "depthwise", "linear"]
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+#: Minimum Threshold default of the Global MP paper: every layer keeps at least 0.05% of all
+#: prunable weights of the network.
+DEFAULT_MIN_THRESHOLD = 0.0005
+
+
+@dataclass(frozen=True, eq=False)
+class PrunableLayer:
+    """One prunable weight: the module that owns it and its qualified name in the model."""
+
+    name: str
+    module: nn.Module
+
+    @property
+    def weight(self) -> Tensor:
+        return self.module.weight
+
+    @property
+    def numel(self) -> int:
+        return self.module.weight.numel()
+
+    @property
+    def kind(self) -> LayerKind:
+        module = self.module
+        if isinstance(module, nn.Linear):
+            return "linear"
+        groups = getattr(module, "groups", 1)
+        if groups > 1 and groups == module.in_channels:
+            return "depthwise"
+        return "conv"
+
+
+def find_prunable_layers(
+    model: nn.Module,
+    example_input: Tensor | None = None,
+    exclude_names: Iterable[str] = (),
+    exclude_types: Iterable[type[nn.Module]] = (),
+) -> list[PrunableLayer]:
+    """Return the prunable layers of ``model`` in forward order.
+
+    Args:
+        model: any module; every Conv1d/2d/3d and Linear submodule is a candidate.
+        example_input: if given, one forward pass records the order in which layers are first
+            called (needed when a model's ``forward`` uses its modules in another order than it
+            registers them). Otherwise registration order is used, which is forward order for
+            ``nn.Sequential`` models, torchvision classifiers and every model of this package.
+        exclude_names: shell-style patterns (``fnmatch``) of qualified module names to skip,
+            e.g. ``["fc", "layer4.*"]``.
+        exclude_types: module types to skip, e.g. ``[nn.Linear]``.
+
+    Raises:
+        ValueError: if no prunable layer remains.
+    """
+    patterns = list(exclude_names)
+    skip_types = tuple(exclude_types)
+    layers = [
+        PrunableLayer(name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, PRUNABLE_TYPES)
+        and not (skip_types and isinstance(module, skip_types))
+        and not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    ]
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no prunable layer (Conv1d/Conv2d/Conv3d/Linear)"
+            + (f" left after excluding names {patterns} and types {skip_types}" if patterns or skip_types else "")
+            + ": pass a model that has one, or exclude fewer layers."
+        )
+    if example_input is not None:
+        layers = _in_forward_order(model, layers, example_input)
+    return layers
+
+
+def _in_forward_order(model: nn.Module, layers: list[PrunableLayer], example_input: Tensor) -> list[PrunableLayer]:
+    first_call: dict[str, int] = {}
+    handles = []
+    for layer in layers:
+        def hook(_module, _args, _output, name=layer.name):
+            first_call.setdefault(name, len(first_call))
+        handles.append(layer.module.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # Layers never called in forward keep their registration order, after the called ones.
+    return sorted(layers, key=lambda layer: first_call.get(layer.name, len(layers) + layers.index(layer)))
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
+    """Return ``sparsity`` as a float, or raise ValueError unless it is a number in [0, 1)."""
+    try:
+        value = float(sparsity)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1), got {sparsity!r}") from None
+    if not (0.0 <= value < 1.0):  # also rejects NaN
+        raise ValueError(
+            f"{name} must be in [0, 1) (1.0 would empty a layer), got {sparsity!r}"
+        )
+    return value
+
+
+def check_finite(weight: Tensor, name: str) -> None:
+    """Raise ValueError if ``weight`` holds NaN or inf: magnitudes would be meaningless."""
+    if not torch.isfinite(weight).all():
+        raise ValueError(
+            f"layer {name!r} has NaN or inf weights: load a trained, finite checkpoint before pruning."
+        )
+
+
+def check_mask(mask: Tensor, weight: Tensor, name: str) -> Tensor:
+    """Return ``mask`` as a bool tensor on ``weight``'s device, or raise a ValueError naming the layer."""
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"mask for layer {name!r} must be a tensor, got {type(mask).__name__}")
+    if mask.shape != weight.shape:
+        raise ValueError(
+            f"mask for layer {name!r} has shape {tuple(mask.shape)}, but the weight has shape "
+            f"{tuple(weight.shape)}"
+        )
+    return mask.to(device=weight.device, dtype=torch.bool)
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+
+
+def _remove_smallest(scores: Tensor, count: int) -> Tensor:
+    """Keep-mask (flat, bool) that removes exactly ``count`` smallest ``scores``.
+
+    Ties at the threshold are broken by flat index (lower index removed first).
+    """
+    total = scores.numel()
+    if count <= 0:
+        return torch.ones(total, dtype=torch.bool, device=scores.device)
+    if count >= total:
+        return torch.zeros(total, dtype=torch.bool, device=scores.device)
+    threshold = torch.kthvalue(scores, count).values
+    remove = scores < threshold
+    missing = count - int(remove.sum())
+    if missing > 0:
+        ties = torch.nonzero(scores == threshold).flatten()[:missing]
+        remove[ties] = True
+    return ~remove
+
+
+def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
+    """Mask removing exactly ``round(sparsity * weight.numel())`` smallest-magnitude weights."""
+    sparsity = check_sparsity(sparsity)
+    count = round(sparsity * weight.numel())
+    keep = _remove_smallest(weight.detach().abs().flatten().float(), count)
+    return keep.view_as(weight)
+
+
+def keep_top_mask(weight: Tensor, keep: int) -> Tensor:
+    """Mask keeping exactly the ``keep`` largest-magnitude weights (ties as in magnitude_mask)."""
+    flat = weight.detach().abs().flatten().float()
+    return _remove_smallest(flat, flat.numel() - keep).view_as(weight)
+
+
+def _flat_scores(weights: Sequence[Tensor]) -> Tensor:
+    return torch.cat([w.detach().abs().flatten().float() for w in weights])
+
+
+def _split(flat: Tensor, weights: Sequence[Tensor]) -> list[Tensor]:
+    return [part.view_as(w) for part, w in zip(flat.split([w.numel() for w in weights]), weights)]
+
+
+def minimum_keep(weights: Sequence[Tensor], min_threshold: float) -> int:
+    """Number of weights every layer keeps under Minimum Threshold ``min_threshold``.
+
+    ``min_threshold`` is a fraction of all prunable weights of the network (0.0005 = 0.05%).
+    """
+    if not (0.0 <= float(min_threshold) < 1.0):
+        raise ValueError(f"min_threshold must be a fraction in [0, 1), got {min_threshold!r}")
+    return math.ceil(float(min_threshold) * sum(w.numel() for w in weights))
+
+
+def global_magnitude_masks(
+    weights: Sequence[Tensor], sparsity: float, min_threshold: float | None = None
+) -> list[Tensor]:
+    """Global Magnitude Pruning: one magnitude threshold for all ``weights`` together.
+
+    Removes exactly ``round(sparsity * N)`` weights of the ``N`` in all layers, the smallest by
+    magnitude across the whole network (as ``torch.nn.utils.prune.global_unstructured`` with
+    ``L1Unstructured`` does).
+
+    Minimum Threshold (MT, Gupta et al. 2022): with ``min_threshold=m``, every layer keeps at
+    least ``k = ceil(m * N)`` weights (all of them if it has fewer). The algorithm:
+
+    1. Compute the global-threshold masks over the layers that are not yet fixed, with the
+       pruning budget that remains for them.
+    2. Every layer that now keeps fewer than ``min(k, n_layer)`` weights is fixed at exactly
+       that many (its largest-magnitude weights) and leaves the pool; the budget it no longer
+       takes is shared by the others, whose sparsities therefore rise.
+    3. Repeat until no layer falls below the minimum. Each round fixes at least one layer, so it
+       ends after at most as many rounds as there are layers, and the overall target is met
+       exactly.
+
+    Raises:
+        ValueError: for a sparsity outside [0, 1), NaN/inf weights, or a target that the
+            minimum makes unreachable (the message gives the highest reachable sparsity).
+    """
+    sparsity = check_sparsity(sparsity)
+    if not weights:
+        raise ValueError("global_magnitude_masks needs at least one weight tensor")
+    for index, weight in enumerate(weights):
+        check_finite(weight, f"#{index}")
+    total = sum(w.numel() for w in weights)
+    to_remove = round(sparsity * total)
+    if not min_threshold:
+        return _split(_remove_smallest(_flat_scores(weights), to_remove), weights)
+
+    floor = minimum_keep(weights, min_threshold)
+    floors = [min(floor, w.numel()) for w in weights]
+    if sum(floors) > total - to_remove:
+        reachable = 1.0 - sum(floors) / total
+        raise ValueError(
+            f"target sparsity {sparsity} is unreachable with min_threshold={min_threshold}: every "
+            f"layer must keep {floor} weights, so at most {reachable:.4f} sparsity is possible. "
+            f"Lower the target or the min_threshold."
+        )
+    fixed: dict[int, int] = {}
+    while True:
+        free = [i for i in range(len(weights)) if i not in fixed]
+        free_total = sum(weights[i].numel() for i in free)
+        free_keep = total - to_remove - sum(fixed.values())
+        free_weights = [weights[i] for i in free]
+        free_masks = _split(_remove_smallest(_flat_scores(free_weights), free_total - free_keep), free_weights)
+        below = [i for i, mask in zip(free, free_masks) if int(mask.sum()) < floors[i]]
+        if not below:
+            break
+        for i in below:
+            fixed[i] = floors[i]
+    masks: list[Tensor] = [None] * len(weights)  # type: ignore[list-item]
+    for i, mask in zip(free, free_masks):
+        masks[i] = mask
+    for i, keep in fixed.items():
+        masks[i] = keep_top_mask(weights[i], keep)
+    return masks
+
+
+def uniform_magnitude_masks(weights: Sequence[Tensor], sparsity: float) -> list[Tensor]:
+    """Magnitude pruning at the same sparsity in every layer (a baseline)."""
+    return [magnitude_mask(w, sparsity) for w in weights]
+
+
+def random_masks(
+    weights: Sequence[Tensor], sparsity: float, generator: torch.Generator | None = None
+) -> list[Tensor]:
+    """Random pruning: exactly ``round(sparsity * n)`` weights of each layer, chosen at random."""
+    sparsity = check_sparsity(sparsity)
+    masks = []
+    for w in weights:
+        scores = torch.rand(w.numel(), generator=generator).to(w.device)
+        masks.append(_remove_smallest(scores, round(sparsity * w.numel())).view_as(w))
+    return masks
+
+
+def mask_sparsity(mask: Tensor) -> float:
+    """Fraction of weights a mask removes."""
+    return 1.0 - int(mask.sum()) / mask.numel()
+
+
+def global_magnitude_sparsities(
+    weights: Sequence[Tensor], sparsity: float, min_threshold: float | None = None
+) -> list[float]:
+    """Per-layer sparsities that Global MP (optionally with Minimum Threshold) gives ``weights``."""
+    return [mask_sparsity(m) for m in global_magnitude_masks(weights, sparsity, min_threshold)]
+
+
+# --------------------------------------------------------------------------------------------
+# Masked model state
+
+
+class PruningState:
+    """The prunable layers of a model, a device copy of their dense weights, and their masks.
+
+    All pruning is done in place on the weights' device: a layer's weight is always
+    ``dense * mask``, so pruning a layer again starts from its dense weights, and ``restore()``
+    puts every weight back bit for bit. Build it after moving the model to its device.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[PrunableLayer] | None = None) -> None:
+        self.model = model
+        self.layers: list[PrunableLayer] = list(layers) if layers is not None else find_prunable_layers(model)
+        for layer in self.layers:
+            check_finite(layer.weight, layer.name)
+        self.dense: list[Tensor] = [layer.weight.detach().clone() for layer in self.layers]
+        self.masks: list[Tensor] = [torch.ones_like(w, dtype=torch.bool) for w in self.dense]
+        self.index = {layer.name: i for i, layer in enumerate(self.layers)}
+
+    @property
+    def numels(self) -> list[int]:
+        return [w.numel() for w in self.dense]
+
+    @property
+    def total(self) -> int:
+        return sum(self.numels)
+
+    @torch.no_grad()
+    def set_mask(self, i: int, mask: Tensor) -> None:
+        """Prune layer ``i`` with ``mask`` (validated before anything changes)."""
+        mask = check_mask(mask, self.dense[i], self.layers[i].name)
+        torch.mul(self.dense[i], mask, out=self.layers[i].weight.data)
+        self.masks[i] = mask
+
+    def set_masks(self, masks: Sequence[Tensor]) -> None:
+        """Prune every layer; all masks are validated before any weight changes."""
+        if len(masks) != len(self.layers):
+            raise ValueError(f"expected {len(self.layers)} masks (one per prunable layer), got {len(masks)}")
+        checked = [check_mask(m, w, layer.name) for m, w, layer in zip(masks, self.dense, self.layers)]
+        for i, mask in enumerate(checked):
+            self.set_mask(i, mask)
+
+    def prune_layer(self, i: int, sparsity: float) -> Tensor:
+        """Magnitude-prune layer ``i`` (from its dense weights) to exactly ``sparsity``."""
+        mask = magnitude_mask(self.dense[i], sparsity)
+        self.set_mask(i, mask)
+        return mask
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the dense weights back, bit for bit, and clear every mask."""
+        for layer, dense, mask in zip(self.layers, self.dense, self.masks):
+            layer.weight.data.copy_(dense)
+            mask.fill_(True)
+
+    def sparsities(self) -> list[float]:
+        return [mask_sparsity(m) for m in self.masks]
+
+    def pruned_count(self) -> int:
+        return sum(m.numel() - int(m.sum()) for m in self.masks)
+
+    def overall_sparsity(self) -> float:
+        """Fraction of all prunable weights removed."""
+        return self.pruned_count() / self.total
+
+
+# --------------------------------------------------------------------------------------------
+# Accounting
+
+
+def layer_flops(model: nn.Module, example_input: Tensor, layers: Sequence[PrunableLayer]) -> list[int]:
+    """Dense FLOPs of each prunable layer for one forward pass of ``example_input``.
+
+    Counted by ``torch.utils.flop_counter`` (one multiply-accumulate = 2 FLOPs); a layer called
+    several times in one forward (a recurrent cell) is counted for every call. Divide by the
+    batch size of ``example_input`` for per-sample figures.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    per_layer = dict.fromkeys((layer.name for layer in layers), 0)
+    module_to_name = {id(layer.module): layer.name for layer in layers}
+    handles = []
+    counter = FlopCounterMode(display=False)
+
+    # Count each layer's own ops by diffing the counter's running total around its forward.
+    def pre_hook(module, _args):
+        module._prune_gym_flops_before = _total_flops(counter)
+
+    def post_hook(module, _args, _output):
+        per_layer[module_to_name[id(module)]] += _total_flops(counter) - module._prune_gym_flops_before
+        del module._prune_gym_flops_before
+
+    for layer in layers:
+        handles.append(layer.module.register_forward_pre_hook(pre_hook))
+        handles.append(layer.module.register_forward_hook(post_hook))
+    try:
+        with counter, torch.inference_mode():
+            model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [per_layer[layer.name] for layer in layers]
+
+
+def _total_flops(counter) -> int:
+    return int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """Parameter and FLOPs accounting of a (possibly pruned) model."""
+
+    total_params: int
+    prunable_params: int
+    remaining_params: int
+    dense_flops: int
+    remaining_flops: int
+
+    @property
+    def param_sparsity(self) -> float:
+        """Fraction of prunable weights removed."""
+        return 1.0 - (self.remaining_params - (self.total_params - self.prunable_params)) / self.prunable_params
+
+    @property
+    def flops_reduction(self) -> float:
+        """Fraction of the prunable layers' FLOPs removed (unstructured: FLOPs x density)."""
+        return 1.0 - self.remaining_flops / self.dense_flops if self.dense_flops else 0.0
+
+
+def accounting(
+    model: nn.Module, layers: Sequence[PrunableLayer], masks: Sequence[Tensor], flops: Sequence[int]
+) -> Accounting:
+    """Parameter counts and FLOPs, dense and after pruning with ``masks``.
+
+    ``flops`` are the dense per-layer FLOPs (``layer_flops``); a pruned layer's FLOPs are its
+    dense FLOPs times its density, the unstructured-sparsity convention.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    prunable = sum(layer.numel for layer in layers)
+    kept = sum(int(m.sum()) for m in masks)
+    remaining_flops = sum(f * int(m.sum()) / m.numel() for f, m in zip(flops, masks))
+    return Accounting(
+        total_params=total,
+        prunable_params=prunable,
+        remaining_params=total - prunable + kept,
+        dense_flops=int(sum(flops)),
+        remaining_flops=round(remaining_flops),
+    )

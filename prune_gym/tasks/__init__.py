@@ -1,0 +1,58 @@
+"""Tasks: what an environment prunes (a model builder, trained weights, fixed data splits).
+
+``TASKS`` maps each task name to its :class:`Task`; ``get_task`` accepts a task name or an
+env id.
+"""
+
+from __future__ import annotations
+
+from prune_gym.tasks.base import (
+    Availability,
+    MissingResourceError,
+    Splits,
+    Task,
+    atomic_save,
+    cache_dir,
+)
+from prune_gym.tasks.digits import DigitsTask
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add ``task`` to ``TASKS`` (its name and env id must be new)."""
+    if task.name in TASKS or any(t.env_id == task.env_id for t in TASKS.values()):
+        raise ValueError(f"task {task.name!r} / {task.env_id!r} is already registered")
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    """The task with this name (``"resnet20-digits"``) or env id (``"PruneResNet20Digits-v0"``)."""
+    if name in TASKS:
+        return TASKS[name]
+    for task in TASKS.values():
+        if name == task.env_id or name == task.env_id.rsplit("-v", 1)[0]:
+            return task
+    known = ", ".join(sorted(TASKS))
+    raise ValueError(f"unknown task {name!r}; known tasks: {known}")
+
+
+def list_tasks() -> list[Task]:
+    return list(TASKS.values())
+
+
+register_task(DigitsTask())
+
+__all__ = [
+    "TASKS",
+    "Availability",
+    "MissingResourceError",
+    "Splits",
+    "Task",
+    "atomic_save",
+    "cache_dir",
+    "get_task",
+    "list_tasks",
+    "register_task",
+]

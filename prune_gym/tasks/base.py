@@ -1,0 +1,201 @@
+"""What a task is: a model builder, its trained weights and fixed data splits.
+
+A task never downloads anything by itself at import or construction time. Missing data or
+weights raise :class:`MissingResourceError`, whose message names the keyword argument, the
+environment variable and the command that fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+
+class MissingResourceError(FileNotFoundError):
+    """A dataset or weights file a task needs is not on this machine."""
+
+
+@dataclass
+class Splits:
+    """Fixed data splits of a task.
+
+    ``train`` is for (fine-)tuning, ``reward`` is the held-out split the per-step reward is
+    measured on (never the test split), ``test`` is for reporting. Each is a map-style dataset
+    of ``(input_tensor, label)`` pairs with preprocessing already applied.
+    """
+
+    train: Dataset
+    reward: Dataset
+    test: Dataset
+    synthetic: bool = False
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a task's data and weights are present on this machine (for ``prune-gym envs``)."""
+
+    data: bool
+    weights: bool
+    detail: str = ""
+
+
+@dataclass
+class Task(ABC):
+    """A prunable model and its data. Subclasses fill in the class attributes and methods.
+
+    Attributes:
+        name: short task name, e.g. ``"resnet50-imagenet"``.
+        env_id: the registered Gymnasium id, e.g. ``"PruneResNet50-v0"``.
+        family: ``"digits"``, ``"imagenet"``, ``"cifar10"`` or ``"har2"``.
+        architecture, dataset: human-readable names for tables and docs.
+        input_shape: shape of one input sample at the task's native size.
+        num_classes: number of output classes.
+        num_prunable_layers: prunable (Conv/Linear) layers of the architecture, which is the
+            episode length; a test checks it against the built model.
+        data_env_var: environment variable read when no ``data_dir`` is given.
+        weights_env_var: environment variable read when no ``weights`` path is given.
+    """
+
+    name: str = ""
+    env_id: str = ""
+    family: str = ""
+    architecture: str = ""
+    dataset: str = ""
+    input_shape: tuple[int, ...] = ()
+    num_classes: int = 0
+    num_prunable_layers: int = 0
+    data_env_var: str | None = None
+    weights_env_var: str | None = None
+    description: str = field(default="", repr=False)
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """The architecture with freshly initialised weights (no download)."""
+
+    @abstractmethod
+    def load_model(self, weights: str | os.PathLike | None = None) -> nn.Module:
+        """The trained model in eval mode, on the CPU.
+
+        Raises:
+            MissingResourceError: if no trained weights are found.
+        """
+
+    @abstractmethod
+    def load_splits(self, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Splits:
+        """The train / reward / test splits, fixed by ``seed``.
+
+        Raises:
+            MissingResourceError: if the data is not found.
+        """
+
+    def availability(self) -> Availability:
+        """Whether data and weights are present, without loading them."""
+        return Availability(data=False, weights=False)
+
+    def synthetic_model(self, seed: int = 0) -> nn.Module:
+        """The architecture with random weights (seeded), in eval mode: for mechanics and speed only."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = self.build_model()
+        return model.eval()
+
+    def synthetic_splits(
+        self,
+        input_shape: tuple[int, ...] | None = None,
+        sizes: tuple[int, int, int] = (64, 64, 64),
+        seed: int = 0,
+    ) -> Splits:
+        """Random inputs and labels of the right shape: for mechanics and speed only.
+
+        ``input_shape`` overrides the native sample shape (e.g. ``(3, 32, 32)`` to run an
+        ImageNet model at a tiny size on a CPU).
+        """
+        shape = tuple(input_shape or self.input_shape)
+        generator = torch.Generator().manual_seed(seed)
+
+        def make(n: int) -> TensorDataset:
+            x = torch.randn((n, *shape), generator=generator)
+            y = torch.randint(0, self.num_classes, (n,), generator=generator)
+            return TensorDataset(x, y)
+
+        return Splits(*(make(n) for n in sizes), synthetic=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by the task modules
+
+
+def cache_dir() -> Path:
+    """Where trained default weights are cached.
+
+    ``$PRUNE_GYM_CACHE`` if set, else ``$XDG_CACHE_HOME/prune-gym``, else ``~/.cache/prune-gym``.
+    """
+    if os.environ.get("PRUNE_GYM_CACHE"):
+        return Path(os.environ["PRUNE_GYM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "prune-gym"
+
+
+def atomic_save(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+
+    Two processes writing the same file at once each rename a complete file, so a reader never
+    sees a partial one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_path(
+    value: str | os.PathLike | None, env_var: str | None, default: Path | None = None
+) -> Path | None:
+    """The first of: an explicit ``value``, ``$env_var``, ``default``; or None."""
+    if value is not None:
+        return Path(value).expanduser()
+    if env_var and os.environ.get(env_var):
+        return Path(os.environ[env_var]).expanduser()
+    return default
+
+
+def load_state_dict_file(model: nn.Module, path: Path, what: str) -> nn.Module:
+    """Load a checkpoint (a state dict, or a dict with a ``"state_dict"``/``"model"`` entry)."""
+    if not path.is_file():
+        raise MissingResourceError(f"{what}: no checkpoint file at {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(checkpoint.get(key), dict):
+                checkpoint = checkpoint[key]
+                break
+    try:
+        model.load_state_dict(checkpoint)
+    except RuntimeError as error:
+        raise ValueError(f"{what}: checkpoint {path} does not fit the architecture: {error}") from None
+    return model.eval()
+
+
+def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Shuffle ``range(n)`` with ``seed`` and cut it into disjoint train / reward / test indices."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_train = round(fractions[0] * n)
+    n_reward = round(fractions[1] * n)
+    return order[:n_train], order[n_train : n_train + n_reward], order[n_train + n_reward :]
+
+
+def subset(dataset: Dataset, indices: Tensor) -> Subset:
+    return Subset(dataset, indices.tolist())

@@ -1,0 +1,120 @@
+"""The embedded default task: a CIFAR-style ResNet-20 on scikit-learn's bundled 8x8 digits.
+
+Works offline on a fresh machine: the data ships with scikit-learn, and the model is trained on
+first use (seconds on a CPU) with a fixed seed and cached (see ``prune_gym.tasks.cache_dir``).
+
+Splits (1,797 images): 60% train, 20% reward, 20% test. The train part is always the one the
+cached model was trained on (split seed 0); ``seed`` reshuffles only the held-out 40% between
+reward and test, so no seed ever evaluates the model on its own training images.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from prune_gym.finetune import TrainConfig, train_classifier
+from prune_gym.tasks.base import (
+    Availability,
+    MissingResourceError,
+    Splits,
+    Task,
+    atomic_save,
+    cache_dir,
+    load_state_dict_file,
+    resolve_path,
+    split_indices,
+)
+from prune_gym.tasks.models.cifar_resnet import resnet20
+
+#: Bump when the data, split or training recipe changes: a new file name invalidates old caches.
+CACHE_VERSION = 1
+TRAIN_RECIPE = TrainConfig(epochs=40, batch_size=64, lr=0.05, weight_decay=5e-4, seed=0)
+
+
+def load_digits_tensors() -> tuple[Tensor, Tensor]:
+    """All 1,797 digits as ``(N, 1, 8, 8)`` float inputs scaled to [0, 1] and int64 labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    inputs = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    return inputs, torch.tensor(bunch.target, dtype=torch.long)
+
+
+class DigitsTask(Task):
+    """ResNet-20 (22 prunable layers, ~270k weights) on 8x8 digits; trained on first use."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            name="resnet20-digits",
+            env_id="PruneResNet20Digits-v0",
+            family="digits",
+            architecture="ResNet-20",
+            dataset="digits (scikit-learn, 8x8)",
+            input_shape=(1, 8, 8),
+            num_classes=10,
+            num_prunable_layers=22,
+            weights_env_var="PRUNE_GYM_DIGITS_WEIGHTS",
+            description="offline default: trained on first use and cached",
+        )
+
+    def build_model(self) -> nn.Module:
+        return resnet20(num_classes=10, in_channels=1)
+
+    @property
+    def cache_path(self):
+        return cache_dir() / f"resnet20-digits-v{CACHE_VERSION}.pt"
+
+    def availability(self) -> Availability:
+        cached = self.cache_path.is_file()
+        return Availability(
+            data=True, weights=True, detail="cached" if cached else "trained on first use (seconds)"
+        )
+
+    def load_model(self, weights: str | os.PathLike | None = None, progress: bool = False) -> nn.Module:
+        """The trained ResNet-20: from ``weights`` / ``$PRUNE_GYM_DIGITS_WEIGHTS`` if given, else
+        from the cache, training and caching it first if needed."""
+        explicit = resolve_path(weights, self.weights_env_var)
+        if explicit is not None:
+            if not explicit.is_file():
+                raise MissingResourceError(
+                    f"digits weights: no file at {explicit} (from the weights= kwarg or "
+                    f"${self.weights_env_var}); unset it to use the cached default model."
+                )
+            return load_state_dict_file(self.build_model(), explicit, "digits weights")
+        path = self.cache_path
+        if path.is_file():
+            try:
+                return load_state_dict_file(self.build_model(), path, "digits cache")
+            except (ValueError, RuntimeError, EOFError):
+                pass  # a stale or unreadable cache is rebuilt below
+        model = self.train(progress=progress)
+        atomic_save({"state_dict": model.state_dict(), "recipe": vars(TRAIN_RECIPE)}, path)
+        return model
+
+    def train(self, config: TrainConfig = TRAIN_RECIPE, progress: bool = False) -> nn.Module:
+        """Train a fresh ResNet-20 on the train split with ``config`` (deterministic for its seed)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = self.build_model()
+        splits = self.load_splits(seed=0)
+        return train_classifier(model, splits.train, config, progress=progress, description="digits ResNet-20")
+
+    def load_splits(self, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Splits:
+        if data_dir is not None:
+            raise ValueError("the digits task ships its data with scikit-learn: do not pass data_dir")
+        inputs, labels = load_digits_tensors()
+        train, reward, test = split_indices(len(labels), (0.6, 0.2, 0.2), seed=0)
+        if seed != 0:
+            held_out = torch.cat([reward, test])
+            order = torch.randperm(len(held_out), generator=torch.Generator().manual_seed(seed))
+            held_out = held_out[order]
+            reward, test = held_out[: len(reward)], held_out[len(reward) :]
+
+        def take(indices: Tensor) -> TensorDataset:
+            return TensorDataset(inputs[indices], labels[indices])
+
+        return Splits(take(train), take(reward), take(test))
