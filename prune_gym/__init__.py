@@ -1,2 +1,14 @@
-"""prune-gym: Gymnasium environments for learning to prune neural networks layer by layer."""
+"""prune-gym: Gymnasium environments for learning to prune neural networks layer by layer.
+
+Importing the package registers every env id (``prune_gym.ENV_IDS``), so
+``gym.make("PruneResNet20Digits-v0")`` works after ``import prune_gym``, and
+``gym.make("prune_gym:PruneResNet20Digits-v0")`` works without it.
+"""
+
+from prune_gym.envs import PruneEnv, RewardContext
+from prune_gym.registration import ENV_IDS
+from prune_gym.tasks import TASKS, get_task
+
 __version__ = "0.1.0"
+
+__all__ = ["ENV_IDS", "TASKS", "PruneEnv", "RewardContext", "get_task", "__version__"]

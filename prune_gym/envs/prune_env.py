@@ -1,0 +1,496 @@
+"""PruneEnv: prune a trained network layer by layer, paid a reward at every step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from prune_gym.evaluation import DataLike, Evaluator, as_tensors, model_stages, resolve_device, stage_of_modules
+from prune_gym.pruning import (
+    PruningState,
+    check_sparsity,
+    find_prunable_layers,
+    global_magnitude_sparsities,
+    keep_top_mask,
+    layer_flops,
+)
+from prune_gym.stats import FEATURE_INDEX, FEATURES, NUM_STATIC, observation_bounds, static_features
+from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
+
+ACTION_TYPES = ("discrete", "continuous")
+
+
+class PruneEnv(gym.Env):
+    """Prune a trained network one layer at a time, in forward order.
+
+    ## Description
+
+    Each step the agent sees statistics of the next prunable layer (every Conv and Linear
+    weight; biases and norms are never pruned) and chooses its sparsity; the layer is
+    magnitude-pruned to that sparsity (exactly ``round(s * n)`` of its smallest weights), the
+    network is evaluated on the reward split, and a reward is paid at once (the per-step reward
+    of PuRL, Gupta et al. 2020, rather than AMC's single end-of-episode reward). One episode
+    prunes every layer once.
+
+    ## Action Space
+
+    The sparsity of the current layer, in ``[min_sparsity, max_sparsity]`` (a layer is never
+    emptied: ``max_sparsity < 1``).
+
+    - ``action_type="discrete"`` (default, for DQN): ``Discrete(n_actions)``, action ``i`` is the
+      ``i``-th of ``n_actions`` evenly spaced levels (default 12 levels: 0, 0.09, ..., 0.99).
+    - ``action_type="continuous"``: ``Box(-1, 1, (1,), float32)``, mapped linearly onto the range.
+
+    With a ``target_sparsity``, the requested sparsity is projected onto the interval that keeps
+    the target reachable by the remaining layers without overshooting it, so every finished
+    episode ends at the target (to within one weight per layer). ``info`` reports both.
+
+    ## Observation Space
+
+    ``Box(0, high, (20,), float32)``: static statistics of the current layer and the state of
+    the episode, each listed with its meaning in ``prune_gym.stats.FEATURES`` (position, kind,
+    size, share of parameters and FLOPs, channels, kernel, stride, weight magnitudes, the sparsity
+    Global MP would give the layer, sparsity so far, budget left, accuracy relative to dense,
+    previous action, target, FLOPs removed so far). After the last step the observation is the
+    last layer's, with the dynamic features updated.
+
+    ## Rewards
+
+    Chosen by ``reward`` (see ``prune_gym.envs.rewards``): ``"purl"`` (default, per step:
+    ``Delta(a/a_0) + beta * Delta S``), ``"terminal"`` (AMC-style, at the last step only),
+    ``"accuracy-sparsity"`` (for ``target_sparsity=None``), ``"flops"``, or any callable
+    ``f(RewardContext) -> float``. Accuracy ``a`` is measured on the held-out reward split, never
+    on the test split.
+
+    ## Starting State
+
+    The dense trained network. ``reset()`` restores it bit for bit from a copy kept on the
+    device; ``options={"target_sparsity": s}`` changes the target for the episodes that follow.
+
+    ## Episode End
+
+    Terminates after the last prunable layer (episode length = number of prunable layers); the
+    last step's ``info`` holds the per-layer sparsities and the test accuracy. Never truncates.
+
+    ## Arguments
+
+    - ``task``: a task name or env id from ``prune_gym.tasks`` (set by the registered ids).
+    - ``model``, ``reward_data``, ``test_data``: your own network and splits instead of a task
+      (tensors ``(x, y)``, a Dataset or a DataLoader). ``train_data`` is only needed for BN
+      re-calibration.
+    - ``target_sparsity``: overall sparsity every episode ends at (default 0.8), or None.
+    - ``action_type``, ``n_actions``, ``min_sparsity``, ``max_sparsity``: the action space.
+    - ``reward``, ``sparsity_weight``: the reward function and its ``beta``.
+    - ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``; ``amp``,
+      ``channels_last``: bf16/fp16 autocast and memory format on CUDA; ``batch_size``;
+      ``cache_activations``: resume evaluation from the first changed block (exact).
+    - ``data_dir``, ``weights``, ``split_seed``: passed to the task's loaders.
+    - ``synthetic``, ``input_shape``: random weights and data (for mechanics and speed only).
+    - ``exclude_layers``: name patterns of layers never pruned (and not visited).
+    - ``bn_recalibration_batches``: re-estimate BatchNorm statistics on this many train
+      batches after each step (0 = off); the statistics are restored on reset.
+    - ``render_mode``: ``"ansi"`` (a per-layer table) or ``"rgb_array"`` (a bar chart).
+
+    ## Version History
+
+    - v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+
+    def __init__(
+        self,
+        task: str | None = None,
+        *,
+        model: nn.Module | None = None,
+        reward_data: DataLike | None = None,
+        test_data: DataLike | None = None,
+        train_data: DataLike | None = None,
+        target_sparsity: float | None = 0.8,
+        action_type: str = "discrete",
+        n_actions: int = 12,
+        min_sparsity: float = 0.0,
+        max_sparsity: float = 0.99,
+        reward: str | RewardFunction = "purl",
+        sparsity_weight: float = 1.0,
+        device: str | torch.device = "auto",
+        amp: bool = True,
+        channels_last: bool = True,
+        batch_size: int = 1024,
+        cache_activations: bool = True,
+        data_dir: str | None = None,
+        weights: str | None = None,
+        split_seed: int = 0,
+        synthetic: bool = False,
+        input_shape: Sequence[int] | None = None,
+        exclude_layers: Sequence[str] = (),
+        bn_recalibration_batches: int = 0,
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        # -- validate everything cheap before loading anything --------------------------------
+        if action_type not in ACTION_TYPES:
+            raise ValueError(f"action_type must be one of {ACTION_TYPES}, got {action_type!r}")
+        self.min_sparsity = check_sparsity(min_sparsity, "min_sparsity")
+        self.max_sparsity = check_sparsity(max_sparsity, "max_sparsity")
+        if self.min_sparsity >= self.max_sparsity:
+            raise ValueError(f"min_sparsity ({min_sparsity}) must be below max_sparsity ({max_sparsity})")
+        if action_type == "discrete" and (not isinstance(n_actions, int | np.integer) or n_actions < 2):
+            raise ValueError(f"n_actions must be an integer >= 2 for discrete actions, got {n_actions!r}")
+        self.target_sparsity = self._check_target(target_sparsity)
+        self.reward_fn = get_reward(reward)
+        self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        if int(bn_recalibration_batches) < 0:
+            raise ValueError(f"bn_recalibration_batches must be >= 0, got {bn_recalibration_batches}")
+        self.render_mode = render_mode
+        self.action_type = action_type
+        self.sparsity_weight = float(sparsity_weight)
+        self.device = resolve_device(device)
+
+        # -- model and data ------------------------------------------------------------------
+        self.task = None
+        self.synthetic = bool(synthetic)
+        if task is not None:
+            if model is not None or reward_data is not None or test_data is not None:
+                raise ValueError("pass either task=... or model=/reward_data=/test_data=, not both")
+            model, splits = self._load_task(task, data_dir, weights, split_seed, synthetic, input_shape)
+            reward_data, test_data = splits.reward, splits.test
+            train_data = train_data if train_data is not None else splits.train
+        else:
+            if model is None or reward_data is None:
+                raise ValueError(
+                    "PruneEnv needs task=<name> (see prune_gym.tasks.TASKS) or model= and reward_data= "
+                    "(plus test_data= for the final test accuracy)"
+                )
+            if not isinstance(model, nn.Module):
+                raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model.to(self.device).eval()
+        self.evaluator = Evaluator(
+            self.model, reward_data, self.device, batch_size=batch_size, amp=amp,
+            channels_last=channels_last, cache_activations=cache_activations,
+        )
+        self._test_data = test_data
+        self._test_evaluator: Evaluator | None = None
+        self._eval_options = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
+        self._train_data = train_data
+        self.bn_recalibration_batches = int(bn_recalibration_batches)
+        if self.bn_recalibration_batches and train_data is None:
+            raise ValueError("bn_recalibration_batches needs train_data= (or a task) to re-estimate statistics on")
+
+        example = self._example_input(reward_data)
+        self.layers = find_prunable_layers(self.model, example_input=example, exclude_names=exclude_layers)
+        self.state = PruningState(self.model, self.layers)
+        self.num_layers = len(self.layers)
+        self.layer_flops = layer_flops(self.model, example, self.layers)
+        stages = self.evaluator.stages
+        self.layer_stage = (
+            stage_of_modules(stages, [layer.module for layer in self.layers]) if stages else [0] * self.num_layers
+        )
+        self._static = static_features(self.layers, self.state.dense, self.layer_flops)
+        self._buffers_snapshot = self._snapshot_buffers() if self.bn_recalibration_batches else None
+        self._global_mp_cache: dict[tuple[float, float | None], list[float]] = {}
+
+        # -- spaces --------------------------------------------------------------------------
+        self.levels = np.linspace(self.min_sparsity, self.max_sparsity, int(n_actions)) if action_type == "discrete" else None
+        if action_type == "discrete":
+            self.action_space = spaces.Discrete(int(n_actions))
+        else:
+            self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        low, high = observation_bounds()
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+
+        self.dense_reward_accuracy = self.evaluator.accuracy()
+        self.dense_test_accuracy: float | None = None
+        self._t: int | None = None
+        self._reset_episode_state()
+
+    # ------------------------------------------------------------------------------------------
+    # Construction helpers
+
+    @staticmethod
+    def _check_target(target_sparsity: float | None) -> float | None:
+        if target_sparsity is None:
+            return None
+        return check_sparsity(target_sparsity, "target_sparsity")
+
+    def _load_task(self, task, data_dir, weights, split_seed, synthetic, input_shape):
+        from prune_gym.tasks import get_task
+
+        self.task = get_task(task)
+        if synthetic:
+            model = self.task.synthetic_model(seed=split_seed)
+            splits = self.task.synthetic_splits(input_shape=tuple(input_shape) if input_shape else None, seed=split_seed)
+            return model, splits
+        if input_shape is not None:
+            raise ValueError("input_shape only applies with synthetic=True")
+        model = self.task.load_model(weights) if weights is not None else self.task.load_model()
+        splits = self.task.load_splits(data_dir, seed=split_seed) if data_dir is not None else self.task.load_splits(seed=split_seed)
+        return model, splits
+
+    def _example_input(self, data: DataLike) -> Tensor:
+        if isinstance(data, tuple | list):
+            sample = data[0][:1]
+        else:
+            dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+            sample = torch.as_tensor(dataset[0][0]).unsqueeze(0)
+        return sample.to(self.device)
+
+    def _snapshot_buffers(self) -> dict[str, Tensor]:
+        return {name: buffer.detach().clone() for name, buffer in self.model.named_buffers()}
+
+    # ------------------------------------------------------------------------------------------
+    # Public helpers (used by reference policies, the comparison workflow and tests)
+
+    @property
+    def current_layer(self) -> int | None:
+        """Index of the layer the next step prunes (None before reset and after the last step)."""
+        return self._t if self._t is not None and self._t < self.num_layers else None
+
+    def action_to_sparsity(self, action: Any) -> float:
+        """The sparsity an action requests; ValueError if the action is not in the action space."""
+        if self.action_type == "discrete":
+            if isinstance(action, np.ndarray) and action.shape == (1,):
+                action = action[0]
+            if not self.action_space.contains(action) and not (
+                isinstance(action, int | np.integer) and 0 <= int(action) < self.action_space.n
+            ):
+                raise ValueError(
+                    f"action {action!r} is not in {self.action_space}: give an integer in [0, {self.action_space.n - 1}]"
+                )
+            return float(self.levels[int(action)])
+        value = np.asarray(action, dtype=np.float32).reshape(-1)
+        if value.shape != (1,) or not np.isfinite(value).all() or not -1.0 <= float(value[0]) <= 1.0:
+            raise ValueError(f"action {action!r} is not in {self.action_space}: give one finite float in [-1, 1]")
+        fraction = (float(value[0]) + 1.0) / 2.0
+        return self.min_sparsity + fraction * (self.max_sparsity - self.min_sparsity)
+
+    def sparsity_to_action(self, sparsity: float) -> Any:
+        """The action that requests ``sparsity`` (the nearest level for discrete actions)."""
+        sparsity = float(np.clip(sparsity, self.min_sparsity, self.max_sparsity))
+        if self.action_type == "discrete":
+            return int(np.argmin(np.abs(self.levels - sparsity)))
+        fraction = (sparsity - self.min_sparsity) / (self.max_sparsity - self.min_sparsity)
+        return np.array([2.0 * fraction - 1.0], dtype=np.float32)
+
+    def global_mp_sparsities(self, target: float | None = None, min_threshold: float | None = None) -> list[float]:
+        """Per-layer sparsities of Global MP on the dense model (cached per target and MT)."""
+        target = target if target is not None else (self.target_sparsity if self.target_sparsity is not None else 0.5)
+        key = (float(target), min_threshold or None)
+        if key not in self._global_mp_cache:
+            self._global_mp_cache[key] = global_magnitude_sparsities(self.state.dense, target, min_threshold)
+        return self._global_mp_cache[key]
+
+    def evaluate_test(self) -> float:
+        """Test-split accuracy of the model as it is now (pruned or dense)."""
+        if self._test_data is None:
+            raise ValueError("no test split: pass test_data= (or use a task) to get test accuracy")
+        if self._test_evaluator is None:
+            self._test_evaluator = Evaluator(self.model, self._test_data, self.device, cache_activations=False, **self._eval_options)
+        return self._test_evaluator.accuracy()
+
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    # ------------------------------------------------------------------------------------------
+    # Gymnasium API
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        if "target_sparsity" in options:
+            self.target_sparsity = self._check_target(options.pop("target_sparsity"))
+        if options:
+            raise ValueError(f"unknown reset options {sorted(options)}: only 'target_sparsity' is accepted")
+        if self.target_sparsity is not None and self.target_sparsity > self.max_sparsity:
+            raise ValueError(
+                f"target_sparsity {self.target_sparsity} is above max_sparsity {self.max_sparsity}: raise max_sparsity"
+            )
+        self.state.restore()
+        if self._buffers_snapshot is not None:
+            self._restore_buffers()
+        self.evaluator.mark_changed(0)
+        self._reset_episode_state()
+        self._t = 0
+        info = {"dense_reward_accuracy": self.dense_reward_accuracy, "num_layers": self.num_layers}
+        return self._observation(), info
+
+    def _reset_episode_state(self) -> None:
+        self._pruned = 0
+        self._accuracy = self.dense_reward_accuracy
+        self._previous_sparsity_applied = 0.0
+        self._flops_removed = 0.0
+        self.requested: list[float | None] = [None] * self.num_layers
+        self.applied: list[float | None] = [None] * self.num_layers
+        self.accuracies: list[float | None] = [None] * self.num_layers
+
+    def step(self, action: Any):
+        if self._t is None:
+            raise RuntimeError("call reset() before step()")
+        if self._t >= self.num_layers:
+            raise RuntimeError("the episode is over (every layer is pruned): call reset() to start a new one")
+        requested = self.action_to_sparsity(action)  # raises before anything changes
+        index = self._t
+        numel = self.state.numels[index]
+        low, high = self._feasible_pruned_counts(index)
+        count = int(np.clip(round(requested * numel), low, high))
+        previous_mask = self.state.masks[index].clone()
+        try:
+            self.state.set_mask(index, keep_top_mask(self.state.dense[index], numel - count))
+            self._after_weights_changed(index)
+            next_stage = self.layer_stage[index + 1] if index + 1 < self.num_layers else None
+            accuracy = self.evaluator.accuracy(from_stage=self._changed_stage, keep_stage=next_stage)
+        except BaseException:
+            # A failed step leaves the model as it was before the step.
+            self.state.set_mask(index, previous_mask)
+            if self._buffers_snapshot is not None:
+                self._restore_buffers()
+            self.evaluator.mark_changed(0)
+            raise
+
+        previous_sparsity = self._pruned / self.state.total
+        previous_flops = self._flops_removed
+        self._pruned += count
+        applied = count / numel
+        self._flops_removed += self.layer_flops[index] * applied / max(sum(self.layer_flops), 1)
+        previous_accuracy = self._accuracy
+        self._accuracy = accuracy
+        self.requested[index], self.applied[index], self.accuracies[index] = requested, applied, accuracy
+        self._previous_sparsity_applied = applied
+        self._t += 1
+        terminated = self._t == self.num_layers
+        sparsity = self._pruned / self.state.total
+        context = RewardContext(
+            accuracy=accuracy, previous_accuracy=previous_accuracy, dense_accuracy=self.dense_reward_accuracy,
+            sparsity=sparsity, previous_sparsity=previous_sparsity, flops_reduction=self._flops_removed,
+            previous_flops_reduction=previous_flops, target_sparsity=self.target_sparsity,
+            sparsity_weight=self.sparsity_weight, step=index, num_layers=self.num_layers, terminal=terminated,
+        )
+        reward = float(self.reward_fn(context))
+        info: dict[str, Any] = {
+            "layer": self.layers[index].name,
+            "layer_index": index,
+            "requested_sparsity": requested,
+            "applied_sparsity": applied,
+            "overall_sparsity": sparsity,
+            "flops_reduction": self._flops_removed,
+            "reward_accuracy": accuracy,
+        }
+        if terminated:
+            info["layer_sparsities"] = dict(zip(self.layer_names(), self.applied))
+            info["dense_reward_accuracy"] = self.dense_reward_accuracy
+            if self._test_data is not None:
+                info["test_accuracy"] = self.evaluate_test()
+                info["dense_test_accuracy"] = self._dense_test_accuracy()
+        return self._observation(), reward, terminated, False, info
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode: pass render_mode='ansi' or 'rgb_array'")
+            return None
+        from prune_gym.envs.render import render_ansi, render_rgb_array
+
+        if self.render_mode == "ansi":
+            return render_ansi(self)
+        return render_rgb_array(self)
+
+    # ------------------------------------------------------------------------------------------
+    # Internals
+
+    def _feasible_pruned_counts(self, index: int) -> tuple[int, int]:
+        """Bounds on how many weights layer ``index`` may lose so the target stays exact."""
+        numel = self.state.numels[index]
+        layer_low = math.ceil(self.min_sparsity * numel)
+        layer_high = math.floor(self.max_sparsity * numel)
+        if self.target_sparsity is None:
+            return layer_low, layer_high
+        target_count = round(self.target_sparsity * self.state.total)
+        remaining = range(index + 1, self.num_layers)
+        rest_low = sum(math.ceil(self.min_sparsity * self.state.numels[i]) for i in remaining)
+        rest_high = sum(math.floor(self.max_sparsity * self.state.numels[i]) for i in remaining)
+        still_needed = target_count - self._pruned
+        low = max(layer_low, still_needed - rest_high)
+        high = min(layer_high, still_needed - rest_low)
+        return low, max(low, high)
+
+    def _after_weights_changed(self, index: int) -> None:
+        self._changed_stage = self.layer_stage[index]
+        self.evaluator.mark_changed(self._changed_stage)
+        if self.bn_recalibration_batches:
+            self._recalibrate_batchnorm()
+            self._changed_stage = 0
+            self.evaluator.mark_changed(0)
+
+    @torch.no_grad()
+    def _recalibrate_batchnorm(self) -> None:
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        if not hasattr(self, "_recalibration_batches"):
+            inputs, _ = as_tensors(self._train_data)
+            generator = torch.Generator().manual_seed(0)
+            order = torch.randperm(len(inputs), generator=generator)
+            size = self._eval_options["batch_size"]
+            self._recalibration_batches = [
+                inputs[order[i * size : (i + 1) * size]].to(self.device) for i in range(self.bn_recalibration_batches)
+                if i * size < len(inputs)
+            ]
+        saved_momentum = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the calibration batches
+        self.model.train()
+        try:
+            for batch in self._recalibration_batches:
+                self.model(batch)
+        finally:
+            self.model.eval()
+            for m, momentum in zip(norms, saved_momentum):
+                m.momentum = momentum
+
+    @torch.no_grad()
+    def _restore_buffers(self) -> None:
+        for name, buffer in self.model.named_buffers():
+            buffer.copy_(self._buffers_snapshot[name])
+
+    def _dense_test_accuracy(self) -> float:
+        """Test accuracy of the dense model (measured once, by restoring and re-pruning)."""
+        if self.dense_test_accuracy is None:
+            masks = [m.clone() for m in self.state.masks]
+            buffers = self._snapshot_buffers() if self._buffers_snapshot is not None else None
+            self.state.restore()
+            if buffers is not None:
+                self._restore_buffers()
+            self.dense_test_accuracy = self.evaluate_test()
+            self.state.set_masks(masks)
+            if buffers is not None:
+                for name, buffer in self.model.named_buffers():
+                    buffer.copy_(buffers[name])
+            self.evaluator.mark_changed(0)
+        return self.dense_test_accuracy
+
+    def _observation(self) -> np.ndarray:
+        index = min(self._t or 0, self.num_layers - 1)
+        observation = np.zeros(len(FEATURES), dtype=np.float32)
+        observation[:NUM_STATIC] = self._static[index]
+        total = self.state.total
+        observation[FEATURE_INDEX["global_mp_sparsity"]] = self.global_mp_sparsities()[index]
+        observation[FEATURE_INDEX["sparsity_so_far"]] = self._pruned / total
+        if self.target_sparsity is not None:
+            remaining = sum(self.state.numels[index:]) if self._t is not None and self._t < self.num_layers else 0
+            needed = round(self.target_sparsity * total) - self._pruned
+            observation[FEATURE_INDEX["budget_left"]] = np.clip(needed / remaining, 0.0, 1.0) if remaining else 0.0
+            observation[FEATURE_INDEX["target_sparsity"]] = self.target_sparsity
+        ratio = self._accuracy / self.dense_reward_accuracy if self.dense_reward_accuracy > 0 else 1.0
+        observation[FEATURE_INDEX["accuracy_ratio"]] = np.clip(ratio, 0.0, 2.0)
+        observation[FEATURE_INDEX["previous_sparsity"]] = self._previous_sparsity_applied
+        observation[FEATURE_INDEX["flops_reduction_so_far"]] = np.clip(self._flops_removed, 0.0, 1.0)
+        return observation
