@@ -39,6 +39,277 @@ def _run_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pretrain(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="train a task's model from scratch and save it where the task loads its weights",
+        description=(
+            "Train TASK's architecture on its train split with the family's standard recipe, "
+            "report the test accuracy and save the weights (by default to the path the task "
+            "loads them from). A checkpoint <output>.partial is written after every epoch: "
+            "after Ctrl-C, run the same command with --resume to continue."
+        ),
+    )
+    parser.add_argument("task", metavar="TASK", help="task name or env id, e.g. fastgrnn-har2 (see `prune-gym envs`)")
+    parser.add_argument("--data-dir", metavar="DIR", help="the task's data folder (else its environment variable)")
+    parser.add_argument("--epochs", type=int, metavar="N", help="number of epochs (default: the recipe's)")
+    parser.add_argument("--output", metavar="PATH", help="where to save the weights (default: the task's weights path)")
+    parser.add_argument("--resume", action="store_true", help="continue from <output>.partial")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="split, initialisation and shuffling seed (default: 0)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.set_defaults(handler=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from prune_gym.tasks.pretrain import pretrain
+
+    path = pretrain(
+        args.task,
+        data_dir=args.data_dir,
+        epochs=args.epochs,
+        output=args.output,
+        resume=args.resume,
+        device=args.device,
+        progress=args.progress,
+        seed=args.seed,
+    )
+    print(path)
+    return 0
+
+
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="prune a task's trained model, optionally fine-tune it, and save checkpoint + recipe",
+        description=(
+            "Load TASK's trained model, prune it (Global MP, uniform magnitude, or a recipe of "
+            "per-layer sparsities such as an agent's), optionally fine-tune it with its masks, "
+            "report test accuracy before and after, and write the checkpoint to --output and the "
+            "per-layer sparsity recipe to <output>.recipe.json."
+        ),
+    )
+    parser.add_argument("task", metavar="ENV_OR_TASK", help="task name or env id, e.g. resnet20-digits (see `prune-gym envs`)")
+    parser.add_argument("--policy", choices=("global-mp", "uniform"), help="pruning method (default: global-mp)")
+    parser.add_argument("--sparsity", type=float, metavar="S", help="target fraction of prunable weights removed, e.g. 0.8")
+    parser.add_argument("--min-threshold", type=float, metavar="M", help="Global MP Minimum Threshold, e.g. 0.0005 (0.05%% of all weights per layer)")
+    parser.add_argument("--recipe", metavar="JSON", help="prune with this recipe of per-layer sparsities instead of a policy")
+    parser.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="masked fine-tuning epochs (default: 0)")
+    parser.add_argument("--gradual-steps", type=int, default=1, metavar="K", help="Global MP in K steps on the cubic schedule, fine-tuning --finetune-epochs after each (default: 1, one-shot)")
+    parser.add_argument("--output", required=True, metavar="PATH", help="checkpoint path, e.g. pruned.pt")
+    parser.add_argument("--weights", metavar="PATH", help="the task's trained weights (else its default)")
+    parser.add_argument("--data-dir", metavar="DIR", help="the task's data folder (else its environment variable)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (default: 0)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning of the same command")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from prune_gym.export import export_task
+
+    result = export_task(
+        args.task,
+        args.output,
+        policy=args.policy,
+        sparsity=args.sparsity,
+        min_threshold=args.min_threshold,
+        recipe=args.recipe,
+        finetune_epochs=args.finetune_epochs,
+        gradual_steps=args.gradual_steps,
+        weights=args.weights,
+        data_dir=args.data_dir,
+        device=args.device,
+        seed=args.seed,
+        progress=args.progress,
+        resume=args.resume,
+    )
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}%"
+
+    print(f"{result.meta['task']}: {result.method} at sparsity {result.sparsity:.4f}")
+    print(f"  test accuracy  dense {percent(result.accuracy_dense)}  pruned {percent(result.accuracy_pruned)}"
+          f"  fine-tuned {percent(result.accuracy_finetuned)}")
+    print(f"  checkpoint {result.checkpoint}")
+    print(f"  recipe     {result.recipe}")
+    return 0
+
+
+def _sparsity_list(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be a fraction in [0, 1), e.g. 0.8; got {text}")
+    return value
+
+
+def _env_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = {"device": args.device}
+    if getattr(args, "action_type", None):
+        kwargs["action_type"] = args.action_type
+    if getattr(args, "reward", None):
+        kwargs["reward"] = args.reward
+    if getattr(args, "max_sparsity", None) is not None:
+        kwargs["max_sparsity"] = args.max_sparsity
+    return kwargs
+
+
+def _add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--algo", default="dqn", help="dqn (default), ppo, a2c; sac, td3, ddpg with continuous actions")
+    parser.add_argument("--timesteps", type=int, metavar="N", help="training steps in total (default: the hyperparameters' n_timesteps)")
+    parser.add_argument("--hyperparams", metavar="YAML", help="rl-zoo3 style hyperparameter file (default: the shipped one for --algo)")
+    parser.add_argument("--action-type", choices=("discrete", "continuous"), help="the agent's action type (default: the first --algo allows)")
+    parser.add_argument("--reward", help="reward function: purl (default), terminal, accuracy-sparsity, flops")
+    parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
+    parser.add_argument("--device", default="auto", help="where the pruned model runs: auto (CUDA if present), cpu, cuda (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="agent and target-draw seed (default: 0)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logs")
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an SB3 agent (DQN by default) on an env, with checkpoints and TensorBoard logs",
+        description=(
+            "Train an agent on ENV. Writes <output>/model.zip, periodic checkpoints in "
+            "<output>/checkpoints and TensorBoard logs in <output>/tensorboard. Ctrl-C saves a "
+            "checkpoint; run the same command with --resume to continue from the newest one "
+            "(--timesteps is the total, so no step is lost or repeated)."
+        ),
+    )
+    parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v0 (see `prune-gym envs`)")
+    _add_agent_arguments(parser)
+    parser.add_argument("--sparsity", type=_sparsity_list, nargs="+", metavar="S", help="target sparsity; several: one drawn per episode (default: the env's, 0.8)")
+    parser.add_argument("--output", metavar="DIR", help="run folder (default: runs/<ENV>-<algo>)")
+    parser.add_argument("--checkpoint-freq", type=int, default=5000, metavar="N", help="save a checkpoint every N steps (default: 5000; 0: only at the end)")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="continue from the newest checkpoint in the run folder (or from CHECKPOINT)")
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from prune_gym.agents.factory import ALGORITHMS
+    from prune_gym.agents.training import train_agent
+
+    algo = args.algo.lower()
+    if algo not in ALGORITHMS:
+        raise ValueError(f"unknown --algo {args.algo!r}: choose one of {', '.join(ALGORITHMS)}")
+    env_kwargs = _env_kwargs(args)
+    env_kwargs.setdefault("action_type", ALGORITHMS[algo][1][0])
+    result = train_agent(
+        args.env, algo, args.timesteps, output_dir=args.output, hyperparams=args.hyperparams,
+        targets=args.sparsity, env_kwargs=env_kwargs, seed=args.seed, checkpoint_freq=args.checkpoint_freq,
+        resume=args.resume, progress_bar=args.progress, tensorboard=args.tensorboard,
+    )
+    if result.resumed_from is not None:
+        print(f"resumed from {result.resumed_from}")
+    print(f"{algo.upper()}: {result.num_timesteps:,} steps, this run {result.seconds:.0f} s; saved {result.model_path}")
+    if args.tensorboard:
+        print(f"TensorBoard: tensorboard --logdir {result.output_dir / 'tensorboard'}")
+    return 0
+
+
+def _add_baseline(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "baseline",
+        help="run a reference policy (Global MP, uniform, random) through an env at one sparsity",
+        description=(
+            "Prune ENV's model with a reference policy through the environment, exactly as an "
+            "agent would, and report test and reward-split accuracy, parameter and FLOPs "
+            "sparsity and the per-layer sparsities. Continuous actions by default, so Global "
+            "MP's per-layer sparsities are applied exactly."
+        ),
+    )
+    parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v0 (see `prune-gym envs`)")
+    parser.add_argument("--policy", default="global-mp", choices=("global-mp", "uniform", "random"), help="reference policy (default: global-mp)")
+    parser.add_argument("--sparsity", type=_sparsity_list, required=True, metavar="S", help="overall target sparsity, e.g. 0.8")
+    parser.add_argument("--min-threshold", type=float, metavar="M", help="Global MP Minimum Threshold, e.g. 0.0005 (0.05%% of all weights per layer)")
+    parser.add_argument("--action-type", default="continuous", choices=("discrete", "continuous"), help="env action type (default: continuous, exact)")
+    parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random policy (default: 0)")
+    parser.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    parser.set_defaults(handler=_run_baseline)
+
+
+def _run_baseline(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    import gymnasium as gym
+
+    from prune_gym.agents.compare import run_episode
+    from prune_gym.agents.policies import (
+        GlobalMagnitudePolicy,
+        RandomPolicy,
+        UniformMagnitudePolicy,
+    )
+
+    if args.min_threshold is not None and args.policy != "global-mp":
+        raise ValueError("--min-threshold applies to --policy global-mp only")
+    env = gym.make(args.env, target_sparsity=args.sparsity, **_env_kwargs(args))
+    if args.policy == "global-mp":
+        policy, label = GlobalMagnitudePolicy(env, min_threshold=args.min_threshold), "Global MP" + (" + MT" if args.min_threshold else "")
+    elif args.policy == "uniform":
+        policy, label = UniformMagnitudePolicy(env), "uniform"
+    else:
+        policy, label = RandomPolicy(env, seed=args.seed), "random"
+    result = run_episode(policy, env, args.sparsity, deterministic=args.policy != "random", method=label)
+    prune_env = env.unwrapped
+    print(f"{args.env}: {label} at sparsity {args.sparsity} ({prune_env.action_type} actions)")
+    print(f"  test accuracy  {100 * result.test_accuracy:.2f}%  (dense {100 * prune_env.dense_test_accuracy:.2f}%)")
+    print(f"  reward acc.    {100 * result.reward_accuracy:.2f}%  (dense {100 * prune_env.dense_reward_accuracy:.2f}%)")
+    print(f"  param sparsity {100 * result.param_sparsity:.2f}%   FLOPs sparsity {100 * result.flops_sparsity:.2f}%   {result.seconds:.2f} s")
+    width = max(len(name) for name in result.layer_sparsities)
+    print(f"  {'layer'.ljust(width)}  weights  sparsity")
+    for name, numel in zip(prune_env.layer_names(), prune_env.state.numels, strict=True):
+        print(f"  {name.ljust(width)}  {numel:7d}  {100 * result.layer_sparsities[name]:7.2f}%")
+    if args.json:
+        record = {"env_id": args.env, "dense_test_accuracy": prune_env.dense_test_accuracy, **dataclasses.asdict(result)}
+        with open(args.json, "w") as handle:
+            json.dump(record, handle, indent=2)
+        print(f"wrote {args.json}")
+    env.close()
+    return 0
+
+
+def _add_compare(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="train (or load) an agent and compare it with Global MP, Global MP + MT, uniform and random",
+        description=(
+            "Train one agent across the given sparsities (a target drawn per episode), or load one "
+            "with --agent, then prune with the agent and with each reference policy at every "
+            "sparsity through the same env (reference policies with continuous actions, so Global "
+            "MP is exact). Prints a table and writes results.json, results.csv, "
+            "accuracy_vs_sparsity.png, layer_sparsity.png and the agent to --output."
+        ),
+    )
+    parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v0 (see `prune-gym envs`)")
+    parser.add_argument("--sparsity", type=_sparsity_list, nargs="+", default=[0.5, 0.7, 0.8, 0.9], metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9)")
+    _add_agent_arguments(parser)
+    parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one")
+    parser.add_argument("--min-threshold", type=float, default=0.0005, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: 0.0005; 0 leaves the method out)")
+    parser.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="also fine-tune every method's pruned model for N epochs with its masks (default: 0)")
+    parser.add_argument("--output", metavar="DIR", help="output folder (default: results/<ENV>-<time>)")
+    parser.set_defaults(handler=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from prune_gym.agents.compare import compare
+
+    comparison = compare(
+        args.env, args.sparsity, args.algo, timesteps=args.timesteps, hyperparams=args.hyperparams,
+        agent_path=args.agent, min_threshold=args.min_threshold or None, output_dir=args.output,
+        env_kwargs=_env_kwargs(args), seed=args.seed, finetune_epochs=args.finetune_epochs,
+        progress_bar=args.progress, tensorboard=args.tensorboard,
+    )
+    print()
+    print(comparison.table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prune-gym",
@@ -46,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_envs(subparsers)
+    _add_pretrain(subparsers)
+    _add_export(subparsers)
+    _add_train(subparsers)
+    _add_baseline(subparsers)
+    _add_compare(subparsers)
     return parser
 
 

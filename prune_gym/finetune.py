@@ -1,25 +1,52 @@
-"""Training and masked fine-tuning.
+"""Training, masked fine-tuning and gradual Global Magnitude Pruning.
 
-``train_classifier`` trains a classifier with SGD + cosine learning rate (optionally label
-smoothing). Given masks, it multiplies them back into the weights after every optimiser step, so
-pruned weights stay exactly zero (momentum would otherwise revive them).
+- ``train_classifier`` trains a classifier with SGD (Nesterov momentum) and a cosine learning
+  rate stepped every batch, optionally with label smoothing, a per-batch ``augment`` function,
+  and a resumable checkpoint written after every epoch.
+- Given masks, pruned weights are held at exactly zero: their gradients are zeroed before each
+  optimiser step (so momentum and weight decay never see them) and the masks are multiplied
+  back in after it. ``finetune_pruned`` is that, with a fine-tuning recipe per task family
+  (``recipe_for``).
+- ``gradual_global_magnitude_pruning`` prunes to a target over several steps on the cubic
+  schedule of Zhu & Gupta (2017), fine-tuning between steps.
+- ``finetune_steps`` is a short retraining of a few optimiser steps (the PuRL-style schedule
+  retrains briefly after each pruning step); ``capture_state`` / ``restore_state`` let an
+  environment undo it on reset.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from prune_gym.pruning import PrunableLayer
+from prune_gym.pruning import (
+    PrunableLayer,
+    check_mask,
+    check_sparsity,
+    global_magnitude_masks,
+    mask_sparsity,
+)
+
+#: A function applied to each training batch of inputs (on the training device) before the
+#: forward pass, e.g. random crops and flips. For resumed runs to equal uninterrupted ones it
+#: must draw its randomness from torch's global generator, which the checkpoint saves.
+Augment = Callable[[Tensor], Tensor]
+
+#: Format version of the resumable training checkpoint (see ``train_classifier``).
+CHECKPOINT_VERSION = 1
 
 
 @dataclass
 class TrainConfig:
-    """A training recipe: SGD with momentum and a cosine learning-rate schedule."""
+    """A training recipe: SGD with (Nesterov) momentum and a cosine learning-rate schedule."""
 
     epochs: int = 30
     batch_size: int = 128
@@ -30,11 +57,84 @@ class TrainConfig:
     seed: int = 0
 
 
+# --------------------------------------------------------------------------------------------
+# Recipes per task family
+
+#: Fine-tuning recipes: a smaller learning rate and budget than pretraining, since a pruned
+#: model starts close to a good solution. ImageNet uses label smoothing 0.1 as in the Global MP
+#: paper's fine-tuning; its 120 epochs are out of reach for most users, so the default is 10
+#: (pass ``epochs=`` for more).
+FINETUNE_RECIPES: dict[str, TrainConfig] = {
+    "digits": TrainConfig(epochs=5, batch_size=64, lr=0.01, weight_decay=5e-4),
+    "cifar10": TrainConfig(epochs=30, batch_size=128, lr=0.01, weight_decay=5e-4),
+    "imagenet": TrainConfig(epochs=10, batch_size=256, lr=0.01, weight_decay=1e-4, label_smoothing=0.1),
+    "har2": TrainConfig(epochs=20, batch_size=64, lr=0.01, weight_decay=1e-4),
+}
+
+#: Training-from-scratch recipes (the digits one is the recipe of its cached model).
+PRETRAIN_RECIPES: dict[str, TrainConfig] = {
+    "digits": TrainConfig(epochs=40, batch_size=64, lr=0.05, weight_decay=5e-4),
+    "cifar10": TrainConfig(epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4),
+    "imagenet": TrainConfig(epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, label_smoothing=0.1),
+    "har2": TrainConfig(epochs=100, batch_size=64, lr=0.05, weight_decay=1e-4),
+}
+
+#: The recipe ``finetune_pruned`` uses when neither a config nor a family is given.
+DEFAULT_FINETUNE_RECIPE = TrainConfig(epochs=5, batch_size=64, lr=0.01, weight_decay=5e-4)
+
+
+def recipe_for(family: str, purpose: str = "finetune") -> TrainConfig:
+    """The standard training recipe of a task family (a fresh copy: change it freely).
+
+    Args:
+        family: ``"digits"``, ``"cifar10"``, ``"imagenet"`` or ``"har2"`` (``Task.family``).
+        purpose: ``"finetune"`` (masked fine-tuning of a pruned model) or ``"pretrain"``.
+    """
+    recipes = {"finetune": FINETUNE_RECIPES, "pretrain": PRETRAIN_RECIPES}.get(purpose)
+    if recipes is None:
+        raise ValueError(f"purpose must be 'finetune' or 'pretrain', got {purpose!r}")
+    if family not in recipes:
+        raise ValueError(f"no {purpose} recipe for task family {family!r}; known families: {', '.join(recipes)}")
+    return dataclasses.replace(recipes[family])
+
+
+# --------------------------------------------------------------------------------------------
+# Masks during training
+
+
 @torch.no_grad()
 def apply_masks(layers: Sequence[PrunableLayer], masks: Sequence[Tensor]) -> None:
     """Multiply each layer's weight by its mask in place."""
-    for layer, mask in zip(layers, masks):
+    for layer, mask in zip(layers, masks, strict=True):
         layer.weight.mul_(mask)
+
+
+def _mask_gradients(layers: Sequence[PrunableLayer], masks: Sequence[Tensor]) -> None:
+    # Zeroed gradients keep the momentum buffers of pruned weights at zero, so the optimiser
+    # state never pushes a pruned weight away from zero (the mask after the step then only
+    # guards against round-off, e.g. weight decay of an exact zero is exactly zero anyway).
+    for layer, mask in zip(layers, masks, strict=True):
+        grad = layer.weight.grad
+        if grad is not None:
+            grad.mul_(mask)
+
+
+def _checked_masks(
+    layers: Sequence[PrunableLayer], masks: Sequence[Tensor], device: torch.device
+) -> list[Tensor]:
+    if len(masks) != len(layers):
+        raise ValueError(f"expected one mask per prunable layer ({len(layers)}), got {len(masks)}")
+    return [check_mask(m, layer.weight, layer.name).to(device) for m, layer in zip(masks, layers, strict=True)]
+
+
+def _check_epochs(epochs: object, name: str = "epochs") -> int:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"{name} must be a whole number >= 0, got {epochs!r}")
+    return epochs
+
+
+# --------------------------------------------------------------------------------------------
+# Training
 
 
 def train_classifier(
@@ -46,46 +146,460 @@ def train_classifier(
     layers: Sequence[PrunableLayer] | None = None,
     progress: bool = False,
     description: str = "train",
+    *,
+    checkpoint_path: str | Path | None = None,
+    augment: Augment | None = None,
+    amp: bool = False,
+    num_workers: int = 0,
 ) -> nn.Module:
     """Train ``model`` on ``data`` in place and return it in eval mode.
 
-    With ``masks`` (and the matching ``layers``), pruned weights are held at zero throughout.
-    The run is deterministic for a given ``config.seed`` on a given machine.
+    Args:
+        model: the classifier (any module mapping a batch of inputs to logits).
+        data: a dataset of ``(input, label)`` pairs or an ``(inputs, labels)`` tuple.
+        config: the recipe (``TrainConfig()`` if None).
+        device: where to train.
+        masks, layers: if given (together), pruned weights are held at exactly zero throughout.
+        progress: show a progress bar over epochs.
+        description: the progress bar's label.
+        checkpoint_path: if given, model, optimiser, scheduler, epoch count and random-number
+            state are saved there (atomically) after every epoch. If the file exists, training
+            resumes after its last completed epoch and ends exactly as an uninterrupted run with
+            the same seed would (on the same machine); a run whose epochs are all done only loads
+            the weights. Ctrl-C (KeyboardInterrupt) leaves the last completed epoch's checkpoint.
+            The file keeps the final state afterwards: delete it to train again from scratch.
+        augment: applied to each batch of inputs on ``device`` before the forward pass (see
+            :data:`Augment`).
+        amp: bfloat16 autocast on CUDA (ignored on the CPU and on GPUs without bf16).
+        num_workers: DataLoader worker processes (for datasets that decode on the fly).
+
+    The run is deterministic for a given ``config.seed`` on a given machine; the global random
+    state of the caller is left untouched.
+
+    Raises:
+        ValueError: for negative epochs, masks without layers (or vice versa), masks of the wrong
+            number or shape, or a checkpoint written by a run with another recipe or dataset.
     """
     config = config or TrainConfig()
-    if config.epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {config.epochs}")
+    _check_epochs(config.epochs, "config.epochs")
+    if config.batch_size < 1:
+        raise ValueError(f"config.batch_size must be >= 1, got {config.batch_size}")
     if (masks is None) != (layers is None):
         raise ValueError("pass masks and layers together (one mask per prunable layer)")
     if isinstance(data, tuple):
         data = TensorDataset(*data)
     device = torch.device(device)
     model.to(device).train()
+    if masks is not None:
+        masks = _checked_masks(layers, masks, device)
+        apply_masks(layers, masks)
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False)
+    loader = DataLoader(
+        data, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False,
+        num_workers=num_workers, pin_memory=device.type == "cuda",
+    )
+    if len(loader) == 0:
+        raise ValueError("the training data is empty: it needs at least one sample")
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+        nesterov=config.momentum > 0,  # Nesterov needs momentum; plain SGD without it
     )
     steps = max(1, config.epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    if masks is not None:
-        masks = [m.to(device) for m in masks]
-        apply_masks(layers, masks)
-    epochs = range(config.epochs)
-    if progress:
-        from tqdm.auto import tqdm
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        else nullcontext()
+    )
+    # The fingerprint a checkpoint must match to be resumed: another recipe or dataset size
+    # would silently continue a different run.
+    fingerprint = {**dataclasses.asdict(config), "num_samples": len(data)}
+    checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
+    cuda_rng = [device] if device.type == "cuda" else []
 
-        epochs = tqdm(epochs, desc=description, unit="epoch")
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=cuda_rng):
         torch.manual_seed(config.seed)
-        for _ in epochs:
+        start_epoch = 0
+        if checkpoint is not None and checkpoint.exists():
+            start_epoch = _resume(checkpoint, fingerprint, model, optimizer, scheduler, generator, device)
+            if masks is not None:
+                apply_masks(layers, masks)
+        epochs = range(start_epoch, config.epochs)
+        if progress:
+            from tqdm.auto import tqdm
+
+            epochs = tqdm(epochs, desc=description, unit="epoch", initial=start_epoch, total=config.epochs)
+        for epoch in epochs:
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if augment is not None:
+                    x = augment(x)
                 optimizer.zero_grad(set_to_none=True)
-                loss_fn(model(x), y).backward()
+                with autocast:
+                    loss = loss_fn(model(x), y)
+                loss.backward()
+                if masks is not None:
+                    _mask_gradients(layers, masks)
                 optimizer.step()
                 scheduler.step()
                 if masks is not None:
                     apply_masks(layers, masks)
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, fingerprint, epoch + 1, model, optimizer, scheduler, generator, device)
     return model.eval()
+
+
+def _save_checkpoint(
+    path: Path,
+    fingerprint: dict,
+    epochs_done: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    device: torch.device,
+) -> None:
+    # Imported here: prune_gym.tasks imports this module (the digits task trains with it).
+    from prune_gym.tasks.base import atomic_save
+
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "fingerprint": fingerprint,
+        "epochs_done": epochs_done,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "loader": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        },
+    }
+    atomic_save(state, path)
+
+
+def _resume(
+    path: Path,
+    fingerprint: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    device: torch.device,
+) -> int:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # a truncated or foreign file: say which and how to recover
+        raise ValueError(
+            f"cannot read the training checkpoint {path} ({error}); delete it to train from scratch"
+        ) from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} is not a prune-gym training checkpoint (version {CHECKPOINT_VERSION}); "
+            "delete it or pass another checkpoint_path"
+        )
+    if state["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"the checkpoint {path} was written by another run ({state['fingerprint']}), not this "
+            f"one ({fingerprint}): delete it to train from scratch, or pass another checkpoint_path"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"].cpu())
+    generator.set_state(rng["loader"].cpu())
+    if rng.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
+    return int(state["epochs_done"])
+
+
+# --------------------------------------------------------------------------------------------
+# Masked fine-tuning
+
+
+def finetune_pruned(
+    model: nn.Module,
+    layers: Sequence[PrunableLayer],
+    masks: Sequence[Tensor],
+    data: Dataset | tuple[Tensor, Tensor],
+    epochs: int | None = None,
+    *,
+    config: TrainConfig | None = None,
+    family: str | None = None,
+    lr: float | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    description: str = "fine-tune",
+    checkpoint_path: str | Path | None = None,
+    augment: Augment | None = None,
+    amp: bool = False,
+    seed: int | None = None,
+) -> nn.Module:
+    """Masked fine-tuning: train a pruned model with its masks re-applied after every step.
+
+    The masks are applied first (so ``model`` may hold dense or already pruned weights); pruned
+    weights are exactly zero throughout and at the end, whatever the momentum and weight decay.
+
+    Args:
+        model, layers, masks: the model, its prunable layers and one keep-mask per layer.
+        data: the training split (a dataset of ``(input, label)`` pairs or a tensor tuple).
+        epochs: overrides the recipe's epoch count (0 only applies the masks).
+        config: the recipe; default ``recipe_for(family)``, or ``DEFAULT_FINETUNE_RECIPE``
+            when no family is given either.
+        family: task family whose fine-tuning recipe to use (``Task.family``).
+        lr, seed: override the recipe's learning rate / seed.
+        device, progress, description, checkpoint_path, augment, amp: as in
+            :func:`train_classifier` (so fine-tuning is resumable too).
+
+    Returns:
+        ``model``, fine-tuned in place, in eval mode.
+    """
+    if config is None:
+        config = recipe_for(family) if family is not None else dataclasses.replace(DEFAULT_FINETUNE_RECIPE)
+    else:
+        config = dataclasses.replace(config)
+    if epochs is not None:
+        config.epochs = _check_epochs(epochs)
+    if lr is not None:
+        config.lr = float(lr)
+    if seed is not None:
+        config.seed = int(seed)
+    return train_classifier(
+        model, data, config, device=device, masks=masks, layers=layers, progress=progress,
+        description=description, checkpoint_path=checkpoint_path, augment=augment, amp=amp,
+    )
+
+
+def finetune_steps(
+    model: nn.Module,
+    layers: Sequence[PrunableLayer],
+    masks: Sequence[Tensor],
+    data: tuple[Tensor, Tensor],
+    steps: int,
+    lr: float = 0.01,
+    *,
+    batch_size: int = 64,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    generator: torch.Generator | None = None,
+    update_batchnorm: bool = True,
+    augment: Augment | None = None,
+) -> float:
+    """A short masked retraining: ``steps`` SGD steps on random batches of ``data``.
+
+    Meant for an environment that retrains briefly after each pruning step (the PuRL-style
+    schedule). It is cheap: no DataLoader, no scheduler, nothing copied; batches are drawn with
+    replacement from ``data``, which should already be tensors on the model's device (e.g. a
+    slice of the train split, kept resident). Pruned weights stay exactly zero.
+
+    Args:
+        model, layers, masks: the (pruned) model, its prunable layers and their keep-masks, all
+            on the same device.
+        data: ``(inputs, labels)`` tensors, ideally on the model's device.
+        steps: number of optimiser steps (0 does nothing).
+        lr, momentum, weight_decay: plain SGD; the momentum buffer starts empty every call.
+        batch_size: samples per step.
+        generator: a CPU ``torch.Generator`` for the batch indices (seed it for reproducible
+            episodes); torch's global generator if None.
+        update_batchnorm: if True, BatchNorm layers run in training mode and update their running
+            statistics, as in normal fine-tuning; if False they stay in eval mode, so only the
+            trainable parameters change.
+        augment: as in :func:`train_classifier`.
+
+    Returns:
+        The mean training loss over the steps (nan for 0 steps).
+
+    Notes for an environment:
+        - It changes every trainable parameter (and BatchNorm buffers with
+          ``update_batchnorm=True``), not only the pruned layer: a reset must restore them all,
+          e.g. with :func:`capture_state` once and :func:`restore_state` on every reset.
+        - Later layers are retrained too, so pruning the next layer should rank its *current*
+          weights, not a copy of its dense weights taken before the episode.
+        - The model is left in the mode it was in (eval, for the next evaluation).
+    """
+    steps = _check_epochs(steps, "steps")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise ValueError("data must be an (inputs, labels) tuple of tensors, ideally on the model's device")
+    inputs, labels = data
+    if len(inputs) == 0 or len(inputs) != len(labels):
+        raise ValueError(f"inputs and labels must be non-empty and of equal length, got {len(inputs)} and {len(labels)}")
+    if steps == 0:
+        return math.nan
+    device = layers[0].weight.device
+    masks = _checked_masks(layers, masks, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    was_training = model.training
+    model.train()
+    if not update_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    total_loss = 0.0
+    try:
+        apply_masks(layers, masks)
+        for _ in range(steps):
+            index = torch.randint(0, len(inputs), (batch_size,), generator=generator)
+            x = inputs[index.to(inputs.device)].to(device, non_blocking=True)
+            y = labels[index.to(labels.device)].to(device, non_blocking=True)
+            if augment is not None:
+                x = augment(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            _mask_gradients(layers, masks)
+            optimizer.step()
+            apply_masks(layers, masks)
+            total_loss += float(loss.detach())
+    finally:
+        model.train(was_training)
+    return total_loss / steps
+
+
+def capture_state(model: nn.Module) -> dict[str, Tensor]:
+    """A copy of every parameter and buffer of ``model``, on the device where each lives.
+
+    Together with :func:`restore_state` this undoes any training in place (no model copy, no
+    host-device transfer), e.g. on an environment's reset after :func:`finetune_steps`.
+    """
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict(keep_vars=True).items()}
+
+
+@torch.no_grad()
+def restore_state(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Copy ``state`` (from :func:`capture_state`) back into ``model``'s tensors, bit for bit."""
+    current = model.state_dict(keep_vars=True)
+    if current.keys() != state.keys():
+        raise ValueError("state does not belong to this model: capture it with capture_state(model)")
+    for name, tensor in current.items():
+        tensor.copy_(state[name])
+
+
+# --------------------------------------------------------------------------------------------
+# Gradual Global MP
+
+
+def cubic_sparsity_schedule(final_sparsity: float, steps: int, initial: float = 0.0) -> list[float]:
+    """Sparsity after each of ``steps`` pruning steps on the cubic schedule of Zhu & Gupta (2017).
+
+    ``s_t = s_f + (s_i - s_f) * (1 - t / n) ** 3`` for ``t = 1..n``: pruning is fast at first,
+    while many redundant weights remain, and slows down towards the target. The result rises
+    monotonically and its last entry is exactly ``final_sparsity``.
+    """
+    final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
+    initial = check_sparsity(initial, "initial")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+    if initial > final_sparsity:
+        raise ValueError(f"initial sparsity {initial} exceeds final_sparsity {final_sparsity}")
+    schedule = [final_sparsity + (initial - final_sparsity) * (1 - t / steps) ** 3 for t in range(1, steps + 1)]
+    schedule[-1] = final_sparsity  # exact, not up to round-off
+    return schedule
+
+
+@dataclass
+class GradualStep:
+    """One step of gradual pruning: the scheduled and reached sparsity, and accuracies if measured."""
+
+    step: int
+    target_sparsity: float
+    sparsity: float
+    layer_sparsities: list[float] = field(repr=False)
+    accuracy_pruned: float | None = None
+    accuracy_finetuned: float | None = None
+
+
+def gradual_global_magnitude_pruning(
+    model: nn.Module,
+    layers: Sequence[PrunableLayer],
+    data: Dataset | tuple[Tensor, Tensor],
+    final_sparsity: float,
+    steps: int,
+    epochs_per_step: int,
+    min_threshold: float | None = None,
+    *,
+    initial_sparsity: float = 0.0,
+    config: TrainConfig | None = None,
+    family: str | None = None,
+    eval_data: Dataset | tuple[Tensor, Tensor] | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    augment: Augment | None = None,
+) -> tuple[list[Tensor], list[GradualStep]]:
+    """Gradual Global MP: prune to ``final_sparsity`` in ``steps`` steps, fine-tuning between.
+
+    At step ``t`` the sparsity is ``cubic_sparsity_schedule(final_sparsity, steps,
+    initial_sparsity)[t]``; Global MP (one magnitude threshold over all layers, with Minimum
+    Threshold ``min_threshold`` if given) ranks the *current* weights, already fine-tuned, and
+    weights pruned at an earlier step rank below every surviving weight, so they stay pruned.
+    After every step (the last included) the model is fine-tuned with its masks for
+    ``epochs_per_step`` epochs (0: one-shot pruning at each step, no training).
+
+    Args:
+        model, layers: the trained model (modified in place) and its prunable layers.
+        data: the training split for fine-tuning.
+        final_sparsity, steps, initial_sparsity: the schedule.
+        epochs_per_step: fine-tuning epochs after each step.
+        min_threshold: Global MP's Minimum Threshold (fraction of all prunable weights each
+            layer keeps), respected at every step.
+        config, family: the fine-tuning recipe (as in :func:`finetune_pruned`); each step uses
+            a different shuffling seed.
+        eval_data: if given, accuracy on it (e.g. the reward split) before and after each
+            step's fine-tuning is recorded in the history.
+
+    Returns:
+        The final masks (exactly ``round(final_sparsity * N)`` of the ``N`` prunable weights
+        removed) and one :class:`GradualStep` per step.
+    """
+    epochs_per_step = _check_epochs(epochs_per_step, "epochs_per_step")
+    schedule = cubic_sparsity_schedule(final_sparsity, steps, initial_sparsity)
+    layers = list(layers)
+    device = torch.device(device)
+    model.to(device)
+    # Fail before any training if Minimum Threshold makes the target unreachable.
+    global_magnitude_masks([layer.weight for layer in layers], final_sparsity, min_threshold)
+    base = config if config is not None else (recipe_for(family) if family else DEFAULT_FINETUNE_RECIPE)
+
+    evaluate = None
+    if eval_data is not None:
+        from prune_gym.evaluation import evaluate_accuracy
+
+        def evaluate() -> float:
+            return evaluate_accuracy(model, eval_data, device=device)
+
+    masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
+    history: list[GradualStep] = []
+    tiny = torch.finfo(torch.float32).tiny
+    for step, target in enumerate(schedule):
+        # Surviving weights score at least `tiny` and pruned ones 0, so the pruned ones are
+        # removed first and never come back (the removal count only grows along the schedule).
+        scores = [
+            torch.where(mask, layer.weight.detach().abs().float().clamp_min(tiny), 0.0)
+            for layer, mask in zip(layers, masks, strict=True)
+        ]
+        masks = global_magnitude_masks(scores, target, min_threshold)
+        apply_masks(layers, masks)
+        record = GradualStep(
+            step=step + 1,
+            target_sparsity=target,
+            sparsity=sum(m.numel() - int(m.sum()) for m in masks) / sum(m.numel() for m in masks),
+            layer_sparsities=[mask_sparsity(m) for m in masks],
+        )
+        if evaluate is not None:
+            record.accuracy_pruned = evaluate()
+        if epochs_per_step:
+            step_config = dataclasses.replace(base, epochs=epochs_per_step, seed=base.seed + step)
+            train_classifier(
+                model, data, step_config, device=device, masks=masks, layers=layers, progress=progress,
+                description=f"gradual step {step + 1}/{steps} ({target:.3f})", augment=augment,
+            )
+            if evaluate is not None:
+                record.accuracy_finetuned = evaluate()
+        history.append(record)
+    model.eval()
+    return masks, history

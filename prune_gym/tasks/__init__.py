@@ -14,7 +14,10 @@ from prune_gym.tasks.base import (
     atomic_save,
     cache_dir,
 )
+from prune_gym.tasks.cifar10 import mobilenetv1_cifar10, resnet32_cifar10, wrn28x8_cifar10
 from prune_gym.tasks.digits import DigitsTask
+from prune_gym.tasks.har2 import HAR2Task
+from prune_gym.tasks.imagenet import mobilenetv2_imagenet, resnet50_imagenet
 
 TASKS: dict[str, Task] = {}
 
@@ -43,6 +46,12 @@ def list_tasks() -> list[Task]:
 
 
 register_task(DigitsTask())
+register_task(HAR2Task())
+register_task(resnet50_imagenet())
+register_task(mobilenetv2_imagenet())
+register_task(resnet32_cifar10())
+register_task(wrn28x8_cifar10())
+register_task(mobilenetv1_cifar10())
 
 __all__ = [
     "TASKS",

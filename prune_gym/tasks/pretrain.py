@@ -1,0 +1,205 @@
+"""Train a task's model from scratch and save it where the task looks for its weights.
+
+``pretrain("fastgrnn-har2", data_dir=...)`` (CLI: ``prune-gym pretrain TASK``) builds the
+task's architecture, trains it on the train split with the family's standard recipe
+(``prune_gym.finetune.recipe_for(family, "pretrain")``; the digits task uses its own recipe, so
+the result equals its cached model), reports the test accuracy and saves the weights
+atomically to ``output`` or the task's default weights path.
+
+Recipes (SGD with Nesterov momentum, cosine learning rate stepped per batch):
+
+- ``cifar10``: lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, 200 epochs; random crops
+  (4-pixel zero padding) and horizontal flips, applied to tensor batches on the device.
+- ``har2``, ``digits``, ``imagenet``: see ``prune_gym.finetune.PRETRAIN_RECIPES``. ImageNet
+  trains from the data folder through worker processes with the task's own augmentation.
+
+Resumable: after every epoch, model, optimiser, scheduler, epoch count and random state are
+saved atomically to ``<output>.partial``. ``resume=True`` continues from it and ends exactly as
+an uninterrupted run would (same machine); Ctrl-C leaves the last completed epoch there. The
+partial checkpoint is removed once the final weights are saved; without ``resume`` an old one
+is discarded and training starts from scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from prune_gym.evaluation import Evaluator, as_tensors, resolve_device
+from prune_gym.finetune import Augment, TrainConfig, recipe_for, train_classifier
+from prune_gym.tasks import get_task
+from prune_gym.tasks.base import Splits, Task, atomic_save
+
+#: Families whose train split is decoded once into tensors and augmented on the device.
+TENSOR_AUGMENTED_FAMILIES = ("cifar10",)
+#: Padding of the random crops of ``crop_flip`` (the standard CIFAR recipe).
+CROP_PADDING = 4
+
+
+def crop_flip(images: Tensor, padding: int = CROP_PADDING) -> Tensor:
+    """Random crops from zero-padded images and random horizontal flips, per image.
+
+    ``images`` is an ``(N, C, H, W)`` batch on any device; the randomness comes from torch's
+    global generator (so a resumed training run draws the same crops). Zero padding of
+    normalised images pads with the dataset mean, as padding the raw image with black would
+    up to a shift.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"crop_flip expects (N, C, H, W) images, got shape {tuple(images.shape)}")
+    n, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    # Offsets and flips are drawn on the CPU so the stream does not depend on the device.
+    offset_y = torch.randint(0, 2 * padding + 1, (n,)).to(images.device)
+    offset_x = torch.randint(0, 2 * padding + 1, (n,)).to(images.device)
+    flip = (torch.rand(n) < 0.5).to(images.device)
+    rows = offset_y[:, None] + torch.arange(height, device=images.device)  # (N, H)
+    columns = torch.arange(width, device=images.device).expand(n, width)
+    columns = torch.where(flip[:, None], columns.flip(1), columns) + offset_x[:, None]  # (N, W)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    cropped = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], columns[:, None, :]]  # (N, H, W, C)
+    return cropped.permute(0, 3, 1, 2).contiguous()
+
+
+def pretrain_recipe(task: Task) -> TrainConfig:
+    """The recipe ``pretrain`` uses for ``task`` (a fresh copy)."""
+    if task.family == "digits":
+        from prune_gym.tasks.digits import TRAIN_RECIPE
+
+        return dataclasses.replace(TRAIN_RECIPE)
+    return recipe_for(task.family, "pretrain")
+
+
+def default_output(task: Task) -> Path:
+    """Where the task loads its trained weights from by default."""
+    if callable(getattr(task, "default_weights_path", None)):
+        return Path(task.default_weights_path())
+    if isinstance(getattr(task, "cache_path", None), Path):  # the digits task's cache
+        return task.cache_path
+    raise ValueError(f"task {task.name!r} has no default weights path: pass output= (CLI: --output PATH)")
+
+
+def partial_path(output: str | os.PathLike) -> Path:
+    """The resumable checkpoint kept next to ``output`` while training runs."""
+    output = Path(output)
+    return output.with_name(output.name + ".partial")
+
+
+def _log(message: str, progress: bool) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def pretrain(
+    task_name: str,
+    data_dir: str | os.PathLike | None = None,
+    epochs: int | None = None,
+    output: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Train ``task_name``'s model from scratch; return the path of the saved weights.
+
+    Args:
+        task_name: a task name or env id (``"fastgrnn-har2"``, ``"PruneResNet32CIFAR10-v0"``).
+        data_dir: the task's data folder (else its environment variable, e.g. ``$PRUNE_GYM_HAR_DIR``).
+        epochs: overrides the recipe's number of epochs (the cosine schedule spans them all).
+        output: where to save the weights; default: the task's default weights path, so
+            ``load_model()`` finds them.
+        resume: continue from ``<output>.partial`` if it exists (same task, recipe and epochs).
+        device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        progress: show a progress bar and report the test accuracy on stderr.
+        seed: split seed (the task's ``load_splits(seed=)``), initialisation and shuffling seed.
+
+    The saved file is ``{"state_dict", "task", "recipe", "test_accuracy"}``; every task's
+    ``load_model(weights=PATH)`` reads it.
+
+    Raises:
+        ValueError: unknown task, bad ``epochs`` or ``device``, or a partial checkpoint from
+            another run when resuming.
+        MissingResourceError: if the task's data is not found.
+    """
+    task = get_task(task_name)
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
+    torch_device = resolve_device(device)
+    config = dataclasses.replace(pretrain_recipe(task), seed=seed)
+    if epochs is not None:
+        config.epochs = epochs
+    output = Path(output).expanduser() if output is not None else default_output(task)
+    checkpoint = partial_path(output)
+    # Data first: a missing folder must not cost the user a partial checkpoint.
+    splits, train, augment, loader_workers, amp = _training_data(task, data_dir, seed, torch_device)
+    if resume and checkpoint.exists():
+        _log(f"resuming from {checkpoint}", progress)
+    elif checkpoint.exists():
+        # train_classifier resumes from any checkpoint it finds; without resume we start anew.
+        _log(f"discarding the partial checkpoint {checkpoint} (pass resume=True / --resume to continue it)", progress)
+        checkpoint.unlink()
+    elif resume:
+        _log(f"no partial checkpoint at {checkpoint}: training from scratch", progress)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = task.build_model()
+    _log(
+        f"training {task.name} ({task.architecture} on {task.dataset}) on {torch_device} for "
+        f"{config.epochs} epochs ({len(splits.train)} training samples)",
+        progress,
+    )
+    try:
+        train_classifier(
+            model,
+            train,
+            config,
+            device=torch_device,
+            progress=progress,
+            description=f"pretrain {task.name}",
+            checkpoint_path=checkpoint,
+            augment=augment,
+            amp=amp,
+            num_workers=loader_workers,
+        )
+    except KeyboardInterrupt:
+        if checkpoint.exists():
+            _log(f"interrupted; continue with `prune-gym pretrain {task.name} --resume` (checkpoint {checkpoint})", True)
+        raise
+
+    accuracy = Evaluator(model, splits.test, device=torch_device, cache_activations=False).accuracy()
+    model.cpu()
+    atomic_save(
+        {
+            "state_dict": model.state_dict(),
+            "task": task.name,
+            "recipe": dataclasses.asdict(config),
+            "test_accuracy": accuracy,
+        },
+        output,
+    )
+    checkpoint.unlink(missing_ok=True)
+    _log(f"test accuracy {accuracy:.4f} ({len(splits.test)} samples); weights saved to {output}", progress)
+    return output
+
+
+def _training_data(
+    task: Task, data_dir: str | os.PathLike | None, seed: int, device: torch.device
+) -> tuple[Splits, Dataset | tuple[Tensor, Tensor], Augment | None, int, bool]:
+    """``(splits, training data, augment, loader workers, amp)`` for the task's family."""
+    on_cuda = device.type == "cuda"
+    takes_augment = "augment" in inspect.signature(task.load_splits).parameters
+    if task.family == "imagenet" and takes_augment:
+        # Too large to decode up front: stream through workers with the task's PIL augmentation.
+        splits = task.load_splits(data_dir, seed=seed, augment=True)
+        return splits, splits.train, None, min(8, os.cpu_count() or 1), on_cuda
+    splits = task.load_splits(data_dir, seed=seed)
+    if task.family in TENSOR_AUGMENTED_FAMILIES:
+        # Decoded once; crops and flips then run on tensor batches on the device.
+        return splits, as_tensors(splits.train), crop_flip, 0, on_cuda
+    return splits, splits.train, None, 0, False
