@@ -124,7 +124,7 @@ class Evaluator:
         num_workers: int = 0,
     ) -> None:
         self.model = model
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
@@ -188,7 +188,8 @@ class Evaluator:
         if self.stages is None:
             return self._count(self._logits(x) for x, _ in self.batches)
         start = from_stage if self._cached_stage == from_stage else 0
-        keep = keep_stage if keep_stage is not None and keep_stage >= start else None
+        # A stage past the end has no input to cache; keeping it would leave an empty cache.
+        keep = keep_stage if keep_stage is not None and start <= keep_stage < len(self.stages) else None
         correct = 0
         new_cache: list[Tensor] = []
         for index, (x, y) in enumerate(self.batches):
@@ -244,3 +245,28 @@ def evaluate_accuracy(
     device = resolve_device(device)
     model = model.to(device).eval()
     return Evaluator(model, data, device, batch_size=batch_size, amp=amp, cache_activations=False).accuracy()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Sequence[Tensor]) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` (then back to eval mode).
+
+    Pruning shifts activation statistics; re-estimating them on a few training batches recovers
+    much of the accuracy lost without any weight update. The statistics are a plain average over
+    the batches (momentum None); weights are not touched.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not batches:
+        return
+    saved_momentum = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    try:
+        for batch in batches:
+            model(batch)
+    finally:
+        model.eval()
+        for norm, momentum in zip(norms, saved_momentum):
+            norm.momentum = momentum

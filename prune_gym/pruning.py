@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,13 +106,29 @@ def _in_forward_order(model: nn.Module, layers: list[PrunableLayer], example_inp
             first_call.setdefault(name, len(first_call))
         handles.append(layer.module.register_forward_hook(hook))
     try:
-        with torch.inference_mode():
+        with _eval_mode(model), torch.inference_mode():
             model(example_input)
     finally:
         for handle in handles:
             handle.remove()
     # Layers never called in forward keep their registration order, after the called ones.
     return sorted(layers, key=lambda layer: first_call.get(layer.name, len(layers) + layers.index(layer)))
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run bookkeeping forward passes in eval mode, then restore every module's mode.
+
+    In train mode such a pass would update BatchNorm running statistics (changing the model
+    that is about to be pruned) and fail on a batch of one sample.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,6 +194,7 @@ def _remove_smallest(scores: Tensor, count: int) -> Tensor:
 def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
     """Mask removing exactly ``round(sparsity * weight.numel())`` smallest-magnitude weights."""
     sparsity = check_sparsity(sparsity)
+    check_finite(weight, "weight")
     count = round(sparsity * weight.numel())
     keep = _remove_smallest(weight.detach().abs().flatten().float(), count)
     return keep.view_as(weight)
@@ -314,6 +332,8 @@ class PruningState:
     def __init__(self, model: nn.Module, layers: Sequence[PrunableLayer] | None = None) -> None:
         self.model = model
         self.layers: list[PrunableLayer] = list(layers) if layers is not None else find_prunable_layers(model)
+        if not self.layers:
+            raise ValueError("PruningState needs at least one prunable layer, got layers=[]")
         for layer in self.layers:
             check_finite(layer.weight, layer.name)
         self.dense: list[Tensor] = [layer.weight.detach().clone() for layer in self.layers]
@@ -333,7 +353,9 @@ class PruningState:
         """Prune layer ``i`` with ``mask`` (validated before anything changes)."""
         mask = check_mask(mask, self.dense[i], self.layers[i].name)
         torch.mul(self.dense[i], mask, out=self.layers[i].weight.data)
-        self.masks[i] = mask
+        # Copy into the state's own buffer: restore() clears masks in place, which must never
+        # reach a mask the caller still holds (e.g. cached Global MP masks).
+        self.masks[i].copy_(mask)
 
     def set_masks(self, masks: Sequence[Tensor]) -> None:
         """Prune every layer; all masks are validated before any weight changes."""
@@ -397,7 +419,7 @@ def layer_flops(model: nn.Module, example_input: Tensor, layers: Sequence[Prunab
         handles.append(layer.module.register_forward_pre_hook(pre_hook))
         handles.append(layer.module.register_forward_hook(post_hook))
     try:
-        with counter, torch.inference_mode():
+        with _eval_mode(model), counter, torch.inference_mode():
             model(example_input)
     finally:
         for handle in handles:
