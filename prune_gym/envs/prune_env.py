@@ -12,7 +12,15 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from prune_gym.evaluation import DataLike, Evaluator, as_tensors, model_stages, resolve_device, stage_of_modules
+from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
+from prune_gym.evaluation import (
+    DataLike,
+    Evaluator,
+    as_tensors,
+    recalibrate_batchnorm,
+    resolve_device,
+    stage_of_modules,
+)
 from prune_gym.pruning import (
     PruningState,
     check_sparsity,
@@ -22,7 +30,6 @@ from prune_gym.pruning import (
     layer_flops,
 )
 from prune_gym.stats import FEATURE_INDEX, FEATURES, NUM_STATIC, observation_bounds, static_features
-from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
 
 ACTION_TYPES = ("discrete", "continuous")
 
@@ -92,7 +99,8 @@ class PruneEnv(gym.Env):
       ``channels_last``: bf16/fp16 autocast and memory format on CUDA; ``batch_size``;
       ``cache_activations``: resume evaluation from the first changed block (exact).
     - ``data_dir``, ``weights``, ``split_seed``: passed to the task's loaders.
-    - ``synthetic``, ``input_shape``: random weights and data (for mechanics and speed only).
+    - ``synthetic``, ``input_shape``, ``synthetic_samples``: random weights and random data of
+      this sample shape and split size (for mechanics and speed only; never a result).
     - ``exclude_layers``: name patterns of layers never pruned (and not visited).
     - ``bn_recalibration_batches``: re-estimate BatchNorm statistics on this many train
       batches after each step (0 = off); the statistics are restored on reset.
@@ -130,6 +138,7 @@ class PruneEnv(gym.Env):
         split_seed: int = 0,
         synthetic: bool = False,
         input_shape: Sequence[int] | None = None,
+        synthetic_samples: int = 64,
         exclude_layers: Sequence[str] = (),
         bn_recalibration_batches: int = 0,
         render_mode: str | None = None,
@@ -162,7 +171,7 @@ class PruneEnv(gym.Env):
         if task is not None:
             if model is not None or reward_data is not None or test_data is not None:
                 raise ValueError("pass either task=... or model=/reward_data=/test_data=, not both")
-            model, splits = self._load_task(task, data_dir, weights, split_seed, synthetic, input_shape)
+            model, splits = self._load_task(task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples)
             reward_data, test_data = splits.reward, splits.test
             train_data = train_data if train_data is not None else splits.train
         else:
@@ -197,6 +206,7 @@ class PruneEnv(gym.Env):
         )
         self._static = static_features(self.layers, self.state.dense, self.layer_flops)
         self._buffers_snapshot = self._snapshot_buffers() if self.bn_recalibration_batches else None
+        self._recalibration_batches: list[Tensor] | None = None
         self._global_mp_cache: dict[tuple[float, float | None], list[float]] = {}
 
         # -- spaces --------------------------------------------------------------------------
@@ -222,13 +232,19 @@ class PruneEnv(gym.Env):
             return None
         return check_sparsity(target_sparsity, "target_sparsity")
 
-    def _load_task(self, task, data_dir, weights, split_seed, synthetic, input_shape):
+    def _load_task(self, task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples):
         from prune_gym.tasks import get_task
 
         self.task = get_task(task)
         if synthetic:
             model = self.task.synthetic_model(seed=split_seed)
-            splits = self.task.synthetic_splits(input_shape=tuple(input_shape) if input_shape else None, seed=split_seed)
+            if int(synthetic_samples) < 1:
+                raise ValueError(f"synthetic_samples must be a positive integer, got {synthetic_samples}")
+            splits = self.task.synthetic_splits(
+                input_shape=tuple(input_shape) if input_shape else None,
+                sizes=(int(synthetic_samples),) * 3,
+                seed=split_seed,
+            )
             return model, splits
         if input_shape is not None:
             raise ValueError("input_shape only applies with synthetic=True")
@@ -320,7 +336,11 @@ class PruneEnv(gym.Env):
         self.evaluator.mark_changed(0)
         self._reset_episode_state()
         self._t = 0
-        info = {"dense_reward_accuracy": self.dense_reward_accuracy, "num_layers": self.num_layers}
+        info = {
+            "dense_reward_accuracy": self.dense_reward_accuracy,
+            "num_layers": self.num_layers,
+            "synthetic": self.synthetic,
+        }
         return self._observation(), info
 
     def _reset_episode_state(self) -> None:
@@ -387,6 +407,7 @@ class PruneEnv(gym.Env):
         if terminated:
             info["layer_sparsities"] = dict(zip(self.layer_names(), self.applied))
             info["dense_reward_accuracy"] = self.dense_reward_accuracy
+            info["synthetic"] = self.synthetic
             if self._test_data is not None:
                 info["test_accuracy"] = self.evaluate_test()
                 info["dense_test_accuracy"] = self._dense_test_accuracy()
@@ -429,32 +450,16 @@ class PruneEnv(gym.Env):
             self._changed_stage = 0
             self.evaluator.mark_changed(0)
 
-    @torch.no_grad()
     def _recalibrate_batchnorm(self) -> None:
-        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return
-        if not hasattr(self, "_recalibration_batches"):
+        if self._recalibration_batches is None:
             inputs, _ = as_tensors(self._train_data)
-            generator = torch.Generator().manual_seed(0)
-            order = torch.randperm(len(inputs), generator=generator)
+            order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0))
             size = self._eval_options["batch_size"]
             self._recalibration_batches = [
-                inputs[order[i * size : (i + 1) * size]].to(self.device) for i in range(self.bn_recalibration_batches)
-                if i * size < len(inputs)
+                inputs[order[start : start + size]].to(self.device)
+                for start in range(0, min(len(inputs), size * self.bn_recalibration_batches), size)
             ]
-        saved_momentum = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batches
-        self.model.train()
-        try:
-            for batch in self._recalibration_batches:
-                self.model(batch)
-        finally:
-            self.model.eval()
-            for m, momentum in zip(norms, saved_momentum):
-                m.momentum = momentum
+        recalibrate_batchnorm(self.model, self._recalibration_batches)
 
     @torch.no_grad()
     def _restore_buffers(self) -> None:

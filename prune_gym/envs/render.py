@@ -30,6 +30,8 @@ def render_ansi(env: PruneEnv) -> str:
         f"overall sparsity {env.state.overall_sparsity():.4f} (target {target}), "
         f"reward-split accuracy {env._accuracy:.4f} (dense {env.dense_reward_accuracy:.4f})"
     )
+    if env.synthetic:
+        lines.append("SYNTHETIC: random weights and random data, for mechanics and speed only")
     return "\n".join(lines) + "\n"
 
 
@@ -38,8 +40,8 @@ def render_rgb_array(env: PruneEnv) -> np.ndarray:
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     count = env.num_layers
     positions = np.arange(count)

@@ -1,0 +1,415 @@
+"""PruneEnv: the environment contract of DESIGN.md, checked on the digits env and a custom model."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import prune_gym
+from prune_gym import PruneEnv
+from prune_gym.evaluation import evaluate_accuracy
+from prune_gym.pruning import find_prunable_layers, global_magnitude_masks
+from prune_gym.stats import FEATURES
+
+DIGITS = "PruneResNet20Digits-v0"
+
+
+@pytest.fixture
+def env(digits_model_state):
+    env = gym.make(DIGITS)
+    yield env
+    env.close()
+
+
+def rollout(env, actions=None, seed=0, options=None):
+    obs, info = env.reset(seed=seed, options=options)
+    observations, rewards, infos = [obs], [], [info]
+    done, t = False, 0
+    while not done:
+        action = env.action_space.sample() if actions is None else actions[t]
+        obs, reward, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        rewards.append(reward)
+        infos.append(info)
+        done = terminated or truncated
+        t += 1
+    return observations, rewards, infos
+
+
+def weights_of(env) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in env.unwrapped.model.state_dict().items()}
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# -- registration ----------------------------------------------------------------------------
+
+
+def test_every_task_is_registered_with_episode_length_equal_to_layer_count():
+    assert DIGITS in prune_gym.ENV_IDS
+    for task in prune_gym.TASKS.values():
+        spec = gym.spec(task.env_id)
+        assert spec.max_episode_steps == task.num_prunable_layers
+        assert spec.kwargs["task"] == task.name
+
+
+def test_make_with_module_prefix_and_episode_length(digits_model_state):
+    env = gym.make(f"prune_gym:{DIGITS}")
+    _, rewards, infos = rollout(env)
+    assert len(rewards) == env.unwrapped.num_layers == 22
+    assert "test_accuracy" in infos[-1]
+
+
+def test_unknown_kwarg_is_rejected_by_name(digits_model_state):
+    with pytest.raises(TypeError, match="target_sparsty"):
+        gym.make(DIGITS, target_sparsty=0.5)
+
+
+# -- spaces, projection and info -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("action_type", ["discrete", "continuous"])
+def test_random_episodes_end_at_the_target(digits_model_state, action_type):
+    env = gym.make(DIGITS, action_type=action_type, target_sparsity=0.7)
+    env.action_space.seed(1)
+    unwrapped = env.unwrapped
+    total = unwrapped.state.total
+    for episode in range(3):
+        _, _, infos = rollout(env, seed=episode)
+        pruned = unwrapped.state.pruned_count()
+        # every finished episode ends at the target to within one weight per layer
+        assert abs(pruned - 0.7 * total) <= unwrapped.num_layers
+        assert infos[-1]["overall_sparsity"] == pytest.approx(pruned / total)
+        for info in infos[1:]:
+            assert 0.0 <= info["applied_sparsity"] <= unwrapped.max_sparsity
+            assert unwrapped.min_sparsity <= info["requested_sparsity"] <= unwrapped.max_sparsity
+        assert set(infos[-1]["layer_sparsities"]) == set(unwrapped.layer_names())
+
+
+def test_no_target_applies_the_requested_sparsity(digits_model_state):
+    env = gym.make(DIGITS, target_sparsity=None, reward="accuracy-sparsity")
+    _, _, infos = rollout(env, actions=[3] * 22)
+    level = env.unwrapped.levels[3]
+    for info in infos[1:]:
+        numel = env.unwrapped.state.numels[info["layer_index"]]
+        assert info["applied_sparsity"] == round(level * numel) / numel
+
+
+def test_observations_are_in_the_space_and_documented(env):
+    assert env.observation_space.shape == (len(FEATURES),)
+    observations, _, _ = rollout(env)
+    for obs in observations:
+        assert obs.dtype == np.float32
+        assert env.observation_space.contains(obs)
+
+
+def test_step_info_keys(env):
+    _, _, infos = rollout(env)
+    for info in infos[1:]:
+        for key in ("layer", "requested_sparsity", "applied_sparsity", "overall_sparsity", "flops_reduction", "reward_accuracy"):
+            assert key in info
+    last = infos[-1]
+    assert 0.0 <= last["test_accuracy"] <= 1.0
+    assert last["dense_test_accuracy"] > 0.95
+
+
+# -- determinism, reset ----------------------------------------------------------------------
+
+
+def test_seeded_rollouts_are_identical(digits_model_state):
+    runs = []
+    for _ in range(2):
+        env = gym.make(DIGITS)
+        env.action_space.seed(7)
+        observations, rewards, _ = rollout(env, seed=7)
+        runs.append((np.stack(observations), np.array(rewards)))
+    assert np.array_equal(runs[0][0], runs[1][0])
+    assert np.array_equal(runs[0][1], runs[1][1])
+
+
+def test_reset_restores_dense_weights_bit_for_bit(env):
+    env.reset(seed=0)
+    dense = weights_of(env)
+    rollout(env)
+    assert not torch.equal(env.unwrapped.layers[5].weight, dense[env.unwrapped.layers[5].name + ".weight"])
+    env.reset()
+    assert_same_state(weights_of(env), dense)
+
+
+def test_reset_option_changes_the_target(env):
+    rollout(env, options={"target_sparsity": 0.5})
+    unwrapped = env.unwrapped
+    assert abs(unwrapped.state.pruned_count() - 0.5 * unwrapped.state.total) <= unwrapped.num_layers
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"sparsity": 0.5})
+
+
+# -- Global MP through the env --------------------------------------------------------------------
+
+
+def test_global_mp_played_through_the_env_equals_global_mp_applied_directly(digits_model, digits_model_state):
+    env = gym.make(DIGITS, action_type="continuous", target_sparsity=0.8)
+    unwrapped = env.unwrapped
+    sparsities = unwrapped.global_mp_sparsities()
+    _, _, infos = rollout(env, actions=[unwrapped.sparsity_to_action(s) for s in sparsities])
+    applied = [infos[-1]["layer_sparsities"][name] for name in unwrapped.layer_names()]
+    numels = unwrapped.state.numels
+    for got, want, numel in zip(applied, sparsities, numels):
+        assert abs(got - want) * numel <= 1.0  # within one weight per layer
+
+    # Direct application on a separate copy of the trained model.
+    layers = find_prunable_layers(digits_model)
+    masks = global_magnitude_masks([layer.weight for layer in layers], 0.8)
+    with torch.no_grad():
+        for layer, mask in zip(layers, masks):
+            layer.weight.mul_(mask)
+    test = unwrapped.task.load_splits().test
+    assert infos[-1]["test_accuracy"] == evaluate_accuracy(digits_model, test, "cpu")
+    assert [torch.equal(a, b) for a, b in zip(unwrapped.state.masks, masks)] == [True] * len(masks)
+
+
+# -- the activation cache is exact ------------------------------------------------------------------
+
+
+def test_activation_cache_gives_the_same_episode_as_full_forward(digits_model_state):
+    results = []
+    for cache in (True, False):
+        env = gym.make(DIGITS, cache_activations=cache)
+        env.action_space.seed(3)
+        _, rewards, infos = rollout(env, seed=3)
+        results.append(([i.get("reward_accuracy") for i in infos[1:]], rewards))
+    assert results[0] == results[1]
+    assert gym.make(DIGITS).unwrapped.evaluator.stages is not None
+
+
+# -- errors leave the model unchanged ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action_type", "action"),
+    [
+        ("discrete", 12),
+        ("discrete", -1),
+        ("discrete", 1.5),
+        ("discrete", "3"),
+        ("continuous", np.array([np.nan], dtype=np.float32)),
+        ("continuous", np.array([1.5], dtype=np.float32)),
+        ("continuous", np.array([0.1, 0.2], dtype=np.float32)),
+    ],
+)
+def test_out_of_space_actions_are_rejected_without_changing_the_model(digits_model_state, action_type, action):
+    env = gym.make(DIGITS, action_type=action_type).unwrapped
+    env.reset(seed=0)
+    env.step(env.sparsity_to_action(0.5))
+    before = weights_of(env)
+    with pytest.raises(ValueError, match="not in"):
+        env.step(action)
+    assert_same_state(weights_of(env), before)
+    assert env.current_layer == 1
+    env.step(env.sparsity_to_action(0.5))  # the episode goes on normally
+
+
+def test_failed_evaluation_rolls_the_step_back(env, monkeypatch):
+    unwrapped = env.unwrapped
+    env.reset(seed=0)
+    env.step(4)
+    before = weights_of(env)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated out-of-memory")
+
+    monkeypatch.setattr(unwrapped.evaluator, "accuracy", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        env.step(4)
+    assert_same_state(weights_of(env), before)
+    monkeypatch.undo()
+    env.reset()
+    rollout(env)
+
+
+def test_stepping_after_the_episode_or_before_reset_is_an_error(digits_model_state):
+    env = gym.make(DIGITS).unwrapped
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(0)
+    rollout(env)
+    with pytest.raises(RuntimeError, match="episode is over"):
+        env.step(0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target_sparsity": 1.0}, "target_sparsity"),
+        ({"target_sparsity": -0.1}, "target_sparsity"),
+        ({"target_sparsity": float("nan")}, "target_sparsity"),
+        ({"action_type": "multi"}, "action_type"),
+        ({"n_actions": 1}, "n_actions"),
+        ({"max_sparsity": 1.0}, "max_sparsity"),
+        ({"min_sparsity": 0.5, "max_sparsity": 0.4}, "min_sparsity"),
+        ({"reward": "nope"}, "unknown reward"),
+        ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "tpu"}, "device"),
+        ({"render_mode": "human"}, "render_mode"),
+    ],
+)
+def test_bad_kwargs_are_clear_errors(digits_model_state, kwargs, message):
+    # PruneEnv directly: gym.make itself wraps some render modes before the env sees them.
+    with pytest.raises(ValueError, match=message):
+        PruneEnv("resnet20-digits", **kwargs)
+
+
+def test_target_above_max_sparsity_is_rejected_at_reset(digits_model_state):
+    env = gym.make(DIGITS, target_sparsity=0.95, max_sparsity=0.9)
+    with pytest.raises(ValueError, match="max_sparsity"):
+        env.reset()
+
+
+# -- rewards ------------------------------------------------------------------------------------------
+
+
+def test_purl_return_telescopes_to_final_relative_accuracy(env):
+    _, rewards, infos = rollout(env)
+    unwrapped = env.unwrapped
+    expected = infos[-1]["reward_accuracy"] / unwrapped.dense_reward_accuracy - 1 + infos[-1]["overall_sparsity"]
+    assert sum(rewards) == pytest.approx(expected, abs=1e-9)
+    assert any(r != 0 for r in rewards[:-1])  # paid at every step, not only at the end
+
+
+def test_terminal_reward_pays_only_at_the_end_the_same_return(digits_model_state):
+    returns = {}
+    for reward in ("purl", "terminal"):
+        env = gym.make(DIGITS, reward=reward)
+        env.action_space.seed(5)
+        _, rewards, _ = rollout(env, seed=5)
+        returns[reward] = sum(rewards)
+        if reward == "terminal":
+            assert rewards[:-1] == [0.0] * (len(rewards) - 1)
+    assert returns["purl"] == pytest.approx(returns["terminal"], abs=1e-9)
+
+
+def test_custom_reward_callable(digits_model_state):
+    seen = []
+
+    def reward(context):
+        seen.append(context)
+        return -context.sparsity
+
+    env = gym.make(DIGITS, reward=reward)
+    _, rewards, _ = rollout(env)
+    assert len(seen) == 22 and seen[-1].terminal and not seen[0].terminal
+    assert rewards[-1] == pytest.approx(-seen[-1].sparsity)
+
+
+def test_flops_reward_tracks_flops_reduction(digits_model_state):
+    env = gym.make(DIGITS, reward="flops", sparsity_weight=2.0)
+    _, rewards, infos = rollout(env)
+    final = infos[-1]
+    expected = final["reward_accuracy"] / env.unwrapped.dense_reward_accuracy - 1 + 2.0 * final["flops_reduction"]
+    assert sum(rewards) == pytest.approx(expected, abs=1e-9)
+
+
+# -- a user's own model ----------------------------------------------------------------------------------
+
+
+def test_custom_model_with_conv1d_and_linear():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv1d(8, 8, 3, groups=8, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 16, 4),
+    )
+    x = torch.randn(40, 3, 16)
+    y = torch.randint(0, 4, (40,))
+    env = PruneEnv(model=model, reward_data=(x[:20], y[:20]), test_data=(x[20:], y[20:]), target_sparsity=0.5, device="cpu")
+    assert [layer.kind for layer in env.layers] == ["conv", "depthwise", "linear"]
+    _, _, infos = rollout(env, actions=[11, 11, 0])
+    assert abs(env.state.pruned_count() - 0.5 * env.state.total) <= 3
+    assert "test_accuracy" in infos[-1]
+    with pytest.raises(ValueError, match="model="):
+        PruneEnv(reward_data=(x, y))
+
+
+# -- BatchNorm re-calibration ------------------------------------------------------------------------
+
+
+def test_bn_recalibration_changes_statistics_and_reset_restores_them(digits_model_state):
+    env = gym.make(DIGITS, bn_recalibration_batches=2).unwrapped
+    env.reset(seed=0)
+    dense = weights_of(env)
+    env.step(9)
+    after = weights_of(env)
+    assert not torch.equal(after["stem.1.running_mean"], dense["stem.1.running_mean"])
+    env.reset()
+    assert_same_state(weights_of(env), dense)
+
+
+# -- rendering -------------------------------------------------------------------------------------------
+
+
+def test_render_ansi_and_rgb_array(digits_model_state):
+    env = gym.make(DIGITS, render_mode="ansi")
+    env.reset(seed=0)
+    env.step(5)
+    text = env.render()
+    assert "blocks.0.conv1" in text and "overall sparsity" in text
+    env = gym.make(DIGITS, render_mode="rgb_array")
+    env.reset(seed=0)
+    image = env.render()
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert image.std() > 0  # something is drawn
+
+
+# -- vectorised use ------------------------------------------------------------------------------------
+
+
+def test_make_vec_and_sb3_dummy_vec_env(digits_model_state):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    vec = gym.make_vec(DIGITS, num_envs=2, vectorization_mode="sync")
+    obs, _ = vec.reset(seed=0)
+    assert obs.shape == (2, len(FEATURES))
+    obs, rewards, terminated, truncated, _ = vec.step(np.array([1, 2]))
+    assert rewards.shape == (2,)
+    vec.close()
+    dummy = DummyVecEnv([lambda: gym.make(DIGITS)] * 2)
+    dummy.reset()
+    for _ in range(22):
+        _, _, dones, infos = dummy.step(np.array([4, 6]))
+    assert dones.all() and "test_accuracy" in infos[0]
+
+
+def test_memory_does_not_grow_over_many_episodes(digits_model_state):
+    import tracemalloc
+
+    env = gym.make(DIGITS)
+    env.action_space.seed(0)
+    for _ in range(5):
+        rollout(env)
+    tracemalloc.start()
+    baseline = tracemalloc.get_traced_memory()[0]
+    for _ in range(40):
+        rollout(env)
+    growth = tracemalloc.get_traced_memory()[0] - baseline
+    tracemalloc.stop()
+    assert growth < 2_000_000, f"memory grew by {growth} bytes over 40 episodes"
+    assert math.isfinite(growth)
+
+
+def test_check_env_passes_for_digits_without_warnings(digits_model_state):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    for action_type in ("discrete", "continuous"):
+        env = gym.make(DIGITS, action_type=action_type).unwrapped
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            check_env(env)
+            sb3_check_env(env)
