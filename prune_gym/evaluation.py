@@ -246,27 +246,3 @@ def evaluate_accuracy(
     model = model.to(device).eval()
     return Evaluator(model, data, device, batch_size=batch_size, amp=amp, cache_activations=False).accuracy()
 
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Sequence[Tensor]) -> None:
-    """Re-estimate every BatchNorm's running statistics on ``batches`` (then back to eval mode).
-
-    Pruning shifts activation statistics; re-estimating them on a few training batches recovers
-    much of the accuracy lost without any weight update. The statistics are a plain average over
-    the batches (momentum None); weights are not touched.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or not batches:
-        return
-    saved_momentum = [m.momentum for m in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    model.train()
-    try:
-        for batch in batches:
-            model(batch)
-    finally:
-        model.eval()
-        for norm, momentum in zip(norms, saved_momentum):
-            norm.momentum = momentum

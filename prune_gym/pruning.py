@@ -357,6 +357,14 @@ class PruningState:
         # reach a mask the caller still holds (e.g. cached Global MP masks).
         self.masks[i].copy_(mask)
 
+    @torch.no_grad()
+    def prune_current(self, i: int, mask: Tensor) -> None:
+        """Prune layer ``i``'s *current* weights with ``mask`` (for weights retrained since the
+        dense copy was taken); ``restore()`` still returns to the dense weights."""
+        mask = check_mask(mask, self.dense[i], self.layers[i].name)
+        self.layers[i].weight.data.mul_(mask)
+        self.masks[i].copy_(mask)
+
     def set_masks(self, masks: Sequence[Tensor]) -> None:
         """Prune every layer; all masks are validated before any weight changes."""
         if len(masks) != len(self.layers):

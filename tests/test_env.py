@@ -413,3 +413,36 @@ def test_check_env_passes_for_digits_without_warnings(digits_model_state):
             warnings.simplefilter("error")
             check_env(env)
             sb3_check_env(env)
+
+
+def test_per_step_finetuning_keeps_pruned_weights_zero_and_reset_restores_everything(digits_model_state):
+    env = gym.make(DIGITS, finetune_steps=2, target_sparsity=0.6).unwrapped
+    env.reset(seed=0)
+    dense = weights_of(env)
+    env.step(9)
+    env.step(9)
+    # Retraining touched layers that are not pruned yet (and BN), pruned weights stayed zero.
+    later = env.layers[5].name + ".weight"
+    assert not torch.equal(env.model.state_dict()[later], dense[later])
+    for layer, mask in zip(env.layers[:2], env.state.masks[:2]):
+        assert int((layer.weight[~mask] != 0).sum()) == 0
+        assert not mask.all()
+    while env.current_layer is not None:
+        env.step(env.action_space.sample())
+    assert abs(env.state.pruned_count() - 0.6 * env.state.total) <= env.num_layers
+    for layer, mask in zip(env.layers, env.state.masks):
+        assert int((layer.weight[~mask] != 0).sum()) == 0
+    env.reset()
+    assert_same_state(weights_of(env), dense)
+
+
+def test_failed_step_with_finetuning_rolls_back_every_parameter(digits_model_state, monkeypatch):
+    env = gym.make(DIGITS, finetune_steps=1).unwrapped
+    env.reset(seed=0)
+    env.step(4)
+    before = weights_of(env)
+    monkeypatch.setattr(env.evaluator, "accuracy", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        env.step(4)
+    assert_same_state(weights_of(env), before)
+    assert env.current_layer == 1

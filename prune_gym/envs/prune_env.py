@@ -13,14 +13,8 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
-from prune_gym.evaluation import (
-    DataLike,
-    Evaluator,
-    as_tensors,
-    recalibrate_batchnorm,
-    resolve_device,
-    stage_of_modules,
-)
+from prune_gym.evaluation import DataLike, Evaluator, as_tensors, resolve_device, stage_of_modules
+from prune_gym.finetune import capture_state, finetune_steps, recalibrate_batchnorm, restore_state
 from prune_gym.pruning import (
     PruningState,
     check_sparsity,
@@ -32,6 +26,9 @@ from prune_gym.pruning import (
 from prune_gym.stats import FEATURE_INDEX, FEATURES, NUM_STATIC, observation_bounds, static_features
 
 ACTION_TYPES = ("discrete", "continuous")
+
+#: Train-split samples kept on the device for BN re-calibration and per-step fine-tuning.
+RESIDENT_TRAIN_SAMPLES = 4096
 
 
 class PruneEnv(gym.Env):
@@ -104,6 +101,10 @@ class PruneEnv(gym.Env):
     - ``exclude_layers``: name patterns of layers never pruned (and not visited).
     - ``bn_recalibration_batches``: re-estimate BatchNorm statistics on this many train
       batches after each step (0 = off); the statistics are restored on reset.
+    - ``finetune_steps``, ``finetune_lr``: a short masked retraining (this many SGD steps on
+      train batches) after each pruning step, the PuRL-style schedule (0 = off). Later layers
+      are then pruned by the magnitude of their retrained weights. Reset restores every
+      parameter and buffer from a device copy.
     - ``render_mode``: ``"ansi"`` (a per-layer table) or ``"rgb_array"`` (a bar chart).
 
     ## Version History
@@ -141,6 +142,8 @@ class PruneEnv(gym.Env):
         synthetic_samples: int = 64,
         exclude_layers: Sequence[str] = (),
         bn_recalibration_batches: int = 0,
+        finetune_steps: int = 0,
+        finetune_lr: float = 0.01,
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
@@ -158,8 +161,11 @@ class PruneEnv(gym.Env):
         self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        if int(bn_recalibration_batches) < 0:
-            raise ValueError(f"bn_recalibration_batches must be >= 0, got {bn_recalibration_batches}")
+        for name, value in (("bn_recalibration_batches", bn_recalibration_batches), ("finetune_steps", finetune_steps)):
+            if not isinstance(value, int | np.integer) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not (float(finetune_lr) > 0):
+            raise ValueError(f"finetune_lr must be > 0, got {finetune_lr!r}")
         self.render_mode = render_mode
         self.action_type = action_type
         self.sparsity_weight = float(sparsity_weight)
@@ -192,8 +198,10 @@ class PruneEnv(gym.Env):
         self._eval_options = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
         self._train_data = train_data
         self.bn_recalibration_batches = int(bn_recalibration_batches)
-        if self.bn_recalibration_batches and train_data is None:
-            raise ValueError("bn_recalibration_batches needs train_data= (or a task) to re-estimate statistics on")
+        self.finetune_steps = int(finetune_steps)
+        self.finetune_lr = float(finetune_lr)
+        if (self.bn_recalibration_batches or self.finetune_steps) and train_data is None:
+            raise ValueError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
 
         example = self._example_input(reward_data)
         self.layers = find_prunable_layers(self.model, example_input=example, exclude_names=exclude_layers)
@@ -205,8 +213,11 @@ class PruneEnv(gym.Env):
             stage_of_modules(stages, [layer.module for layer in self.layers]) if stages else [0] * self.num_layers
         )
         self._static = static_features(self.layers, self.state.dense, self.layer_flops)
-        self._buffers_snapshot = self._snapshot_buffers() if self.bn_recalibration_batches else None
-        self._recalibration_batches: list[Tensor] | None = None
+        # Re-calibration and fine-tuning change more than the masked weights: keep a device copy
+        # of every parameter and buffer to reset from.
+        self._full_snapshot = capture_state(self.model) if self.bn_recalibration_batches or self.finetune_steps else None
+        self._train_tensors: tuple[Tensor, Tensor] | None = None
+        self._finetune_generator = torch.Generator().manual_seed(split_seed)
         self._global_mp_cache: dict[tuple[float, float | None], list[float]] = {}
 
         # -- spaces --------------------------------------------------------------------------
@@ -259,9 +270,6 @@ class PruneEnv(gym.Env):
             dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
             sample = torch.as_tensor(dataset[0][0]).unsqueeze(0)
         return sample.to(self.device)
-
-    def _snapshot_buffers(self) -> dict[str, Tensor]:
-        return {name: buffer.detach().clone() for name, buffer in self.model.named_buffers()}
 
     # ------------------------------------------------------------------------------------------
     # Public helpers (used by reference policies, the comparison workflow and tests)
@@ -331,8 +339,10 @@ class PruneEnv(gym.Env):
                 f"target_sparsity {self.target_sparsity} is above max_sparsity {self.max_sparsity}: raise max_sparsity"
             )
         self.state.restore()
-        if self._buffers_snapshot is not None:
-            self._restore_buffers()
+        if self._full_snapshot is not None:
+            restore_state(self.model, self._full_snapshot)
+        if seed is not None:
+            self._finetune_generator.manual_seed(seed)
         self.evaluator.mark_changed(0)
         self._reset_episode_state()
         self._t = 0
@@ -363,16 +373,23 @@ class PruneEnv(gym.Env):
         low, high = self._feasible_pruned_counts(index)
         count = int(np.clip(round(requested * numel), low, high))
         previous_mask = self.state.masks[index].clone()
+        before_step = capture_state(self.model) if self._full_snapshot is not None else None
         try:
-            self.state.set_mask(index, keep_top_mask(self.state.dense[index], numel - count))
-            self._after_weights_changed(index)
+            if self.finetune_steps:
+                # Retrained weights differ from the dense copy: rank the current ones.
+                self.state.prune_current(index, keep_top_mask(self.layers[index].weight, numel - count))
+            else:
+                self.state.set_mask(index, keep_top_mask(self.state.dense[index], numel - count))
+            changed_stage = self._after_weights_changed(index)
             next_stage = self.layer_stage[index + 1] if index + 1 < self.num_layers else None
-            accuracy = self.evaluator.accuracy(from_stage=self._changed_stage, keep_stage=next_stage)
+            accuracy = self.evaluator.accuracy(from_stage=changed_stage, keep_stage=next_stage)
         except BaseException:
             # A failed step leaves the model as it was before the step.
-            self.state.set_mask(index, previous_mask)
-            if self._buffers_snapshot is not None:
-                self._restore_buffers()
+            if before_step is not None:
+                restore_state(self.model, before_step)
+                self.state.masks[index].copy_(previous_mask)
+            else:
+                self.state.set_mask(index, previous_mask)
             self.evaluator.mark_changed(0)
             raise
 
@@ -442,43 +459,49 @@ class PruneEnv(gym.Env):
         high = min(layer_high, still_needed - rest_low)
         return low, max(low, high)
 
-    def _after_weights_changed(self, index: int) -> None:
-        self._changed_stage = self.layer_stage[index]
-        self.evaluator.mark_changed(self._changed_stage)
+    def _after_weights_changed(self, index: int) -> int:
+        """Fine-tune / re-calibrate as configured; return the first stage whose output changed."""
+        stage = self.layer_stage[index]
+        if self.finetune_steps:
+            finetune_steps(
+                self.model, self.layers, self.state.masks, self._resident_train(), self.finetune_steps,
+                lr=self.finetune_lr, generator=self._finetune_generator,
+            )
+            stage = 0
         if self.bn_recalibration_batches:
-            self._recalibrate_batchnorm()
-            self._changed_stage = 0
-            self.evaluator.mark_changed(0)
+            inputs = self._resident_train()[0][: self.bn_recalibration_batches * self._eval_options["batch_size"]]
+            recalibrate_batchnorm(self.model, inputs, batch_size=self._eval_options["batch_size"])
+            stage = 0
+        self.evaluator.mark_changed(stage)
+        return stage
 
-    def _recalibrate_batchnorm(self) -> None:
-        if self._recalibration_batches is None:
-            inputs, _ = as_tensors(self._train_data)
-            order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0))
-            size = self._eval_options["batch_size"]
-            self._recalibration_batches = [
-                inputs[order[start : start + size]].to(self.device)
-                for start in range(0, min(len(inputs), size * self.bn_recalibration_batches), size)
-            ]
-        recalibrate_batchnorm(self.model, self._recalibration_batches)
-
-    @torch.no_grad()
-    def _restore_buffers(self) -> None:
-        for name, buffer in self.model.named_buffers():
-            buffer.copy_(self._buffers_snapshot[name])
+    def _resident_train(self) -> tuple[Tensor, Tensor]:
+        """A fixed random sample of the train split, decoded once and kept on the device."""
+        if self._train_tensors is None:
+            data = self._train_data
+            if isinstance(data, torch.utils.data.DataLoader):
+                data = data.dataset
+            size = len(data[0]) if isinstance(data, tuple | list) else len(data)
+            chosen = torch.randperm(size, generator=torch.Generator().manual_seed(0))[:RESIDENT_TRAIN_SAMPLES]
+            if isinstance(data, tuple | list):
+                inputs, labels = data[0][chosen], data[1][chosen]
+            else:
+                inputs, labels = as_tensors(torch.utils.data.Subset(data, chosen.tolist()))
+            self._train_tensors = (inputs.to(self.device), labels.to(self.device))
+        return self._train_tensors
 
     def _dense_test_accuracy(self) -> float:
-        """Test accuracy of the dense model (measured once, by restoring and re-pruning)."""
+        """Test accuracy of the dense model (measured once, then the pruned state is put back)."""
         if self.dense_test_accuracy is None:
+            pruned = capture_state(self.model)
             masks = [m.clone() for m in self.state.masks]
-            buffers = self._snapshot_buffers() if self._buffers_snapshot is not None else None
             self.state.restore()
-            if buffers is not None:
-                self._restore_buffers()
+            if self._full_snapshot is not None:
+                restore_state(self.model, self._full_snapshot)
             self.dense_test_accuracy = self.evaluate_test()
-            self.state.set_masks(masks)
-            if buffers is not None:
-                for name, buffer in self.model.named_buffers():
-                    buffer.copy_(buffers[name])
+            restore_state(self.model, pruned)
+            for own, mask in zip(self.state.masks, masks):
+                own.copy_(mask)
             self.evaluator.mark_changed(0)
         return self.dense_test_accuracy
 
