@@ -12,6 +12,7 @@
 - ``finetune_steps`` is a short retraining of a few optimiser steps (the PuRL-style schedule
   retrains briefly after each pruning step); ``capture_state`` / ``restore_state`` let an
   environment undo it on reset.
+- ``recalibrate_batchnorm`` re-estimates BatchNorm statistics after pruning, without training.
 """
 
 from __future__ import annotations
@@ -427,6 +428,8 @@ def finetune_steps(
     inputs, labels = data
     if len(inputs) == 0 or len(inputs) != len(labels):
         raise ValueError(f"inputs and labels must be non-empty and of equal length, got {len(inputs)} and {len(labels)}")
+    if not layers:
+        raise ValueError("finetune_steps needs the model's prunable layers (find_prunable_layers(model))")
     if steps == 0:
         return math.nan
     device = layers[0].weight.device
@@ -459,6 +462,39 @@ def finetune_steps(
     finally:
         model.train(was_training)
     return total_loss / steps
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, inputs: Tensor, batch_size: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm layer's running statistics on ``inputs``; no weight changes.
+
+    Pruning shifts the activations each BatchNorm layer sees, so its running mean and variance
+    no longer fit, and much of the accuracy lost right after pruning is that mismatch (on the
+    digits task at 0.8 Global MP sparsity, test accuracy goes from about 22% to about 96% by
+    this alone). The statistics are the plain average over the batches of ``inputs`` (as
+    ``torch.optim.swa_utils.update_bn``); other layers stay in eval mode. ``inputs`` should be
+    training images (never the reward or test split), on the model's device. Returns ``model``
+    in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model.eval()
+    if len(inputs) == 0:
+        raise ValueError("recalibrate_batchnorm needs at least one input")
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches
+        norm.train()
+    try:
+        for batch in inputs.split(batch_size):
+            model(batch)
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+            norm.eval()
+    return model
 
 
 def capture_state(model: nn.Module) -> dict[str, Tensor]:

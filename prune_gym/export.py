@@ -1,0 +1,544 @@
+"""Getting a pruned model out: checkpoint, per-layer sparsity recipe, ``torch.nn.utils.prune``.
+
+- :func:`export_pruned` writes a checkpoint (``torch.save``: the state dict with pruned weights
+  at zero, the keep-masks by layer name, and metadata) and, next to it, a JSON recipe
+  (``<path>.recipe.json``) of per-layer sparsities with the overall sparsity.
+- :func:`load_recipe` / :func:`apply_recipe` prune a dense model the same way again: per-layer
+  magnitude pruning at the recipe's sparsities. For a recipe from a magnitude-based method
+  (Global MP, uniform magnitude, the environment's layer-wise magnitude pruning) this gives
+  exactly the exported masks, since a layer pruned to the same count by magnitude, with ties
+  broken by index, keeps the same weights.
+- :func:`load_pruned` reads a checkpoint back into a model.
+- :func:`to_torch_prune` / :func:`from_torch_prune` hand masks to and from
+  ``torch.nn.utils.prune`` (``custom_from_mask``, the ``weight_mask`` buffers).
+
+Recipe format (JSON)::
+
+    {"format": "prune-gym-recipe", "version": 1,
+     "overall_sparsity": 0.8,
+     "layers": {"stem.0": 0.31, "blocks.0.conv1": 0.62, ...},
+     "meta": {"task": "resnet20-digits", "method": "global-mp", ...}}
+
+A plain ``{layer_name: sparsity}`` mapping is accepted too, so recipes can be written by hand.
+Layers a recipe does not name are left dense.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune as torch_prune
+
+from prune_gym.pruning import (
+    PrunableLayer,
+    check_mask,
+    find_prunable_layers,
+    magnitude_mask,
+    mask_sparsity,
+)
+
+RECIPE_FORMAT = "prune-gym-recipe"
+CHECKPOINT_FORMAT = "prune-gym-pruned"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Recipe:
+    """Per-layer sparsities (by qualified module name) that prune a model the same way again."""
+
+    layers: dict[str, float]
+    overall_sparsity: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": RECIPE_FORMAT,
+            "version": FORMAT_VERSION,
+            "overall_sparsity": self.overall_sparsity,
+            "layers": dict(self.layers),
+            "meta": dict(self.meta),
+        }
+
+
+def recipe_path(checkpoint_path: str | os.PathLike) -> Path:
+    """Where :func:`export_pruned` writes the recipe of ``checkpoint_path``: ``<path>.recipe.json``."""
+    path = Path(checkpoint_path)
+    return path.with_name(path.name + ".recipe.json")
+
+
+def _check_layers_and_masks(layers: Sequence[PrunableLayer], masks: Sequence[Tensor]) -> list[Tensor]:
+    if len(masks) != len(layers):
+        raise ValueError(f"expected one mask per prunable layer ({len(layers)}), got {len(masks)}")
+    return [check_mask(mask, layer.weight, layer.name) for layer, mask in zip(layers, masks, strict=True)]
+
+
+def masks_to_recipe(
+    layers: Sequence[PrunableLayer], masks: Sequence[Tensor], meta: Mapping[str, Any] | None = None
+) -> Recipe:
+    """The recipe of a pruned model: each layer's sparsity and the overall sparsity."""
+    masks = _check_layers_and_masks(layers, masks)
+    pruned = sum(m.numel() - int(m.sum()) for m in masks)
+    total = sum(m.numel() for m in masks)
+    return Recipe(
+        layers={layer.name: mask_sparsity(mask) for layer, mask in zip(layers, masks, strict=True)},
+        overall_sparsity=pruned / total,
+        meta=dict(meta or {}),
+    )
+
+
+def export_pruned(
+    model: nn.Module,
+    layers: Sequence[PrunableLayer],
+    masks: Sequence[Tensor],
+    path: str | os.PathLike,
+    meta: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Write a pruned model's checkpoint to ``path`` and its recipe to ``<path>.recipe.json``.
+
+    The checkpoint is a dict (load it with ``torch.load(path, weights_only=True)`` or
+    :func:`load_pruned`):
+
+    - ``"state_dict"``: the model's state dict with every pruned weight exactly zero (the
+      masks are applied to the saved copy; ``model`` itself is not changed);
+    - ``"masks"``: ``{layer_name: bool tensor}``, ``True`` = kept;
+    - ``"meta"``: ``meta`` (e.g. task, method, target sparsity, accuracies) plus the measured
+      ``overall_sparsity`` and ``layer_sparsities``;
+    - ``"format"``, ``"version"``.
+
+    Both files are written atomically. Returns ``(checkpoint_path, recipe_path)``.
+    """
+    from prune_gym.tasks.base import atomic_save
+
+    masks = _check_layers_and_masks(layers, masks)
+    path = Path(path)
+    if path.suffix == ".json":
+        raise ValueError(f"the checkpoint path {path} ends in .json: give a .pt path (the recipe goes next to it)")
+    recipe = masks_to_recipe(layers, masks, meta)
+    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+    for layer, mask in zip(layers, masks, strict=True):
+        key = f"{layer.name}.weight" if layer.name else "weight"
+        if key not in state:
+            raise ValueError(
+                f"layer {layer.name!r} has no {key!r} entry in the model's state dict: pass the "
+                "layers of this model (find_prunable_layers(model)), not of another one"
+            )
+        state[key].mul_(mask.cpu())
+    full_meta = {
+        **recipe.meta,
+        "overall_sparsity": recipe.overall_sparsity,
+        "layer_sparsities": recipe.layers,
+    }
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "version": FORMAT_VERSION,
+        "state_dict": state,
+        "masks": {layer.name: mask.cpu() for layer, mask in zip(layers, masks, strict=True)},
+        "meta": full_meta,
+    }
+    atomic_save(checkpoint, path)
+    recipe_file = recipe_path(path)
+    _atomic_write_text(recipe_file, json.dumps(recipe.to_json(), indent=2) + "\n")
+    return path, recipe_file
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike) -> Path:
+    """Write ``recipe`` as JSON to ``path`` (atomically)."""
+    path = Path(path)
+    _atomic_write_text(path, json.dumps(recipe.to_json(), indent=2) + "\n")
+    return path
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read a recipe JSON (the exported format, or a plain ``{layer_name: sparsity}`` mapping).
+
+    Raises:
+        FileNotFoundError: if there is no file at ``path``.
+        ValueError: if it is not valid JSON or a sparsity is not a number in [0, 1).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no recipe file at {path}: export one with `prune-gym export ... --output model.pt` "
+            "(it writes model.pt.recipe.json)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"recipe {path} is not valid JSON: {error}") from None
+    return recipe_from_json(data, source=str(path))
+
+
+def recipe_from_json(data: Any, source: str = "recipe") -> Recipe:
+    """A :class:`Recipe` from its JSON form (see :func:`load_recipe`), validated."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: a recipe is a JSON object, got {type(data).__name__}")
+    if "layers" in data:
+        layers, overall, meta = data["layers"], data.get("overall_sparsity"), data.get("meta") or {}
+        if not isinstance(layers, dict):
+            raise ValueError(f"{source}: 'layers' must map layer names to sparsities")
+    else:
+        layers, overall, meta = data, None, {}
+    return Recipe(layers=_check_layer_sparsities(layers, source), overall_sparsity=overall, meta=dict(meta))
+
+
+def _check_layer_sparsities(layers: Mapping[str, Any], source: str) -> dict[str, float]:
+    checked = {}
+    for name, value in layers.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (0.0 <= value < 1.0):
+            raise ValueError(
+                f"{source}: layer {name!r} has sparsity {value!r}; a sparsity is a number in [0, 1) "
+                "(1.0 would empty the layer)"
+            )
+        checked[str(name)] = float(value)
+    return checked
+
+
+@torch.no_grad()
+def apply_recipe(
+    model: nn.Module,
+    recipe: Recipe | Mapping[str, float] | str | os.PathLike,
+    layers: Sequence[PrunableLayer] | None = None,
+) -> list[Tensor]:
+    """Prune ``model`` in place with per-layer magnitude pruning at the recipe's sparsities.
+
+    Each named layer loses exactly ``round(sparsity * n)`` of its ``n`` weights, the smallest
+    by magnitude (ties by index, as everywhere in prune-gym); layers the recipe does not name
+    stay dense.
+
+    Args:
+        model: the dense (trained) model.
+        recipe: a :class:`Recipe`, a ``{layer_name: sparsity}`` mapping, or a recipe file path.
+        layers: the model's prunable layers (default ``find_prunable_layers(model)``).
+
+    Returns:
+        One keep-mask per layer of ``layers``, in that order.
+
+    Raises:
+        ValueError: if the recipe names a layer the model does not have (the message lists
+            the model's layers) or a sparsity outside [0, 1).
+    """
+    if isinstance(recipe, str | os.PathLike):
+        recipe = load_recipe(recipe)
+    if isinstance(recipe, Recipe):
+        sparsities = _check_layer_sparsities(recipe.layers, "recipe")
+    elif isinstance(recipe, Mapping):
+        sparsities = _check_layer_sparsities(recipe, "recipe")
+    else:
+        raise ValueError(f"recipe must be a Recipe, a mapping or a path, got {type(recipe).__name__}")
+    layers = list(layers) if layers is not None else find_prunable_layers(model)
+    names = {layer.name for layer in layers}
+    unknown = [name for name in sparsities if name not in names]
+    if unknown:
+        raise ValueError(
+            f"the recipe names layers this model does not have: {unknown}. The model's prunable "
+            f"layers are: {[layer.name for layer in layers]}. Was the recipe made for another model?"
+        )
+    masks = []
+    for layer in layers:
+        mask = magnitude_mask(layer.weight, sparsities.get(layer.name, 0.0))
+        layer.weight.mul_(mask)
+        masks.append(mask)
+    return masks
+
+
+def load_pruned(
+    path: str | os.PathLike, model: nn.Module, layers: Sequence[PrunableLayer] | None = None
+) -> tuple[list[Tensor], dict[str, Any]]:
+    """Load a checkpoint written by :func:`export_pruned` into ``model`` (in place).
+
+    Returns:
+        The keep-masks, one per layer of ``layers`` (default ``find_prunable_layers(model)``;
+        a layer the checkpoint has no mask for gets an all-True mask), and the metadata.
+
+    Raises:
+        FileNotFoundError: if there is no file at ``path``.
+        ValueError: if the file is not a prune-gym checkpoint or does not fit ``model``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no pruned checkpoint at {path}: write one with `prune-gym export`")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a prune-gym pruned checkpoint (written by export_pruned)")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {path} does not fit this model: {error}") from None
+    layers = list(layers) if layers is not None else find_prunable_layers(model)
+    saved = checkpoint["masks"]
+    unknown = sorted(set(saved) - {layer.name for layer in layers})
+    if unknown:
+        raise ValueError(f"checkpoint {path} has masks for layers this model does not have: {unknown}")
+    masks = []
+    for layer in layers:
+        mask = saved.get(layer.name)
+        masks.append(
+            torch.ones_like(layer.weight, dtype=torch.bool)
+            if mask is None
+            else check_mask(mask, layer.weight, layer.name)
+        )
+    return masks, dict(checkpoint.get("meta") or {})
+
+
+# --------------------------------------------------------------------------------------------
+# torch.nn.utils.prune interop
+
+
+def to_torch_prune(model: nn.Module, layers: Sequence[PrunableLayer], masks: Sequence[Tensor]) -> nn.Module:
+    """Attach ``masks`` with ``torch.nn.utils.prune.custom_from_mask`` to each layer's weight.
+
+    Afterwards each module has a ``weight_orig`` parameter and a ``weight_mask`` buffer, and
+    ``weight`` is recomputed as their product before every forward, as with any
+    ``torch.nn.utils.prune`` method; ``torch.nn.utils.prune.remove`` (or
+    ``from_torch_prune(model, remove=True)``) makes it permanent. Masks are validated (one per
+    layer, right shape) before any layer changes. Returns ``model``.
+    """
+    masks = _check_layers_and_masks(layers, masks)
+    for layer, mask in zip(layers, masks, strict=True):
+        # custom_from_mask multiplies into any existing mask: a layer pruned before keeps
+        # the intersection, as torch's PruningContainer does.
+        torch_prune.custom_from_mask(layer.module, name="weight", mask=mask.to(layer.weight.device))
+    return model
+
+
+def from_torch_prune(
+    model: nn.Module, layers: Sequence[PrunableLayer] | None = None, remove: bool = False
+) -> list[Tensor]:
+    """Read the ``weight_mask`` buffers of a ``torch.nn.utils.prune``-pruned model as masks.
+
+    Args:
+        model: a model pruned with any ``torch.nn.utils.prune`` method on its layers' weights.
+        layers: its prunable layers (default ``find_prunable_layers(model)``); a layer without
+            a ``weight_mask`` gets an all-True mask.
+        remove: also call ``torch.nn.utils.prune.remove`` on each pruned layer, making the
+            pruning permanent (``weight`` becomes a plain parameter with zeros, the
+            reparametrisation and its hooks are gone).
+
+    Returns:
+        One bool keep-mask per layer, in the order of ``layers``.
+    """
+    layers = list(layers) if layers is not None else find_prunable_layers(model)
+    masks = []
+    for layer in layers:
+        module = layer.module
+        buffer = getattr(module, "weight_mask", None)
+        if buffer is None:
+            masks.append(torch.ones_like(module.weight, dtype=torch.bool))
+            continue
+        masks.append(buffer.detach().to(torch.bool).clone())
+        if remove:
+            torch_prune.remove(module, "weight")
+    return masks
+
+
+def overall_sparsity(masks: Sequence[Tensor]) -> float:
+    """Fraction of all masked weights removed."""
+    total = sum(m.numel() for m in masks)
+    return sum(m.numel() - int(m.sum()) for m in masks) / total if total else math.nan
+
+
+# --------------------------------------------------------------------------------------------
+# One call from a task to a pruned checkpoint (the `prune-gym export` command)
+
+#: Methods ``export_task`` prunes with (a recipe file is the third way in).
+EXPORT_POLICIES = ("global-mp", "uniform")
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_task` did: files written and test accuracies (in [0, 1])."""
+
+    checkpoint: Path
+    recipe: Path
+    method: str
+    sparsity: float
+    accuracy_dense: float
+    accuracy_pruned: float | None
+    accuracy_finetuned: float | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def export_task(
+    task: str,
+    output: str | os.PathLike,
+    policy: str | None = None,
+    sparsity: float | None = None,
+    *,
+    min_threshold: float | None = None,
+    recipe: str | os.PathLike | Recipe | None = None,
+    finetune_epochs: int = 0,
+    gradual_steps: int = 1,
+    weights: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = False,
+    resume: bool = False,
+) -> ExportResult:
+    """Prune a task's trained model, optionally fine-tune it with its masks, and export it.
+
+    Args:
+        task: task name or env id (see ``prune-gym envs``).
+        output: checkpoint path; the recipe goes to ``<output>.recipe.json``.
+        policy: ``"global-mp"`` (default) or ``"uniform"`` (magnitude pruning, the same sparsity
+            in every layer); not together with ``recipe``.
+        sparsity: target fraction of prunable weights removed (needed unless ``recipe``).
+        min_threshold: Global MP's Minimum Threshold (fraction of all prunable weights each layer
+            keeps, e.g. 0.0005); global-mp only.
+        recipe: a recipe (file) of per-layer sparsities, e.g. an agent's, applied with
+            per-layer magnitude pruning.
+        finetune_epochs: masked fine-tuning epochs with the task family's recipe (0: none);
+            with ``gradual_steps > 1``, the epochs after each step.
+        gradual_steps: > 1 prunes gradually on the cubic schedule (global-mp only).
+        weights, data_dir: the task's weights file and data folder (else its defaults).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        seed: fine-tuning seed (data splits are the task's fixed ones).
+        progress: show progress bars.
+        resume: continue an interrupted one-shot fine-tuning from ``<output>.finetune.partial``.
+
+    Raises:
+        ValueError: for an unknown task or policy, a missing or out-of-range sparsity, or
+            options that do not go together.
+    """
+    from prune_gym.evaluation import evaluate_accuracy, resolve_device
+    from prune_gym.finetune import (
+        apply_masks,
+        finetune_pruned,
+        gradual_global_magnitude_pruning,
+    )
+    from prune_gym.pruning import check_sparsity, global_magnitude_masks, uniform_magnitude_masks
+    from prune_gym.tasks import get_task
+
+    if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+        raise ValueError(f"finetune_epochs must be a whole number >= 0, got {finetune_epochs!r}")
+    if isinstance(gradual_steps, bool) or not isinstance(gradual_steps, int) or gradual_steps < 1:
+        raise ValueError(f"gradual_steps must be a whole number >= 1, got {gradual_steps!r}")
+    if recipe is not None and policy is not None:
+        raise ValueError("pass either a policy (--policy) or a recipe (--recipe), not both")
+    if recipe is not None:
+        recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+        if sparsity is not None:
+            raise ValueError("a recipe fixes every layer's sparsity: drop --sparsity when passing --recipe")
+    else:
+        policy = policy or "global-mp"
+        if policy not in EXPORT_POLICIES:
+            raise ValueError(f"unknown policy {policy!r}: choose one of {', '.join(EXPORT_POLICIES)}, or pass --recipe")
+        if sparsity is None:
+            raise ValueError(f"policy {policy!r} needs a target sparsity (--sparsity, e.g. 0.8)")
+        sparsity = check_sparsity(sparsity)
+    if min_threshold is not None and policy != "global-mp":
+        raise ValueError("--min-threshold applies to --policy global-mp only")
+    if gradual_steps > 1 and policy != "global-mp":
+        raise ValueError("gradual pruning (--gradual-steps > 1) is a form of Global MP: use --policy global-mp")
+    output = Path(output)
+
+    task_obj = get_task(task)
+    torch_device = resolve_device(device)
+    model = task_obj.load_model(weights)
+    splits = task_obj.load_splits(data_dir) if data_dir is not None else task_obj.load_splits()
+    model.to(torch_device)
+    layers = find_prunable_layers(model)
+    accuracy_dense = evaluate_accuracy(model, splits.test, device=torch_device)
+
+    accuracy_pruned: float | None = None
+    accuracy_finetuned: float | None = None
+    history = None
+    if gradual_steps > 1:
+        method = "gradual-global-mp"
+        masks, history = gradual_global_magnitude_pruning(
+            model, layers, splits.train, sparsity, gradual_steps, finetune_epochs, min_threshold,
+            family=task_obj.family, eval_data=splits.reward, device=torch_device, progress=progress,
+        )
+        if finetune_epochs:
+            accuracy_finetuned = evaluate_accuracy(model, splits.test, device=torch_device)
+        else:
+            accuracy_pruned = evaluate_accuracy(model, splits.test, device=torch_device)
+    else:
+        weights_now = [layer.weight for layer in layers]
+        if recipe is not None:
+            method = str(recipe.meta.get("method", "recipe"))
+            masks = apply_recipe(model, recipe, layers)
+        elif policy == "global-mp":
+            method = "global-mp"
+            masks = global_magnitude_masks(weights_now, sparsity, min_threshold)
+        else:
+            method = "uniform"
+            masks = uniform_magnitude_masks(weights_now, sparsity)
+        apply_masks(layers, masks)
+        accuracy_pruned = evaluate_accuracy(model, splits.test, device=torch_device)
+        if finetune_epochs:
+            partial = output.with_name(output.name + ".finetune.partial")
+            if partial.exists() and not resume:
+                partial.unlink()  # a stale run: start anew (resume=True continues it)
+            try:
+                finetune_pruned(
+                    model, layers, masks, splits.train, finetune_epochs, family=task_obj.family, seed=seed,
+                    device=torch_device, progress=progress, description=f"fine-tune {method}",
+                    checkpoint_path=partial,
+                )
+            except KeyboardInterrupt:
+                if partial.exists():
+                    import sys
+
+                    print(f"fine-tuning interrupted; run the same command with --resume to continue from {partial}",
+                          file=sys.stderr)
+                raise
+            accuracy_finetuned = evaluate_accuracy(model, splits.test, device=torch_device)
+            partial.unlink(missing_ok=True)
+
+    meta: dict[str, Any] = {
+        "task": task_obj.name,
+        "env_id": task_obj.env_id,
+        "method": method,
+        "target_sparsity": sparsity if sparsity is not None else (recipe.overall_sparsity if recipe else None),
+        "min_threshold": min_threshold,
+        "finetune_epochs": finetune_epochs,
+        "gradual_steps": gradual_steps,
+        "seed": seed,
+        "test_accuracy_dense": accuracy_dense,
+        "test_accuracy_pruned": accuracy_pruned,
+        "test_accuracy_finetuned": accuracy_finetuned,
+    }
+    if history is not None:
+        meta["gradual_history"] = [
+            {
+                "step": h.step,
+                "sparsity": h.sparsity,
+                "reward_accuracy_pruned": h.accuracy_pruned,
+                "reward_accuracy_finetuned": h.accuracy_finetuned,
+            }
+            for h in history
+        ]
+    checkpoint, recipe_file = export_pruned(model, layers, masks, output, meta)
+    return ExportResult(
+        checkpoint=checkpoint,
+        recipe=recipe_file,
+        method=method,
+        sparsity=overall_sparsity(masks),
+        accuracy_dense=accuracy_dense,
+        accuracy_pruned=accuracy_pruned,
+        accuracy_finetuned=accuracy_finetuned,
+        meta=meta,
+    )
