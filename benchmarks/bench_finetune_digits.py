@@ -40,11 +40,11 @@ from prune_gym.finetune import (
     apply_masks,
     capture_state,
     finetune_pruned,
-    gradual_global_magnitude_pruning,
     recalibrate_batchnorm,
     recipe_for,
     restore_state,
 )
+from prune_gym.gradual import gradual_global_magnitude_pruning
 from prune_gym.pruning import (
     DEFAULT_MIN_THRESHOLD,
     accounting,

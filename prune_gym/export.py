@@ -423,11 +423,8 @@ def export_task(
             options that do not go together.
     """
     from prune_gym.evaluation import evaluate_accuracy, resolve_device
-    from prune_gym.finetune import (
-        apply_masks,
-        finetune_pruned,
-        gradual_global_magnitude_pruning,
-    )
+    from prune_gym.finetune import apply_masks, finetune_pruned
+    from prune_gym.gradual import gradual_global_magnitude_pruning
     from prune_gym.pruning import check_sparsity, global_magnitude_masks, uniform_magnitude_masks
     from prune_gym.tasks import get_task
 

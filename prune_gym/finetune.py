@@ -1,4 +1,4 @@
-"""Training, masked fine-tuning and gradual Global Magnitude Pruning.
+"""Training and masked fine-tuning (gradual Global MP, built on them, is in ``prune_gym.gradual``).
 
 - ``train_classifier`` trains a classifier with SGD (Nesterov momentum) and a cosine learning
   rate stepped every batch, optionally with label smoothing, a per-batch ``augment`` function,
@@ -7,8 +7,6 @@
   optimiser step (so momentum and weight decay never see them) and the masks are multiplied
   back in after it. ``finetune_pruned`` is that, with a fine-tuning recipe per task family
   (``recipe_for``).
-- ``gradual_global_magnitude_pruning`` prunes to a target over several steps on the cubic
-  schedule of Zhu & Gupta (2017), fine-tuning between steps.
 - ``finetune_steps`` is a short retraining of a few optimiser steps (the PuRL-style schedule
   retrains briefly after each pruning step); ``capture_state`` / ``restore_state`` let an
   environment undo it on reset.
@@ -21,7 +19,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,9 +29,6 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from prune_gym.pruning import (
     PrunableLayer,
     check_mask,
-    check_sparsity,
-    global_magnitude_masks,
-    mask_sparsity,
 )
 
 #: A function applied to each training batch of inputs (on the training device) before the
@@ -514,128 +509,3 @@ def restore_state(model: nn.Module, state: dict[str, Tensor]) -> None:
         raise ValueError("state does not belong to this model: capture it with capture_state(model)")
     for name, tensor in current.items():
         tensor.copy_(state[name])
-
-
-# --------------------------------------------------------------------------------------------
-# Gradual Global MP
-
-
-def cubic_sparsity_schedule(final_sparsity: float, steps: int, initial: float = 0.0) -> list[float]:
-    """Sparsity after each of ``steps`` pruning steps on the cubic schedule of Zhu & Gupta (2017).
-
-    ``s_t = s_f + (s_i - s_f) * (1 - t / n) ** 3`` for ``t = 1..n``: pruning is fast at first,
-    while many redundant weights remain, and slows down towards the target. The result rises
-    monotonically and its last entry is exactly ``final_sparsity``.
-    """
-    final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
-    initial = check_sparsity(initial, "initial")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
-    if initial > final_sparsity:
-        raise ValueError(f"initial sparsity {initial} exceeds final_sparsity {final_sparsity}")
-    schedule = [final_sparsity + (initial - final_sparsity) * (1 - t / steps) ** 3 for t in range(1, steps + 1)]
-    schedule[-1] = final_sparsity  # exact, not up to round-off
-    return schedule
-
-
-@dataclass
-class GradualStep:
-    """One step of gradual pruning: the scheduled and reached sparsity, and accuracies if measured."""
-
-    step: int
-    target_sparsity: float
-    sparsity: float
-    layer_sparsities: list[float] = field(repr=False)
-    accuracy_pruned: float | None = None
-    accuracy_finetuned: float | None = None
-
-
-def gradual_global_magnitude_pruning(
-    model: nn.Module,
-    layers: Sequence[PrunableLayer],
-    data: Dataset | tuple[Tensor, Tensor],
-    final_sparsity: float,
-    steps: int,
-    epochs_per_step: int,
-    min_threshold: float | None = None,
-    *,
-    initial_sparsity: float = 0.0,
-    config: TrainConfig | None = None,
-    family: str | None = None,
-    eval_data: Dataset | tuple[Tensor, Tensor] | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    augment: Augment | None = None,
-) -> tuple[list[Tensor], list[GradualStep]]:
-    """Gradual Global MP: prune to ``final_sparsity`` in ``steps`` steps, fine-tuning between.
-
-    At step ``t`` the sparsity is ``cubic_sparsity_schedule(final_sparsity, steps,
-    initial_sparsity)[t]``; Global MP (one magnitude threshold over all layers, with Minimum
-    Threshold ``min_threshold`` if given) ranks the *current* weights, already fine-tuned, and
-    weights pruned at an earlier step rank below every surviving weight, so they stay pruned.
-    After every step (the last included) the model is fine-tuned with its masks for
-    ``epochs_per_step`` epochs (0: one-shot pruning at each step, no training).
-
-    Args:
-        model, layers: the trained model (modified in place) and its prunable layers.
-        data: the training split for fine-tuning.
-        final_sparsity, steps, initial_sparsity: the schedule.
-        epochs_per_step: fine-tuning epochs after each step.
-        min_threshold: Global MP's Minimum Threshold (fraction of all prunable weights each
-            layer keeps), respected at every step.
-        config, family: the fine-tuning recipe (as in :func:`finetune_pruned`); each step uses
-            a different shuffling seed.
-        eval_data: if given, accuracy on it (e.g. the reward split) before and after each
-            step's fine-tuning is recorded in the history.
-
-    Returns:
-        The final masks (exactly ``round(final_sparsity * N)`` of the ``N`` prunable weights
-        removed) and one :class:`GradualStep` per step.
-    """
-    epochs_per_step = _check_epochs(epochs_per_step, "epochs_per_step")
-    schedule = cubic_sparsity_schedule(final_sparsity, steps, initial_sparsity)
-    layers = list(layers)
-    device = torch.device(device)
-    model.to(device)
-    # Fail before any training if Minimum Threshold makes the target unreachable.
-    global_magnitude_masks([layer.weight for layer in layers], final_sparsity, min_threshold)
-    base = config if config is not None else (recipe_for(family) if family else DEFAULT_FINETUNE_RECIPE)
-
-    evaluate = None
-    if eval_data is not None:
-        from prune_gym.evaluation import evaluate_accuracy
-
-        def evaluate() -> float:
-            return evaluate_accuracy(model, eval_data, device=device)
-
-    masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
-    history: list[GradualStep] = []
-    tiny = torch.finfo(torch.float32).tiny
-    for step, target in enumerate(schedule):
-        # Surviving weights score at least `tiny` and pruned ones 0, so the pruned ones are
-        # removed first and never come back (the removal count only grows along the schedule).
-        scores = [
-            torch.where(mask, layer.weight.detach().abs().float().clamp_min(tiny), 0.0)
-            for layer, mask in zip(layers, masks, strict=True)
-        ]
-        masks = global_magnitude_masks(scores, target, min_threshold)
-        apply_masks(layers, masks)
-        record = GradualStep(
-            step=step + 1,
-            target_sparsity=target,
-            sparsity=sum(m.numel() - int(m.sum()) for m in masks) / sum(m.numel() for m in masks),
-            layer_sparsities=[mask_sparsity(m) for m in masks],
-        )
-        if evaluate is not None:
-            record.accuracy_pruned = evaluate()
-        if epochs_per_step:
-            step_config = dataclasses.replace(base, epochs=epochs_per_step, seed=base.seed + step)
-            train_classifier(
-                model, data, step_config, device=device, masks=masks, layers=layers, progress=progress,
-                description=f"gradual step {step + 1}/{steps} ({target:.3f})", augment=augment,
-            )
-            if evaluate is not None:
-                record.accuracy_finetuned = evaluate()
-        history.append(record)
-    model.eval()
-    return masks, history

@@ -13,15 +13,14 @@ from prune_gym.finetune import (
     TrainConfig,
     apply_masks,
     capture_state,
-    cubic_sparsity_schedule,
     finetune_pruned,
     finetune_steps,
-    gradual_global_magnitude_pruning,
     recalibrate_batchnorm,
     recipe_for,
     restore_state,
     train_classifier,
 )
+from prune_gym.gradual import cubic_sparsity_schedule, gradual_global_magnitude_pruning
 from prune_gym.pruning import find_prunable_layers, global_magnitude_masks, minimum_keep
 
 

@@ -229,6 +229,7 @@ class PruneEnv(gym.Env):
         low, high = observation_bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
 
+        self.global_mp_sparsities()  # an observation feature: computed here, not on the first reset
         self.dense_reward_accuracy = self.evaluator.accuracy()
         self.dense_test_accuracy: float | None = None
         self._t: int | None = None
