@@ -7,7 +7,6 @@ import os
 import pytest
 import torch
 
-
 # The tests run many tiny tensor ops: one intra-op thread avoids oversubscribing small CI
 # machines (measured: test_evaluation.py 71 s with 2 threads vs 8.5 s with 1 on a busy 2-core box).
 torch.set_num_threads(1)

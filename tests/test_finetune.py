@@ -335,7 +335,7 @@ def test_pruned_weights_stay_pruned_from_step_to_step(digits_model, monkeypatch)
     # Stand-in fine-tuning that rescales surviving weights at random and sets many to exactly
     # zero (tying with the pruned ones), so every step re-ranks very different magnitudes; the
     # masks of each step must still shrink monotonically.
-    import prune_gym.finetune as finetune
+    import prune_gym.gradual as gradual
 
     generator = torch.Generator().manual_seed(0)
     masks_per_step = []
@@ -348,7 +348,7 @@ def test_pruned_weights_stay_pruned_from_step_to_step(digits_model, monkeypatch)
                 layer.weight.mul_(torch.where(noise < 0.3, 0.0, 2 * noise))
         return model
 
-    monkeypatch.setattr(finetune, "train_classifier", shuffling_train)
+    monkeypatch.setattr(gradual, "train_classifier", shuffling_train)
     layers = find_prunable_layers(digits_model)
     masks, _ = gradual_global_magnitude_pruning(digits_model, layers, None, 0.9, 5, 1, min_threshold=0.0005)
     assert len(masks_per_step) == 5
