@@ -157,8 +157,13 @@ def test_reset_option_changes_the_target(env):
 # -- Global MP through the env --------------------------------------------------------------------
 
 
-def test_global_mp_played_through_the_env_equals_global_mp_applied_directly(digits_model, digits_model_state):
-    env = gym.make(DIGITS, action_type="continuous", target_sparsity=0.8)
+@pytest.mark.parametrize("bn_recalibration_batches", [0, 1])
+def test_global_mp_played_through_the_env_equals_global_mp_applied_directly(
+    digits_model, digits_model_state, bn_recalibration_batches
+):
+    env = gym.make(
+        DIGITS, action_type="continuous", target_sparsity=0.8, bn_recalibration_batches=bn_recalibration_batches
+    )
     unwrapped = env.unwrapped
     sparsities = unwrapped.global_mp_sparsities()
     _, _, infos = rollout(env, actions=[unwrapped.sparsity_to_action(s) for s in sparsities])
@@ -167,15 +172,29 @@ def test_global_mp_played_through_the_env_equals_global_mp_applied_directly(digi
     for got, want, numel in zip(applied, sparsities, numels):
         assert abs(got - want) * numel <= 1.0  # within one weight per layer
 
-    # Direct application on a separate copy of the trained model.
+    # Direct application on a separate copy of the trained model (re-calibrated on the same
+    # train batch when the env re-calibrates).
     layers = find_prunable_layers(digits_model)
     masks = global_magnitude_masks([layer.weight for layer in layers], 0.8)
     with torch.no_grad():
         for layer, mask in zip(layers, masks):
             layer.weight.mul_(mask)
+    if bn_recalibration_batches:
+        from prune_gym.envs.prune_env import BN_RECALIBRATION_BATCH
+        from prune_gym.finetune import recalibrate_batchnorm
+
+        inputs = unwrapped._resident_train()[0][:BN_RECALIBRATION_BATCH]
+        recalibrate_batchnorm(digits_model, inputs, batch_size=BN_RECALIBRATION_BATCH)
     test = unwrapped.task.load_splits().test
     assert infos[-1]["test_accuracy"] == evaluate_accuracy(digits_model, test, "cpu")
     assert [torch.equal(a, b) for a, b in zip(unwrapped.state.masks, masks)] == [True] * len(masks)
+    if bn_recalibration_batches:
+        assert infos[-1]["test_accuracy"] > 0.9  # re-calibration is what keeps 0.8 sparsity usable
+
+
+def test_digits_env_recalibrates_batchnorm_by_default(digits_model_state):
+    assert gym.make(DIGITS).unwrapped.bn_recalibration_batches == 1
+    assert gym.make(DIGITS, bn_recalibration_batches=0).unwrapped.bn_recalibration_batches == 0
 
 
 # -- the activation cache is exact ------------------------------------------------------------------
@@ -184,7 +203,8 @@ def test_global_mp_played_through_the_env_equals_global_mp_applied_directly(digi
 def test_activation_cache_gives_the_same_episode_as_full_forward(digits_model_state):
     results = []
     for cache in (True, False):
-        env = gym.make(DIGITS, cache_activations=cache)
+        # Without re-calibration, which changes every stage and so always runs the full forward.
+        env = gym.make(DIGITS, cache_activations=cache, bn_recalibration_batches=0)
         env.action_space.seed(3)
         _, rewards, infos = rollout(env, seed=3)
         results.append(([i.get("reward_accuracy") for i in infos[1:]], rewards))

@@ -29,6 +29,9 @@ ACTION_TYPES = ("discrete", "continuous")
 
 #: Train-split samples kept on the device for BN re-calibration and per-step fine-tuning.
 RESIDENT_TRAIN_SAMPLES = 4096
+#: Samples per BatchNorm re-calibration batch: enough for stable statistics, far cheaper than a
+#: full evaluation batch (a train-mode forward runs after every step).
+BN_RECALIBRATION_BATCH = 256
 
 
 class PruneEnv(gym.Env):
@@ -100,7 +103,8 @@ class PruneEnv(gym.Env):
       this sample shape and split size (for mechanics and speed only; never a result).
     - ``exclude_layers``: name patterns of layers never pruned (and not visited).
     - ``bn_recalibration_batches``: re-estimate BatchNorm statistics on this many train
-      batches after each step (0 = off); the statistics are restored on reset.
+      batches of 256 after each step (0 = off; None = the task's default, which is 1 for the digits
+      task and 0 elsewhere); the statistics are restored on reset.
     - ``finetune_steps``, ``finetune_lr``: a short masked retraining (this many SGD steps on
       train batches) after each pruning step, the PuRL-style schedule (0 = off). Later layers
       are then pruned by the magnitude of their retrained weights. Reset restores every
@@ -141,7 +145,7 @@ class PruneEnv(gym.Env):
         input_shape: Sequence[int] | None = None,
         synthetic_samples: int = 64,
         exclude_layers: Sequence[str] = (),
-        bn_recalibration_batches: int = 0,
+        bn_recalibration_batches: int | None = None,
         finetune_steps: int = 0,
         finetune_lr: float = 0.01,
         render_mode: str | None = None,
@@ -161,6 +165,8 @@ class PruneEnv(gym.Env):
         self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        if bn_recalibration_batches is None:
+            bn_recalibration_batches = self._task_default(task, "bn_recalibration_batches", 0)
         for name, value in (("bn_recalibration_batches", bn_recalibration_batches), ("finetune_steps", finetune_steps)):
             if not isinstance(value, int | np.integer) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -237,6 +243,14 @@ class PruneEnv(gym.Env):
 
     # ------------------------------------------------------------------------------------------
     # Construction helpers
+
+    @staticmethod
+    def _task_default(task: str | None, name: str, fallback: Any) -> Any:
+        if task is None:
+            return fallback
+        from prune_gym.tasks import get_task
+
+        return get_task(task).env_defaults.get(name, fallback)
 
     @staticmethod
     def _check_target(target_sparsity: float | None) -> float | None:
@@ -470,8 +484,8 @@ class PruneEnv(gym.Env):
             )
             stage = 0
         if self.bn_recalibration_batches:
-            inputs = self._resident_train()[0][: self.bn_recalibration_batches * self._eval_options["batch_size"]]
-            recalibrate_batchnorm(self.model, inputs, batch_size=self._eval_options["batch_size"])
+            inputs = self._resident_train()[0][: self.bn_recalibration_batches * BN_RECALIBRATION_BATCH]
+            recalibrate_batchnorm(self.model, inputs, batch_size=BN_RECALIBRATION_BATCH)
             stage = 0
         self.evaluator.mark_changed(stage)
         return stage

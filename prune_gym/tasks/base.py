@@ -61,6 +61,7 @@ class Task(ABC):
             episode length; a test checks it against the built model.
         data_env_var: environment variable read when no ``data_dir`` is given.
         weights_env_var: environment variable read when no ``weights`` path is given.
+        env_defaults: PruneEnv keyword defaults for this task (e.g. BatchNorm re-calibration).
     """
 
     name: str = ""
@@ -74,6 +75,8 @@ class Task(ABC):
     data_env_var: str | None = None
     weights_env_var: str | None = None
     description: str = field(default="", repr=False)
+    #: PruneEnv keyword defaults for this task (a user's kwargs override them).
+    env_defaults: dict = field(default_factory=dict, repr=False)
 
     @abstractmethod
     def build_model(self) -> nn.Module:

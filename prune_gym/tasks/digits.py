@@ -59,6 +59,11 @@ class DigitsTask(Task):
             num_prunable_layers=22,
             weights_env_var="PRUNE_GYM_DIGITS_WEIGHTS",
             description="offline default: trained on first use and cached",
+            # Pruning shifts the activation statistics the BatchNorm layers were fitted to; without
+            # re-estimating them, every policy's accuracy at 0.8 sparsity and above sits at chance
+            # (Global MP at 0.8: 22% test accuracy, 97% after re-calibration on one train batch),
+            # and the per-step reward carries no signal. One batch is the whole train split here.
+            env_defaults={"bn_recalibration_batches": 1},
         )
 
     def build_model(self) -> nn.Module:
