@@ -137,14 +137,24 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sparsity_list(text: str) -> float:
+def _sparsity_arg(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"sparsity must be a fraction in [0, 1), e.g. 0.8; got {text}")
     return value
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+
 def _env_kwargs(args: argparse.Namespace) -> dict:
+    _set_threads(args)
     kwargs = {"device": args.device}
     if getattr(args, "action_type", None):
         kwargs["action_type"] = args.action_type
@@ -153,6 +163,14 @@ def _env_kwargs(args: argparse.Namespace) -> dict:
     if getattr(args, "max_sparsity", None) is not None:
         kwargs["max_sparsity"] = args.max_sparsity
     return kwargs
+
+
+def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=int, default=1, metavar="N",
+        help="torch CPU threads (default: 1, the fastest for small models and on a shared CPU; "
+        "raise it for large models on a free CPU)",
+    )
 
 
 def _add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +182,8 @@ def _add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
     parser.add_argument("--device", default="auto", help="where the pruned model runs: auto (CUDA if present), cpu, cuda (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="agent and target-draw seed (default: 0)")
+    parser.add_argument("--n-envs", type=int, metavar="N", help="envs the agent trains in, in parallel, one process each (default: the hyperparameters' n_envs, else 1)")
+    _add_threads_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logs")
 
@@ -181,7 +201,7 @@ def _add_train(subparsers) -> None:
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v0 (see `prune-gym envs`)")
     _add_agent_arguments(parser)
-    parser.add_argument("--sparsity", type=_sparsity_list, nargs="+", metavar="S", help="target sparsity; several: one drawn per episode (default: the env's, 0.8)")
+    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="target sparsity; several: one drawn per episode (default: the env's, 0.8)")
     parser.add_argument("--output", metavar="DIR", help="run folder (default: runs/<ENV>-<algo>)")
     parser.add_argument("--checkpoint-freq", type=int, default=5000, metavar="N", help="save a checkpoint every N steps (default: 5000; 0: only at the end)")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="continue from the newest checkpoint in the run folder (or from CHECKPOINT)")
@@ -200,7 +220,7 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train_agent(
         args.env, algo, args.timesteps, output_dir=args.output, hyperparams=args.hyperparams,
         targets=args.sparsity, env_kwargs=env_kwargs, seed=args.seed, checkpoint_freq=args.checkpoint_freq,
-        resume=args.resume, progress_bar=args.progress, tensorboard=args.tensorboard,
+        resume=args.resume, progress_bar=args.progress, tensorboard=args.tensorboard, n_envs=args.n_envs,
     )
     if result.resumed_from is not None:
         print(f"resumed from {result.resumed_from}")
@@ -223,12 +243,13 @@ def _add_baseline(subparsers) -> None:
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v0 (see `prune-gym envs`)")
     parser.add_argument("--policy", default="global-mp", choices=("global-mp", "uniform", "random"), help="reference policy (default: global-mp)")
-    parser.add_argument("--sparsity", type=_sparsity_list, required=True, metavar="S", help="overall target sparsity, e.g. 0.8")
+    parser.add_argument("--sparsity", type=_sparsity_arg, required=True, metavar="S", help="overall target sparsity, e.g. 0.8")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Global MP Minimum Threshold, e.g. 0.0005 (0.05%% of all weights per layer)")
     parser.add_argument("--action-type", default="continuous", choices=("discrete", "continuous"), help="env action type (default: continuous, exact)")
     parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random policy (default: 0)")
+    _add_threads_argument(parser)
     parser.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     parser.set_defaults(handler=_run_baseline)
 
@@ -287,7 +308,7 @@ def _add_compare(subparsers) -> None:
         ),
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v0 (see `prune-gym envs`)")
-    parser.add_argument("--sparsity", type=_sparsity_list, nargs="+", default=[0.5, 0.7, 0.8, 0.9], metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9)")
+    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", default=[0.5, 0.7, 0.8, 0.9], metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9)")
     _add_agent_arguments(parser)
     parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one")
     parser.add_argument("--min-threshold", type=float, default=0.0005, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: 0.0005; 0 leaves the method out)")
@@ -302,7 +323,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     comparison = compare(
         args.env, args.sparsity, args.algo, timesteps=args.timesteps, hyperparams=args.hyperparams,
         agent_path=args.agent, min_threshold=args.min_threshold or None, output_dir=args.output,
-        env_kwargs=_env_kwargs(args), seed=args.seed, finetune_epochs=args.finetune_epochs,
+        env_kwargs=_env_kwargs(args), seed=args.seed, n_envs=args.n_envs, finetune_epochs=args.finetune_epochs,
         progress_bar=args.progress, tensorboard=args.tensorboard,
     )
     print()

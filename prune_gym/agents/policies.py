@@ -1,0 +1,227 @@
+"""Reference policies: Global MP (optionally with Minimum Threshold), uniform and random.
+
+Each policy implements Stable-Baselines3's ``predict(observation, state, episode_start,
+deterministic)`` protocol, so ``stable_baselines3.common.evaluation.evaluate_policy`` and the
+comparison workflow run them exactly like trained agents, through the same environment. They
+are stateless: the layer to prune is read from the observation's ``position`` feature and the
+target from its ``target_sparsity`` feature, so one policy serves single observations, batches
+from vectorised envs, and targets changed by ``reset(options={"target_sparsity": s})``.
+
+With ``action_type="discrete"`` a policy can only request the nearest sparsity level (the env's
+target projection still makes the overall sparsity exact); with ``action_type="continuous"``
+it requests its per-layer sparsities exactly. Compare against Global MP through a continuous
+env to get Global MP itself, not its quantised version.
+
+Example::
+
+    import gymnasium as gym
+    import prune_gym
+    from prune_gym.agents import GlobalMagnitudePolicy
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    env = gym.make("PruneResNet20Digits-v0", action_type="continuous", target_sparsity=0.8)
+    policy = GlobalMagnitudePolicy(env)
+    mean_return, _ = evaluate_policy(policy, env, n_eval_episodes=1)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from prune_gym.envs.prune_env import PruneEnv
+from prune_gym.pruning import check_sparsity
+from prune_gym.stats import FEATURE_INDEX, FEATURES, layer_index_from_observation
+
+__all__ = ["GlobalMagnitudePolicy", "ReferencePolicy", "RandomPolicy", "UniformMagnitudePolicy", "prune_env_of"]
+
+
+def prune_env_of(env: Any) -> PruneEnv:
+    """The :class:`PruneEnv` inside ``env``: a (wrapped) Gymnasium env or a ``DummyVecEnv``.
+
+    Raises:
+        ValueError: if ``env`` holds no PruneEnv (or is a vectorised env whose sub-envs live
+            in other processes, such as ``SubprocVecEnv``).
+    """
+    inner = env
+    if hasattr(env, "envs") and not isinstance(env, gym.Env):  # DummyVecEnv and friends
+        if not env.envs:
+            raise ValueError("the vectorised env has no sub-envs")
+        inner = env.envs[0]
+    unwrapped = getattr(inner, "unwrapped", None)
+    if isinstance(unwrapped, PruneEnv):
+        return unwrapped
+    raise ValueError(
+        f"expected a prune-gym env (gym.make('PruneResNet20Digits-v0'), a PruneEnv, or a DummyVecEnv "
+        f"of them), got {type(env).__name__}; for a SubprocVecEnv, build the policy with a local "
+        f"gym.make(...) of the same env id and kwargs"
+    )
+
+
+class ReferencePolicy:
+    """Base of the reference policies: maps per-layer sparsities to the env's actions.
+
+    Subclasses implement :meth:`layer_sparsities`, the sparsity to request for each
+    observation of a batch.
+    """
+
+    def __init__(self, env: Any) -> None:
+        prune_env = prune_env_of(env)
+        self.env = prune_env
+        self.num_layers = prune_env.num_layers
+        self.action_space = prune_env.action_space
+        self.observation_space = prune_env.observation_space
+        self.action_type = prune_env.action_type
+        self.min_sparsity = prune_env.min_sparsity
+        self.max_sparsity = prune_env.max_sparsity
+        self.levels = None if prune_env.levels is None else np.asarray(prune_env.levels, dtype=np.float64)
+
+    # -- SB3 protocol ----------------------------------------------------------------------------
+
+    def predict(
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """Actions for one observation ``(features,)`` or a batch ``(n_envs, features)``.
+
+        Returns ``(actions, None)`` shaped as SB3 agents return them: a 0-d integer array (one
+        observation) or ``(n_envs,)`` integers for discrete actions; ``(1,)`` or ``(n_envs, 1)``
+        float32 for continuous actions. ``state``, ``episode_start`` and (except for
+        :class:`RandomPolicy`) ``deterministic`` are accepted for the protocol and unused.
+        """
+        if isinstance(observation, dict):
+            raise ValueError("prune-gym observations are flat vectors; got a dict observation")
+        observation = np.asarray(observation, dtype=np.float32)
+        single = observation.ndim == 1
+        batch = observation[None] if single else observation
+        if batch.ndim != 2 or batch.shape[1] != len(FEATURES):
+            raise ValueError(
+                f"observation must have shape ({len(FEATURES)},) or (n_envs, {len(FEATURES)}), got {observation.shape}"
+            )
+        sparsities = np.asarray(self.layer_sparsities(batch, deterministic), dtype=np.float64)
+        actions = self.sparsities_to_actions(sparsities)
+        return (actions[0] if single else actions), None
+
+    def __call__(self, observation: np.ndarray) -> np.ndarray:
+        """Just the action for ``observation`` (handy in a hand-written Gymnasium loop)."""
+        return self.predict(observation, deterministic=True)[0]
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def sparsities_to_actions(self, sparsities: np.ndarray) -> np.ndarray:
+        """Vectorised ``PruneEnv.sparsity_to_action`` (nearest level for discrete actions)."""
+        sparsities = np.clip(sparsities, self.min_sparsity, self.max_sparsity)
+        if self.action_type == "discrete":
+            return np.argmin(np.abs(self.levels[None, :] - sparsities[:, None]), axis=1).astype(np.int64)
+        fraction = (sparsities - self.min_sparsity) / (self.max_sparsity - self.min_sparsity)
+        return (2.0 * fraction - 1.0).astype(np.float32)[:, None]
+
+    def layer_indices(self, observations: np.ndarray) -> np.ndarray:
+        indices = layer_index_from_observation(observations, self.num_layers)
+        return np.clip(indices, 0, self.num_layers - 1)
+
+    def targets(self, observations: np.ndarray, sparsity: float | None) -> np.ndarray:
+        """The target of each observation, or ``sparsity`` where one was given to the policy.
+
+        The observation stores the target as float32: rounding to 6 decimals recovers the
+        value the env was given (so Global MP's cache is hit and its sparsities are exact).
+        """
+        if sparsity is not None:
+            return np.full(len(observations), sparsity)
+        targets = np.round(observations[:, FEATURE_INDEX["target_sparsity"]].astype(np.float64), 6)
+        if np.any(targets == 0.0) and self.env.target_sparsity is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a target: the env has target_sparsity=None, so pass "
+                f"sparsity=... to the policy (or make the env with target_sparsity=...)"
+            )
+        return targets
+
+
+class GlobalMagnitudePolicy(ReferencePolicy):
+    """Global Magnitude Pruning as a policy: each layer gets the sparsity that one global
+    magnitude threshold (over all prunable weights of the dense model) gives it at the target.
+
+    Args:
+        env: the prune-gym env (or a wrapper / ``DummyVecEnv`` of it) the policy will act in.
+        min_threshold: Minimum Threshold (Gupta et al. 2022): every layer keeps at least this
+            fraction of all prunable weights (``prune_gym.pruning.DEFAULT_MIN_THRESHOLD`` =
+            0.0005 is the paper's default); None for plain Global MP.
+        sparsity: the overall sparsity to prune to when the env has no target (otherwise the
+            target is read from each observation).
+    """
+
+    def __init__(self, env: Any, min_threshold: float | None = None, sparsity: float | None = None) -> None:
+        super().__init__(env)
+        if min_threshold is not None and not (0.0 <= float(min_threshold) < 1.0):
+            raise ValueError(f"min_threshold must be a fraction in [0, 1) (0.0005 = 0.05%), got {min_threshold!r}")
+        self.min_threshold = float(min_threshold) if min_threshold else None
+        self.sparsity = None if sparsity is None else check_sparsity(sparsity, "sparsity")
+
+    def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
+        indices = self.layer_indices(observations)
+        targets = self.targets(observations, self.sparsity)
+        return np.array(
+            [
+                self.env.global_mp_sparsities(float(target), self.min_threshold)[index]
+                for target, index in zip(targets, indices, strict=True)
+            ]
+        )
+
+    def __repr__(self) -> str:
+        return f"GlobalMagnitudePolicy(min_threshold={self.min_threshold}, sparsity={self.sparsity})"
+
+
+class UniformMagnitudePolicy(ReferencePolicy):
+    """Uniform magnitude pruning: every layer requests the target sparsity.
+
+    With discrete actions the nearest level is requested and the env's projection absorbs the
+    difference in the last layers, so the overall sparsity is still the target.
+
+    Args:
+        env: the prune-gym env (or a wrapper / ``DummyVecEnv`` of it).
+        sparsity: the per-layer sparsity when the env has no target (otherwise the target is
+            read from each observation).
+    """
+
+    def __init__(self, env: Any, sparsity: float | None = None) -> None:
+        super().__init__(env)
+        self.sparsity = None if sparsity is None else check_sparsity(sparsity, "sparsity")
+
+    def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
+        return self.targets(observations, self.sparsity)
+
+    def __repr__(self) -> str:
+        return f"UniformMagnitudePolicy(sparsity={self.sparsity})"
+
+
+class RandomPolicy(ReferencePolicy):
+    """Random per-layer sparsities: uniform over the action space, whatever ``deterministic``.
+
+    Each layer requests a sparsity drawn uniformly from the env's levels (discrete actions) or
+    from ``[min_sparsity, max_sparsity]`` (continuous actions), like an untrained agent that
+    explores with epsilon = 1. With a target the env's projection then keeps the overall
+    sparsity exact, which pushes the last layers towards whatever budget the random early
+    choices left. Draws come from a NumPy generator seeded by ``seed`` (reproducible).
+    """
+
+    def __init__(self, env: Any, seed: int | None = 0) -> None:
+        super().__init__(env)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
+        count = len(observations)
+        if self.action_type == "discrete":
+            return self.levels[self.rng.integers(0, len(self.levels), size=count)]
+        return self.rng.uniform(self.min_sparsity, self.max_sparsity, size=count)
+
+    def __repr__(self) -> str:
+        return f"RandomPolicy(seed={self.seed})"

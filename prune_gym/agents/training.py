@@ -1,0 +1,322 @@
+"""Train an SB3 agent on a prune-gym env: progress bar, TensorBoard, checkpoints, resume.
+
+``train_agent`` writes everything under one run folder::
+
+    <output>/run.json                     what was trained (env id and kwargs, algo, settings)
+    <output>/model.zip                    the final agent (plus model_replay_buffer.pkl)
+    <output>/checkpoints/<algo>_<N>_steps.zip   periodic checkpoints (+ replay buffers)
+    <output>/tensorboard/                 TensorBoard logs (``tensorboard --logdir <output>``)
+
+Ctrl-C during training saves a checkpoint first; ``resume=True`` continues from the newest
+checkpoint with its step count, exploration schedule and replay buffer, so no step is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import CheckpointCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
+
+from prune_gym.agents.factory import (
+    ALGORITHMS,
+    _check_algo,
+    default_timesteps,
+    env_kwargs_from_hyperparams,
+    load_hyperparams,
+    make_agent,
+)
+from prune_gym.pruning import check_sparsity
+
+__all__ = ["TargetSamplingWrapper", "TrainResult", "latest_checkpoint", "make_training_env", "train_agent"]
+
+_CHECKPOINT_NAME = re.compile(r"^(?P<algo>[a-z0-9]+)_(?:interrupted_)?(?P<steps>\d+)_steps\.zip$")
+
+
+class TargetSamplingWrapper(gym.Wrapper):
+    """Draw the target sparsity of every episode from ``targets`` (uniformly, seeded).
+
+    One agent trained this way serves every target it saw: the target is part of the
+    observation (``target_sparsity``, ``budget_left`` and Global MP's sparsity at the target),
+    so the policy can condition on it. A ``reset(options={"target_sparsity": s})`` given by the
+    caller (e.g. an evaluation at a chosen target) takes precedence over the draw.
+    """
+
+    def __init__(self, env: gym.Env, targets: Sequence[float], seed: int | None = 0) -> None:
+        super().__init__(env)
+        if not targets:
+            raise ValueError("targets must hold at least one target sparsity")
+        self.targets = [check_sparsity(t, "target sparsity") for t in targets]
+        self._rng = np.random.default_rng(seed)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        options = dict(options or {})
+        if "target_sparsity" not in options:
+            options["target_sparsity"] = float(self.targets[self._rng.integers(len(self.targets))])
+        return self.env.reset(seed=seed, options=options)
+
+
+def make_training_env(
+    env_id: str,
+    targets: Sequence[float] | None = None,
+    seed: int | None = 0,
+    n_envs: int = 1,
+    **env_kwargs: Any,
+) -> gym.Env | VecEnv:
+    """``gym.make(env_id, **env_kwargs)``, with a target drawn per episode when several are given.
+
+    With ``n_envs > 1``: a ``SubprocVecEnv`` of that many such envs, one process each (seeds
+    ``seed``, ``seed + 1``, ...; each with this process's torch thread count), so that the
+    evaluations of the pruned networks, which dominate the cost of a step, run in parallel.
+    """
+    if int(n_envs) > 1:
+        factories = [
+            partial(_worker_env, env_id, targets, None if seed is None else seed + index, torch.get_num_threads(), env_kwargs)
+            for index in range(int(n_envs))
+        ]
+        return SubprocVecEnv(factories)
+    env_kwargs = dict(env_kwargs)
+    if targets is not None and len(targets) == 1:
+        env_kwargs["target_sparsity"] = check_sparsity(targets[0], "target sparsity")
+    env = gym.make(env_id, **env_kwargs)
+    if targets is not None and len(targets) > 1:
+        env = TargetSamplingWrapper(env, targets, seed=seed)
+    return env
+
+
+def _worker_env(env_id: str, targets, seed, threads: int, env_kwargs: dict[str, Any]) -> gym.Env:
+    # Runs in a fresh worker process: match the parent's threads and register the env ids.
+    torch.set_num_threads(threads)
+    import prune_gym  # noqa: F401
+
+    return Monitor(make_training_env(env_id, targets, seed=seed, **env_kwargs))
+
+
+def latest_checkpoint(output_dir: str | os.PathLike, algo: str | None = None) -> Path | None:
+    """The checkpoint with the most steps in ``<output_dir>/checkpoints`` (None if there is none)."""
+    folder = Path(output_dir) / "checkpoints"
+    best: tuple[int, Path] | None = None
+    if not folder.is_dir():
+        return None
+    for path in folder.iterdir():
+        match = _CHECKPOINT_NAME.match(path.name)
+        if match is None or (algo is not None and match["algo"] != algo):
+            continue
+        steps = int(match["steps"])
+        if best is None or steps > best[0]:
+            best = (steps, path)
+    return None if best is None else best[1]
+
+
+def _replay_buffer_path(model_path: Path) -> Path:
+    # CheckpointCallback's naming: <prefix>_replay_buffer_<N>_steps.pkl next to <prefix>_<N>_steps.zip
+    match = _CHECKPOINT_NAME.match(model_path.name)
+    if match is not None:
+        interrupted = "interrupted_" if "_interrupted_" in model_path.name else ""
+        return model_path.with_name(f"{match['algo']}_{interrupted}replay_buffer_{match['steps']}_steps.pkl")
+    return model_path.with_name(model_path.stem + "_replay_buffer.pkl")
+
+
+def save_agent(model: BaseAlgorithm, path: str | os.PathLike, replay_buffer: bool = True) -> Path:
+    """Save ``model`` (and, for off-policy agents, its replay buffer next to it, which a resumed
+    run needs to continue exactly where it stopped)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    if replay_buffer and isinstance(model, OffPolicyAlgorithm) and model.replay_buffer is not None:
+        model.save_replay_buffer(_replay_buffer_path(path))
+    return path
+
+
+def load_agent(path: str | os.PathLike, env: Any | None = None, algo: str | None = None, device: str = "cpu") -> BaseAlgorithm:
+    """Load an agent saved by ``train_agent``/``compare`` (the algorithm is read from the file name
+    when ``algo`` is None); its replay buffer is restored too when it was saved next to it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no agent file at {path}: train one with `prune-gym train ENV` first")
+    if algo is None:
+        match = _CHECKPOINT_NAME.match(path.name)
+        algo = match["algo"] if match else _algo_from_run_json(path)
+    if algo is None or algo.lower() not in ALGORITHMS:
+        raise ValueError(f"cannot tell the algorithm of {path}: pass algo= (one of {', '.join(ALGORITHMS)})")
+    cls = ALGORITHMS[algo.lower()][0]
+    model = cls.load(path, env=env, device=device)
+    buffer = _replay_buffer_path(path)
+    if isinstance(model, OffPolicyAlgorithm) and buffer.is_file():
+        model.load_replay_buffer(buffer)
+    return model
+
+
+def _algo_from_run_json(path: Path) -> str | None:
+    record = path.parent / "run.json"
+    if record.is_file():
+        return json.loads(record.read_text()).get("algo")
+    return None
+
+
+@dataclass
+class TrainResult:
+    """What ``train_agent`` produced."""
+
+    model: BaseAlgorithm
+    model_path: Path
+    output_dir: Path
+    num_timesteps: int
+    seconds: float
+    resumed_from: Path | None = None
+
+
+def train_agent(
+    env_id: str,
+    algo: str = "dqn",
+    timesteps: int | None = None,
+    *,
+    output_dir: str | os.PathLike | None = None,
+    hyperparams: str | os.PathLike | Mapping[str, Any] | None = None,
+    targets: Sequence[float] | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    checkpoint_freq: int = 5000,
+    resume: bool | str | os.PathLike = False,
+    progress_bar: bool = True,
+    tensorboard: bool = True,
+    verbose: int = 0,
+    env: gym.Env | VecEnv | None = None,
+    resumable: bool = True,
+    n_envs: int | None = None,
+) -> TrainResult:
+    """Train ``algo`` on ``env_id`` for ``timesteps`` steps in total, with checkpoints.
+
+    Args:
+        env_id: a registered prune-gym id (``prune-gym envs`` lists them).
+        algo: see ``prune_gym.agents.ALGORITHMS``; DQN needs ``action_type="discrete"`` (the
+            default), SAC/TD3/DDPG need ``env_kwargs={"action_type": "continuous"}``.
+        timesteps: the total number of env steps of the run, counting the steps of a run that
+            is resumed (default: the hyperparameters' ``n_timesteps``).
+        output_dir: the run folder (default ``runs/<env_id>-<algo>``).
+        hyperparams: as in :func:`prune_gym.agents.make_agent`.
+        targets: target sparsities; several are drawn per episode (one agent for all), one
+            fixes the target; None keeps the env's own target.
+        env_kwargs: extra ``gym.make`` kwargs (``action_type``, ``device``, ``reward``...), over
+            the ``env_kwargs`` of the hyperparameters.
+        seed: seeds the agent and the target draws.
+        checkpoint_freq: save a checkpoint every this many steps (0: only at the end).
+        resume: True continues from the newest checkpoint in ``output_dir``; a path continues
+            from that checkpoint.
+        progress_bar, tensorboard, verbose: SB3's progress bar, TensorBoard logs, verbosity.
+        env: an env to train in instead of building one from ``env_id`` (its kwargs are then
+            not recorded in ``run.json``).
+        resumable: also save the final agent as a checkpoint, with its replay buffer, so that
+            ``resume`` can extend the run (False: only ``model.zip``, without replay buffer).
+        n_envs: envs stepping in parallel, one process each (default: the hyperparameters'
+            ``n_envs``, else 1); ignored when ``env`` is given. Their processes are closed
+            when training ends.
+
+    Returns:
+        A :class:`TrainResult`; the final agent is also saved as ``<output_dir>/model.zip``.
+
+    Raises:
+        KeyboardInterrupt: after saving a checkpoint of the steps done so far.
+    """
+    algo = algo.lower()
+    env_kwargs = dict(env_kwargs or {})
+    output = Path(output_dir) if output_dir is not None else Path("runs") / f"{env_id}-{algo}"
+    resumed_from = None
+    if resume:  # find the checkpoint before building anything
+        resumed_from = latest_checkpoint(output, algo) if resume is True else Path(resume)
+        if resumed_from is None:
+            raise FileNotFoundError(
+                f"--resume: no {algo} checkpoint in {output / 'checkpoints'}; train without --resume "
+                f"first (or pass the checkpoint's path)"
+            )
+    owned_env = env is None
+    if env is None:
+        _check_algo(algo, env_kwargs.get("action_type", "discrete"))  # fail before loading anything
+        env_kwargs = {**env_kwargs_from_hyperparams(algo, env_id, hyperparams), **env_kwargs}
+        if n_envs is None:
+            n_envs = int(load_hyperparams(algo, env_id, hyperparams).get("n_envs", 1))
+        if n_envs > 1:
+            # Load (and on first use train and cache) the task's model once, here, rather
+            # than in every worker process at the same time.
+            gym.make(env_id, **env_kwargs).close()
+        env = make_training_env(env_id, targets, seed=seed, n_envs=n_envs, **env_kwargs)
+    if timesteps is None:
+        timesteps = default_timesteps(algo, env, hyperparams)
+    if int(timesteps) < 0:
+        raise ValueError(f"timesteps must be >= 0, got {timesteps}")
+    timesteps = int(timesteps)
+    checkpoints = output / "checkpoints"
+    output.mkdir(parents=True, exist_ok=True)
+    tensorboard_dir = output / "tensorboard" if tensorboard else None
+
+    if resume:
+        try:
+            model = load_agent(resumed_from, env=env, algo=algo)
+        except ValueError as error:
+            raise ValueError(
+                f"cannot resume from {resumed_from}: {error}. Resume with the env kwargs of the run "
+                f"(see {output / 'run.json'})"
+            ) from None
+        if tensorboard_dir is not None:
+            model.tensorboard_log = str(tensorboard_dir)
+    else:
+        model = make_agent(env, algo, hyperparams, seed=seed, tensorboard_log=tensorboard_dir, verbose=verbose)
+
+    _write_run_record(output, env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed)
+    remaining = max(timesteps - model.num_timesteps, 0)
+    callbacks = []
+    if checkpoint_freq:
+        callbacks.append(
+            CheckpointCallback(
+                # CheckpointCallback counts calls, one per step of all envs together.
+                save_freq=max(int(checkpoint_freq) // model.n_envs, 1), save_path=str(checkpoints), name_prefix=algo,
+                save_replay_buffer=isinstance(model, OffPolicyAlgorithm),
+            )
+        )
+    started = time.perf_counter()
+    if remaining:
+        try:
+            model.learn(
+                total_timesteps=remaining, callback=callbacks, progress_bar=progress_bar,
+                reset_num_timesteps=resumed_from is None, tb_log_name=algo,
+            )
+        except (KeyboardInterrupt, EOFError, BrokenPipeError, ConnectionResetError):
+            # Ctrl-C (a worker process of a parallel env may see it first and close its pipe).
+            path = save_agent(model, checkpoints / f"{algo}_interrupted_{model.num_timesteps}_steps.zip")
+            print(f"\ninterrupted: saved {model.num_timesteps} steps to {path}; continue with --resume")
+            raise
+    seconds = time.perf_counter() - started
+    if resumable:
+        save_agent(model, checkpoints / f"{algo}_{model.num_timesteps}_steps.zip")
+    model_path = save_agent(model, output / "model.zip", replay_buffer=resumable)
+    if owned_env and isinstance(env, SubprocVecEnv):
+        env.close()
+    return TrainResult(model, model_path, output, model.num_timesteps, seconds, resumed_from)
+
+
+def _write_run_record(output, env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed) -> None:
+    settings = load_hyperparams(algo, env_id, hyperparams)
+    record = {
+        "env_id": env_id,
+        "algo": algo,
+        "env_kwargs": env_kwargs,
+        "targets": list(targets) if targets is not None else None,
+        "timesteps": timesteps,
+        "seed": seed,
+        "hyperparams": {k: (v if isinstance(v, int | float | str | bool | list | type(None)) else str(v)) for k, v in settings.items()},
+    }
+    (output / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -1,0 +1,204 @@
+"""The SB3 agent factory, hyperparameter files, and training with checkpoints and resume.
+
+Mechanics only, so the envs here are synthetic (random weights, 8 samples per split): an
+episode costs milliseconds, and the agents train a few hundred steps in seconds.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+import prune_gym  # noqa: F401  (registers the env ids)
+from prune_gym.agents import ALGORITHMS, algorithms_for, load_hyperparams, make_agent, train_agent
+from prune_gym.agents.factory import parse_policy_kwargs
+from prune_gym.agents.training import latest_checkpoint, load_agent
+
+ENV_ID = "PruneResNet20Digits-v0"
+SYNTHETIC = {"synthetic": True, "synthetic_samples": 8, "device": "cpu"}
+
+#: Small settings so that every algorithm updates its networks within 200 steps.
+QUICK = {
+    "dqn": {"learning_starts": 50, "batch_size": 16, "target_update_interval": 50},
+    "ppo": {"n_steps": 64, "batch_size": 32, "n_epochs": 2},
+    "a2c": {"n_steps": 22},
+    "sac": {"learning_starts": 50, "batch_size": 16},
+    "td3": {"learning_starts": 50, "batch_size": 16},
+    "ddpg": {"learning_starts": 50, "batch_size": 16},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny convolutions: one intra-op thread is faster than two, and far faster on a busy CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def envs() -> dict[str, gym.Env]:
+    made = {kind: gym.make(ENV_ID, action_type=kind, **SYNTHETIC) for kind in ("discrete", "continuous")}
+    yield made
+    for env in made.values():
+        env.close()
+
+
+def parameters_of(agent: BaseAlgorithm) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in agent.policy.parameters()]
+
+
+@pytest.mark.parametrize(
+    "algo, action_type",
+    [(algo, kind) for kind in ("discrete", "continuous") for algo in algorithms_for(kind)],
+)
+def test_factory_builds_every_allowed_algorithm_and_it_learns(envs, algo, action_type):
+    agent = make_agent(envs[action_type], algo, QUICK[algo], seed=0)
+    before = parameters_of(agent)
+    agent.learn(total_timesteps=200)
+    assert agent.num_timesteps >= 200
+    changed = any(not torch.equal(a, b) for a, b in zip(before, parameters_of(agent), strict=True))
+    assert changed, f"{algo} did not update its networks in 200 steps"
+    action, _ = agent.predict(envs[action_type].reset()[0], deterministic=True)
+    assert envs[action_type].action_space.contains(action if action_type == "continuous" else int(action))
+
+
+def test_action_type_allows_the_expected_algorithms():
+    assert algorithms_for("discrete") == ["dqn", "ppo", "a2c"]
+    assert algorithms_for("continuous") == ["ppo", "a2c", "sac", "td3", "ddpg"]
+    assert set(ALGORITHMS) == {"dqn", "ppo", "a2c", "sac", "td3", "ddpg"}
+
+
+@pytest.mark.parametrize("algo, action_type, fix", [("sac", "discrete", "continuous"), ("td3", "discrete", "continuous"),
+                                                    ("ddpg", "discrete", "continuous"), ("dqn", "continuous", "discrete")])
+def test_wrong_algorithm_for_the_action_type_is_a_clear_error(envs, algo, action_type, fix):
+    with pytest.raises(ValueError, match=f"action_type='{fix}'"):
+        make_agent(envs[action_type], algo)
+
+
+def test_unknown_algorithm_is_a_clear_error(envs):
+    with pytest.raises(ValueError, match="unknown algorithm 'rainbow'.*dqn"):
+        make_agent(envs["discrete"], "rainbow")
+
+
+def test_shipped_dqn_defaults_are_used(envs):
+    settings = load_hyperparams("dqn", ENV_ID)
+    agent = make_agent(envs["discrete"], "dqn")
+    assert agent.gamma == pytest.approx(settings["gamma"])
+    assert agent.batch_size == settings["batch_size"]
+    assert agent.target_update_interval == settings["target_update_interval"]
+    assert agent.exploration_final_eps == pytest.approx(settings["exploration_final_eps"])
+    assert int(settings["n_timesteps"]) > 0
+    net_arch = parse_policy_kwargs(settings.get("policy_kwargs"))["net_arch"]
+    hidden = [m.out_features for m in agent.q_net.q_net if isinstance(m, torch.nn.Linear)][:-1]
+    assert hidden == list(net_arch)
+
+
+def test_hyperparameters_from_an_rl_zoo_file(envs, tmp_path):
+    path = tmp_path / "dqn.yml"
+    path.write_text(
+        f"{ENV_ID}:\n"
+        "  n_timesteps: !!float 1e4\n"
+        "  policy: 'MlpPolicy'\n"
+        "  policy_kwargs: \"dict(net_arch=[32], activation_fn=nn.Tanh)\"\n"
+        "  learning_rate: lin_1e-3\n"
+        "  gamma: 0.9\n"
+        "default:\n"
+        "  gamma: 0.5\n"
+    )
+    agent = make_agent(envs["discrete"], "dqn", path)
+    assert agent.gamma == pytest.approx(0.9)  # the env id's entry wins over `default`
+    assert agent.policy_kwargs["activation_fn"] is torch.nn.Tanh
+    assert agent.lr_schedule(1.0) == pytest.approx(1e-3) and agent.lr_schedule(0.5) == pytest.approx(5e-4)
+    # A dict of settings applies over the shipped defaults.
+    agent = make_agent(envs["discrete"], "dqn", {"gamma": 0.8})
+    assert agent.gamma == pytest.approx(0.8)
+    assert agent.batch_size == load_hyperparams("dqn", ENV_ID)["batch_size"]
+
+
+def test_bad_hyperparameters_are_clear_errors(envs, tmp_path):
+    with pytest.raises(ValueError, match="unsupported expression"):
+        parse_policy_kwargs("dict(net_arch=__import__('os').getcwd())")
+    with pytest.raises(ValueError, match="rl-zoo3's training script"):
+        make_agent(envs["discrete"], "dqn", {"normalize": True})
+    with pytest.raises(ValueError, match="bad dqn hyperparameters"):
+        make_agent(envs["discrete"], "dqn", {"not_a_setting": 1})
+    with pytest.raises(FileNotFoundError, match="missing.yml"):
+        make_agent(envs["discrete"], "dqn", tmp_path / "missing.yml")
+
+
+class InterruptAfter(gym.Wrapper):
+    """Raises KeyboardInterrupt (as Ctrl-C would) on the n-th step."""
+
+    def __init__(self, env: gym.Env, steps: int) -> None:
+        super().__init__(env)
+        self.remaining = steps
+
+    def step(self, action):
+        self.remaining -= 1
+        if self.remaining < 0:
+            raise KeyboardInterrupt
+        return self.env.step(action)
+
+
+def test_train_writes_checkpoints_and_resume_continues_the_step_count(tmp_path):
+    output = tmp_path / "run"
+    first = train_agent(
+        ENV_ID, "dqn", 120, output_dir=output, hyperparams={**QUICK["dqn"], "n_envs": 1, "env_kwargs": {"n_actions": 7}},
+        env_kwargs=SYNTHETIC,
+        targets=[0.5, 0.8], checkpoint_freq=50, progress_bar=False,
+    )
+    assert first.num_timesteps == 120
+    # The env was built with the env_kwargs of the settings (as tuned settings may ask).
+    assert first.model.action_space.n == 7
+    assert (output / "model.zip").is_file() and (output / "run.json").is_file()
+    assert (output / "checkpoints" / "dqn_50_steps.zip").is_file()
+    assert (output / "checkpoints" / "dqn_replay_buffer_50_steps.pkl").is_file()
+    assert any((output / "tensorboard").rglob("events.out.tfevents.*"))
+    assert latest_checkpoint(output, "dqn").name == "dqn_120_steps.zip"
+
+    resumed = train_agent(
+        ENV_ID, "dqn", 300, output_dir=output, env_kwargs={**SYNTHETIC, "n_actions": 7}, targets=[0.5, 0.8],
+        n_envs=1,
+        checkpoint_freq=0, progress_bar=False, resume=True,
+    )
+    assert resumed.resumed_from.name == "dqn_120_steps.zip"
+    assert resumed.num_timesteps == 300  # 120 + 180: --timesteps is the run's total
+    assert resumed.model.replay_buffer.size() == 300  # the first run's transitions came back too
+    assert load_agent(output / "model.zip").num_timesteps == 300
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_loses_no_step(tmp_path):
+    output = tmp_path / "run"
+    env = InterruptAfter(gym.make(ENV_ID, **SYNTHETIC), steps=70)
+    with pytest.raises(KeyboardInterrupt):
+        train_agent(ENV_ID, "dqn", 200, output_dir=output, hyperparams=QUICK["dqn"], env=env,
+                    checkpoint_freq=0, progress_bar=False, tensorboard=False)
+    saved = latest_checkpoint(output, "dqn")
+    assert saved.name == "dqn_interrupted_70_steps.zip"
+    resumed = train_agent(ENV_ID, "dqn", 200, output_dir=output, env_kwargs=SYNTHETIC, checkpoint_freq=0,
+                          progress_bar=False, tensorboard=False, resume=True, n_envs=1)
+    assert resumed.resumed_from == saved
+    assert resumed.num_timesteps == 200
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no dqn checkpoint"):
+        train_agent(ENV_ID, "dqn", 10, output_dir=tmp_path, env_kwargs=SYNTHETIC, resume=True, progress_bar=False)
+    with pytest.raises(ValueError, match="action_type='continuous'"):
+        train_agent(ENV_ID, "sac", 10, output_dir=tmp_path, env_kwargs=SYNTHETIC, progress_bar=False)
+
+
+def test_training_in_parallel_envs_counts_every_step(tmp_path):
+    """n_envs=2: two worker processes step at once; the step count and checkpoints add up."""
+    result = train_agent(
+        ENV_ID, "dqn", 100, output_dir=tmp_path, hyperparams=QUICK["dqn"], env_kwargs=SYNTHETIC,
+        targets=[0.5, 0.8], n_envs=2, checkpoint_freq=50, progress_bar=False, tensorboard=False,
+    )
+    assert result.model.n_envs == 2
+    assert result.num_timesteps == 100
+    assert (tmp_path / "checkpoints" / "dqn_50_steps.zip").is_file()
+    assert result.model.replay_buffer.size() * 2 == 100  # one row per step of both envs

@@ -1,0 +1,87 @@
+"""The `prune-gym` train, baseline and compare commands, through prune_gym.cli.main."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prune_gym.cli import main
+
+ENV_ID = "PruneResNet20Digits-v0"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny convolutions: one intra-op thread is faster than two, and far faster on a busy CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_baseline_prints_accuracy_sparsity_and_layers(tmp_path, capsys, digits_model_state):
+    path = tmp_path / "baseline.json"
+    code = main(["baseline", ENV_ID, "--policy", "global-mp", "--sparsity", "0.8", "--min-threshold", "0.0005",
+                 "--device", "cpu", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Global MP + MT at sparsity 0.8" in out and "param sparsity 80.00%" in out
+    assert "stem.0" in out and "head.2" in out  # the per-layer table
+    record = json.loads(path.read_text())
+    assert record["param_sparsity"] == pytest.approx(0.8, abs=1e-5)
+    assert record["action_type"] == "continuous"
+    assert len(record["layer_sparsities"]) == 22
+
+
+def test_baseline_rejects_bad_input(capsys):
+    assert main(["baseline", ENV_ID, "--policy", "uniform", "--sparsity", "0.8", "--min-threshold", "0.001"]) == 2
+    assert "--min-threshold applies to --policy global-mp" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["baseline", ENV_ID, "--sparsity", "1.2"])
+
+
+def test_train_then_resume_continues_the_step_count(tmp_path, capsys):
+    output = tmp_path / "run"
+    args = ["train", ENV_ID, "--device", "cpu", "--sparsity", "0.5", "0.8", "--output", str(output),
+                     "--checkpoint-freq", "0", "--no-progress", "--hyperparams", str(_quick_dqn(tmp_path))]
+    assert main(args + ["--timesteps", "44"]) == 0
+    assert "44 steps" in capsys.readouterr().out
+    assert main(args + ["--timesteps", "88", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "dqn_44_steps.zip" in out and "88 steps" in out
+    assert (output / "checkpoints" / "dqn_88_steps.zip").is_file()
+    assert json.loads((output / "run.json").read_text())["targets"] == [0.5, 0.8]
+
+
+def test_train_rejects_an_algorithm_the_action_type_does_not_allow(capsys):
+    assert main(["train", ENV_ID, "--algo", "dqn", "--action-type", "continuous", "--timesteps", "10"]) == 2
+    assert "action_type='discrete'" in capsys.readouterr().err
+
+
+def test_compare_prints_the_table_writes_files_and_finetunes(tmp_path, capsys):
+    output = tmp_path / "cmp"
+    code = main(["compare", ENV_ID, "--sparsity", "0.7", "--timesteps", "44", "--device", "cpu", "--finetune-epochs", "1",
+                 "--hyperparams", str(_quick_dqn(tmp_path)), "--output", str(output), "--no-progress",
+                 "--no-tensorboard"])
+    out = capsys.readouterr().out
+    assert code == 0
+    for method in ("DQN agent", "Global MP", "Global MP + MT", "uniform", "random"):
+        assert method in out
+    assert (output / "results.json").is_file() and (output / "layer_sparsity.png").is_file()
+    rows = json.loads((output / "results.json").read_text())["results"]
+    assert {row["method"]: round(row["param_sparsity"], 4) for row in rows} == dict.fromkeys(
+        ["DQN agent", "Global MP", "Global MP + MT", "uniform", "random"], 0.7
+    )
+    # --finetune-epochs: every method is fine-tuned with its masks, reported next to one-shot.
+    assert "after FT (1 ep)" in out
+    random = next(row for row in rows if row["method"] == "random")
+    assert all(row["finetuned_test_accuracy"] is not None for row in rows)
+    assert random["finetuned_test_accuracy"] > random["test_accuracy"] + 0.1
+
+
+def _quick_dqn(folder) -> str:
+    path = folder / "quick_dqn.yml"
+    path.write_text("default:\n  n_timesteps: 44\n  learning_starts: 22\n  batch_size: 16\n")
+    return str(path)
