@@ -19,35 +19,15 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import machine_info  # benchmarks/machine.py, beside this script
 
 from prune_gym.agents.compare import DEFAULT_SPARSITIES, compare
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 def cpu_seconds() -> float:
@@ -80,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": f"prune-gym compare {args.env} --sparsity {' '.join(map(str, args.sparsity))}"
         + (f" --timesteps {args.timesteps}" if args.timesteps else "") + f" --threads {args.threads}",
-        "machine": machine(),
+        "machine": machine_info(),
         "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
         "wall_seconds": wall,
         # The main process only: the agent's parallel env workers are not counted.

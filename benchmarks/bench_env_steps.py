@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 from torch.utils.data import DataLoader
 
 import prune_gym  # noqa: F401  (registers the ids)
@@ -63,20 +63,12 @@ class StraightforwardEnv:
         return correct / total
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def bench(env_id: str, kwargs: dict, episodes: int, device: torch.device, naive: bool) -> dict:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 import torchvision
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 from torch.nn.utils import prune as torch_prune
 
 from prune_gym.pruning import PruningState, find_prunable_layers, global_magnitude_masks
@@ -42,14 +43,6 @@ from prune_gym.pruning import PruningState, find_prunable_layers, global_magnitu
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info(device: torch.device) -> dict:

@@ -5,20 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from prune_gym.cli import main
 
 ENV_ID = "PruneResNet20Digits-v0"
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions: one intra-op thread is faster than two, and far faster on a busy CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_baseline_prints_accuracy_sparsity_and_layers(tmp_path, capsys, digits_model_state):

@@ -7,7 +7,6 @@ import json
 
 import gymnasium as gym
 import pytest
-import torch
 
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents.compare import compare
@@ -16,14 +15,6 @@ ENV_ID = "PruneResNet20Digits-v0"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METHODS = ["DQN agent", "Global MP", "Global MP + MT", "uniform", "random"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions: one intra-op thread is faster than two, and far faster on a busy CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

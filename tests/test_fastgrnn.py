@@ -13,15 +13,6 @@ from prune_gym.pruning import find_prunable_layers
 from prune_gym.tasks.models.fastgrnn import FastGRNN, fastgrnn_har2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """FastGRNN's ops are tiny: on a shared CPU, intra-op threads only add synchronisation."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _sigmoid(value: float) -> float:
     return 1.0 / (1.0 + math.exp(-value))
 

@@ -26,14 +26,6 @@ from prune_gym.stats import FEATURES
 ENV_ID = "PruneResNet20Digits-v0"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions: one intra-op thread is faster than two, and far faster on a busy CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def envs(digits_model_state) -> dict[str, gym.Env]:

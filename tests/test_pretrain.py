@@ -17,15 +17,6 @@ from prune_gym.tasks.pretrain import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """FastGRNN's ops are tiny: on a shared CPU, intra-op threads only add synchronisation."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def har_dir(tmp_path_factory):
     folder, _ = write_uci_har(tmp_path_factory.mktemp("har"), (1, 3, 5, 6, 7, 8), (2, 4), windows_per_subject=6)

@@ -16,14 +16,6 @@ TEST_SUBJECTS = (2, 4)
 WINDOWS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """FastGRNN's ops are tiny: on a shared CPU, intra-op threads only add synchronisation."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def har_data(tmp_path_factory):
