@@ -8,7 +8,8 @@ that they report the same accuracies, then prints the median steps per second an
     python benchmarks/bench_env_steps.py                   # digits + synthetic ResNet-50 (32x32) on CPU
     python benchmarks/bench_env_steps.py --device cuda --resnet50-size 224 --amp both
 
-Results go to benchmarks/results/env_steps_<device>.json.
+Results go to benchmarks/results/env_steps_<device>.json (``--output DIR``: DIR/env_steps_<device>.json;
+``--quick`` writes only when ``--output`` is given).
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--resnet50-samples", type=int, default=64, help="reward-split size of synthetic ResNet-50")
     parser.add_argument("--amp", choices=["on", "off", "both"], default="on", help="autocast on CUDA")
     parser.add_argument("--quick", action="store_true", help="one episode each, for a smoke test")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for env_steps_<device>.json (default benchmarks/results; --quick: none)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     episodes = 1 if args.quick else args.episodes
@@ -168,9 +171,10 @@ def main(argv=None) -> int:
         "command": "python benchmarks/bench_env_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "results": rows,
     }
-    if not args.quick:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"env_steps_{device.type}.json").write_text(json.dumps(record, indent=2, default=str))
+    output = args.output if args.output is not None else (None if args.quick else RESULTS)
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / f"env_steps_{device.type}.json").write_text(json.dumps(record, indent=2, default=str))
     print(f"{record['machine']} | torch {record['torch']} | {record['date']}")
     print("| env | setting | layers | reward samples | PruneEnv steps/s | straightforward steps/s | speed-up | episode (s) | reset (ms) |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -3,7 +3,7 @@
     python benchmarks/soak_digits.py --episodes 1000
 
 Records the process's resident memory (RSS) and Python heap (tracemalloc) after a warm-up and at
-the end, and writes benchmarks/results/soak_digits.json. Exits non-zero if an episode fails, an
+the end, and writes benchmarks/results/soak_digits.json (``--output DIR``: DIR/soak_digits.json). Exits non-zero if an episode fails, an
 episode misses the target, or memory grows by more than --max-growth-mb.
 """
 
@@ -19,6 +19,7 @@ from datetime import date
 from pathlib import Path
 
 import gymnasium as gym
+from machine import machine_info  # benchmarks/machine.py, beside this script
 
 import prune_gym  # noqa: F401  (registers the ids)
 
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--max-growth-mb", type=float, default=20.0)
+    parser.add_argument("--output", type=Path, default=RESULTS, help="folder for soak_digits.json")
     args = parser.parse_args(argv)
     env = gym.make("PruneResNet20Digits-v0")
     unwrapped = env.unwrapped
@@ -66,6 +68,7 @@ def main(argv=None) -> int:
     record = {
         "date": date.today().isoformat(),
         "command": "python benchmarks/soak_digits.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(),
         "episodes": args.episodes,
         "steps": args.episodes * unwrapped.num_layers,
         "seconds": round(elapsed, 1),
@@ -74,8 +77,8 @@ def main(argv=None) -> int:
         "rss_start_mb": round(rss_start, 1),
         "rss_growth_mb": round(rss_growth, 1),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "soak_digits.json").write_text(json.dumps(record, indent=2))
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "soak_digits.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
     ok = misses == 0 and rss_growth <= args.max_growth_mb and heap_growth <= args.max_growth_mb
     return 0 if ok else 1

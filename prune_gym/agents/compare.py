@@ -60,7 +60,7 @@ from prune_gym.agents.training import (
 )
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, PrunableLayer, check_sparsity
 
-__all__ = ["Comparison", "MethodResult", "compare", "format_table", "run_episode"]
+__all__ = ["Comparison", "MethodResult", "compare", "finetune_and_test", "format_table", "run_episode"]
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 #: The highest max_sparsity the workflow raises the env's range to (a layer is never emptied).
@@ -138,7 +138,7 @@ def run_episode(policy: Any, env: gym.Env, target: float | None, deterministic: 
     )
 
 
-def _finetune(env: gym.Env, epochs: int, seed: int) -> tuple[float, float]:
+def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> tuple[float, float]:
     """Fine-tune a copy of the env's pruned model (masks held) and return its test accuracy."""
     from prune_gym.evaluation import evaluate_accuracy
     from prune_gym.finetune import finetune_pruned
@@ -297,7 +297,7 @@ def compare(
         for label, policy, env, deterministic in methods:
             row = run_episode(policy, env, target, deterministic=deterministic, method=label)
             if finetune_epochs:
-                row.finetuned_test_accuracy, row.finetune_seconds = _finetune(env, int(finetune_epochs), seed)
+                row.finetuned_test_accuracy, row.finetune_seconds = finetune_and_test(env, int(finetune_epochs), seed)
             results.append(row)
         say(f"evaluated every method at sparsity {target}")
 

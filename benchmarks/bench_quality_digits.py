@@ -1,0 +1,561 @@
+"""Pruning quality on digits: RL agents against Global MP and the other reference policies.
+
+On ``PruneResNet20Digits-v0`` (the trained digits ResNet-20), for every seed:
+
+- two Stable-Baselines3 agents, DQN (the package's default hyperparameters, discrete actions;
+  PuRL-style) and PPO (its default hyperparameters, discrete actions), are each trained once
+  for ``--timesteps`` env steps with a target drawn per episode from the sparsities
+  (``TargetSamplingWrapper``, as the comparison workflow does), then evaluated
+  deterministically at each target;
+- Global MP, Global MP + MT (Minimum Threshold 0.05%), uniform and random pruning run through
+  the same env (continuous actions, so Global MP's exact per-layer sparsities are reachable;
+  the same model, splits, target and ``max_sparsity``), with the reference policies of
+  ``prune_gym.agents``;
+- every method's pruned model is then fine-tuned with its masks for ``--finetune-epochs``
+  epochs (the digits fine-tuning recipe, the seed as its seed; the same for every method).
+
+Reported: test accuracy before and after fine-tuning (mean and sample std over seeds) at each
+sparsity, and the RL cost: during training each agent is evaluated every ``--eval-every``
+steps (deterministic, one episode per target, reward-split accuracy), and the first
+evaluation where it matches or beats Global MP's reward-split accuracy at a target gives the
+timesteps, training episodes and training wall time it took ("not reached" otherwise).
+
+Outputs in ``--output`` (default ``benchmarks/results``): ``quality_digits.json`` (every run,
+the learning curves, machine, date, torch version and command), ``quality_digits.md`` (the
+tables), ``quality_digits_accuracy.png`` (accuracy vs sparsity, mean +- std bands, before and
+after fine-tuning) and ``quality_digits_learning_curve.png`` (agents' reward-split accuracy vs
+timesteps against Global MP's).
+
+Run from the repository root::
+
+    python benchmarks/bench_quality_digits.py                       # full: 3 seeds, 5 sparsities
+    python benchmarks/bench_quality_digits.py --quick --output /tmp/quality   # a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import torch
+from machine import machine_info  # benchmarks/machine.py, beside this script
+from stable_baselines3.common.callbacks import BaseCallback
+
+import prune_gym  # noqa: F401  (registers the env ids)
+from prune_gym.agents import (
+    ALGORITHMS,
+    GlobalMagnitudePolicy,
+    RandomPolicy,
+    TargetSamplingWrapper,
+    UniformMagnitudePolicy,
+    load_hyperparams,
+    make_agent,
+)
+from prune_gym.agents.compare import MethodResult, finetune_and_test, run_episode
+from prune_gym.agents.factory import env_kwargs_from_hyperparams
+from prune_gym.agents.policies import prune_env_of
+from prune_gym.agents.training import make_training_env
+from prune_gym.finetune import recipe_for
+from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
+
+ENV_ID = "PruneResNet20Digits-v0"
+RESULTS = Path(__file__).resolve().parent / "results"
+STEM = "quality_digits"
+REFERENCE_METHODS = ("Global MP", "Global MP + MT", "uniform", "random")
+#: Above this the env would empty layers; the comparison workflow uses the same ceiling.
+MAX_SPARSITY_CEILING = 0.999
+
+#: Full run: both agents get the DQN digits defaults' budget (10,000 steps), so they are compared
+#: at equal cost; PPO's own default (20,000 steps) would double its share of the ~1 h run on a
+#: 2-core CPU (the table says when a budget is below the algorithm's default).
+FULL = {"seeds": [0, 1, 2], "sparsities": [0.5, 0.7, 0.8, 0.9, 0.95], "timesteps": ["10000"],
+        "eval_every": 1000, "finetune_epochs": 3}
+QUICK = {"seeds": [0], "sparsities": [0.5, 0.9], "timesteps": ["400"], "eval_every": 200, "finetune_epochs": 1}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke-test budget (defaults become {QUICK}); writes only where --output says")
+    parser.add_argument("--seeds", type=int, nargs="+", help=f"default {FULL['seeds']}")
+    parser.add_argument("--sparsities", type=float, nargs="+", help=f"default {FULL['sparsities']}")
+    parser.add_argument("--algos", nargs="+", default=["dqn", "ppo"], help="agents to train (discrete actions)")
+    parser.add_argument("--timesteps", nargs="+", metavar="[ALGO=]STEPS",
+                        help="training steps per agent and seed: one number for every agent, or ALGO=N per agent "
+                             f"(N or 'default' = the hyperparameters' n_timesteps); default {FULL['timesteps']}")
+    parser.add_argument("--n-envs", type=int, default=2,
+                        help="envs each agent trains in, one process each (default 2, the DQN digits defaults' "
+                             "n_envs; PPO's defaults have 1, but one env would not fit the time budget)")
+    parser.add_argument("--eval-every", type=int, help=f"evaluate the agent every N steps (default {FULL['eval_every']})")
+    parser.add_argument("--finetune-epochs", type=int, help=f"masked fine-tuning epochs (default {FULL['finetune_epochs']})")
+    parser.add_argument("--device", default="cpu", help="device of the env and fine-tuning (cpu, cuda, auto)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads per process (default 1: the digits convolutions are tiny, and "
+                             "on a shared 2-core machine one thread ran the env 62 steps/s against 3.5 with two)")
+    parser.add_argument("--replot", action="store_true",
+                        help="only rewrite the markdown and plots from the JSON already in --output")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for the JSON, markdown and plots (default benchmarks/results; required with --quick)")
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.output is None:
+        if args.quick:
+            parser.error("--quick needs --output DIR (it never overwrites the recorded results)")
+        args.output = RESULTS
+    args.algos = [a.lower() for a in args.algos]
+    for algo in args.algos:
+        if algo not in ALGORITHMS or "discrete" not in ALGORITHMS[algo][1]:
+            parser.error(f"--algos: {algo!r} cannot act with discrete actions; choose from dqn, ppo, a2c")
+    try:
+        args.budgets = budgets(args.timesteps, args.algos)
+    except ValueError as error:
+        parser.error(f"--timesteps: {error}")
+    if args.eval_every < 1 or args.finetune_epochs < 0 or args.n_envs < 1:
+        parser.error("--eval-every and --n-envs must be >= 1, --finetune-epochs >= 0")
+    if not args.sparsities or not all(0.0 < s < 1.0 for s in args.sparsities):
+        parser.error("--sparsities must lie in (0, 1)")
+    return args
+
+
+def budgets(values: list[str], algos: list[str]) -> dict[str, int]:
+    """``["10000"]`` or ``["dqn=default", "ppo=8000"]`` -> steps per algorithm."""
+    steps: dict[str, int] = {}
+    for value in values:
+        algo, _, number = value.rpartition("=")
+        names = [algo.lower()] if algo else algos
+        for name in names:
+            if number == "default":
+                steps[name] = int(float(load_hyperparams(name, ENV_ID)["n_timesteps"]))
+            elif number.isdigit() and int(number) > 0:
+                steps[name] = int(number)
+            else:
+                raise ValueError(f"{value!r}: give a positive number of steps, or ALGO=N / ALGO=default")
+    missing = [a for a in algos if a not in steps]
+    if missing:
+        raise ValueError(f"no budget for {', '.join(missing)}: add e.g. {missing[0]}=5000")
+    return {a: steps[a] for a in algos}
+
+
+# ------------------------------------------------------------------------------------------------
+# Envs, agents and fine-tuning
+
+
+def build_envs(sparsities: list[float], device: str) -> tuple[dict[str, Any], gym.Env]:
+    """The kwargs every env shares and the reference env (continuous actions), as compare() builds
+    them: ``max_sparsity`` is raised where Global MP (with or without MT) needs more at a target."""
+    shared: dict[str, Any] = {"device": device}
+    reference_env = gym.make(ENV_ID, action_type="continuous", target_sparsity=sparsities[0], **shared)
+    reference = prune_env_of(reference_env)
+    needed = max(
+        max(reference.global_mp_sparsities(t, threshold))
+        for t in sparsities for threshold in (None, DEFAULT_MIN_THRESHOLD)
+    )
+    if needed > reference.max_sparsity:
+        shared["max_sparsity"] = min(math.ceil(needed * 1000) / 1000, MAX_SPARSITY_CEILING)
+        reference_env.close()
+        reference_env = gym.make(ENV_ID, action_type="continuous", target_sparsity=sparsities[0], **shared)
+    return shared, reference_env
+
+
+class LearningCurve(BaseCallback):
+    """Every ``eval_every`` steps (and before the first), one deterministic episode of the agent
+    per target in a separate env; records reward-split accuracy against steps, training
+    episodes and training wall time (the evaluation episodes themselves are not counted)."""
+
+    def __init__(self, eval_env: gym.Env, targets: list[float], eval_every: int) -> None:
+        super().__init__()
+        self.eval_env, self.targets, self.eval_every = eval_env, targets, eval_every
+        self.points: list[dict[str, Any]] = []
+        self.episodes = 0
+        self.eval_seconds = 0.0
+        self.started = 0.0
+        self.next_eval = eval_every
+
+    def _on_training_start(self) -> None:
+        self.started = time.perf_counter()
+        self.evaluate()
+
+    def _on_step(self) -> bool:
+        self.episodes += int(sum(self.locals.get("dones", [])))
+        # With n_envs parallel envs the step count moves n_envs at a time.
+        if self.num_timesteps >= self.next_eval:
+            self.evaluate()
+            self.next_eval += self.eval_every * max(1, (self.num_timesteps - self.next_eval) // self.eval_every + 1)
+        return True
+
+    def _on_training_end(self) -> None:
+        if not self.points or self.points[-1]["timesteps"] != self.num_timesteps:
+            self.evaluate()
+
+    def training_seconds(self) -> float:
+        return time.perf_counter() - self.started - self.eval_seconds
+
+    def evaluate(self) -> None:
+        tic = time.perf_counter()
+        accuracies = {}
+        for target in self.targets:
+            row = run_episode(self.model, self.eval_env, target, deterministic=True)
+            accuracies[str(target)] = row.reward_accuracy
+        self.eval_seconds += time.perf_counter() - tic
+        self.points.append({
+            "timesteps": int(self.num_timesteps),
+            "episodes": self.episodes,
+            "train_seconds": round(self.training_seconds(), 2),
+            "reward_accuracy": accuracies,
+        })
+
+
+def first_match(points: list[dict[str, Any]], targets: list[str], reference: dict[str, float]) -> dict[str, Any] | None:
+    """The first learning-curve point where the agent's accuracy at every one of ``targets`` is at
+    least the reference's (None if no point is)."""
+    for point in points:
+        if all(point["reward_accuracy"][t] >= reference[t] for t in targets):
+            return {k: point[k] for k in ("timesteps", "episodes", "train_seconds")}
+    return None
+
+
+def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], reference_env: gym.Env,
+             log) -> dict[str, Any]:
+    targets = list(args.sparsities)
+    rows: list[dict[str, Any]] = []
+
+    def record(result: MethodResult, env: gym.Env) -> None:
+        row = {k: getattr(result, k) for k in (
+            "method", "target_sparsity", "test_accuracy", "reward_accuracy", "param_sparsity", "flops_sparsity",
+            "episode_return", "action_type", "layer_sparsities")}
+        if args.finetune_epochs:
+            row["finetuned_test_accuracy"], row["finetune_seconds"] = finetune_and_test(
+                env, args.finetune_epochs, seed)
+        row["seed"] = seed
+        rows.append(row)
+
+    references = [
+        ("Global MP", GlobalMagnitudePolicy(reference_env), True),
+        ("Global MP + MT", GlobalMagnitudePolicy(reference_env, min_threshold=DEFAULT_MIN_THRESHOLD), True),
+        ("uniform", UniformMagnitudePolicy(reference_env), True),
+        ("random", RandomPolicy(reference_env, seed=seed), False),
+    ]
+    for target in targets:
+        for label, policy, deterministic in references:
+            record(run_episode(policy, reference_env, target, deterministic=deterministic, method=label), reference_env)
+    global_mp_reward = {str(r["target_sparsity"]): r["reward_accuracy"] for r in rows if r["method"] == "Global MP"}
+    log(f"seed {seed}: reference policies done")
+
+    agents = {}
+    for algo in args.algos:
+        # The agent's env as compare() builds it: the shared kwargs over the env kwargs its
+        # hyperparameters were tuned with, in its first action type (discrete for DQN and PPO).
+        agent_kwargs = {**env_kwargs_from_hyperparams(algo, ENV_ID), **shared, "action_type": ALGORITHMS[algo][1][0]}
+        agent_kwargs.pop("target_sparsity", None)
+        if args.n_envs > 1:
+            training_env = make_training_env(ENV_ID, targets, seed=seed, n_envs=args.n_envs, **agent_kwargs)
+        else:
+            training_env = TargetSamplingWrapper(gym.make(ENV_ID, target_sparsity=targets[0], **agent_kwargs), targets, seed=seed)
+        eval_env = gym.make(ENV_ID, target_sparsity=targets[0], **agent_kwargs)
+        agent = make_agent(training_env, algo, seed=seed)
+        curve = LearningCurve(eval_env, targets, args.eval_every)
+        tic = time.perf_counter()
+        try:
+            agent.learn(total_timesteps=args.budgets[algo], callback=curve)
+        finally:
+            training_env.close()
+        wall = time.perf_counter() - tic
+        label = f"{algo.upper()} agent"
+        for target in targets:
+            record(run_episode(agent, eval_env, target, deterministic=True, method=label), eval_env)
+        matches = {str(t): first_match(curve.points, [str(t)], global_mp_reward) for t in targets}
+        matches["all"] = first_match(curve.points, [str(t) for t in targets], global_mp_reward)
+        agents[algo] = {
+            "timesteps": int(agent.num_timesteps),
+            "n_envs": args.n_envs,
+            "env_kwargs": agent_kwargs,
+            "training_episodes": curve.episodes,
+            "train_seconds": curve.training_seconds(),
+            "eval_seconds": curve.eval_seconds,
+            "wall_seconds": wall,
+            "steps_per_second": agent.num_timesteps / max(curve.training_seconds(), 1e-9),
+            "learning_curve": curve.points,
+            "first_match_global_mp": matches,
+        }
+        reached = sum(m is not None for k, m in matches.items() if k != "all")
+        log(f"seed {seed}: {algo.upper()} {agent.num_timesteps:,} steps in {wall:.0f} s "
+            f"({curve.training_seconds():.0f} s training); matched Global MP at {reached}/{len(targets)} targets")
+        eval_env.close()
+    return {"seed": seed, "rows": rows, "global_mp_reward_accuracy": global_mp_reward, "agents": agents}
+
+
+# ------------------------------------------------------------------------------------------------
+# Aggregation, tables and plots
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(runs: list[dict[str, Any]], methods: list[str], targets: list[float]) -> list[dict[str, Any]]:
+    summary = []
+    for method in methods:
+        for target in targets:
+            rows = [r for run in runs for r in run["rows"] if r["method"] == method and r["target_sparsity"] == target]
+            entry = {"method": method, "target_sparsity": target, "seeds": [r["seed"] for r in rows]}
+            for key in ("test_accuracy", "finetuned_test_accuracy", "reward_accuracy", "flops_sparsity"):
+                values = [r[key] for r in rows if r.get(key) is not None]
+                if values:
+                    entry[f"{key}_mean"], entry[f"{key}_std"] = mean_std(values)
+                    entry[key] = values
+            summary.append(entry)
+    return summary
+
+
+def _cell(entry: dict[str, Any], key: str) -> str:
+    if f"{key}_mean" not in entry:
+        return "-"
+    return f"{100 * entry[f'{key}_mean']:.1f} ± {100 * entry[f'{key}_std']:.1f}"
+
+
+def accuracy_table(summary: list[dict[str, Any]], methods: list[str], targets: list[float], key: str) -> list[str]:
+    lines = ["| method | " + " | ".join(f"{t:g}" for t in targets) + " |",
+             "|---|" + "---:|" * len(targets)]
+    for method in methods:
+        cells = [_cell(next(e for e in summary if e["method"] == method and e["target_sparsity"] == t), key)
+                 for t in targets]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cost_cells(matches: list[dict[str, Any] | None]) -> tuple[str, str, str, str]:
+    reached = [m for m in matches if m is not None]
+    count = f"{len(reached)}/{len(matches)}"
+    if not reached:
+        return count, "not reached", "-", "-"
+    def per_seed(key: str, fmt: str) -> str:
+        return " / ".join("–" if m is None else format(m[key], fmt) for m in matches)
+    return count, per_seed("timesteps", ","), per_seed("episodes", ","), per_seed("train_seconds", ".0f")
+
+
+def cost_table(record: dict[str, Any]) -> list[str]:
+    runs, targets = record["runs"], record["config"]["sparsities"]
+    lines = [
+        "| agent | target | Global MP reward acc | agent reward acc at the end | seeds matching | "
+        "steps to match (per seed) | episodes (per seed) | training s (per seed) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for algo in record["config"]["algos"]:
+        for target in [*map(str, targets), "all"]:
+            matches = [run["agents"][algo]["first_match_global_mp"][target] for run in runs]
+            if target == "all":
+                reference, final = "-", "-"
+                label = "all at once"
+            else:
+                gmp = mean_std([run["global_mp_reward_accuracy"][target] for run in runs])
+                finals = mean_std([run["agents"][algo]["learning_curve"][-1]["reward_accuracy"][target] for run in runs])
+                reference = f"{100 * gmp[0]:.1f}"
+                final = f"{100 * finals[0]:.1f} ± {100 * finals[1]:.1f}"
+                label = f"{float(target):g}"
+            count, steps, episodes, seconds = _cost_cells(matches)
+            lines.append(f"| {algo.upper()} | {label} | {reference} | {final} | {count} | {steps} | {episodes} | {seconds} |")
+    return lines
+
+
+def markdown(record: dict[str, Any]) -> str:
+    config, machine = record["config"], record["machine"]
+    methods, targets, summary = record["methods"], config["sparsities"], record["summary"]
+    where = machine["gpu"] or f"{machine['cpu']}, {machine['logical_cpus']} logical CPUs, {machine['torch_threads']} torch thread(s)"
+    budget = "; ".join(
+        f"{a.upper()} {config['timesteps'][a]:,} steps"
+        + (f" (its default {config['default_timesteps'][a]:,}, cut to fit the time budget)"
+           if config["timesteps"][a] < config["default_timesteps"][a] else " (its default budget)")
+        for a in config["algos"]
+    )
+    lines = [
+        f"`{record['env_id']}` (dense test accuracy {100 * record['dense_test_accuracy']:.2f}%, reward split "
+        f"{100 * record['dense_reward_accuracy']:.2f}%; test split {record['test_samples']} images, so one image "
+        f"is {100 / record['test_samples']:.2f} points). Seeds {config['seeds']}. Agents (default hyperparameters, "
+        f"discrete actions, one agent per seed for all targets, {config['n_envs']} env process(es)): {budget}; "
+        f"evaluated every {config['eval_every']} steps. Fine-tuning: {config['finetune_epochs']} epoch(s) of the "
+        f"digits recipe for every method, the seed as its seed.",
+        "",
+        f"Machine: {where}; torch {machine['torch']}, Python {machine['python']}; {record['date']}; "
+        f"{record['total_seconds'] / 60:.0f} min in all; load average (1 min) {record['load_average_start'][0]:.1f} "
+        f"at the start, {record['load_average_end'][0]:.1f} at the end.",
+        "",
+        f"Command: `{record['command']}`",
+        "",
+        "Test accuracy (%) before fine-tuning, mean ± std over seeds:",
+        "",
+        *accuracy_table(summary, methods, targets, "test_accuracy"),
+    ]
+    if config["finetune_epochs"]:
+        lines += [
+            "",
+            f"Test accuracy (%) after {config['finetune_epochs']} epoch(s) of masked fine-tuning, mean ± std over seeds:",
+            "",
+            *accuracy_table(summary, methods, targets, "finetuned_test_accuracy"),
+        ]
+    lines += [
+        "",
+        "RL cost: the first evaluation (every "
+        f"{config['eval_every']} steps, deterministic, one episode per target) where the agent's "
+        "reward-split accuracy is at least Global MP's at that target; steps, training episodes and "
+        "training seconds (evaluation episodes excluded) per seed; \"–\" = not reached within the budget. "
+        "\"all at once\": every target matched at the same evaluation.",
+        "",
+        *cost_table(record),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(record: dict[str, Any], path: Path) -> None:
+    """Test accuracy vs sparsity, mean ± std band per method, before and after fine-tuning."""
+    plt = _pyplot()
+    targets, summary = record["config"]["sparsities"], record["summary"]
+    panels = [("before fine-tuning", "test_accuracy")]
+    if record["config"]["finetune_epochs"]:
+        panels.append((f"after {record['config']['finetune_epochs']} epoch(s) of masked fine-tuning", "finetuned_test_accuracy"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False, sharey=True)
+    for axis, (title, key) in zip(axes[0], panels, strict=True):
+        for method in record["methods"]:
+            entries = [next(e for e in summary if e["method"] == method and e["target_sparsity"] == t) for t in targets]
+            means = [100 * e[f"{key}_mean"] for e in entries]
+            stds = [100 * e[f"{key}_std"] for e in entries]
+            xs = [100 * t for t in targets]
+            line, = axis.plot(xs, means, marker="o", label=method)
+            axis.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
+                              [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.18)
+        axis.axhline(100 * record["dense_test_accuracy"], color="grey", linestyle="--", linewidth=1, label="dense")
+        axis.set_title(title)
+        axis.set_xlabel("overall sparsity (%)")
+        axis.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test accuracy (%)")
+    axes[0, -1].legend(fontsize=8, loc="lower left")
+    figure.suptitle(f"{record['env_id']}: mean ± std over seeds {record['config']['seeds']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_learning_curve(record: dict[str, Any], path: Path) -> None:
+    """Agents' reward-split accuracy vs training steps (mean ± std over seeds), one panel per
+    target, against Global MP's reward-split accuracy at that target."""
+    plt = _pyplot()
+    targets, runs = [str(t) for t in record["config"]["sparsities"]], record["runs"]
+    figure, axes = plt.subplots(1, len(targets), figsize=(3.6 * len(targets), 3.6), squeeze=False, sharey=True)
+    for axis, target in zip(axes[0], targets, strict=True):
+        for algo in record["config"]["algos"]:
+            curves = [run["agents"][algo]["learning_curve"] for run in runs]
+            length = min(len(c) for c in curves)
+            steps = [curves[0][i]["timesteps"] for i in range(length)]
+            values = [[100 * c[i]["reward_accuracy"][target] for c in curves] for i in range(length)]
+            stats = [mean_std(v) for v in values]
+            line, = axis.plot(steps, [m for m, _ in stats], label=f"{algo.upper()} agent")
+            axis.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.18)
+        gmp = statistics.mean(run["global_mp_reward_accuracy"][target] for run in runs)
+        axis.axhline(100 * gmp, color="black", linestyle="--", linewidth=1, label="Global MP")
+        axis.set_title(f"target {float(target):g}")
+        axis.set_xlabel("training steps")
+        axis.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("reward-split accuracy (%)")
+    axes[0, 0].legend(fontsize=8, loc="lower right")
+    figure.suptitle(f"{record['env_id']}: agents evaluated during training\n(deterministic; mean ± std over seeds "
+                    f"{record['config']['seeds']})", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def write_report(record: dict[str, Any], output: Path) -> str:
+    """Write the markdown table and the two plots of ``record`` into ``output``; return the table."""
+    table = markdown(record)
+    (output / f"{STEM}.md").write_text(table)
+    plot_accuracy(record, output / f"{STEM}_accuracy.png")
+    plot_learning_curve(record, output / f"{STEM}_learning_curve.png")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.replot:
+        path = args.output / f"{STEM}.json"
+        if not path.is_file():
+            raise SystemExit(f"--replot: no {path}; run the benchmark first (or point --output at its folder)")
+        print(write_report(json.loads(path.read_text()), args.output))
+        return 0
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+    shared, reference_env = build_envs(list(args.sparsities), args.device)
+    reference = prune_env_of(reference_env)
+    log(f"{ENV_ID}: {reference.num_layers} layers, max_sparsity {reference.max_sparsity}, "
+        f"budgets {args.budgets}, {args.n_envs} env process(es) per agent, seeds {args.seeds}")
+    runs = [run_seed(args, seed, shared, reference_env, log) for seed in args.seeds]
+    methods = [f"{a.upper()} agent" for a in args.algos] + list(REFERENCE_METHODS)
+    default_timesteps = {a: int(float(load_hyperparams(a, ENV_ID)["n_timesteps"])) for a in args.algos}
+    command = "python " + " ".join([f"benchmarks/{Path(__file__).name}", *(argv if argv is not None else sys.argv[1:])])
+    record = {
+        "benchmark": STEM,
+        "env_id": ENV_ID,
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "machine": machine_info(),
+        "device": str(reference.device),
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "config": {
+            "seeds": args.seeds, "sparsities": args.sparsities, "algos": args.algos, "timesteps": args.budgets, "n_envs": args.n_envs,
+            "default_timesteps": default_timesteps, "eval_every": args.eval_every,
+            "finetune_epochs": args.finetune_epochs, "finetune_recipe": vars(recipe_for("digits")),
+            "hyperparams": {a: {k: str(v) for k, v in load_hyperparams(a, ENV_ID).items()} for a in args.algos},
+            "env_kwargs": shared, "min_threshold": DEFAULT_MIN_THRESHOLD,
+            "agents": "discrete actions, one agent per seed for all targets (a target drawn per episode), "
+                      f"trained in {args.n_envs} env process(es)",
+            "reference_policies": "continuous actions (Global MP's exact per-layer sparsities)",
+        },
+        "dense_test_accuracy": reference._dense_test_accuracy(),
+        "dense_reward_accuracy": reference.dense_reward_accuracy,
+        "test_samples": len(reference._test_data[0]) if isinstance(reference._test_data, tuple | list)
+        else len(reference._test_data),
+        "methods": methods,
+        "summary": aggregate(runs, methods, list(args.sparsities)),
+        "runs": runs,
+        "total_seconds": time.perf_counter() - started,
+    }
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / f"{STEM}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(write_report(record, args.output))
+    log(f"wrote {args.output}/{STEM}.json, .md, _accuracy.png, _learning_curve.png")
+    reference_env.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

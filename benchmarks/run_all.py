@@ -1,0 +1,397 @@
+"""Run every benchmark in order and regenerate the tables of ``benchmarks/README.md``.
+
+Order: Global MP vs ``torch.nn.utils.prune`` (+ reset time), env steps per second, the
+1,000-episode soak, masked fine-tuning on digits, the README's main command (``prune-gym
+compare``), and quality on digits (agents vs Global MP over seeds). Each script writes its
+JSON/markdown/PNG results into one folder; the README's tables are then rebuilt from those
+files (between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->``), so
+the published tables are always the recorded results.
+
+Usage, from the repository root::
+
+    python benchmarks/run_all.py                  # full (about 1.5-2 h on a 2-core CPU): writes
+                                                  # benchmarks/results/ and updates README.md
+    python benchmarks/run_all.py --quick          # a few minutes: tiny budgets, 1 seed, into a new
+                                                  # temporary folder (or --output DIR), with a
+                                                  # SUMMARY.md of the tables; recorded results untouched
+    python benchmarks/run_all.py --only quality   # some of them (names: see --list)
+    python benchmarks/run_all.py --update-readme  # only rebuild README.md's tables from benchmarks/results
+
+Every script runs in its own process with ``OMP_NUM_THREADS=1`` (``--omp-threads``): the
+recorded CPU figures were taken that way, since two threads per process on a busy 2-core
+machine are slower and noisier than one. With a visible GPU the full run also records the
+CUDA figures (Global MP on cuda; env steps at 224x224 with and without AMP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+RESULTS = BENCHMARKS_DIR / "results"
+README = BENCHMARKS_DIR / "README.md"
+
+Args = list[str]
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark script and the argument lists of its full and quick runs (one list per run)."""
+
+    name: str
+    script: str
+    title: str
+    full: Callable[[Path, bool], list[Args]]  # (results folder, GPU visible) -> runs
+    quick: Callable[[Path], list[Args]]  # (output folder) -> runs
+
+
+def _cuda_visible() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _finetune_full(out: Path, cuda: bool) -> list[Args]:
+    runs = [["--output", str(out / "finetune_digits.md")]]
+    # The DQN agent's recipes recorded by the comparison, fine-tuned like Global MP (if present).
+    recipes = [RESULTS / "recipes" / f"dqn-agent-{s}.json" for s in ("0.80", "0.90")]
+    if all(path.is_file() for path in recipes):
+        runs.append([
+            "--sparsities", "0.8", "0.9", "--epochs", "5", "--seeds", "0", "1", "2", "--gradual-steps", "0",
+            "--methods", "global-mp", *[a for path in recipes for a in ("--recipe", os.path.relpath(path))],
+            "--threads", "1", "--output", str(out / "finetune_digits_agent.md"),
+        ])
+    return runs
+
+
+BENCHMARKS: list[Benchmark] = [
+    Benchmark(
+        "global_mp", "bench_global_mp.py", "Global MP vs torch.nn.utils.prune.global_unstructured, reset time",
+        full=lambda out, cuda: [["--threads", "1", "--repeats", "5", "--out", str(out)]],
+        quick=lambda out: [["--devices", "cpu", "--threads", "1", "--repeats", "3", "--sparsities", "0.9",
+                            "--out", str(out)]],
+    ),
+    Benchmark(
+        "env_steps", "bench_env_steps.py", "Env steps per second vs a straightforward implementation",
+        full=lambda out, cuda: [["--episodes", "5", "--output", str(out)]]
+        + ([["--device", "cuda", "--resnet50-size", "224", "--amp", "both", "--output", str(out)]] if cuda else []),
+        quick=lambda out: [["--quick", "--resnet50-size", "16", "--resnet50-samples", "8", "--output", str(out)]],
+    ),
+    Benchmark(
+        "soak", "soak_digits.py", "Soak: random episodes on the digits env",
+        full=lambda out, cuda: [["--episodes", "1000", "--output", str(out)]],
+        quick=lambda out: [["--episodes", "10", "--warmup", "3", "--output", str(out)]],
+    ),
+    Benchmark(
+        "finetune", "bench_finetune_digits.py", "Masked fine-tuning on digits",
+        full=_finetune_full,
+        quick=lambda out: [["--sparsities", "0.9", "--epochs", "1", "--seeds", "0", "--gradual-steps", "0",
+                            "--methods", "global-mp", "uniform", "--threads", "1",
+                            "--output", str(out / "finetune_digits.md")]],
+    ),
+    Benchmark(
+        "compare", "bench_compare_digits.py", "The README's main command: prune-gym compare on digits",
+        full=lambda out, cuda: [["--output", str(out / "compare_digits")]],
+        quick=lambda out: [["--sparsity", "0.5", "0.9", "--timesteps", "100", "--output", str(out / "compare_digits")]],
+    ),
+    Benchmark(
+        "quality", "bench_quality_digits.py", "Quality on digits: agents vs Global MP over seeds",
+        full=lambda out, cuda: [["--output", str(out)]],
+        quick=lambda out: [["--quick", "--output", str(out)]],
+    ),
+]
+NAMES = [benchmark.name for benchmark in BENCHMARKS]
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables from recorded results (each returns None when the results are missing)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _machine_text(machine: dict | str | None) -> str:
+    if machine is None:
+        return "machine not recorded"
+    if isinstance(machine, str):
+        return machine
+    where = machine.get("gpu") or f"{machine.get('cpu', '?')}, {machine.get('logical_cpus', '?')} logical CPUs, " \
+                                   f"{machine.get('torch_threads', '?')} torch thread(s)"
+    return f"{where}; torch {machine.get('torch', '?')}, Python {machine.get('python', '?')}"
+
+
+def table_global_mp(results: Path, link: str) -> str | None:
+    parts = []
+    for device in ("cpu", "cuda"):
+        path = results / f"global_mp_{device}.md"
+        if path.is_file():
+            command = (_read_json(results / f"global_mp_{device}.json") or {}).get("command")
+            parts.append(f"**{device.upper()}** ([JSON]({link}global_mp_{device}.json))"
+                         + (f", command `{command}`" if command else "") + ":\n\n" + path.read_text().strip())
+    return "\n\n".join(parts) or None
+
+
+def table_env_steps(results: Path, link: str) -> str | None:
+    parts = []
+    for device in ("cpu", "cuda"):
+        record = _read_json(results / f"env_steps_{device}.json")
+        if record is None:
+            continue
+        lines = [
+            f"**{device.upper()}**: {_machine_text(record.get('machine'))}; torch {record.get('torch', '?')}; "
+            f"{record.get('date', '?')}; median over episodes ([JSON]({link}env_steps_{device}.json)). "
+            f"Command: `{record.get('command', '?')}`",
+            "",
+            "| env | setting | layers | reward samples | PruneEnv steps/s | straightforward steps/s | speed-up "
+            "| episode (s) | reset (ms) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in record["results"]:
+            setting = ", ".join(f"{k}={v}" for k, v in row["kwargs"].items()) or "defaults (BN re-calibration on)"
+            naive = row.get("straightforward_steps_per_s")
+            lines.append(
+                f"| {row['env']} | {setting} | {row['layers']} | {row['reward_samples']} | {row['steps_per_s']:.1f} | "
+                + (f"{naive:.1f} | {row['speedup']:.1f}x" if naive is not None else "- | -")
+                + f" | {row['episode_s']:.2f} | {row['reset_ms']:.1f} |"
+            )
+        parts.append("\n".join(lines))
+    if parts and not (results / "env_steps_cuda.json").is_file():
+        parts.append("CUDA: not recorded yet (no GPU was lent to this work). On a machine with a GPU, "
+                     "`python benchmarks/run_all.py --only env_steps global_mp` records it.")
+    return "\n\n".join(parts) or None
+
+
+def table_soak(results: Path, link: str) -> str | None:
+    record = _read_json(results / "soak_digits.json")
+    if record is None:
+        return None
+    return "\n".join([
+        f"{_machine_text(record.get('machine'))}; {record.get('date', '?')} "
+        f"([JSON]({link}soak_digits.json)). Command: `{record.get('command', '?')}`",
+        "",
+        "| episodes | steps | seconds | episodes missing the target | Python heap growth (MB) | RSS at start (MB) "
+        "| RSS growth (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {record['episodes']:,} | {record['steps']:,} | {record['seconds']:.0f} | {record['episodes_missing_target']} "
+        f"| {record['python_heap_growth_mb']:.3f} | {record['rss_start_mb']:.0f} | {record['rss_growth_mb']:.1f} |",
+    ])
+
+
+def _without_title(markdown: str) -> str:
+    lines = markdown.strip().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    return "\n".join(lines).strip()
+
+
+def _relink(markdown: str, link: str) -> str:
+    """Make the relative links of a markdown file in the results folder relative to the README."""
+    return re.sub(r"\]\((?!https?:|#|/)([^)]+)\)", lambda m: f"]({link}{m.group(1)})", markdown)
+
+
+def table_finetune(results: Path, link: str) -> str | None:
+    parts = []
+    for stem, label in (("finetune_digits", "Reference methods"), ("finetune_digits_agent", "The DQN agent's recipes")):
+        path = results / f"{stem}.md"
+        if path.is_file():
+            parts.append(f"**{label}** ([markdown]({link}{stem}.md), [JSON]({link}{stem}.json)):\n\n"
+                         + _relink(_without_title(path.read_text()), link))
+    return "\n\n".join(parts) or None
+
+
+def table_compare(results: Path, link: str) -> str | None:
+    # The markdown the script writes (or a hand-written account of the same run), as it is.
+    path = results / "compare_digits.md"
+    if not path.is_file():
+        return None
+    return _relink(_without_title(path.read_text()), link) + f"\n\nRecord: [`compare_digits.json`]({link}compare_digits.json)."
+
+
+def table_quality(results: Path, link: str) -> str | None:
+    path = results / "quality_digits.md"
+    if not path.is_file():
+        return None
+    images = [
+        f"![test accuracy vs sparsity, mean ± std over seeds]({link}quality_digits_accuracy.png)",
+        f"![agents' reward-split accuracy during training against Global MP]({link}quality_digits_learning_curve.png)",
+    ]
+    return (path.read_text().strip() + f"\n\nFull record: [`quality_digits.json`]({link}quality_digits.json).\n\n"
+            + "\n\n".join(images))
+
+
+def _date_and_machine(name: str, results: Path) -> tuple[str, str] | None:
+    """When and where the recorded results of benchmark ``name`` were measured."""
+    json_files = {"global_mp": "global_mp_cpu.json", "env_steps": "env_steps_cpu.json", "soak": "soak_digits.json",
+                  "compare": "compare_digits.json", "quality": "quality_digits.json"}
+    if name in json_files:
+        record = _read_json(results / json_files[name])
+        if record is None:
+            return None
+        machine = record.get("machine")
+        text = _machine_text(machine).split(";")[0] if machine else "not recorded in the JSON"
+        return str(record.get("date") or record.get("created") or "?")[:10], text
+    path = results / "finetune_digits.md"
+    if not path.is_file():
+        return None
+    fields = dict(line[2:].split(": ", 1) for line in path.read_text().splitlines()
+                  if line.startswith("- ") and ": " in line)
+    return fields.get("Date", "?"), fields.get("Machine", "?").split(";")[0]
+
+
+def table_index(results: Path, link: str) -> str:
+    """One row per benchmark: its section, script, date and machine of the recorded results."""
+    lines = ["| benchmark | script | recorded | machine |", "|---|---|---|---|"]
+    for benchmark in BENCHMARKS:
+        when = _date_and_machine(benchmark.name, results)
+        date, machine = when if when is not None else ("not recorded", "-")
+        anchor = benchmark.title.lower()
+        anchor = re.sub(r"[^a-z0-9 -]", "", anchor).replace(" ", "-")
+        lines.append(f"| [{benchmark.title}](#{anchor}) | [`{benchmark.script}`]({benchmark.script}) | {date} | {machine} |")
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[Path, str], str | None]] = {
+    "index": table_index,
+    "global_mp": table_global_mp,
+    "env_steps": table_env_steps,
+    "soak": table_soak,
+    "finetune": table_finetune,
+    "compare": table_compare,
+    "quality": table_quality,
+}
+
+
+def _block_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"(<!-- BEGIN GENERATED: {re.escape(name)}\b[^>]*-->\n)(.*?)(<!-- END GENERATED: {re.escape(name)} -->)",
+        re.DOTALL,
+    )
+
+
+def update_readme(readme: Path = README, results: Path = RESULTS, link: str = "results/") -> list[str]:
+    """Rebuild every generated block of ``readme`` from ``results``; return the names updated.
+
+    Blocks whose results are missing are left as they are; a README without a block's markers is
+    left alone for that benchmark (and reported)."""
+    text = readme.read_text()
+    updated = []
+    for name, build in TABLES.items():
+        pattern = _block_pattern(name)
+        if not pattern.search(text):
+            print(f"README: no generated block for {name!r} (add <!-- BEGIN GENERATED: {name} --> ... "
+                  f"<!-- END GENERATED: {name} -->)", file=sys.stderr)
+            continue
+        table = build(results, link)
+        if table is None:
+            continue
+        text = pattern.sub(lambda match, table=table: match.group(1) + table.rstrip() + "\n" + match.group(3), text, count=1)
+        updated.append(name)
+    readme.write_text(text)
+    return updated
+
+
+def write_summary(results: Path, names: list[str]) -> Path:
+    """``results/SUMMARY.md``: the tables of ``names`` built from the files in ``results``."""
+    sections = ["# Benchmark results", "", "Built by `benchmarks/run_all.py` from the files in this folder.", ""]
+    for benchmark in BENCHMARKS:
+        if benchmark.name not in names:
+            continue
+        table = TABLES[benchmark.name](results, "")
+        sections += [f"## {benchmark.title}", "", table if table is not None else "(no results written)", ""]
+    path = results / "SUMMARY.md"
+    path.write_text("\n".join(sections))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (a few minutes); never writes benchmarks/results")
+    parser.add_argument("--only", nargs="+", choices=NAMES, metavar="NAME", help=f"run only these ({', '.join(NAMES)})")
+    parser.add_argument("--output", type=Path,
+                        help="results folder (default: benchmarks/results, or a new temporary folder with --quick)")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="run nothing: rebuild README.md's tables from benchmarks/results")
+    parser.add_argument("--omp-threads", default="1", help="OMP_NUM_THREADS of every script (default 1)")
+    parser.add_argument("--list", action="store_true", help="print the benchmarks and their commands, run nothing")
+    args = parser.parse_args(argv)
+    if args.quick and args.output is not None and args.output.resolve() == RESULTS:
+        parser.error("--quick must not write into benchmarks/results (the recorded results): choose another --output")
+    return args
+
+
+def plan(args: argparse.Namespace, output: Path) -> list[tuple[Benchmark, Args]]:
+    """Every script run (benchmark, arguments) in order."""
+    cuda = False if args.quick else _cuda_visible()
+    runs = []
+    for benchmark in BENCHMARKS:
+        if args.only and benchmark.name not in args.only:
+            continue
+        for arguments in benchmark.quick(output) if args.quick else benchmark.full(output, cuda):
+            runs.append((benchmark, arguments))
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.update_readme:
+        print(f"updated {README}: {', '.join(update_readme()) or 'nothing'}")
+        return 0
+    if args.output is not None:
+        output = args.output
+    elif args.quick:
+        output = Path(tempfile.mkdtemp(prefix="prune-gym-benchmarks-"))
+    else:
+        output = RESULTS
+    output.mkdir(parents=True, exist_ok=True)
+    # Relative where possible: the scripts record their command lines in the results.
+    if output.resolve().is_relative_to(Path.cwd()):
+        output = Path(os.path.relpath(output.resolve()))
+    runs = plan(args, output)
+    if args.list:
+        for benchmark, arguments in runs:
+            print(f"{benchmark.name}: python benchmarks/{benchmark.script} {' '.join(arguments)}")
+        return 0
+
+    environment = {**os.environ, "OMP_NUM_THREADS": str(args.omp_threads)}
+    failed, started = [], time.perf_counter()
+    for index, (benchmark, arguments) in enumerate(runs, 1):
+        command = [sys.executable, str(BENCHMARKS_DIR / benchmark.script), *arguments]
+        print(f"\n[{index}/{len(runs)}] {benchmark.name}: python benchmarks/{benchmark.script} {' '.join(arguments)}",
+              flush=True)
+        tic = time.perf_counter()
+        code = subprocess.call(command, env=environment)
+        print(f"[{index}/{len(runs)}] {benchmark.name}: exit {code} after {time.perf_counter() - tic:.0f} s", flush=True)
+        if code != 0:
+            failed.append(f"{benchmark.name} ({benchmark.script} {' '.join(arguments)}: exit {code})")
+
+    names = list(dict.fromkeys(benchmark.name for benchmark, _ in runs))
+    if output.resolve() == RESULTS:
+        print(f"\nupdated {README}: {', '.join(update_readme()) or 'nothing'} "
+              f"(the hand-written readings around the tables may need a look)")
+    else:
+        print(f"\nwrote {write_summary(output, names)}")
+    print(f"results in {output}; {time.perf_counter() - started:.0f} s in all")
+    if failed:
+        print("FAILED: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
