@@ -194,8 +194,9 @@ def render(args: argparse.Namespace, rows: list[dict], accuracy_dense: float, se
         f"- Command: `{command}`",
         f"- Fine-tuning: {args.epochs} epochs of masked SGD (digits recipe: lr {recipe.lr}, momentum "
         f"{recipe.momentum} Nesterov, weight decay {recipe.weight_decay}, batch {recipe.batch_size}, cosine), "
-        f"seeds {args.seeds}; gradual Global MP: {args.gradual_steps} cubic steps x "
-        f"{max(1, args.epochs // max(1, args.gradual_steps))} epochs.",
+        f"seeds {args.seeds}"
+        + (f"; gradual Global MP: {args.gradual_steps} cubic steps x "
+           f"{max(1, args.epochs // args.gradual_steps)} epochs." if args.gradual_steps > 0 else "."),
         f"- Test split: {accuracy_dense:.4f} dense accuracy; 360 images, so one image is 0.28 points.",
         "- Model: the default digits ResNet-20 (trained on first use with its fixed recipe and seed).",
         f"- Wall time: {seconds:.0f} s in all (a machine shared with other jobs: not a speed figure).",
@@ -217,14 +218,15 @@ def render(args: argparse.Namespace, rows: list[dict], accuracy_dense: float, se
             f"| {row['method']} | {row['sparsity']:.3f} | {row['flops_reduction']:.3f} | {before} | {recalibrated} | "
             f"{percent(statistics.mean(after))} +- {100 * spread:.2f} |"
         )
-    lines += [
-        "",
-        "Agent rows: export the agent's pruned model (`prune-gym export ... --recipe` or the",
-        "comparison workflow), then rerun with `--recipe agent80.pt.recipe.json --recipe",
-        "agent90.pt.recipe.json`; each recipe is applied with per-layer magnitude pruning and",
-        "fine-tuned exactly like the rows above.",
-        "",
-    ]
+    if not args.recipe:
+        lines += [
+            "",
+            "Agent rows: export the agent's pruned model (`prune-gym export ... --recipe` or the",
+            "comparison workflow), then rerun with `--recipe agent80.pt.recipe.json --recipe",
+            "agent90.pt.recipe.json`; each recipe is applied with per-layer magnitude pruning and",
+            "fine-tuned exactly like the rows above.",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 

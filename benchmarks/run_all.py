@@ -64,7 +64,7 @@ def _cuda_visible() -> bool:
 
 
 def _finetune_full(out: Path, cuda: bool) -> list[Args]:
-    runs = [["--output", str(out / "finetune_digits.md")]]
+    runs = [["--threads", "1", "--output", str(out / "finetune_digits.md")]]
     # The DQN agent's recipes recorded by the comparison, fine-tuned like Global MP (if present).
     recipes = [RESULTS / "recipes" / f"dqn-agent-{s}.json" for s in ("0.80", "0.90")]
     if all(path.is_file() for path in recipes):
