@@ -355,10 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.output is not None:
         output = args.output
     elif args.quick:
-        output = Path(tempfile.mkdtemp(prefix="prune-gym-benchmarks-"))
+        output = Path("TMPDIR") if args.list else Path(tempfile.mkdtemp(prefix="prune-gym-benchmarks-"))
     else:
         output = RESULTS
-    output.mkdir(parents=True, exist_ok=True)
+    if not args.list:
+        output.mkdir(parents=True, exist_ok=True)
     # Relative where possible: the scripts record their command lines in the results.
     if output.resolve().is_relative_to(Path.cwd()):
         output = Path(os.path.relpath(output.resolve()))
