@@ -108,7 +108,12 @@ BENCHMARKS: list[Benchmark] = [
     ),
     Benchmark(
         "quality", "bench_quality_digits.py", "Quality on digits: agents vs Global MP over seeds",
-        full=lambda out, cuda: [["--output", str(out)]],
+        full=lambda out, cuda: [
+            ["--output", str(out)],
+            # The RL cost with a longer budget: one DQN agent, 4x the steps, no fine-tuning.
+            ["--seeds", "0", "--algos", "dqn", "--timesteps", "40000", "--eval-every", "2000", "--finetune-epochs", "0",
+             "--output", str(out / "quality_digits_long")],
+        ],
         quick=lambda out: [["--quick", "--output", str(out)]],
     ),
 ]
@@ -228,8 +233,15 @@ def table_quality(results: Path, link: str) -> str | None:
         f"![test accuracy vs sparsity, mean ± std over seeds]({link}quality_digits_accuracy.png)",
         f"![agents' reward-split accuracy during training against Global MP]({link}quality_digits_learning_curve.png)",
     ]
-    return (path.read_text().strip() + f"\n\nFull record: [`quality_digits.json`]({link}quality_digits.json).\n\n"
+    text = (path.read_text().strip() + f"\n\nFull record: [`quality_digits.json`]({link}quality_digits.json).\n\n"
             + "\n\n".join(images))
+    long = results / "quality_digits_long" / "quality_digits.md"
+    if long.is_file():
+        folder = f"{link}quality_digits_long/"
+        text += ("\n\n**A longer budget for the RL cost** (one DQN agent; [record]"
+                 f"({folder}quality_digits.json)):\n\n" + _relink(long.read_text().strip(), folder)
+                 + f"\n\n![DQN agent's reward-split accuracy during a longer training]({folder}quality_digits_learning_curve.png)")
+    return text
 
 
 def _date_and_machine(name: str, results: Path) -> tuple[str, str] | None:

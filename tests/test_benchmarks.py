@@ -125,6 +125,9 @@ def test_first_match_needs_every_target_at_one_evaluation():
     assert quality.first_match(points, ["0.9"], reference)["timesteps"] == 200
     assert quality.first_match(points, ["0.5", "0.9"], reference)["timesteps"] == 300
     assert quality.first_match(points, ["0.9"], {"0.9": 0.8}) is None
+    # Within a tolerance: 0.90 is within 0.06 of 0.95, so the first point above 0.89 counts.
+    assert quality.first_match(points, ["0.5"], {"0.5": 0.96}, tolerance=0.06)["timesteps"] == 100
+    assert quality.first_match(points, ["0.9"], {"0.9": 0.8}, tolerance=0.1)["timesteps"] == 300
 
 
 def test_aggregate_mean_and_sample_std():
