@@ -141,18 +141,22 @@ def test_cuda_without_gpu_is_a_clear_error():
 # Stages and the activation cache
 
 
+def assert_stages_compose_to_forward(model: nn.Module, stages: list[nn.Module], x: torch.Tensor) -> None:
+    """Running the stages one after another gives exactly the model's forward pass."""
+    with torch.no_grad():
+        h = x
+        for stage in stages:
+            h = stage(h)
+        assert torch.equal(h, model(x))
+
+
 @pytest.mark.parametrize("builder", [torchvision.models.resnet18, torchvision.models.mobilenet_v2])
 def test_model_stages_compose_to_forward_for_torchvision_models(builder):
     torch.manual_seed(4)
     model = builder(num_classes=10).eval()
     stages = model_stages(model)
     assert stages is not None and len(stages) > 3
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        h = x
-        for stage in stages:
-            h = stage(h)
-        assert torch.equal(h, model(x))
+    assert_stages_compose_to_forward(model, stages, torch.randn(3, 3, 32, 32))
     layers = find_prunable_layers(model)
     owners = stage_of_modules(stages, [layer.module for layer in layers])
     assert owners[0] == 0 and owners[-1] == len(stages) - 1
@@ -163,12 +167,7 @@ def test_model_stages_of_cifar_resnet_sequential_and_unknown_models():
     model = resnet20(in_channels=1).eval()
     stages = model_stages(model)
     assert len(stages) == 1 + 9 + 1
-    x = torch.randn(2, 1, 8, 8)
-    with torch.no_grad():
-        h = x
-        for stage in stages:
-            h = stage(h)
-        assert torch.equal(h, model(x))
+    assert_stages_compose_to_forward(model, stages, torch.randn(2, 1, 8, 8))
     sequential = small_classifier()
     assert model_stages(sequential) == list(sequential)
 
