@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import statistics
 import sys
@@ -60,8 +59,13 @@ from prune_gym.agents import (
     load_hyperparams,
     make_agent,
 )
-from prune_gym.agents.compare import MethodResult, finetune_and_test, run_episode
-from prune_gym.agents.factory import env_kwargs_from_hyperparams
+from prune_gym.agents.compare import (
+    MethodResult,
+    agent_env_kwargs_for,
+    finetune_and_test,
+    make_reference_env,
+    run_episode,
+)
 from prune_gym.agents.policies import prune_env_of
 from prune_gym.agents.training import make_training_env
 from prune_gym.finetune import recipe_for
@@ -71,8 +75,6 @@ ENV_ID = "PruneResNet20Digits-v0"
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "quality_digits"
 REFERENCE_METHODS = ("Global MP", "Global MP + MT", "uniform", "random")
-#: Above this the env would empty layers; the comparison workflow uses the same ceiling.
-MAX_SPARSITY_CEILING = 0.999
 
 #: Full run: both agents get the DQN digits defaults' budget (10,000 steps), so they are compared
 #: at equal cost; PPO's own default (20,000 steps) would double its share of the ~1 h run on a
@@ -150,23 +152,6 @@ def budgets(values: list[str], algos: list[str]) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------------------
 # Envs, agents and fine-tuning
-
-
-def build_envs(sparsities: list[float], device: str) -> tuple[dict[str, Any], gym.Env]:
-    """The kwargs every env shares and the reference env (continuous actions), as compare() builds
-    them: ``max_sparsity`` is raised where Global MP (with or without MT) needs more at a target."""
-    shared: dict[str, Any] = {"device": device}
-    reference_env = gym.make(ENV_ID, action_type="continuous", target_sparsity=sparsities[0], **shared)
-    reference = prune_env_of(reference_env)
-    needed = max(
-        max(reference.global_mp_sparsities(t, threshold))
-        for t in sparsities for threshold in (None, DEFAULT_MIN_THRESHOLD)
-    )
-    if needed > reference.max_sparsity:
-        shared["max_sparsity"] = min(math.ceil(needed * 1000) / 1000, MAX_SPARSITY_CEILING)
-        reference_env.close()
-        reference_env = gym.make(ENV_ID, action_type="continuous", target_sparsity=sparsities[0], **shared)
-    return shared, reference_env
 
 
 class LearningCurve(BaseCallback):
@@ -261,8 +246,7 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
     for algo in args.algos:
         # The agent's env as compare() builds it: the shared kwargs over the env kwargs its
         # hyperparameters were tuned with, in its first action type (discrete for DQN and PPO).
-        agent_kwargs = {**env_kwargs_from_hyperparams(algo, ENV_ID), **shared, "action_type": ALGORITHMS[algo][1][0]}
-        agent_kwargs.pop("target_sparsity", None)
+        agent_kwargs = agent_env_kwargs_for(algo, ENV_ID, shared, ALGORITHMS[algo][1][0])
         if args.n_envs > 1:
             training_env = make_training_env(ENV_ID, targets, seed=seed, n_envs=args.n_envs, **agent_kwargs)
         else:
@@ -547,9 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
 
-    shared, reference_env = build_envs(list(args.sparsities), args.device)
+    reference_env, shared, max_sparsity_note = make_reference_env(
+        ENV_ID, list(args.sparsities), {"device": args.device}, DEFAULT_MIN_THRESHOLD)
     reference = prune_env_of(reference_env)
-    log(f"{ENV_ID}: {reference.num_layers} layers, max_sparsity {reference.max_sparsity}, "
+    log(f"{ENV_ID}: {reference.num_layers} layers; {max_sparsity_note}; "
         f"budgets {args.budgets}, {args.n_envs} env process(es) per agent, seeds {args.seeds}")
     runs = [run_seed(args, seed, shared, reference_env, log) for seed in args.seeds]
     methods = [f"{a.upper()} agent" for a in args.algos] + list(REFERENCE_METHODS)

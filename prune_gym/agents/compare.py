@@ -60,7 +60,16 @@ from prune_gym.agents.training import (
 )
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, PrunableLayer, check_sparsity
 
-__all__ = ["Comparison", "MethodResult", "compare", "finetune_and_test", "format_table", "run_episode"]
+__all__ = [
+    "Comparison",
+    "MethodResult",
+    "agent_env_kwargs_for",
+    "compare",
+    "finetune_and_test",
+    "format_table",
+    "make_reference_env",
+    "run_episode",
+]
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 #: The highest max_sparsity the workflow raises the env's range to (a layer is never emptied).
@@ -167,6 +176,45 @@ def _required_max_sparsity(reference_env: gym.Env, sparsities: Sequence[float], 
     return needed
 
 
+def make_reference_env(
+    env_id: str, targets: Sequence[float], shared: Mapping[str, Any], min_threshold: float | None,
+) -> tuple[gym.Env, dict[str, Any], str]:
+    """The reference policies' env (continuous actions) at ``targets[0]``, the shared kwargs and
+    a note on ``max_sparsity``.
+
+    Where Global MP (with or without the Minimum Threshold) needs a layer sparser than the env's
+    ``max_sparsity`` at some target, ``max_sparsity`` is raised to cover it (and set in the
+    returned kwargs, so the agent's env gets it too), unless the caller chose ``max_sparsity``
+    or the need exceeds ``MAX_SPARSITY_CEILING``; then the note says that Global MP is clipped.
+    """
+    shared = dict(shared)
+    reference_env = gym.make(env_id, action_type="continuous", target_sparsity=targets[0], **shared)
+    max_sparsity = prune_env_of(reference_env).max_sparsity
+    needed = _required_max_sparsity(reference_env, targets, min_threshold)
+    note = f"Global MP needs at most {needed:.4f} per layer; env max_sparsity {max_sparsity}"
+    if needed > max_sparsity:
+        if "max_sparsity" in shared or needed > MAX_SPARSITY_CEILING:
+            note += f": Global MP's per-layer sparsities above {max_sparsity} are clipped by the env"
+        else:
+            max_sparsity = math.ceil(needed * 1000) / 1000
+            note += f", raised to {max_sparsity} so Global MP is not clipped"
+            shared["max_sparsity"] = max_sparsity
+            reference_env.close()
+            reference_env = gym.make(env_id, action_type="continuous", target_sparsity=targets[0], **shared)
+    return reference_env, shared, note
+
+
+def agent_env_kwargs_for(
+    algo: str, env_id: str, shared: Mapping[str, Any], action_type: str,
+    hyperparams: str | os.PathLike | Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The agent's ``gym.make`` kwargs: the shared kwargs over the env kwargs its hyperparameters
+    were tuned with, in ``action_type``, without a fixed target (the target is drawn per episode)."""
+    kwargs = {**env_kwargs_from_hyperparams(algo, env_id, hyperparams), **shared, "action_type": action_type}
+    kwargs.pop("target_sparsity", None)
+    return kwargs
+
+
 def compare(
     env_id: str = "PruneResNet20Digits-v0",
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
@@ -230,24 +278,9 @@ def compare(
 
     # -- the reference env, and a sparsity range that admits Global MP at every target -------
     say(f"building {env_id} (reference policies: continuous actions)")
-    reference_env = gym.make(env_id, action_type="continuous", target_sparsity=targets[0], **shared)
-    max_sparsity = prune_env_of(reference_env).max_sparsity
-    needed = _required_max_sparsity(reference_env, targets, min_threshold)
-    max_sparsity_note = f"Global MP needs at most {needed:.4f} per layer; env max_sparsity {max_sparsity}"
-    if needed > max_sparsity:
-        if "max_sparsity" in shared or needed > MAX_SPARSITY_CEILING:
-            max_sparsity_note += f": Global MP's per-layer sparsities above {max_sparsity} are clipped by the env"
-        else:
-            max_sparsity = math.ceil(needed * 1000) / 1000
-            max_sparsity_note += f", raised to {max_sparsity} so Global MP is not clipped"
-            shared["max_sparsity"] = max_sparsity
-            reference_env.close()
-            reference_env = gym.make(env_id, action_type="continuous", target_sparsity=targets[0], **shared)
+    reference_env, shared, max_sparsity_note = make_reference_env(env_id, targets, shared, min_threshold)
     say(max_sparsity_note)
-    # The agent's env: the shared kwargs, over the env kwargs its hyperparameters were tuned with.
-    agent_env_kwargs = {**env_kwargs_from_hyperparams(algo, env_id, hyperparams), **shared}
-    agent_env_kwargs.pop("target_sparsity", None)
-    agent_env_kwargs["action_type"] = agent_action_type
+    agent_env_kwargs = agent_env_kwargs_for(algo, env_id, shared, agent_action_type, hyperparams)
     agent_env = gym.make(env_id, target_sparsity=targets[0], **agent_env_kwargs)
     reference = prune_env_of(reference_env)
 
