@@ -8,6 +8,8 @@ Each subcommand has an ``_add_<name>`` function that declares its arguments and 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -96,6 +98,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("--recipe", metavar="JSON", help="prune with this recipe of per-layer sparsities instead of a policy")
     parser.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="masked fine-tuning epochs (default: 0)")
     parser.add_argument("--gradual-steps", type=int, default=1, metavar="K", help="Global MP in K steps on the cubic schedule, fine-tuning --finetune-epochs after each (default: 1, one-shot)")
+    parser.add_argument("--bn-recalibration-batches", type=int, metavar="N", help="re-estimate BatchNorm statistics on N batches of 256 train images after pruning, as the env does (default: the recipe's recorded value, else the env's default: 1 for digits, 0 elsewhere)")
     parser.add_argument("--output", required=True, metavar="PATH", help="checkpoint path, e.g. pruned.pt")
     parser.add_argument("--weights", metavar="PATH", help="the task's trained weights (else its default)")
     parser.add_argument("--data-dir", metavar="DIR", help="the task's data folder (else its environment variable)")
@@ -118,6 +121,7 @@ def _run_export(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         finetune_epochs=args.finetune_epochs,
         gradual_steps=args.gradual_steps,
+        bn_recalibration_batches=args.bn_recalibration_batches,
         weights=args.weights,
         data_dir=args.data_dir,
         device=args.device,
@@ -129,11 +133,14 @@ def _run_export(args: argparse.Namespace) -> int:
     def percent(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f}%"
 
-    print(f"{result.meta['task']}: {result.method} at sparsity {result.sparsity:.4f}")
+    print(f"{result.meta['task']}: {result.method} at sparsity {result.sparsity:.4f}"
+          f" (BatchNorm re-calibrated on {result.bn_recalibration_batches} x 256 train images)"
+          if result.bn_recalibration_batches else f"{result.meta['task']}: {result.method} at sparsity {result.sparsity:.4f}")
     print(f"  test accuracy  dense {percent(result.accuracy_dense)}  pruned {percent(result.accuracy_pruned)}"
           f"  fine-tuned {percent(result.accuracy_finetuned)}")
-    print(f"  checkpoint {result.checkpoint}")
-    print(f"  recipe     {result.recipe}")
+    print(f"  checkpoint     {result.checkpoint}: test accuracy {percent(result.accuracy_exported)} (loaded back as written)")
+    print(f"  recipe         {result.recipe}")
+    print("  load it with   prune_gym.export.load_pruned(path, model)")
     return 0
 
 
@@ -354,6 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`prune-gym baseline ... | head`): not an error of ours. Point
+        # stdout at /dev/null so the interpreter's flush at exit does not raise again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no real descriptor: nothing to flush
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, FileNotFoundError) as error:
         # Bad input and missing files are the user's to fix: say what, not a traceback.
         print(f"prune-gym {args.command}: error: {error}", file=sys.stderr)

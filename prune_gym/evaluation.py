@@ -63,6 +63,22 @@ def as_tensors(data: DataLike, batch_size: int = 512, num_workers: int = 0) -> t
     return torch.cat(xs), torch.cat(ys).long()
 
 
+def sample_tensors(data: DataLike, count: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The first ``count`` examples of a seeded random order of ``data``, as CPU tensors.
+
+    The order depends only on ``len(data)`` and ``seed``, so a shorter sample is a prefix of a
+    longer one: the env's resident train sample and an export's BatchNorm calibration batch
+    (its first examples) are the same images. Only the chosen examples are decoded.
+    """
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    size = len(data[0]) if isinstance(data, tuple | list) else len(data)
+    chosen = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count]
+    if isinstance(data, tuple | list):
+        return data[0][chosen], data[1][chosen].long()
+    return as_tensors(torch.utils.data.Subset(data, chosen.tolist()))
+
+
 def model_stages(model: nn.Module) -> list[nn.Module] | None:
     """Modules whose composition in order equals ``model.forward``, or None if not known.
 

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
+from prune_gym.io import atomic_save, atomic_write_text
 from prune_gym.pruning import (
     PrunableLayer,
     check_mask,
@@ -115,8 +116,6 @@ def export_pruned(
 
     Both files are written atomically. Returns ``(checkpoint_path, recipe_path)``.
     """
-    from prune_gym.tasks.base import atomic_save
-
     masks = _check_layers_and_masks(layers, masks)
     path = Path(path)
     if path.suffix == ".json":
@@ -145,29 +144,8 @@ def export_pruned(
     }
     atomic_save(checkpoint, path)
     recipe_file = recipe_path(path)
-    _atomic_write_text(recipe_file, json.dumps(recipe.to_json(), indent=2) + "\n")
+    atomic_write_text(recipe_file, json.dumps(recipe.to_json(), indent=2) + "\n")
     return path, recipe_file
-
-
-def save_recipe(recipe: Recipe, path: str | os.PathLike) -> Path:
-    """Write ``recipe`` as JSON to ``path`` (atomically)."""
-    path = Path(path)
-    _atomic_write_text(path, json.dumps(recipe.to_json(), indent=2) + "\n")
-    return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -378,6 +356,9 @@ class ExportResult:
     accuracy_pruned: float | None
     accuracy_finetuned: float | None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Test accuracy of the checkpoint as written, loaded back into a fresh model.
+    accuracy_exported: float | None = None
+    bn_recalibration_batches: int = 0
 
 
 def export_task(
@@ -390,6 +371,7 @@ def export_task(
     recipe: str | os.PathLike | Recipe | None = None,
     finetune_epochs: int = 0,
     gradual_steps: int = 1,
+    bn_recalibration_batches: int | None = None,
     weights: str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
     device: str = "auto",
@@ -412,6 +394,10 @@ def export_task(
         finetune_epochs: masked fine-tuning epochs with the task family's recipe (0: none);
             with ``gradual_steps > 1``, the epochs after each step.
         gradual_steps: > 1 prunes gradually on the cubic schedule (global-mp only).
+        bn_recalibration_batches: re-estimate BatchNorm statistics after pruning on this many
+            256-image batches of the train split, exactly as the env does after each step
+            (the same images), so the checkpoint scores what the env reported. None: the
+            recipe's recorded value, else the task's env default (1 for digits, else 0).
         weights, data_dir: the task's weights file and data folder (else its defaults).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         seed: fine-tuning seed (data splits are the task's fixed ones).
@@ -450,8 +436,15 @@ def export_task(
     if gradual_steps > 1 and policy != "global-mp":
         raise ValueError("gradual pruning (--gradual-steps > 1) is a form of Global MP: use --policy global-mp")
     output = Path(output)
-
+    if output.suffix == ".json":
+        raise ValueError(f"the checkpoint path {output} ends in .json: give a .pt path (the recipe goes next to it)")
     task_obj = get_task(task)
+    if bn_recalibration_batches is None:
+        recorded = recipe.meta.get("bn_recalibration_batches") if recipe is not None else None
+        bn_recalibration_batches = recorded if recorded is not None else task_obj.env_defaults.get("bn_recalibration_batches", 0)
+    if isinstance(bn_recalibration_batches, bool) or not isinstance(bn_recalibration_batches, int) or bn_recalibration_batches < 0:
+        raise ValueError(f"bn_recalibration_batches must be a whole number >= 0, got {bn_recalibration_batches!r}")
+
     torch_device = resolve_device(device)
     model = task_obj.load_model(weights)
     splits = task_obj.load_splits(data_dir) if data_dir is not None else task_obj.load_splits()
@@ -469,8 +462,10 @@ def export_task(
             family=task_obj.family, eval_data=splits.reward, device=torch_device, progress=progress,
         )
         if finetune_epochs:
+            bn_recalibration_batches = 0  # fine-tuning after every step re-estimated the statistics
             accuracy_finetuned = evaluate_accuracy(model, splits.test, device=torch_device)
         else:
+            _recalibrate(model, splits.train, bn_recalibration_batches, torch_device)
             accuracy_pruned = evaluate_accuracy(model, splits.test, device=torch_device)
     else:
         weights_now = [layer.weight for layer in layers]
@@ -484,6 +479,7 @@ def export_task(
             method = "uniform"
             masks = uniform_magnitude_masks(weights_now, sparsity)
         apply_masks(layers, masks)
+        _recalibrate(model, splits.train, bn_recalibration_batches, torch_device)
         accuracy_pruned = evaluate_accuracy(model, splits.test, device=torch_device)
         if finetune_epochs:
             partial = output.with_name(output.name + ".finetune.partial")
@@ -513,6 +509,7 @@ def export_task(
         "min_threshold": min_threshold,
         "finetune_epochs": finetune_epochs,
         "gradual_steps": gradual_steps,
+        "bn_recalibration_batches": bn_recalibration_batches,
         "seed": seed,
         "test_accuracy_dense": accuracy_dense,
         "test_accuracy_pruned": accuracy_pruned,
@@ -529,6 +526,10 @@ def export_task(
             for h in history
         ]
     checkpoint, recipe_file = export_pruned(model, layers, masks, output, meta)
+    # The accuracy of exactly what was written: the checkpoint loaded into a fresh model.
+    written = task_obj.build_model()
+    load_pruned(checkpoint, written)
+    accuracy_exported = evaluate_accuracy(written.to(torch_device), splits.test, device=torch_device)
     return ExportResult(
         checkpoint=checkpoint,
         recipe=recipe_file,
@@ -538,4 +539,19 @@ def export_task(
         accuracy_pruned=accuracy_pruned,
         accuracy_finetuned=accuracy_finetuned,
         meta=meta,
+        accuracy_exported=accuracy_exported,
+        bn_recalibration_batches=int(meta["bn_recalibration_batches"]),
     )
+
+
+def _recalibrate(model: nn.Module, train_data: Any, batches: int, device: torch.device) -> None:
+    """What the env does after pruning: BatchNorm statistics from the same train images."""
+    from prune_gym.finetune import (
+        BN_RECALIBRATION_BATCH,
+        recalibrate_batchnorm,
+        recalibration_inputs,
+    )
+
+    if batches:
+        inputs = recalibration_inputs(train_data, batches, device)
+        recalibrate_batchnorm(model, inputs, batch_size=BN_RECALIBRATION_BATCH)

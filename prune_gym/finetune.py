@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from prune_gym.io import atomic_save
 from prune_gym.pruning import (
     PrunableLayer,
     check_mask,
@@ -256,9 +257,6 @@ def _save_checkpoint(
     generator: torch.Generator,
     device: torch.device,
 ) -> None:
-    # Imported here: prune_gym.tasks imports this module (the digits task trains with it).
-    from prune_gym.tasks.base import atomic_save
-
     state = {
         "version": CHECKPOINT_VERSION,
         "fingerprint": fingerprint,
@@ -457,6 +455,29 @@ def finetune_steps(
     finally:
         model.train(was_training)
     return total_loss / steps
+
+
+#: Samples per BatchNorm re-calibration batch: enough for stable statistics, far cheaper than a
+#: full evaluation batch (the env runs a train-mode forward after every step).
+BN_RECALIBRATION_BATCH = 256
+#: Seed of the train-split sample the calibration batches are drawn from (env and export alike).
+BN_RECALIBRATION_SEED = 0
+#: Train-split samples an env keeps on the device for BN re-calibration and per-step
+#: fine-tuning; calibration uses at most these.
+RESIDENT_TRAIN_SAMPLES = 4096
+
+
+def recalibration_inputs(train_data, batches: int, device: torch.device | str = "cpu") -> Tensor:
+    """The train images BatchNorm is re-calibrated on: ``batches`` x 256 of a fixed sample.
+
+    The env re-calibrates on exactly these after every step, and ``export`` re-calibrates the
+    exported model on them too, so an exported model scores what the env reported.
+    """
+    from prune_gym.evaluation import sample_tensors
+
+    count = min(int(batches) * BN_RECALIBRATION_BATCH, RESIDENT_TRAIN_SAMPLES)
+    inputs, _ = sample_tensors(train_data, count, seed=BN_RECALIBRATION_SEED)
+    return inputs.to(device)
 
 
 @torch.no_grad()

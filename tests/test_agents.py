@@ -6,13 +6,23 @@ episode costs milliseconds, and the agents train a few hundred steps in seconds.
 
 from __future__ import annotations
 
+import io
+import json
+
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents import ALGORITHMS, algorithms_for, load_hyperparams, make_agent, train_agent
+from prune_gym.agents.callbacks import (
+    EpisodeRecord,
+    EpisodeRecorder,
+    TrainingProgress,
+    best_per_target,
+)
 from prune_gym.agents.factory import parse_policy_kwargs
 from prune_gym.agents.training import latest_checkpoint, load_agent
 
@@ -141,7 +151,7 @@ def test_train_writes_checkpoints_and_resume_continues_the_step_count(tmp_path):
     first = train_agent(
         ENV_ID, "dqn", 120, output_dir=output, hyperparams={**QUICK["dqn"], "n_envs": 1, "env_kwargs": {"n_actions": 7}},
         env_kwargs=SYNTHETIC,
-        targets=[0.5, 0.8], checkpoint_freq=50, progress_bar=False,
+        targets=[0.5, 0.8], checkpoint_freq=50,  # progress and TensorBoard on, as users get them
     )
     assert first.num_timesteps == 120
     # The env was built with the env_kwargs of the settings (as tuned settings may ask).
@@ -194,3 +204,83 @@ def test_training_in_parallel_envs_counts_every_step(tmp_path):
     assert result.num_timesteps == 100
     assert (tmp_path / "checkpoints" / "dqn_50_steps.zip").is_file()
     assert result.model.replay_buffer.size() * 2 == 100  # one row per step of both envs
+
+
+def test_a_folder_holding_a_run_is_never_trained_into_without_resume(tmp_path):
+    output = tmp_path / "run"
+    train_agent(ENV_ID, "dqn", 44, output_dir=output, hyperparams=QUICK["dqn"], env_kwargs=SYNTHETIC, n_envs=1,
+                checkpoint_freq=0, progress_bar=False, tensorboard=False)
+    before = {path: path.stat().st_mtime_ns for path in output.rglob("*")}
+    with pytest.raises(ValueError, match="already holds a training run.*--resume"):
+        train_agent(ENV_ID, "dqn", 44, output_dir=output, hyperparams=QUICK["dqn"], env_kwargs=SYNTHETIC, n_envs=1,
+                    checkpoint_freq=0, progress_bar=False, tensorboard=False)
+    assert {path: path.stat().st_mtime_ns for path in output.rglob("*")} == before  # nothing touched
+
+
+def test_run_record_episodes_and_best_found(tmp_path):
+    output = tmp_path / "run"
+    env = gym.make(ENV_ID, **SYNTHETIC)
+    result = train_agent(ENV_ID, "dqn", 66, output_dir=output, hyperparams=QUICK["dqn"], env=prune_gym.agents.TargetSamplingWrapper(env, [0.5, 0.8]),
+                         targets=[0.5, 0.8], env_kwargs=SYNTHETIC, checkpoint_freq=0, progress_bar=False, tensorboard=False)
+    record = json.loads((output / "run.json").read_text())
+    # The run's own env was passed in: its targets and kwargs are still what run.json says.
+    assert record["targets"] == [0.5, 0.8] and record["env_kwargs"] == SYNTHETIC
+    assert record["status"] == "finished" and record["num_timesteps"] == 66
+    episodes = [json.loads(line) for line in (output / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == len(result.episodes.records) == 3  # 22 layers per episode
+    assert all(e["target_sparsity"] in (0.5, 0.8) and len(e["layer_sparsities"]) == 22 for e in episodes)
+    assert all(e["overall_sparsity"] == pytest.approx(e["target_sparsity"], abs=1e-3) for e in episodes)
+    best = json.loads((output / "best_found.json").read_text())
+    assert best["selected_on"] == "reward split" and best["episodes"] == 3
+    for key, chosen in best["best_per_target"].items():
+        at_target = [e for e in episodes if f"{e['target_sparsity']:.6g}" == key]
+        assert chosen["reward_accuracy"] == max(e["reward_accuracy"] for e in at_target)
+
+
+def test_best_found_selection_never_reads_the_test_split():
+    def record(reward, test, target=0.8):
+        return EpisodeRecord(timesteps=0, seconds=0.0, target_sparsity=target, reward_accuracy=reward,
+                             overall_sparsity=target, flops_reduction=0.5, episode_return=0.0, test_accuracy=test)
+
+    records = [record(0.60, 0.99), record(0.90, 0.10), record(0.90, 0.95), record(0.70, 0.50, target=0.5)]
+    best = best_per_target(records)
+    assert best["0.8"] is records[1]  # the highest reward-split accuracy, earliest on ties, whatever the test split says
+    assert best["0.5"] is records[3]
+
+
+def test_tensorboard_gets_the_pruning_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output = tmp_path / "run"
+    train_agent(ENV_ID, "dqn", 132, output_dir=output, hyperparams={**QUICK["dqn"], "n_envs": 1},
+                env_kwargs=SYNTHETIC, targets=[0.8], checkpoint_freq=0, progress_bar=False)
+    events = next((output / "tensorboard").rglob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0, "histograms": 0})
+    accumulator.Reload()
+    scalars = set(accumulator.Tags()["scalars"])
+    assert {"prune/reward_accuracy", "prune/overall_sparsity", "prune/test_accuracy",
+            "prune/best_reward_accuracy/target_0.8"} <= scalars
+    assert "prune/layer_sparsity" in accumulator.Tags()["histograms"]
+    sparsity = accumulator.Scalars("prune/overall_sparsity")[-1].value
+    assert sparsity == pytest.approx(0.8, abs=1e-3)
+
+
+def test_progress_is_a_plain_line_in_a_log_and_a_bar_on_a_terminal(tmp_path, capsys):
+    # Default settings, stderr captured (not a terminal, as in a log file): plain lines.
+    train_agent(ENV_ID, "dqn", 66, output_dir=tmp_path / "run", hyperparams=QUICK["dqn"], env_kwargs=SYNTHETIC,
+                n_envs=1, targets=[0.5], checkpoint_freq=0, tensorboard=False)
+    err = capsys.readouterr().err
+    assert "[train] steps 0/66" in err and "[train] steps 66/66 (100%)" in err and "best reward acc" in err
+    assert "\r" not in err  # no carriage-return bar in a log
+
+    # The same callback on a terminal draws a tqdm bar.
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    recorder = EpisodeRecorder(tensorboard=False)
+    agent = make_agent(gym.make(ENV_ID, target_sparsity=0.5, **SYNTHETIC), "dqn", QUICK["dqn"])
+    agent.learn(44, callback=[recorder, TrainingProgress(recorder, stream=stream)])
+    assert "44/44" in stream.getvalue() and "best reward acc" in stream.getvalue()
+    assert len(recorder.records) == 2 and np.isfinite(recorder.best_reward_accuracy())

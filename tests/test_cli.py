@@ -34,11 +34,20 @@ def test_baseline_rejects_bad_input(capsys):
 
 
 def test_train_then_resume_continues_the_step_count(tmp_path, capsys):
+    # The defaults a user gets: progress, TensorBoard and checkpoints on.
     output = tmp_path / "run"
     args = ["train", ENV_ID, "--device", "cpu", "--sparsity", "0.5", "0.8", "--output", str(output),
-                     "--checkpoint-freq", "0", "--no-progress", "--hyperparams", str(_quick_dqn(tmp_path))]
+            "--hyperparams", str(_quick_dqn(tmp_path))]
     assert main(args + ["--timesteps", "44"]) == 0
-    assert "44 steps" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "44 steps" in captured.out and "TensorBoard: tensorboard --logdir" in captured.out
+    assert "[train] steps 44/44 (100%)" in captured.err  # progress reads in a log too
+    assert any((output / "tensorboard").rglob("events.out.tfevents.*"))
+    # Running it again into the same folder without --resume is refused, and nothing changes.
+    model_bytes = (output / "model.zip").read_bytes()
+    assert main(args + ["--timesteps", "44"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert (output / "model.zip").read_bytes() == model_bytes
     assert main(args + ["--timesteps", "88", "--resume"]) == 0
     out = capsys.readouterr().out
     assert "resumed from" in out and "dqn_44_steps.zip" in out and "88 steps" in out
@@ -52,18 +61,22 @@ def test_train_rejects_an_algorithm_the_action_type_does_not_allow(capsys):
 
 
 def test_compare_prints_the_table_writes_files_and_finetunes(tmp_path, capsys):
+    # The user's defaults (shipped hyperparameters with two envs in parallel, progress and
+    # TensorBoard on), with a smaller budget.
     output = tmp_path / "cmp"
-    code = main(["compare", ENV_ID, "--sparsity", "0.7", "--timesteps", "44", "--device", "cpu", "--finetune-epochs", "1",
-                 "--hyperparams", str(_quick_dqn(tmp_path)), "--output", str(output), "--no-progress",
-                 "--no-tensorboard"])
-    out = capsys.readouterr().out
+    code = main(["compare", ENV_ID, "--sparsity", "0.7", "--timesteps", "44", "--finetune-epochs", "1",
+                 "--output", str(output)])
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0
-    for method in ("DQN agent", "Global MP", "Global MP + MT", "uniform", "random"):
+    assert "[train] steps 44/44 (100%)" in captured.err
+    assert any((output / "agent" / "tensorboard").rglob("events.out.tfevents.*"))
+    for method in ("DQN (greedy)", "Global MP", "Global MP + MT", "uniform", "random"):
         assert method in out
     assert (output / "results.json").is_file() and (output / "layer_sparsity.png").is_file()
     rows = json.loads((output / "results.json").read_text())["results"]
     assert {row["method"]: round(row["param_sparsity"], 4) for row in rows} == dict.fromkeys(
-        ["DQN agent", "Global MP", "Global MP + MT", "uniform", "random"], 0.7
+        ["DQN (greedy)", "DQN (best found)", "Global MP", "Global MP + MT", "uniform", "random"], 0.7
     )
     # --finetune-epochs: every method is fine-tuned with its masks, reported next to one-shot.
     assert "after FT (1 ep)" in out
@@ -76,3 +89,20 @@ def _quick_dqn(folder) -> str:
     path = folder / "quick_dqn.yml"
     path.write_text("default:\n  n_timesteps: 44\n  learning_starts: 22\n  batch_size: 16\n")
     return str(path)
+
+
+def test_envs_lists_every_registered_id(capsys):
+    assert main(["envs"]) == 0
+    out = capsys.readouterr().out
+    for env_id in ("PruneResNet20Digits-v0", "PruneResNet50-v0", "PruneFastGRNNHAR2-v0"):
+        assert env_id in out
+
+
+def test_a_closed_pipe_is_not_a_traceback(monkeypatch, capsys):
+    import prune_gym.cli as cli
+
+    def closed(args):
+        raise BrokenPipeError
+
+    monkeypatch.setattr(cli, "_run_envs", closed)
+    assert main(["envs"]) == 0

@@ -13,7 +13,7 @@ from prune_gym.agents.compare import compare
 
 ENV_ID = "PruneResNet20Digits-v0"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-METHODS = ["DQN agent", "Global MP", "Global MP + MT", "uniform", "random"]
+METHODS = ["DQN (greedy)", "DQN (best found)", "Global MP", "Global MP + MT", "uniform", "random"]
 
 
 
@@ -37,14 +37,24 @@ def test_compare_writes_table_json_csv_plots_and_agent(comparison):
     assert (output / "agent" / "model.zip").is_file()
     with (output / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert [(float(r["target_sparsity"]), r["method"]) for r in rows] == [(t, m) for t in (0.5, 0.8) for m in METHODS]
+    # "best found" is there for each target the agent trained on (the target is drawn per episode).
+    trained_on = {json.loads(line)["target_sparsity"] for line in (output / "agent" / "episodes.jsonl").read_text().splitlines()}
+    assert trained_on  # 66 steps = 3 episodes
+    expected = [(t, m) for t in (0.5, 0.8) for m in METHODS if m != "DQN (best found)" or t in trained_on]
+    assert [(float(r["target_sparsity"]), r["method"]) for r in rows] == expected
     for method in METHODS:
         assert method in result.table
     assert "dense test accuracy" in result.table and "80%" in result.table
-    # Each method's per-layer sparsities, as a recipe that re-prunes the dense model the same way.
-    recipe = json.loads((output / "recipes" / "dqn-agent-0.80.json").read_text())
-    assert recipe == result.result("DQN agent", 0.8).layer_sparsities
+    # Each method's per-layer sparsities, as a recipe that re-prunes the dense model the same way,
+    # with the env's post-pruning step (BatchNorm re-calibration) recorded.
+    recipe = json.loads((output / "recipes" / "dqn-greedy-0.80.json").read_text())
+    assert recipe["layers"] == result.result("DQN (greedy)", 0.8).layer_sparsities
+    assert recipe["meta"]["bn_recalibration_batches"] == 1
     assert (output / "recipes" / "global-mp-mt-0.50.json").is_file()
+    for target in trained_on:
+        assert (output / "recipes" / f"dqn-best-found-{target:.2f}.json").is_file()
+    # Written in full: no staging folder is left behind.
+    assert not output.with_name(output.name + ".partial").exists()
 
 
 def test_every_method_meets_the_target_and_global_mp_is_exact(comparison):
@@ -54,6 +64,7 @@ def test_every_method_meets_the_target_and_global_mp_is_exact(comparison):
     assert record["reference_policies"]["action_type"] == "continuous"
     assert record["agent"]["action_type"] == "discrete"
     assert record["agent"]["levels"] == 12 and record["agent"]["n_envs"] == 1
+    assert record["agent"]["episodes"] == 3  # 66 steps of 22-layer episodes
     assert 0.9 < record["dense_test_accuracy"] <= 1.0
     env = gym.make(ENV_ID, action_type="continuous", device="cpu")
     total = env.unwrapped.state.total
@@ -77,8 +88,14 @@ def test_a_saved_agent_is_loaded_instead_of_trained(comparison):
         ENV_ID, [0.8], "dqn", agent_path=output / "agent" / "model.zip", min_threshold=None,
         env_kwargs={"device": "cpu"}, write_files=False, log=None,
     )
-    assert again.metadata["agent"]["timesteps"] == 66 and again.metadata["agent"]["train_seconds"] == 0.0
-    assert [row.method for row in again.results] == ["DQN agent", "Global MP", "uniform", "random"]
+    assert again.metadata["agent"]["timesteps"] == 66 and again.metadata["agent"]["trained_here"] is False
+    assert again.metadata["agent"]["train_seconds"] is None
+    assert "loaded from" in again.table and "trained here" not in again.table
+    # The run's best_found.json beside the agent brings its best-found recipe along.
+    best = json.loads((output / "agent" / "best_found.json").read_text())["best_per_target"]
+    assert [row.method for row in again.results] == (
+        ["DQN (greedy)"] + (["DQN (best found)"] if "0.8" in best else []) + ["Global MP", "uniform", "random"]
+    )
     assert again.output_dir is None
 
 
@@ -101,3 +118,50 @@ def test_bad_input_is_a_clear_error(tmp_path):
         compare(ENV_ID, [0.5], "sac", env_kwargs={"action_type": "discrete"}, output_dir=tmp_path, log=None)
     with pytest.raises(ValueError, match="sparsity"):
         compare(ENV_ID, [1.5], output_dir=tmp_path, log=None)
+
+
+def test_best_found_is_the_best_training_episode_on_the_reward_split_replayed(comparison):
+    result, output = comparison
+    episodes = [json.loads(line) for line in (output / "agent" / "episodes.jsonl").read_text().splitlines()]
+    assert len(episodes) == 3
+    assert {e["target_sparsity"] for e in episodes} <= {0.5, 0.8}
+    for target in {e["target_sparsity"] for e in episodes}:
+        at_target = [e for e in episodes if e["target_sparsity"] == target]
+        best = max(at_target, key=lambda e: e["reward_accuracy"])
+        row = result.result("DQN (best found)", target)
+        # Replayed through the reference env: the same per-layer sparsities, the same accuracy.
+        assert row.reward_accuracy == pytest.approx(best["reward_accuracy"], abs=1e-9)
+        for name, sparsity in best["layer_sparsities"].items():
+            assert row.layer_sparsities[name] == pytest.approx(sparsity, abs=1e-9)
+
+
+def test_a_failed_run_leaves_no_finished_looking_folder(tmp_path, monkeypatch):
+    import prune_gym.agents.compare as compare_module
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(compare_module, "write_results", broken)
+    output = tmp_path / "cmp"
+    with pytest.raises(OSError, match="disk full"):
+        compare(ENV_ID, [0.5], "dqn", timesteps=22, hyperparams={"learning_starts": 1000}, min_threshold=None, n_envs=1,
+                env_kwargs={"device": "cpu"}, output_dir=output, progress_bar=False, log=None)
+    assert not output.exists()
+    assert (tmp_path / "cmp.partial" / "agent" / "model.zip").is_file()  # kept for inspection, clearly unfinished
+
+
+def test_an_existing_results_folder_is_never_mixed_into(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match="not empty"):
+        compare(ENV_ID, [0.5], "dqn", output_dir=tmp_path, log=None)
+
+
+def test_an_exported_agent_recipe_scores_what_the_table_said(comparison, tmp_path):
+    from prune_gym.export import export_task
+
+    result, output = comparison
+    row = result.result("DQN (greedy)", 0.8)
+    exported = export_task("resnet20-digits", tmp_path / "agent.pt", recipe=output / "recipes" / "dqn-greedy-0.80.json",
+                           device="cpu")
+    assert exported.bn_recalibration_batches == 1  # read from the recipe
+    assert abs(exported.accuracy_exported - row.test_accuracy) <= 0.01

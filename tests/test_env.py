@@ -181,8 +181,7 @@ def test_global_mp_played_through_the_env_equals_global_mp_applied_directly(
         for layer, mask in zip(layers, masks):
             layer.weight.mul_(mask)
     if bn_recalibration_batches:
-        from prune_gym.envs.prune_env import BN_RECALIBRATION_BATCH
-        from prune_gym.finetune import recalibrate_batchnorm
+        from prune_gym.finetune import BN_RECALIBRATION_BATCH, recalibrate_batchnorm
 
         inputs = unwrapped._resident_train()[0][:BN_RECALIBRATION_BATCH]
         recalibrate_batchnorm(digits_model, inputs, batch_size=BN_RECALIBRATION_BATCH)

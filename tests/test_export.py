@@ -236,6 +236,31 @@ def test_load_pruned_rejects_other_files(digits_model, tmp_path):
 # CLI
 
 
+def test_exported_global_mp_scores_what_baseline_reported(digits_model_state, tmp_path, capsys):
+    """The env re-calibrates BatchNorm after each step; export does the same, so the written
+    checkpoint scores what `prune-gym baseline` reported (the user's defaults on both sides)."""
+    record = tmp_path / "baseline.json"
+    assert main(["baseline", "PruneResNet20Digits-v0", "--sparsity", "0.8", "--json", str(record)]) == 0
+    reported = json.loads(record.read_text())["test_accuracy"]
+    output = tmp_path / "gmp80.pt"
+    assert main(["export", "PruneResNet20Digits-v0", "--sparsity", "0.8", "--output", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert "BatchNorm re-calibrated on 1 x 256 train images" in out
+    meta = torch.load(output, weights_only=True)["meta"]
+    assert meta["bn_recalibration_batches"] == 1
+    assert json.loads(recipe_path(output).read_text())["meta"]["bn_recalibration_batches"] == 1
+    # The checkpoint as written, loaded into a fresh model and scored on the test split.
+    from prune_gym.evaluation import evaluate_accuracy
+    from prune_gym.tasks import get_task
+
+    task = get_task("resnet20-digits")
+    model = task.build_model()
+    load_pruned(output, model)
+    written = evaluate_accuracy(model, task.load_splits().test, device="cpu")
+    assert abs(written - reported) <= 0.01
+    assert f"test accuracy {100 * written:.2f}% (loaded back as written)" in out
+
+
 def test_cli_export_writes_loadable_files(digits_model_state, fresh_digits_model, tmp_path, capsys):
     output = tmp_path / "gmp80.pt"
     code = main(["export", "resnet20-digits", "--policy", "global-mp", "--sparsity", "0.8",

@@ -11,29 +11,33 @@ at a requested sparsity, so no reference policy is clipped (the JSON records the
 
 One agent serves all targets: the target of each training episode is drawn from the requested
 sparsities (``TargetSamplingWrapper``), the target is part of the observation, and the agent is
-then evaluated deterministically at each target. This costs one training budget instead of one
-per sparsity, which keeps the default run on ``PruneResNet20Digits-v0`` within minutes on a
-2-core CPU.
+then evaluated deterministically at each target ("DQN (greedy)"). This costs one training
+budget instead of one per sparsity, which keeps the default run on ``PruneResNet20Digits-v0``
+within minutes on a 2-core CPU. Every finished training episode is recorded, and the best one
+per target on the reward split (as AMC reports the best policy its search found) is replayed
+through the reference env as its own method ("DQN (best found)"); the test split only reports.
 
-Outputs (``output_dir``): ``results.json`` (everything, including per-layer sparsities),
-``results.csv`` (one row per target and method), ``table.txt``, ``accuracy_vs_sparsity.png``,
-``layer_sparsity.png`` (agent vs Global MP per layer at each target), the agent
-(``agent/model.zip``), and ``recipes/<method>-<target>.json``: each method's per-layer
-sparsities as a recipe for ``prune-gym export --recipe`` (``prune_gym.export.apply_recipe``).
+Outputs (``output_dir``, written to ``<output_dir>.partial`` and renamed when complete):
+``results.json`` (everything, including per-layer sparsities), ``results.csv`` (one row per
+target and method), ``table.txt``, ``accuracy_vs_sparsity.png``, ``layer_sparsity.png`` (the
+agent vs Global MP per layer at each target), the agent's run folder (``agent/``: model,
+``episodes.jsonl``, ``best_found.json``, TensorBoard logs), and
+``recipes/<method>-<target>.json``: each method's per-layer sparsities as a recipe for
+``prune-gym export --recipe``, with the env's post-pruning steps (see ``prune_gym.agents.report``).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import datetime as _dt
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +53,11 @@ from prune_gym.agents.factory import (
 from prune_gym.agents.policies import (
     GlobalMagnitudePolicy,
     RandomPolicy,
+    RecipePolicy,
     UniformMagnitudePolicy,
     prune_env_of,
 )
+from prune_gym.agents.report import Comparison, MethodResult, format_table, write_results
 from prune_gym.agents.training import (
     TargetSamplingWrapper,
     load_agent,
@@ -74,42 +80,6 @@ __all__ = [
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 #: The highest max_sparsity the workflow raises the env's range to (a layer is never emptied).
 MAX_SPARSITY_CEILING = 0.999
-
-
-@dataclass
-class MethodResult:
-    """One method pruned to one target: the last step's metrics of its episode."""
-
-    method: str
-    target_sparsity: float
-    test_accuracy: float
-    reward_accuracy: float
-    param_sparsity: float
-    flops_sparsity: float
-    seconds: float
-    episode_return: float
-    action_type: str
-    layer_sparsities: dict[str, float] = field(default_factory=dict)
-    finetuned_test_accuracy: float | None = None
-    finetune_seconds: float | None = None
-
-
-@dataclass
-class Comparison:
-    """The results of :func:`compare` and where they were written."""
-
-    env_id: str
-    results: list[MethodResult]
-    metadata: dict[str, Any]
-    output_dir: Path | None
-    table: str
-
-    def result(self, method: str, target: float) -> MethodResult:
-        """The row of ``method`` at ``target``."""
-        for row in self.results:
-            if row.method == method and math.isclose(row.target_sparsity, target):
-                return row
-        raise KeyError(f"no result for {method!r} at {target}")
 
 
 def run_episode(policy: Any, env: gym.Env, target: float | None, deterministic: bool = True, method: str = "") -> MethodResult:
@@ -271,10 +241,19 @@ def compare(
     agent_action_type = shared.pop("action_type", ALGORITHMS[algo][1][0])
     _check_algo(algo, agent_action_type)
     shared.pop("target_sparsity", None)
+    if agent_path is not None and not Path(agent_path).is_file():
+        raise FileNotFoundError(f"no agent file at {agent_path}: train one with `prune-gym train ENV` first")
     if output_dir is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         output_dir = Path("results") / f"{env_id}-{stamp}"
     output = Path(output_dir)
+    if write_files and output.exists() and any(output.iterdir()):
+        raise ValueError(f"{output} exists and is not empty: pass another --output (output_dir=) so results never mix")
+    # Files go to <output>.partial until everything is written, then the folder is renamed: a
+    # failed or interrupted run leaves no folder that looks finished.
+    staging = output.with_name(output.name + ".partial")
+    if write_files and staging.exists():
+        shutil.rmtree(staging)
 
     # -- the reference env, and a sparsity range that admits Global MP at every target -------
     say(f"building {env_id} (reference policies: continuous actions)")
@@ -283,42 +262,94 @@ def compare(
     agent_env_kwargs = agent_env_kwargs_for(algo, env_id, shared, agent_action_type, hyperparams)
     agent_env = gym.make(env_id, target_sparsity=targets[0], **agent_env_kwargs)
     reference = prune_env_of(reference_env)
+    try:
+        agent = _train_or_load_agent(
+            env_id, algo, targets, agent_env, agent_env_kwargs, agent_path, timesteps, hyperparams, seed, n_envs,
+            staging / "agent" if write_files else None, progress_bar, tensorboard and write_files, say,
+        )
+        results = _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs, say)
+        metadata = _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwargs, agent_action_type,
+                             shared, min_threshold, max_sparsity_note, finetune_epochs)
+        metadata["total_seconds"] = time.perf_counter() - started
+        table = format_table(results, metadata)
+        comparison = Comparison(env_id, results, metadata, output if write_files else None, table)
+        if write_files:
+            staging.mkdir(parents=True, exist_ok=True)
+            if agent.path is not None and not agent.trained:
+                # Keep a copy of the compared agent next to the results.
+                (staging / "agent").mkdir(exist_ok=True)
+                agent.model.save(staging / "agent" / "model.zip")
+            write_results(comparison, staging, reference)
+            metadata["total_seconds"] = time.perf_counter() - started
+            comparison.table = format_table(results, metadata)
+            write_results(comparison, staging, reference)  # again, with the total time including the plots
+            staging.rename(output)
+            say(f"wrote {output}/: results.json, results.csv, table.txt, accuracy_vs_sparsity.png, "
+                f"layer_sparsity.png, recipes/, agent/")
+    except BaseException:
+        if write_files and staging.exists():
+            say(f"the comparison did not finish: what it wrote so far is in {staging}")
+        raise
+    finally:
+        reference_env.close()
+        agent_env.close()
+    return comparison
 
-    # -- the agent --------------------------------------------------------------------------
-    train_seconds = 0.0
+
+@dataclass
+class _Agent:
+    """The compared agent: the model, whether it was trained here, and its best-found episodes."""
+
+    model: Any
+    trained: bool
+    timesteps: int
+    seconds: float
+    n_envs: int | None
+    path: Path | None
+    best_found: dict[str, dict[str, Any]]
+    episodes: int
+
+
+def _train_or_load_agent(
+    env_id, algo, targets, agent_env, agent_env_kwargs, agent_path, timesteps, hyperparams, seed, n_envs,
+    run_dir, progress_bar, tensorboard, say,
+) -> _Agent:
     if agent_path is not None:
-        say(f"loading the agent from {agent_path}")
-        agent = load_agent(agent_path, env=agent_env, algo=algo)
-        trained_steps = int(agent.num_timesteps)
-        saved_agent = Path(agent_path)
+        say(f"loading the agent from {agent_path} (an SB3 file: load only files you trust)")
+        model = load_agent(agent_path, env=agent_env, algo=algo)
+        best_file = Path(agent_path).parent / "best_found.json"
+        best = json.loads(best_file.read_text())["best_per_target"] if best_file.is_file() else {}
+        return _Agent(model, False, int(model.num_timesteps), 0.0, None, Path(agent_path), best, 0)
+    budget = int(timesteps) if timesteps is not None else default_timesteps(algo, agent_env, hyperparams)
+    if n_envs is None:
+        n_envs = int(load_hyperparams(algo, env_id, hyperparams).get("n_envs", 1))
+    say(f"training {algo.upper()} for {budget:,} steps ({agent_env_kwargs['action_type']} actions, {n_envs} env"
+        f"{'s in parallel' if n_envs > 1 else ''}), one target per episode drawn from {targets}")
+    if n_envs > 1:
+        training_env = make_training_env(env_id, targets, seed=seed, n_envs=n_envs, **agent_env_kwargs)
     else:
-        budget = int(timesteps) if timesteps is not None else default_timesteps(algo, agent_env, hyperparams)
-        if n_envs is None:
-            n_envs = int(load_hyperparams(algo, env_id, hyperparams).get("n_envs", 1))
-        say(f"training {algo.upper()} for {budget:,} steps ({agent_action_type} actions, {n_envs} env"
-            f"{'s in parallel' if n_envs > 1 else ''}), one target per episode drawn from {targets}")
+        training_env = TargetSamplingWrapper(agent_env, targets, seed=seed)
+    try:
+        with tempfile.TemporaryDirectory(prefix="prune-gym-agent-") as scratch:
+            run = train_agent(
+                env_id, algo, budget, output_dir=run_dir if run_dir is not None else Path(scratch) / "agent",
+                hyperparams=hyperparams, targets=targets, env_kwargs=agent_env_kwargs, seed=seed, checkpoint_freq=0,
+                progress_bar=progress_bar, tensorboard=tensorboard, env=training_env, resumable=False,
+            )
+    finally:
         if n_envs > 1:
-            training_env = make_training_env(env_id, targets, seed=seed, n_envs=n_envs, **agent_env_kwargs)
-        else:
-            training_env = TargetSamplingWrapper(agent_env, targets, seed=seed)
-        try:
-            with tempfile.TemporaryDirectory(prefix="prune-gym-agent-") as scratch:
-                run = train_agent(
-                    env_id, algo, budget, output_dir=output / "agent" if write_files else scratch,
-                    hyperparams=hyperparams, seed=seed, checkpoint_freq=0, progress_bar=progress_bar,
-                    tensorboard=tensorboard and write_files, env=training_env, resumable=False,
-                )
-        finally:
-            if n_envs > 1:
-                training_env.close()
-        agent, trained_steps, train_seconds = run.model, run.num_timesteps, run.seconds
-        saved_agent = run.model_path if write_files else None
-        say(f"trained {trained_steps:,} steps in {train_seconds:.0f} s")
+            training_env.close()
+    say(f"trained {run.num_timesteps:,} steps ({len(run.episodes.records):,} episodes) in {run.seconds:.0f} s")
+    best = {key: asdict(record) for key, record in run.episodes.best().items()}
+    return _Agent(run.model, True, int(run.num_timesteps), run.seconds, n_envs,
+                  run.model_path if run_dir is not None else None, best, len(run.episodes.records))
 
-    # -- every method at every target -------------------------------------------------------
-    agent_label = f"{algo.upper()} agent"
+
+def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs, say) -> list[MethodResult]:
+    """Every method at every target: the agent greedy, its best-found recipe, the references."""
+    name = algo.upper()
     methods: list[tuple[str, Any, gym.Env, bool]] = [
-        (agent_label, agent, agent_env, True),
+        (f"{name} (greedy)", agent.model, agent_env, True),
         ("Global MP", GlobalMagnitudePolicy(reference_env), reference_env, True),
     ]
     if min_threshold:
@@ -327,15 +358,25 @@ def compare(
     methods.append(("random", RandomPolicy(reference_env, seed=seed), reference_env, False))
     results: list[MethodResult] = []
     for target in targets:
-        for label, policy, env, deterministic in methods:
+        rows = list(methods)
+        best = agent.best_found.get(f"{target:.6g}")
+        if best is not None:
+            # The best episode of the search (chosen on the reward split), replayed exactly.
+            rows.insert(1, (f"{name} (best found)", RecipePolicy(reference_env, best["layer_sparsities"]), reference_env, True))
+        for label, policy, env, deterministic in rows:
             row = run_episode(policy, env, target, deterministic=deterministic, method=label)
             if finetune_epochs:
                 row.finetuned_test_accuracy, row.finetune_seconds = finetune_and_test(env, int(finetune_epochs), seed)
             results.append(row)
         say(f"evaluated every method at sparsity {target}")
+    return results
 
+
+def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwargs, agent_action_type, shared,
+              min_threshold, max_sparsity_note, finetune_epochs) -> dict[str, Any]:
     dense_test = reference.dense_test_accuracy if reference.dense_test_accuracy is not None else float("nan")
-    metadata = {
+    levels = prune_env_of(agent_env).levels
+    return {
         "env_id": env_id,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "sparsities": targets,
@@ -345,13 +386,16 @@ def compare(
             "algo": algo,
             "action_type": agent_action_type,
             "env_kwargs": agent_env_kwargs,
-            "levels": None if prune_env_of(agent_env).levels is None else len(prune_env_of(agent_env).levels),
-            "timesteps": trained_steps,
-            "n_envs": n_envs if agent_path is None else None,
-            "train_seconds": train_seconds,
+            "levels": None if levels is None else len(levels),
+            "timesteps": agent.timesteps,
+            "trained_here": agent.trained,
+            "n_envs": agent.n_envs,
+            "train_seconds": agent.seconds if agent.trained else None,
+            "episodes": agent.episodes,
             "trained_on_targets": targets,
-            "evaluation": "deterministic, one episode per target",
-            "path": None if saved_agent is None else str(saved_agent),
+            "evaluation": "greedy: deterministic, one episode per target; best found: the training episode "
+                          "with the highest reward-split accuracy at the target, replayed",
+            "path": None if agent.path is None else str(agent.path),
         },
         "reference_policies": {
             "action_type": "continuous",
@@ -367,176 +411,10 @@ def compare(
             "min_sparsity": reference.min_sparsity,
             "max_sparsity": reference.max_sparsity,
             "max_sparsity_note": max_sparsity_note,
-            "env_kwargs": {k: v for k, v in shared.items()},
+            "bn_recalibration_batches": reference.bn_recalibration_batches,
+            "env_kwargs": dict(shared),
             "same model, reward split, test split and target for every method": True,
         },
         "finetune_epochs": int(finetune_epochs),
         "total_seconds": None,
     }
-    metadata["total_seconds"] = time.perf_counter() - started
-    table = format_table(results, metadata)
-    comparison = Comparison(env_id, results, metadata, output if write_files else None, table)
-    if write_files:
-        output.mkdir(parents=True, exist_ok=True)
-        if agent_path is not None:
-            # Keep a copy of the compared agent next to the results.
-            (output / "agent").mkdir(exist_ok=True)
-            agent.save(output / "agent" / "model.zip")
-        write_results(comparison, output)
-        metadata["total_seconds"] = time.perf_counter() - started
-        write_results(comparison, output)  # again, with the total time including the plots
-        say(f"wrote {output}/results.json, results.csv, accuracy_vs_sparsity.png, layer_sparsity.png, agent/model.zip")
-    reference_env.close()
-    agent_env.close()
-    return comparison
-
-
-# ------------------------------------------------------------------------------------------------
-# Table and files
-
-
-def _percent(value: float | None, digits: int = 1) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{100 * value:.{digits}f}"
-
-
-def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -> str:
-    """The comparison as a plain-text table (accuracies and sparsities in %)."""
-    agent = metadata["agent"]
-    lines = [
-        f"{metadata['env_id']}: dense test accuracy {_percent(metadata['dense_test_accuracy'])}%, "
-        f"reward-split accuracy {_percent(metadata['dense_reward_accuracy'])}%",
-        f"agent: {agent['algo'].upper()}, {agent['timesteps']:,} steps ({agent['action_type']} actions"
-        + (f", {agent['levels']} levels" if agent.get("levels") else "")
-        + f", trained in {agent['train_seconds']:.0f} s), evaluated deterministically; reference policies "
-        f"act through a continuous-action env with the same task, split, target, device and "
-        f"max_sparsity {metadata['matched']['max_sparsity']}",
-        "",
-    ]
-    finetuned = any(row.finetuned_test_accuracy is not None for row in results)
-    header = ["target", "method", "test acc", "reward acc", "param sparsity", "FLOPs sparsity", "time (s)"]
-    if finetuned:
-        header.insert(3, f"after FT ({metadata['finetune_epochs']} ep)")
-    rows = [header]
-    previous = None
-    for row in results:
-        cells = [
-            _percent(row.target_sparsity, 0) + "%" if row.target_sparsity != previous else "",
-            row.method,
-            _percent(row.test_accuracy),
-            _percent(row.reward_accuracy),
-            _percent(row.param_sparsity, 2),
-            _percent(row.flops_sparsity, 2),
-            f"{row.seconds:.2f}",
-        ]
-        if finetuned:
-            cells.insert(3, _percent(row.finetuned_test_accuracy))
-        rows.append(cells)
-        previous = row.target_sparsity
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    numeric = set(range(2, len(header)))
-    for index, cells in enumerate(rows):
-        text = "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-        lines.append(text.rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    lines.append("")
-    lines.append(f"accuracies and sparsities in %; time = one pruning episode; total {metadata['total_seconds']:.0f} s")
-    return "\n".join(lines)
-
-
-_CSV_FIELDS = (
-    "target_sparsity", "method", "test_accuracy", "reward_accuracy", "param_sparsity", "flops_sparsity",
-    "seconds", "episode_return", "action_type", "finetuned_test_accuracy", "finetune_seconds",
-)
-
-
-def write_results(comparison: Comparison, output: Path) -> None:
-    """Write ``results.json``, ``results.csv`` and the two plots into ``output``."""
-    output.mkdir(parents=True, exist_ok=True)
-    record = {**comparison.metadata, "results": [asdict(row) for row in comparison.results]}
-    (output / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    with (output / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=_CSV_FIELDS)
-        writer.writeheader()
-        for row in comparison.results:
-            values = asdict(row)
-            writer.writerow({key: values[key] for key in _CSV_FIELDS})
-    (output / "table.txt").write_text(format_table(comparison.results, comparison.metadata) + "\n")
-    # Per-layer sparsities as recipes that `prune-gym export --recipe` and apply_recipe accept.
-    recipes = output / "recipes"
-    recipes.mkdir(exist_ok=True)
-    for row in comparison.results:
-        slug = row.method.lower().replace(" + ", "-").replace(" ", "-")
-        path = recipes / f"{slug}-{row.target_sparsity:.2f}.json"
-        path.write_text(json.dumps(row.layer_sparsities, indent=2) + "\n")
-    plot_accuracy(comparison, output / "accuracy_vs_sparsity.png")
-    plot_layer_sparsity(comparison, output / "layer_sparsity.png")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_accuracy(comparison: Comparison, path: Path) -> None:
-    """Test accuracy against target sparsity, one line per method (and after fine-tuning)."""
-    plt = _pyplot()
-    methods = list(dict.fromkeys(row.method for row in comparison.results))
-    finetuned = any(row.finetuned_test_accuracy is not None for row in comparison.results)
-    panels = [("test accuracy (one-shot)", "test_accuracy")]
-    if finetuned:
-        epochs = comparison.metadata["finetune_epochs"]
-        panels.append((f"after {epochs} epoch{'s' if epochs != 1 else ''} of masked fine-tuning", "finetuned_test_accuracy"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
-    for axis, (title, key) in zip(axes[0], panels, strict=True):
-        for method in methods:
-            rows = sorted((r for r in comparison.results if r.method == method), key=lambda r: r.target_sparsity)
-            axis.plot([100 * r.target_sparsity for r in rows], [100 * getattr(r, key) for r in rows], marker="o", label=method)
-        dense = comparison.metadata["dense_test_accuracy"]
-        if dense == dense:  # not NaN
-            axis.axhline(100 * dense, color="grey", linestyle="--", linewidth=1, label="dense")
-        axis.set_xlabel("overall sparsity (%)")
-        axis.set_ylabel("test accuracy (%)")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle(comparison.env_id)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
-    """Per-layer sparsity of the agent against Global MP, one panel per target."""
-    plt = _pyplot()
-    agent_label = next(row.method for row in comparison.results if row.method.endswith("agent"))
-    targets = list(dict.fromkeys(row.target_sparsity for row in comparison.results))
-    figure, axes = plt.subplots(len(targets), 1, figsize=(10, 2.4 * len(targets) + 0.6), squeeze=False)
-    for axis, target in zip(axes[:, 0], targets, strict=True):
-        agent = comparison.result(agent_label, target)
-        global_mp = comparison.result("Global MP", target)
-        names = list(global_mp.layer_sparsities)
-        positions = range(len(names))
-        width = 0.4
-        axis.bar([p - width / 2 for p in positions], [100 * global_mp.layer_sparsities[n] for n in names], width, label="Global MP")
-        axis.bar([p + width / 2 for p in positions], [100 * agent.layer_sparsities[n] for n in names], width, label=agent_label)
-        axis.set_ylabel("sparsity (%)")
-        axis.set_ylim(0, 100)
-        axis.set_title(
-            f"target {100 * target:.0f}%: test accuracy Global MP {_percent(global_mp.test_accuracy)}%, "
-            f"{agent_label} {_percent(agent.test_accuracy)}%", fontsize=9,
-        )
-        axis.set_xticks(list(positions))
-        axis.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-        axis.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize=8, loc="upper left")
-    figure.suptitle(f"{comparison.env_id}: per-layer sparsity")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)

@@ -35,7 +35,14 @@ from prune_gym.envs.prune_env import PruneEnv
 from prune_gym.pruning import check_sparsity
 from prune_gym.stats import FEATURE_INDEX, FEATURES, layer_index_from_observation
 
-__all__ = ["GlobalMagnitudePolicy", "ReferencePolicy", "RandomPolicy", "UniformMagnitudePolicy", "prune_env_of"]
+__all__ = [
+    "GlobalMagnitudePolicy",
+    "RandomPolicy",
+    "RecipePolicy",
+    "ReferencePolicy",
+    "UniformMagnitudePolicy",
+    "prune_env_of",
+]
 
 
 def prune_env_of(env: Any) -> PruneEnv:
@@ -200,6 +207,37 @@ class UniformMagnitudePolicy(ReferencePolicy):
 
     def __repr__(self) -> str:
         return f"UniformMagnitudePolicy(sparsity={self.sparsity})"
+
+
+class RecipePolicy(ReferencePolicy):
+    """Replay fixed per-layer sparsities (a recipe, e.g. the best episode an agent found).
+
+    Through a continuous-action env the recipe is replayed exactly; the env's target
+    projection still applies, so a recipe made for the env's target ends there.
+
+    Args:
+        env: the prune-gym env (or a wrapper / ``DummyVecEnv`` of it).
+        layer_sparsities: ``{layer_name: sparsity}`` for every layer the env visits (the
+            ``layer_sparsities`` of a last step's ``info``, or a recipe's ``layers``).
+    """
+
+    def __init__(self, env: Any, layer_sparsities: dict[str, float]) -> None:
+        super().__init__(env)
+        names = self.env.layer_names()
+        missing = [name for name in names if name not in layer_sparsities]
+        unknown = [name for name in layer_sparsities if name not in names]
+        if missing or unknown:
+            raise ValueError(
+                f"the recipe does not fit this env's layers (missing {missing}, unknown {unknown}): "
+                f"was it made for another model or exclude_layers?"
+            )
+        self.sparsities = np.array([float(layer_sparsities[name]) for name in names])
+
+    def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
+        return self.sparsities[self.layer_indices(observations)]
+
+    def __repr__(self) -> str:
+        return f"RecipePolicy({len(self.sparsities)} layers)"
 
 
 class RandomPolicy(ReferencePolicy):

@@ -2,13 +2,20 @@
 
 ``train_agent`` writes everything under one run folder::
 
-    <output>/run.json                     what was trained (env id and kwargs, algo, settings)
+    <output>/run.json                     what was trained (env id and kwargs, algo, settings,
+                                          status "running" / "interrupted" / "finished")
     <output>/model.zip                    the final agent (plus model_replay_buffer.pkl)
+    <output>/episodes.jsonl               every finished training episode (target, per-layer
+                                          sparsities, reward-split accuracy), as it finishes
+    <output>/best_found.json              the best episode per target, chosen on the reward split
     <output>/checkpoints/<algo>_<N>_steps.zip   periodic checkpoints (+ replay buffers)
-    <output>/tensorboard/                 TensorBoard logs (``tensorboard --logdir <output>``)
+    <output>/tensorboard/                 TensorBoard logs (``tensorboard --logdir <output>``),
+                                          with the pruning metrics under ``prune/``
 
 Ctrl-C during training saves a checkpoint first; ``resume=True`` continues from the newest
 checkpoint with its step count, exploration schedule and replay buffer, so no step is lost.
+A folder that already holds a run is never trained into again without ``resume``: runs never
+mix.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
+from prune_gym.agents.callbacks import EpisodeRecorder, TrainingProgress, write_best_found
 from prune_gym.agents.factory import (
     ALGORITHMS,
     _check_algo,
@@ -40,6 +48,7 @@ from prune_gym.agents.factory import (
     load_hyperparams,
     make_agent,
 )
+from prune_gym.io import atomic_write_json
 from prune_gym.pruning import check_sparsity
 
 __all__ = ["TargetSamplingWrapper", "TrainResult", "latest_checkpoint", "make_training_env", "train_agent"]
@@ -178,6 +187,8 @@ class TrainResult:
     num_timesteps: int
     seconds: float
     resumed_from: Path | None = None
+    #: Every finished training episode of this run (this process) and the best per target.
+    episodes: EpisodeRecorder | None = None
 
 
 def train_agent(
@@ -217,9 +228,12 @@ def train_agent(
         checkpoint_freq: save a checkpoint every this many steps (0: only at the end).
         resume: True continues from the newest checkpoint in ``output_dir``; a path continues
             from that checkpoint.
-        progress_bar, tensorboard, verbose: SB3's progress bar, TensorBoard logs, verbosity.
-        env: an env to train in instead of building one from ``env_id`` (its kwargs are then
-            not recorded in ``run.json``).
+        progress_bar: a progress bar on a terminal, a plain line every 30 s in a log file
+            (:class:`~prune_gym.agents.callbacks.TrainingProgress`).
+        tensorboard: TensorBoard logs, SB3's scalars plus the pruning metrics (``prune/``).
+        verbose: SB3's verbosity.
+        env: an env to train in instead of building one from ``env_id``; ``targets`` and
+            ``env_kwargs`` then only describe it in ``run.json`` (pass the ones it was built with).
         resumable: also save the final agent as a checkpoint, with its replay buffer, so that
             ``resume`` can extend the run (False: only ``model.zip``, without replay buffer).
         n_envs: envs stepping in parallel, one process each (default: the hyperparameters'
@@ -227,9 +241,11 @@ def train_agent(
             when training ends.
 
     Returns:
-        A :class:`TrainResult`; the final agent is also saved as ``<output_dir>/model.zip``.
+        A :class:`TrainResult`; the final agent is also saved as ``<output_dir>/model.zip``,
+        the best episode per target (reward split) as ``best_found.json``.
 
     Raises:
+        ValueError: if ``output_dir`` already holds a run and ``resume`` is False.
         KeyboardInterrupt: after saving a checkpoint of the steps done so far.
     """
     algo = algo.lower()
@@ -243,6 +259,11 @@ def train_agent(
                 f"--resume: no {algo} checkpoint in {output / 'checkpoints'}; train without --resume "
                 f"first (or pass the checkpoint's path)"
             )
+    elif holds_run(output):
+        raise ValueError(
+            f"{output} already holds a training run ({', '.join(holds_run(output))}): pass --resume "
+            f"(resume=True) to continue it, or another --output (output_dir=) to start a new run"
+        )
     owned_env = env is None
     if env is None:
         _check_algo(algo, env_kwargs.get("action_type", "discrete"))  # fail before loading anything
@@ -260,25 +281,23 @@ def train_agent(
         raise ValueError(f"timesteps must be >= 0, got {timesteps}")
     timesteps = int(timesteps)
     checkpoints = output / "checkpoints"
+    created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
     tensorboard_dir = output / "tensorboard" if tensorboard else None
 
-    if resume:
-        try:
-            model = load_agent(resumed_from, env=env, algo=algo)
-        except ValueError as error:
-            raise ValueError(
-                f"cannot resume from {resumed_from}: {error}. Resume with the env kwargs of the run "
-                f"(see {output / 'run.json'})"
-            ) from None
-        if tensorboard_dir is not None:
-            model.tensorboard_log = str(tensorboard_dir)
-    else:
-        model = make_agent(env, algo, hyperparams, seed=seed, tensorboard_log=tensorboard_dir, verbose=verbose)
-
-    _write_run_record(output, env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed)
+    try:
+        model = _build_or_load(env, algo, hyperparams, seed, tensorboard_dir, verbose, resumed_from, output)
+    except BaseException:
+        if created and not any(output.iterdir()):
+            output.rmdir()  # nothing was written: leave no empty run folder behind
+        raise
+    run_record = _run_record(env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed)
+    atomic_write_json(output / "run.json", {**run_record, "status": "running"})
     remaining = max(timesteps - model.num_timesteps, 0)
-    callbacks = []
+    recorder = EpisodeRecorder(output / "episodes.jsonl", tensorboard=tensorboard)
+    callbacks: list = [recorder]
+    if progress_bar:
+        callbacks.append(TrainingProgress(recorder))
     if checkpoint_freq:
         callbacks.append(
             CheckpointCallback(
@@ -291,32 +310,63 @@ def train_agent(
     if remaining:
         try:
             model.learn(
-                total_timesteps=remaining, callback=callbacks, progress_bar=progress_bar,
+                total_timesteps=remaining, callback=callbacks, progress_bar=False,
                 reset_num_timesteps=resumed_from is None, tb_log_name=algo,
             )
         except (KeyboardInterrupt, EOFError, BrokenPipeError, ConnectionResetError):
             # Ctrl-C (a worker process of a parallel env may see it first and close its pipe).
             path = save_agent(model, checkpoints / f"{algo}_interrupted_{model.num_timesteps}_steps.zip")
+            atomic_write_json(output / "run.json", {**run_record, "status": "interrupted"})
+            write_best_found(recorder, output / "best_found.json")
             print(f"\ninterrupted: saved {model.num_timesteps} steps to {path}; continue with --resume")
+            raise
+        except BaseException:
+            atomic_write_json(output / "run.json", {**run_record, "status": "failed"})
             raise
     seconds = time.perf_counter() - started
     if resumable:
         save_agent(model, checkpoints / f"{algo}_{model.num_timesteps}_steps.zip")
     model_path = save_agent(model, output / "model.zip", replay_buffer=resumable)
+    write_best_found(recorder, output / "best_found.json")
+    atomic_write_json(output / "run.json", {**run_record, "status": "finished", "num_timesteps": int(model.num_timesteps)})
     if owned_env and isinstance(env, SubprocVecEnv):
         env.close()
-    return TrainResult(model, model_path, output, model.num_timesteps, seconds, resumed_from)
+    return TrainResult(model, model_path, output, model.num_timesteps, seconds, resumed_from, recorder)
 
 
-def _write_run_record(output, env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed) -> None:
+#: Files whose presence marks a folder as holding a training run.
+_RUN_MARKERS = ("run.json", "model.zip", "checkpoints", "episodes.jsonl")
+
+
+def holds_run(folder: str | os.PathLike) -> list[str]:
+    """The run files in ``folder`` (empty if it holds no training run)."""
+    folder = Path(folder)
+    return [name for name in _RUN_MARKERS if (folder / name).exists()]
+
+
+def _build_or_load(env, algo, hyperparams, seed, tensorboard_dir, verbose, resumed_from, output) -> BaseAlgorithm:
+    if resumed_from is None:
+        return make_agent(env, algo, hyperparams, seed=seed, tensorboard_log=tensorboard_dir, verbose=verbose)
+    try:
+        model = load_agent(resumed_from, env=env, algo=algo)
+    except ValueError as error:
+        raise ValueError(
+            f"cannot resume from {resumed_from}: {error}. Resume with the env kwargs of the run "
+            f"(see {output / 'run.json'})"
+        ) from None
+    if tensorboard_dir is not None:
+        model.tensorboard_log = str(tensorboard_dir)
+    return model
+
+
+def _run_record(env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed) -> dict[str, Any]:
     settings = load_hyperparams(algo, env_id, hyperparams)
-    record = {
+    return {
         "env_id": env_id,
         "algo": algo,
         "env_kwargs": env_kwargs,
-        "targets": list(targets) if targets is not None else None,
+        "targets": [float(t) for t in targets] if targets is not None else None,
         "timesteps": timesteps,
         "seed": seed,
         "hyperparams": {k: (v if isinstance(v, int | float | str | bool | list | type(None)) else str(v)) for k, v in settings.items()},
     }
-    (output / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n")

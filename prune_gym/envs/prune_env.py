@@ -13,8 +13,22 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
-from prune_gym.evaluation import DataLike, Evaluator, as_tensors, resolve_device, stage_of_modules
-from prune_gym.finetune import capture_state, finetune_steps, recalibrate_batchnorm, restore_state
+from prune_gym.evaluation import (
+    DataLike,
+    Evaluator,
+    resolve_device,
+    sample_tensors,
+    stage_of_modules,
+)
+from prune_gym.finetune import (
+    BN_RECALIBRATION_BATCH,
+    BN_RECALIBRATION_SEED,
+    RESIDENT_TRAIN_SAMPLES,
+    capture_state,
+    finetune_steps,
+    recalibrate_batchnorm,
+    restore_state,
+)
 from prune_gym.pruning import (
     PruningState,
     check_sparsity,
@@ -27,11 +41,6 @@ from prune_gym.stats import FEATURE_INDEX, FEATURES, NUM_STATIC, observation_bou
 
 ACTION_TYPES = ("discrete", "continuous")
 
-#: Train-split samples kept on the device for BN re-calibration and per-step fine-tuning.
-RESIDENT_TRAIN_SAMPLES = 4096
-#: Samples per BatchNorm re-calibration batch: enough for stable statistics, far cheaper than a
-#: full evaluation batch (a train-mode forward runs after every step).
-BN_RECALIBRATION_BATCH = 256
 
 
 class PruneEnv(gym.Env):
@@ -430,6 +439,7 @@ class PruneEnv(gym.Env):
         info: dict[str, Any] = {
             "layer": self.layers[index].name,
             "layer_index": index,
+            "target_sparsity": self.target_sparsity,
             "requested_sparsity": requested,
             "applied_sparsity": applied,
             "overall_sparsity": sparsity,
@@ -493,15 +503,8 @@ class PruneEnv(gym.Env):
     def _resident_train(self) -> tuple[Tensor, Tensor]:
         """A fixed random sample of the train split, decoded once and kept on the device."""
         if self._train_tensors is None:
-            data = self._train_data
-            if isinstance(data, torch.utils.data.DataLoader):
-                data = data.dataset
-            size = len(data[0]) if isinstance(data, tuple | list) else len(data)
-            chosen = torch.randperm(size, generator=torch.Generator().manual_seed(0))[:RESIDENT_TRAIN_SAMPLES]
-            if isinstance(data, tuple | list):
-                inputs, labels = data[0][chosen], data[1][chosen]
-            else:
-                inputs, labels = as_tensors(torch.utils.data.Subset(data, chosen.tolist()))
+            # The same seeded order as ``recalibration_inputs``: export calibrates on a prefix.
+            inputs, labels = sample_tensors(self._train_data, RESIDENT_TRAIN_SAMPLES, seed=BN_RECALIBRATION_SEED)
             self._train_tensors = (inputs.to(self.device), labels.to(self.device))
         return self._train_tensors
 

@@ -6,12 +6,12 @@ env id.
 
 from __future__ import annotations
 
+from prune_gym.io import atomic_save
 from prune_gym.tasks.base import (
     Availability,
     MissingResourceError,
     Splits,
     Task,
-    atomic_save,
     cache_dir,
 )
 from prune_gym.tasks.cifar10 import mobilenetv1_cifar10, resnet32_cifar10, wrn28x8_cifar10

@@ -18,12 +18,12 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from prune_gym.finetune import TrainConfig, train_classifier
+from prune_gym.io import atomic_save
 from prune_gym.tasks.base import (
     Availability,
     MissingResourceError,
     Splits,
     Task,
-    atomic_save,
     cache_dir,
     load_state_dict_file,
     resolve_path,

@@ -34,8 +34,9 @@ from torch.utils.data import Dataset
 
 from prune_gym.evaluation import Evaluator, as_tensors, resolve_device
 from prune_gym.finetune import Augment, TrainConfig, recipe_for, train_classifier
+from prune_gym.io import atomic_save
 from prune_gym.tasks import get_task
-from prune_gym.tasks.base import Splits, Task, atomic_save
+from prune_gym.tasks.base import Splits, Task
 
 #: Families whose train split is decoded once into tensors and augmented on the device.
 TENSOR_AUGMENTED_FAMILIES = ("cifar10",)

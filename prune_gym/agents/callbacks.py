@@ -1,0 +1,253 @@
+"""Training callbacks: every finished episode recorded, progress that reads in a log, TensorBoard.
+
+- :class:`EpisodeRecorder` keeps one :class:`EpisodeRecord` per finished training episode
+  (target, per-layer sparsities, reward-split accuracy, return) and the best one per target,
+  chosen on the **reward split only** (the test accuracy in the last step's ``info`` is kept
+  for reporting and never read by the selection). As AMC and its successors do, the best
+  policy found during the search is a result of its own, beside the final greedy policy. It
+  also writes the pruning metrics to TensorBoard (``prune/...``: reward-split and test
+  accuracy, sparsity and FLOPs reduction at episode end, the best-found accuracy per target,
+  the per-layer sparsities as a histogram).
+- :class:`TrainingProgress` shows a progress bar on a terminal, and when the output is not a
+  terminal (a log file, a cluster job) prints a plain line every ``log_every`` seconds:
+  steps, steps/s, episodes, the best reward-split accuracy so far, ETA.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from prune_gym.io import atomic_write_text
+
+__all__ = ["EpisodeRecord", "EpisodeRecorder", "TrainingProgress", "best_per_target"]
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished training episode, from its last step's ``info``."""
+
+    timesteps: int
+    seconds: float
+    target_sparsity: float | None
+    reward_accuracy: float
+    overall_sparsity: float
+    flops_reduction: float
+    episode_return: float
+    layer_sparsities: dict[str, float] = field(default_factory=dict)
+    #: Reported only: never read when choosing the best episode.
+    test_accuracy: float | None = None
+
+
+def _target_key(target: float | None) -> str:
+    return "none" if target is None else f"{target:.6g}"
+
+
+def best_per_target(records: Iterable[EpisodeRecord]) -> dict[str, EpisodeRecord]:
+    """The episode with the highest reward-split accuracy for each target (earliest on ties).
+
+    Keys are the targets as short strings (``"0.8"``; ``"none"`` for free-choice episodes).
+    """
+    best: dict[str, EpisodeRecord] = {}
+    for record in records:
+        key = _target_key(record.target_sparsity)
+        if key not in best or record.reward_accuracy > best[key].reward_accuracy:
+            best[key] = record
+    return best
+
+
+class EpisodeRecorder(BaseCallback):
+    """Record every finished training episode; keep the best per target (reward split only).
+
+    Works with single and vectorised envs (SB3 passes the last step's ``info`` of an episode
+    even when the vectorised env resets it at once). With ``path``, each record is appended
+    to that JSON-lines file as it finishes, so a run cut off keeps what it found.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, tensorboard: bool = True, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.path = Path(path) if path is not None else None
+        self.tensorboard = tensorboard
+        self.records: list[EpisodeRecord] = []
+        self._returns: np.ndarray | None = None
+        self._started = time.perf_counter()
+
+    def _on_training_start(self) -> None:
+        self._returns = np.zeros(self.training_env.num_envs)
+        self._started = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        rewards = np.asarray(self.locals.get("rewards", 0.0), dtype=float).reshape(-1)
+        dones = np.asarray(self.locals.get("dones", False)).reshape(-1)
+        infos = self.locals.get("infos", [{}] * len(dones))
+        if self._returns is None or len(self._returns) != len(dones):
+            self._returns = np.zeros(len(dones))
+        self._returns += rewards if rewards.size == len(dones) else 0.0
+        for index, done in enumerate(dones):
+            if not done:
+                continue
+            info = infos[index]
+            if "layer_sparsities" in info:  # a finished pruning episode (not a time-limit cut)
+                self._record(info, float(self._returns[index]))
+            self._returns[index] = 0.0
+        return True
+
+    def _record(self, info: dict[str, Any], episode_return: float) -> None:
+        target = info.get("target_sparsity")
+        record = EpisodeRecord(
+            timesteps=int(self.num_timesteps),
+            seconds=time.perf_counter() - self._started,
+            target_sparsity=None if target is None else float(target),
+            reward_accuracy=float(info["reward_accuracy"]),
+            overall_sparsity=float(info["overall_sparsity"]),
+            flops_reduction=float(info.get("flops_reduction", math.nan)),
+            episode_return=episode_return,
+            layer_sparsities={name: float(value) for name, value in info["layer_sparsities"].items()},
+            test_accuracy=None if info.get("test_accuracy") is None else float(info["test_accuracy"]),
+        )
+        self.records.append(record)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(asdict(record)) + "\n")
+        if self.tensorboard:
+            self._log(record)
+
+    def _log(self, record: EpisodeRecord) -> None:
+        logger = self.logger
+        logger.record_mean("prune/reward_accuracy", record.reward_accuracy)
+        logger.record_mean("prune/overall_sparsity", record.overall_sparsity)
+        logger.record_mean("prune/flops_reduction", record.flops_reduction)
+        if record.test_accuracy is not None:
+            logger.record_mean("prune/test_accuracy", record.test_accuracy)
+        best = self.best().get(_target_key(record.target_sparsity))
+        if best is not None:
+            logger.record(f"prune/best_reward_accuracy/target_{_target_key(record.target_sparsity)}", best.reward_accuracy)
+        # Only TensorBoard draws a histogram; the text formats cannot hold an array.
+        logger.record(
+            "prune/layer_sparsity", np.asarray(list(record.layer_sparsities.values()), dtype=np.float32),
+            exclude=("stdout", "log", "json", "csv"),
+        )
+
+    def best(self) -> dict[str, EpisodeRecord]:
+        """The best episode per target so far (see :func:`best_per_target`)."""
+        return best_per_target(self.records)
+
+    def best_reward_accuracy(self) -> float | None:
+        """The highest reward-split accuracy of any finished episode so far (None before one)."""
+        return max((r.reward_accuracy for r in self.records), default=None)
+
+
+class TrainingProgress(BaseCallback):
+    """A progress bar on a terminal; plain lines every ``log_every`` seconds elsewhere.
+
+    Args:
+        recorder: where the best reward-split accuracy so far comes from (optional).
+        stream: where to write (default ``sys.stderr``, as tqdm does).
+        log_every: seconds between plain lines when ``stream`` is not a terminal.
+        bar: force the bar (True) or the plain lines (False); default: the bar on a terminal.
+    """
+
+    def __init__(
+        self, recorder: EpisodeRecorder | None = None, stream: TextIO | None = None,
+        log_every: float = 30.0, bar: bool | None = None,
+    ) -> None:
+        super().__init__(0)
+        self.recorder = recorder
+        self.stream = stream
+        self.log_every = float(log_every)
+        self.bar = bar
+        self._pbar = None
+        self._start_steps = 0
+        self._total = 0
+        self._started = 0.0
+        self._last_line = 0.0
+
+    def _out(self) -> TextIO:
+        return self.stream if self.stream is not None else sys.stderr
+
+    def _on_training_start(self) -> None:
+        self._start_steps = int(self.model.num_timesteps)
+        self._total = int(self.locals["total_timesteps"]) - self._start_steps
+        self._started = self._last_line = time.perf_counter()
+        use_bar = self.bar if self.bar is not None else _is_terminal(self._out())
+        if use_bar:
+            from tqdm.auto import tqdm
+
+            self._pbar = tqdm(total=self._total, unit="step", file=self._out(), dynamic_ncols=True)
+        else:
+            self._line()
+
+    def _on_step(self) -> bool:
+        if self._pbar is not None:
+            self._pbar.update(self.model.num_timesteps - self._start_steps - self._pbar.n)
+            best = self.recorder.best_reward_accuracy() if self.recorder is not None else None
+            if best is not None:
+                self._pbar.set_postfix_str(f"best reward acc {100 * best:.1f}%", refresh=False)
+        elif time.perf_counter() - self._last_line >= self.log_every:
+            self._line()
+        return True
+
+    def _on_training_end(self) -> None:
+        if self._pbar is not None:
+            self._pbar.update(self.model.num_timesteps - self._start_steps - self._pbar.n)
+            self._pbar.close()
+            self._pbar = None
+        else:
+            self._line(final=True)
+
+    def _line(self, final: bool = False) -> None:
+        now = time.perf_counter()
+        self._last_line = now
+        done = int(self.model.num_timesteps) - self._start_steps
+        elapsed = now - self._started
+        rate = done / elapsed if elapsed > 0 and done else 0.0
+        parts = [f"steps {int(self.model.num_timesteps):,}/{self._start_steps + self._total:,}"
+                 f" ({100 * done / max(self._total, 1):.0f}%)", f"{rate:.1f} steps/s"]
+        if self.recorder is not None:
+            parts.append(f"episodes {len(self.recorder.records):,}")
+            best = self.recorder.best_reward_accuracy()
+            if best is not None:
+                parts.append(f"best reward acc {100 * best:.1f}%")
+        if final:
+            parts.append(f"done in {_duration(elapsed)}")
+        elif rate > 0:
+            parts.append(f"ETA {_duration((self._total - done) / rate)}")
+        print("[train] " + " | ".join(parts), file=self._out(), flush=True)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def write_best_found(recorder: EpisodeRecorder, path: str | os.PathLike) -> Path:
+    """Write the best episode per target (reward split) as JSON; returns the path."""
+    path = Path(path)
+    best = {key: asdict(record) for key, record in sorted(recorder.best().items())}
+    atomic_write_text(path, json.dumps({"selected_on": "reward split", "episodes": len(recorder.records),
+                                        "best_per_target": best}, indent=2) + "\n")
+    return path

@@ -1,0 +1,232 @@
+"""How a comparison is reported: the result records, the table, JSON, CSV, recipes and plots.
+
+:func:`prune_gym.agents.compare.compare` produces a :class:`Comparison`; this module turns it
+into ``table.txt``, ``results.json``, ``results.csv``, ``recipes/<method>-<target>.json`` (each
+method's per-layer sparsities, with the env's post-pruning steps, for ``prune-gym export
+--recipe``), ``accuracy_vs_sparsity.png`` and ``layer_sparsity.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prune_gym.agents.policies import prune_env_of
+from prune_gym.export import Recipe
+from prune_gym.io import atomic_write_json, atomic_write_text
+
+__all__ = [
+    "Comparison",
+    "MethodResult",
+    "format_table",
+    "method_slug",
+    "plot_accuracy",
+    "plot_layer_sparsity",
+    "write_results",
+]
+
+
+@dataclass
+class MethodResult:
+    """One method pruned to one target: the last step's metrics of its episode."""
+
+    method: str
+    target_sparsity: float
+    test_accuracy: float
+    reward_accuracy: float
+    param_sparsity: float
+    flops_sparsity: float
+    seconds: float
+    episode_return: float
+    action_type: str
+    layer_sparsities: dict[str, float] = field(default_factory=dict)
+    finetuned_test_accuracy: float | None = None
+    finetune_seconds: float | None = None
+
+
+@dataclass
+class Comparison:
+    """The results of :func:`compare` and where they were written."""
+
+    env_id: str
+    results: list[MethodResult]
+    metadata: dict[str, Any]
+    output_dir: Path | None
+    table: str
+
+    def result(self, method: str, target: float) -> MethodResult:
+        """The row of ``method`` at ``target``."""
+        for row in self.results:
+            if row.method == method and math.isclose(row.target_sparsity, target):
+                return row
+        raise KeyError(f"no result for {method!r} at {target}")
+
+
+def _percent(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.{digits}f}"
+
+
+def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -> str:
+    """The comparison as a plain-text table (accuracies and sparsities in %)."""
+    agent = metadata["agent"]
+    lines = [
+        f"{metadata['env_id']}: dense test accuracy {_percent(metadata['dense_test_accuracy'])}%, "
+        f"reward-split accuracy {_percent(metadata['dense_reward_accuracy'])}%",
+        f"agent: {agent['algo'].upper()}, {agent['timesteps']:,} steps ({agent['action_type']} actions"
+        + (f", {agent['levels']} levels" if agent.get("levels") else "")
+        + (f", trained here in {agent['train_seconds']:.0f} s, {agent['episodes']:,} episodes)"
+           if agent.get("trained_here", True) else f", loaded from {agent['path']})")
+        + "; greedy = its deterministic policy, best found = its best training episode on the reward "
+        "split, replayed. Reference policies act through a continuous-action env with the same task, "
+        f"split, target, device and max_sparsity {metadata['matched']['max_sparsity']}",
+        "",
+    ]
+    finetuned = any(row.finetuned_test_accuracy is not None for row in results)
+    header = ["target", "method", "test acc", "reward acc", "param sparsity", "FLOPs sparsity", "time (s)"]
+    if finetuned:
+        header.insert(3, f"after FT ({metadata['finetune_epochs']} ep)")
+    rows = [header]
+    previous = None
+    for row in results:
+        cells = [
+            _percent(row.target_sparsity, 0) + "%" if row.target_sparsity != previous else "",
+            row.method,
+            _percent(row.test_accuracy),
+            _percent(row.reward_accuracy),
+            _percent(row.param_sparsity, 2),
+            _percent(row.flops_sparsity, 2),
+            f"{row.seconds:.2f}",
+        ]
+        if finetuned:
+            cells.insert(3, _percent(row.finetuned_test_accuracy))
+        rows.append(cells)
+        previous = row.target_sparsity
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    numeric = set(range(2, len(header)))
+    for index, cells in enumerate(rows):
+        text = "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        lines.append(text.rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append(f"accuracies and sparsities in %; time = one pruning episode; total {metadata['total_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+_CSV_FIELDS = (
+    "target_sparsity", "method", "test_accuracy", "reward_accuracy", "param_sparsity", "flops_sparsity",
+    "seconds", "episode_return", "action_type", "finetuned_test_accuracy", "finetune_seconds",
+)
+
+
+def write_results(comparison: Comparison, output: Path, env: Any | None = None) -> None:
+    """Write ``results.json``, ``results.csv``, ``table.txt``, the recipes and the two plots.
+
+    Each recipe (``recipes/<method>-<target>.json``) records the env's post-pruning steps
+    (BatchNorm re-calibration), so ``prune-gym export --recipe`` writes a model that scores
+    what the table says; ``env`` is the env the methods ran through (for that record).
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    record = {**comparison.metadata, "results": [asdict(row) for row in comparison.results]}
+    atomic_write_json(output / "results.json", record)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS)
+    writer.writeheader()
+    for row in comparison.results:
+        values = asdict(row)
+        writer.writerow({key: values[key] for key in _CSV_FIELDS})
+    atomic_write_text(output / "results.csv", buffer.getvalue())
+    atomic_write_text(output / "table.txt", comparison.table + "\n")
+    # Per-layer sparsities as recipes that `prune-gym export --recipe` and apply_recipe accept.
+    bn_batches = prune_env_of(env).bn_recalibration_batches if env is not None else comparison.metadata["matched"].get("bn_recalibration_batches", 0)
+    for row in comparison.results:
+        recipe = Recipe(
+            layers=row.layer_sparsities, overall_sparsity=row.param_sparsity,
+            meta={"env_id": comparison.env_id, "method": row.method, "target_sparsity": row.target_sparsity,
+                  "bn_recalibration_batches": bn_batches, "test_accuracy": row.test_accuracy,
+                  "reward_accuracy": row.reward_accuracy},
+        )
+        atomic_write_json(output / "recipes" / f"{method_slug(row.method)}-{row.target_sparsity:.2f}.json", recipe.to_json())
+    plot_accuracy(comparison, output / "accuracy_vs_sparsity.png")
+    plot_layer_sparsity(comparison, output / "layer_sparsity.png")
+
+
+def method_slug(method: str) -> str:
+    """A method's label as a file-name part: ``"Global MP + MT"`` -> ``"global-mp-mt"``."""
+    return method.lower().replace(" + ", "-").replace("(", "").replace(")", "").replace(" ", "-")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: works without a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(comparison: Comparison, path: Path) -> None:
+    """Test accuracy against target sparsity, one line per method (and after fine-tuning)."""
+    plt = _pyplot()
+    methods = list(dict.fromkeys(row.method for row in comparison.results))
+    finetuned = any(row.finetuned_test_accuracy is not None for row in comparison.results)
+    panels = [("test accuracy (one-shot)", "test_accuracy")]
+    if finetuned:
+        epochs = comparison.metadata["finetune_epochs"]
+        panels.append((f"after {epochs} epoch{'s' if epochs != 1 else ''} of masked fine-tuning", "finetuned_test_accuracy"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for axis, (title, key) in zip(axes[0], panels, strict=True):
+        for method in methods:
+            rows = sorted((r for r in comparison.results if r.method == method), key=lambda r: r.target_sparsity)
+            axis.plot([100 * r.target_sparsity for r in rows], [100 * getattr(r, key) for r in rows], marker="o", label=method)
+        dense = comparison.metadata["dense_test_accuracy"]
+        if dense == dense:  # not NaN
+            axis.axhline(100 * dense, color="grey", linestyle="--", linewidth=1, label="dense")
+        axis.set_xlabel("overall sparsity (%)")
+        axis.set_ylabel("test accuracy (%)")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(comparison.env_id)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
+    """Per-layer sparsity of the agent against Global MP, one panel per target."""
+    plt = _pyplot()
+    agent_label = next(row.method for row in comparison.results if row.method.endswith("(greedy)"))
+    best_label = agent_label.replace("(greedy)", "(best found)")
+    targets = list(dict.fromkeys(row.target_sparsity for row in comparison.results))
+    figure, axes = plt.subplots(len(targets), 1, figsize=(10, 2.4 * len(targets) + 0.6), squeeze=False)
+    for axis, target in zip(axes[:, 0], targets, strict=True):
+        bars = [comparison.result("Global MP", target), comparison.result(agent_label, target)]
+        bars += [row for row in comparison.results if row.method == best_label and row.target_sparsity == target]
+        names = list(bars[0].layer_sparsities)
+        positions = range(len(names))
+        width = 0.8 / len(bars)
+        for offset, row in enumerate(bars):
+            shift = (offset - (len(bars) - 1) / 2) * width
+            axis.bar([p + shift for p in positions], [100 * row.layer_sparsities[n] for n in names], width, label=row.method)
+        axis.set_ylabel("sparsity (%)")
+        axis.set_ylim(0, 100)
+        axis.set_title(
+            f"target {100 * target:.0f}%: test accuracy "
+            + ", ".join(f"{row.method} {_percent(row.test_accuracy)}%" for row in bars), fontsize=9,
+        )
+        axis.set_xticks(list(positions))
+        axis.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="upper left")
+    figure.suptitle(f"{comparison.env_id}: per-layer sparsity")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

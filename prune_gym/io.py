@@ -1,0 +1,49 @@
+"""Files written atomically: a temporary file in the same folder, then a rename over the path.
+
+A reader (or a second writer) never sees a half-written file, and a run killed mid-write
+leaves the previous file intact. Every file prune-gym writes that a later command reads goes
+through here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+__all__ = ["atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(handle)`` on a temporary binary file next to ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_save(obj: object, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path``, atomically."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path``, atomically."""
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON to ``path``, atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
