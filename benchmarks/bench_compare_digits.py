@@ -7,7 +7,12 @@ the printed table, as JSON and Markdown.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_compare_digits.py --output benchmarks/results/compare_digits
+    .venv/bin/python benchmarks/bench_compare_digits.py --empty-cache --output benchmarks/results/compare_digits
+
+``--empty-cache`` times it as on a fresh machine (the digits model is trained first, in a
+temporary cache). Besides ``<output>.json`` and ``<output>.md`` it keeps the command's plots
+(``<output>_accuracy_vs_sparsity.png``, ``<output>_layer_sparsity.png``) and recipes
+(``<output>_recipes/``), which the README shows.
 
 Pass ``--timesteps`` or ``--sparsity`` to time other budgets; the rest of the arguments match
 ``prune-gym compare``.
@@ -20,6 +25,7 @@ import datetime
 import json
 import os
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -43,23 +49,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the command's default: 1)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, help="write <output>.json and <output>.md")
+    parser.add_argument("--output", type=Path, help="write <output>.json, <output>.md, the plots and the recipes")
+    parser.add_argument("--empty-cache", action="store_true", help="time it from an empty model cache (a fresh machine)")
     args = parser.parse_args(argv)
+    cache = tempfile.TemporaryDirectory() if args.empty_cache else None
+    if cache is not None:
+        os.environ["PRUNE_GYM_CACHE"] = cache.name
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     started, cpu_started = time.perf_counter(), cpu_seconds()
     with tempfile.TemporaryDirectory() as folder:
         result = compare(
-            args.env, args.sparsity, "dqn", timesteps=args.timesteps, output_dir=folder,
-            env_kwargs={"device": args.device}, seed=args.seed, progress_bar=False,
+            args.env, args.sparsity, "dqn", timesteps=args.timesteps, output_dir=Path(folder) / "compare",
+            env_kwargs={"device": args.device}, seed=args.seed,
         )
-    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+        wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+        if args.output is not None:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            for name in ("accuracy_vs_sparsity.png", "layer_sparsity.png"):
+                shutil.copyfile(result.output_dir / name, args.output.with_name(f"{args.output.name}_{name}"))
+            recipes = args.output.with_name(f"{args.output.name}_recipes")
+            shutil.rmtree(recipes, ignore_errors=True)
+            shutil.copytree(result.output_dir / "recipes", recipes)
     record = {
         "benchmark": "compare_digits",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": f"prune-gym compare {args.env} --sparsity {' '.join(map(str, args.sparsity))}"
         + (f" --timesteps {args.timesteps}" if args.timesteps else "") + f" --threads {args.threads}",
+        "model_cache": "empty (the digits model trained first)" if args.empty_cache else "as found",
+        "agent_episodes": result.metadata["agent"]["episodes"],
         "machine": machine_info(),
         "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
         "wall_seconds": wall,
@@ -82,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
             f"Date {record['date']}; {info['cpu']}, {info['logical_cpus']} logical CPUs, "
             f"{info['torch_threads']} torch thread(s), GPU {info['gpu']}; torch {info['torch']}, "
             f"Python {info['python']}.",
-            f"Wall {wall:.0f} s (agent training {record['agent_train_seconds']:.0f} s for "
-            f"{record['agent_timesteps']:,} steps), CPU of the main process {cpu:.0f} s; load average "
+            f"Wall {wall:.0f} s, model cache {record['model_cache']} (agent training "
+            f"{record['agent_train_seconds']:.0f} s for {record['agent_timesteps']:,} steps, "
+            f"{record['agent_episodes']:,} episodes), CPU of the main process {cpu:.0f} s; load average "
             f"{load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
             "",
             "```",
@@ -92,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
         args.output.with_suffix(".md").write_text("\n".join(markdown))
+    if cache is not None:
+        cache.cleanup()
     return 0
 
 

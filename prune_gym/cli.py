@@ -98,7 +98,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("--recipe", metavar="JSON", help="prune with this recipe of per-layer sparsities instead of a policy")
     parser.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="masked fine-tuning epochs (default: 0)")
     parser.add_argument("--gradual-steps", type=int, default=1, metavar="K", help="Global MP in K steps on the cubic schedule, fine-tuning --finetune-epochs after each (default: 1, one-shot)")
-    parser.add_argument("--bn-recalibration-batches", type=int, metavar="N", help="re-estimate BatchNorm statistics on N batches of 256 train images after pruning, as the env does (default: the recipe's recorded value, else the env's default: 1 for digits, 0 elsewhere)")
+    parser.add_argument("--bn-recalibration-batches", type=_count_arg, metavar="N", help="re-estimate BatchNorm statistics on N batches of 256 train images after pruning, as the env does (default: the recipe's recorded value, else the env's default: 1 for digits, 0 elsewhere)")
     parser.add_argument("--output", required=True, metavar="PATH", help="checkpoint path, e.g. pruned.pt")
     parser.add_argument("--weights", metavar="PATH", help="the task's trained weights (else its default)")
     parser.add_argument("--data-dir", metavar="DIR", help="the task's data folder (else its environment variable)")
@@ -144,6 +144,36 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
+    return value
+
+
+def _writable_file_arg(text: str) -> str:
+    """A path whose folder exists, checked before any work (not after a long run)."""
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"the folder of {text} does not exist: create it first")
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder: give a file path")
+    return text
+
+
 def _sparsity_arg(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -174,7 +204,7 @@ def _env_kwargs(args: argparse.Namespace) -> dict:
 
 def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--threads", type=int, default=1, metavar="N",
+        "--threads", type=_positive_int, default=1, metavar="N",
         help="torch CPU threads (default: 1, the fastest for small models and on a shared CPU; "
         "raise it for large models on a free CPU)",
     )
@@ -182,14 +212,14 @@ def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
 
 def _add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algo", default="dqn", help="dqn (default), ppo, a2c; sac, td3, ddpg with continuous actions")
-    parser.add_argument("--timesteps", type=int, metavar="N", help="training steps in total (default: the hyperparameters' n_timesteps)")
+    parser.add_argument("--timesteps", type=_count_arg, metavar="N", help="training steps in total (default: the hyperparameters' n_timesteps)")
     parser.add_argument("--hyperparams", metavar="YAML", help="rl-zoo3 style hyperparameter file (default: the shipped one for --algo)")
     parser.add_argument("--action-type", choices=("discrete", "continuous"), help="the agent's action type (default: the first --algo allows)")
     parser.add_argument("--reward", help="reward function: purl (default), terminal, accuracy-sparsity, flops")
     parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
     parser.add_argument("--device", default="auto", help="where the pruned model runs: auto (CUDA if present), cpu, cuda (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="agent and target-draw seed (default: 0)")
-    parser.add_argument("--n-envs", type=int, metavar="N", help="envs the agent trains in, in parallel, one process each (default: the hyperparameters' n_envs, else 1)")
+    parser.add_argument("--n-envs", type=_positive_int, metavar="N", help="envs the agent trains in, in parallel, one process each (default: the hyperparameters' n_envs, else 1)")
     _add_threads_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logs")
@@ -210,8 +240,8 @@ def _add_train(subparsers) -> None:
     _add_agent_arguments(parser)
     parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="target sparsity; several: one drawn per episode (default: the env's, 0.8)")
     parser.add_argument("--output", metavar="DIR", help="run folder (default: runs/<ENV>-<algo>)")
-    parser.add_argument("--checkpoint-freq", type=int, default=5000, metavar="N", help="save a checkpoint every N steps (default: 5000; 0: only at the end)")
-    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="continue from the newest checkpoint in the run folder (or from CHECKPOINT)")
+    parser.add_argument("--checkpoint-freq", type=_count_arg, default=5000, metavar="N", help="save a checkpoint every N steps (default: 5000; 0: only at the end)")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="continue from the newest complete checkpoint in the run folder (or from CHECKPOINT). Checkpoints are SB3 zip files, which unpickle Python objects: resume only from files you trust")
     parser.set_defaults(handler=_run_train)
 
 
@@ -257,13 +287,12 @@ def _add_baseline(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random policy (default: 0)")
     _add_threads_argument(parser)
-    parser.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    parser.add_argument("--json", type=_writable_file_arg, metavar="PATH", help="also write the result as JSON")
     parser.set_defaults(handler=_run_baseline)
 
 
 def _run_baseline(args: argparse.Namespace) -> int:
     import dataclasses
-    import json
 
     import gymnasium as gym
 
@@ -294,9 +323,10 @@ def _run_baseline(args: argparse.Namespace) -> int:
     for name, numel in zip(prune_env.layer_names(), prune_env.state.numels, strict=True):
         print(f"  {name.ljust(width)}  {numel:7d}  {100 * result.layer_sparsities[name]:7.2f}%")
     if args.json:
+        from prune_gym.io import atomic_write_json
+
         record = {"env_id": args.env, "dense_test_accuracy": prune_env.dense_test_accuracy, **dataclasses.asdict(result)}
-        with open(args.json, "w") as handle:
-            json.dump(record, handle, indent=2)
+        atomic_write_json(args.json, record)
         print(f"wrote {args.json}")
     env.close()
     return 0
@@ -317,9 +347,9 @@ def _add_compare(subparsers) -> None:
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v0 (see `prune-gym envs`)")
     parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", default=[0.5, 0.7, 0.8, 0.9], metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9)")
     _add_agent_arguments(parser)
-    parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one")
+    parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one (an SB3 zip file, which unpickles Python objects: load only files you trust)")
     parser.add_argument("--min-threshold", type=float, default=0.0005, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: 0.0005; 0 leaves the method out)")
-    parser.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="also fine-tune every method's pruned model for N epochs with its masks (default: 0)")
+    parser.add_argument("--finetune-epochs", type=_count_arg, default=0, metavar="N", help="also fine-tune every method's pruned model for N epochs with its masks (default: 0)")
     parser.add_argument("--output", metavar="DIR", help="output folder (default: results/<ENV>-<time>)")
     parser.set_defaults(handler=_run_compare)
 
@@ -367,10 +397,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError, AttributeError):  # no real descriptor: nothing to flush
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, FileNotFoundError) as error:
-        # Bad input and missing files are the user's to fix: say what, not a traceback.
-        print(f"prune-gym {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        message = _user_error(error)
+        if message is None:
+            raise
+        # Bad input, missing or unreadable files are the user's to fix: say what, not a traceback.
+        print(f"prune-gym {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _user_error(error: Exception) -> str | None:
+    """The one-line message for an error the user can fix (None: a bug, show the traceback)."""
+    import pickle
+    import zipfile
+
+    import gymnasium
+    import yaml
+
+    if isinstance(error, gymnasium.error.Error):
+        return f"{error} (`prune-gym envs` lists the registered ids)"
+    if isinstance(error, yaml.YAMLError):
+        return f"the hyperparameter file is not valid YAML: {error}"
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    if isinstance(error, pickle.UnpicklingError | EOFError | zipfile.BadZipFile):
+        return (f"a file could not be read ({type(error).__name__}: {first_line}): it is truncated, empty or "
+                "not in the expected format; check the path (weights, agent or checkpoint) or rewrite the file")
+    if isinstance(error, PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError):
+        return f"{first_line}: choose a path you can write to (e.g. --output)"
+    if isinstance(error, ValueError | FileNotFoundError):
+        return str(error)
+    return None
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def as_tensors(data: DataLike, batch_size: int = 512, num_workers: int = 0) -> t
         inputs, labels = data
         if len(inputs) != len(labels):
             raise ValueError(f"inputs and labels differ in length: {len(inputs)} vs {len(labels)}")
-        return inputs, labels.long()
+        return inputs, check_labels(labels)
     if isinstance(data, Dataset):
         data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     if not isinstance(data, DataLoader):
@@ -60,7 +60,33 @@ def as_tensors(data: DataLike, batch_size: int = 512, num_workers: int = 0) -> t
         ys.append(torch.as_tensor(batch[1]))
     if not xs:
         raise ValueError("the split is empty: it needs at least one sample")
-    return torch.cat(xs), torch.cat(ys).long()
+    return torch.cat(xs), check_labels(torch.cat(ys))
+
+
+def check_labels(labels: Tensor, num_classes: int | None = None) -> Tensor:
+    """Labels as a 1-D int64 tensor of class indices, or ValueError saying what is wrong.
+
+    Catches what would otherwise give a silently wrong accuracy: labels of shape ``(N, 1)``
+    (``argmax(1) == y`` would broadcast to ``(N, N)``), one-hot or soft labels, fractional or
+    negative values, and (given ``num_classes``, the model's output width) labels the model
+    cannot predict.
+    """
+    if labels.dim() != 1:
+        hint = "squeeze the label tensor" if labels.dim() == 2 and labels.shape[1] == 1 else "give class indices (e.g. one_hot.argmax(1))"
+        raise ValueError(f"labels must be a 1-D tensor of class indices, got shape {tuple(labels.shape)}: {hint}")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        raise ValueError("labels must be integer class indices, got fractional values (soft labels?)")
+    labels = labels.long()
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
+    if num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"a label is {int(labels.max())} but the model has {num_classes} outputs: do the labels and the "
+            f"model's classes match?"
+        )
+    return labels
 
 
 def sample_tensors(data: DataLike, count: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -161,6 +187,7 @@ class Evaluator:
             labels = labels.to(self.device, non_blocking=True)
             self.batches = list(zip(inputs.split(self.batch_size), labels.split(self.batch_size)))
             self.num_samples = len(labels)
+            self.sample_shape = tuple(inputs.shape[1:])
         else:
             dataset = data.dataset if isinstance(data, DataLoader) else data
             self.loader = DataLoader(
@@ -169,6 +196,7 @@ class Evaluator:
             )
             self.channels_last = channels_last and on_cuda
             self.num_samples = len(dataset)
+            self.sample_shape = tuple(torch.as_tensor(dataset[0][0]).shape) if self.num_samples else ()
         if self.num_samples == 0:
             raise ValueError("the split is empty: it needs at least one sample")
         if self.channels_last:
@@ -176,6 +204,38 @@ class Evaluator:
         self.stages = model_stages(model) if cache_activations and resident else None
         self._cached_stage: int | None = None
         self._cache: list[Tensor] = []
+
+    def check(self, split: str = "split") -> int:
+        """Run the model on two samples and check its output against the labels; returns the
+        number of classes. Raises ValueError naming the model and ``split`` when the model
+        fails on the inputs, does not return ``(batch, classes)`` logits, or a label is out of
+        range, so a bad split fails at construction, not at the first wrong number."""
+        if self.loader is not None:
+            x, y = next(iter(self.loader))
+            x, y = x[:2].to(self.device), check_labels(torch.as_tensor(y))
+        else:
+            x, y = self.batches[0][0][:2], self.batches[0][1]
+        name = type(self.model).__name__
+        try:
+            with torch.inference_mode():
+                logits = self._logits(x)
+        except (RuntimeError, TypeError, ValueError, IndexError) as error:
+            raise ValueError(
+                f"{name} fails on the {split}'s inputs (shape {tuple(x.shape)}, dtype {x.dtype}): {error}"
+            ) from None
+        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != len(x):
+            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(
+                f"{name} must return logits of shape (batch, classes) on the {split}; got {shape} "
+                f"for a batch of {len(x)} (wrap the model so that forward returns one logits tensor)"
+            )
+        num_classes = int(logits.shape[1])
+        labels = torch.cat([labels for _, labels in self.batches]) if self.loader is None else y
+        try:
+            check_labels(labels, num_classes)
+        except ValueError as error:
+            raise ValueError(f"{split}: {error}") from None
+        return num_classes
 
     # -- cache bookkeeping -----------------------------------------------------------------
 

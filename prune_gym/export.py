@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
-from prune_gym.io import atomic_save, atomic_write_text
+from prune_gym.io import atomic_save, atomic_write_text, check_writable_path
 from prune_gym.pruning import (
     PrunableLayer,
     check_mask,
@@ -178,6 +178,9 @@ def recipe_from_json(data: Any, source: str = "recipe") -> Recipe:
             raise ValueError(f"{source}: 'layers' must map layer names to sparsities")
     else:
         layers, overall, meta = data, None, {}
+    if not layers:
+        raise ValueError(f"{source}: the recipe names no layer, so it would export the dense model; "
+                         "give each layer's sparsity ({\"layer_name\": 0.8, ...})")
     return Recipe(layers=_check_layer_sparsities(layers, source), overall_sparsity=overall, meta=dict(meta))
 
 
@@ -438,6 +441,7 @@ def export_task(
     output = Path(output)
     if output.suffix == ".json":
         raise ValueError(f"the checkpoint path {output} ends in .json: give a .pt path (the recipe goes next to it)")
+    check_writable_path(output, "--output")
     task_obj = get_task(task)
     if bn_recalibration_batches is None:
         recorded = recipe.meta.get("bn_recalibration_batches") if recipe is not None else None

@@ -16,7 +16,23 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text", "check_writable_path"]
+
+
+def check_writable_path(path: str | os.PathLike, what: str = "output") -> Path:
+    """Check, before any work, that a file can be created at ``path``: no part of its folder is a
+    file, and the nearest existing folder is writable. Returns ``path``; ValueError otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"the {what} path {path} is a folder: give a file path")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"the {what} path {path} lies under {parent}, which is a file: choose another path")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot write under {parent} (permission denied): choose another {what} path")
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:

@@ -76,17 +76,38 @@ def find_prunable_layers(
         exclude_types: module types to skip, e.g. ``[nn.Linear]``.
 
     Raises:
-        ValueError: if no prunable layer remains.
+        ValueError: if no prunable layer remains, if an ``exclude_names`` pattern matches no
+            prunable layer (a typo would silently exclude nothing), or if two layers share one
+            weight tensor (tied weights: pruning one would rewrite the other).
     """
-    patterns = list(exclude_names)
+    # A single string is one pattern, not a sequence of one-letter patterns.
+    patterns = [exclude_names] if isinstance(exclude_names, str) else list(exclude_names)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ValueError(f"exclude_names must be name patterns (strings), got {pattern!r}")
     skip_types = tuple(exclude_types)
+    candidates = [(name, module) for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name, _ in candidates)]
+    if unmatched:
+        raise ValueError(
+            f"exclude pattern(s) {unmatched} match no prunable layer; the prunable layers are "
+            f"{[name for name, _ in candidates]} (patterns are fnmatch-style, e.g. 'fc' or 'layer4.*')"
+        )
     layers = [
         PrunableLayer(name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, PRUNABLE_TYPES)
-        and not (skip_types and isinstance(module, skip_types))
+        for name, module in candidates
+        if not (skip_types and isinstance(module, skip_types))
         and not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
     ]
+    owners: dict[int, str] = {}
+    for layer in layers:
+        other = owners.setdefault(id(layer.module.weight), layer.name)
+        if other != layer.name:
+            raise ValueError(
+                f"layers {other!r} and {layer.name!r} share one weight tensor (tied weights): pruning "
+                f"one would rewrite the other. Exclude one of them (exclude_layers=[{layer.name!r}]) "
+                f"to prune the shared tensor once"
+            )
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no prunable layer (Conv1d/Conv2d/Conv3d/Linear)"

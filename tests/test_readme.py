@@ -16,5 +16,8 @@ def test_readme_has_python_examples():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_python_block_runs(index, digits_model_state, capsys):
+def test_readme_python_block_runs(index, digits_model_state, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the examples write files (an exported model) where they run
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {"__name__": f"readme_block_{index}"})
+    # Each example shows what it computed.
+    assert capsys.readouterr().out.strip(), f"README.md block {index} prints nothing"

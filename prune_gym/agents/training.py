@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -115,20 +117,37 @@ def _worker_env(env_id: str, targets, seed, threads: int, env_kwargs: dict[str, 
     return Monitor(make_training_env(env_id, targets, seed=seed, **env_kwargs))
 
 
-def latest_checkpoint(output_dir: str | os.PathLike, algo: str | None = None) -> Path | None:
-    """The checkpoint with the most steps in ``<output_dir>/checkpoints`` (None if there is none)."""
+def checkpoints_newest_first(output_dir: str | os.PathLike, algo: str | None = None) -> list[Path]:
+    """The checkpoints in ``<output_dir>/checkpoints``, most steps first."""
     folder = Path(output_dir) / "checkpoints"
-    best: tuple[int, Path] | None = None
     if not folder.is_dir():
-        return None
+        return []
+    found = []
     for path in folder.iterdir():
         match = _CHECKPOINT_NAME.match(path.name)
-        if match is None or (algo is not None and match["algo"] != algo):
-            continue
-        steps = int(match["steps"])
-        if best is None or steps > best[0]:
-            best = (steps, path)
-    return None if best is None else best[1]
+        if match is not None and (algo is None or match["algo"] == algo):
+            found.append((int(match["steps"]), path))
+    return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """A whole zip file and, for an off-policy algorithm, its replay buffer beside it.
+
+    A kill between the two writes (or during one) leaves an incomplete checkpoint; resuming
+    from it would silently start with an empty replay buffer.
+    """
+    if not zipfile.is_zipfile(path):
+        return False
+    match = _CHECKPOINT_NAME.match(path.name)
+    algo = match["algo"] if match else None
+    off_policy = algo in ALGORITHMS and issubclass(ALGORITHMS[algo][0], OffPolicyAlgorithm)
+    buffer = _replay_buffer_path(path)
+    return not off_policy or (buffer.is_file() and buffer.stat().st_size > 0)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike, algo: str | None = None) -> Path | None:
+    """The complete checkpoint with the most steps in ``<output_dir>/checkpoints`` (None if none)."""
+    return next((path for path in checkpoints_newest_first(output_dir, algo) if is_complete_checkpoint(path)), None)
 
 
 def _replay_buffer_path(model_path: Path) -> Path:
@@ -253,12 +272,7 @@ def train_agent(
     output = Path(output_dir) if output_dir is not None else Path("runs") / f"{env_id}-{algo}"
     resumed_from = None
     if resume:  # find the checkpoint before building anything
-        resumed_from = latest_checkpoint(output, algo) if resume is True else Path(resume)
-        if resumed_from is None:
-            raise FileNotFoundError(
-                f"--resume: no {algo} checkpoint in {output / 'checkpoints'}; train without --resume "
-                f"first (or pass the checkpoint's path)"
-            )
+        resumed_from = _checkpoint_to_resume(output, algo, resume)
     elif holds_run(output):
         raise ValueError(
             f"{output} already holds a training run ({', '.join(holds_run(output))}): pass --resume "
@@ -279,6 +293,8 @@ def train_agent(
         timesteps = default_timesteps(algo, env, hyperparams)
     if int(timesteps) < 0:
         raise ValueError(f"timesteps must be >= 0, got {timesteps}")
+    if isinstance(checkpoint_freq, bool) or not isinstance(checkpoint_freq, int) or checkpoint_freq < 0:
+        raise ValueError(f"checkpoint_freq must be a whole number >= 0 (0: only at the end), got {checkpoint_freq!r}")
     timesteps = int(timesteps)
     checkpoints = output / "checkpoints"
     created = not output.exists()
@@ -332,6 +348,28 @@ def train_agent(
     if owned_env and isinstance(env, SubprocVecEnv):
         env.close()
     return TrainResult(model, model_path, output, model.num_timesteps, seconds, resumed_from, recorder)
+
+
+def _checkpoint_to_resume(output: Path, algo: str, resume: bool | str | os.PathLike) -> Path:
+    if resume is not True:
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
+        if not is_complete_checkpoint(path):
+            raise ValueError(f"--resume {path}: the checkpoint is incomplete (a damaged zip, or its replay buffer is missing)")
+        return path
+    candidates = checkpoints_newest_first(output, algo)
+    chosen = latest_checkpoint(output, algo)
+    if chosen is None:
+        raise FileNotFoundError(
+            f"--resume: no complete {algo} checkpoint in {output / 'checkpoints'}"
+            + (f" ({len(candidates)} incomplete: a damaged zip or a missing replay buffer)" if candidates else "")
+            + "; train without --resume into a new --output (or pass a checkpoint's path)"
+        )
+    if candidates and candidates[0] != chosen:
+        print(f"resume: the newest checkpoint {candidates[0].name} is incomplete (a kill while it was written); "
+              f"resuming from {chosen.name}, the newest complete one", file=sys.stderr)
+    return chosen
 
 
 #: Files whose presence marks a folder as holding a training run.

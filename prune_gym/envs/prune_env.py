@@ -170,6 +170,10 @@ class PruneEnv(gym.Env):
         if action_type == "discrete" and (not isinstance(n_actions, int | np.integer) or n_actions < 2):
             raise ValueError(f"n_actions must be an integer >= 2 for discrete actions, got {n_actions!r}")
         self.target_sparsity = self._check_target(target_sparsity)
+        if isinstance(sparsity_weight, bool) or not isinstance(sparsity_weight, int | float | np.number) or not math.isfinite(sparsity_weight):
+            raise ValueError(f"sparsity_weight must be a finite number (the reward's beta), got {sparsity_weight!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         self.reward_fn = get_reward(reward)
         self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -208,9 +212,20 @@ class PruneEnv(gym.Env):
             self.model, reward_data, self.device, batch_size=batch_size, amp=amp,
             channels_last=channels_last, cache_activations=cache_activations,
         )
+        # Check every split now (model output, label shape and range, input shape), so a bad
+        # split fails here with the split named, not at the last step of the first episode.
+        self.num_classes = self.evaluator.check("reward split")
         self._test_data = test_data
-        self._test_evaluator: Evaluator | None = None
         self._eval_options = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
+        self._test_evaluator: Evaluator | None = None
+        if test_data is not None:
+            self._test_evaluator = Evaluator(self.model, test_data, self.device, cache_activations=False, **self._eval_options)
+            if self._test_evaluator.sample_shape != self.evaluator.sample_shape:
+                raise ValueError(
+                    f"the test split's inputs have shape {self._test_evaluator.sample_shape} per sample, the reward "
+                    f"split's {self.evaluator.sample_shape}: give both splits in the model's input shape"
+                )
+            self._test_evaluator.check("test split")
         self._train_data = train_data
         self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.finetune_steps = int(finetune_steps)
@@ -261,11 +276,19 @@ class PruneEnv(gym.Env):
 
         return get_task(task).env_defaults.get(name, fallback)
 
-    @staticmethod
-    def _check_target(target_sparsity: float | None) -> float | None:
+    def _check_target(self, target_sparsity: float | None) -> float | None:
+        """The target as a float, or ValueError unless the action range can reach it exactly."""
         if target_sparsity is None:
             return None
-        return check_sparsity(target_sparsity, "target_sparsity")
+        target = check_sparsity(target_sparsity, "target_sparsity")
+        if not self.min_sparsity <= target <= self.max_sparsity:
+            raise ValueError(
+                f"target_sparsity {target} is outside [min_sparsity, max_sparsity] = "
+                f"[{self.min_sparsity}, {self.max_sparsity}]: every layer's sparsity lies in that range, so "
+                f"the episode could not end at the target; "
+                + ("raise max_sparsity" if target > self.max_sparsity else "lower min_sparsity")
+            )
+        return target
 
     def _load_task(self, task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples):
         from prune_gym.tasks import get_task
@@ -315,9 +338,17 @@ class PruneEnv(gym.Env):
                     f"action {action!r} is not in {self.action_space}: give an integer in [0, {self.action_space.n - 1}]"
                 )
             return float(self.levels[int(action)])
-        value = np.asarray(action, dtype=np.float32).reshape(-1)
-        if value.shape != (1,) or not np.isfinite(value).all() or not -1.0 <= float(value[0]) <= 1.0:
-            raise ValueError(f"action {action!r} is not in {self.action_space}: give one finite float in [-1, 1]")
+        # What the Box contains, plus a plain real number: no strings, bools, complex numbers or
+        # other shapes (a (1, 1) array is a batch, not an action).
+        is_number = isinstance(action, int | float | np.integer | np.floating) and not isinstance(action, bool | np.bool_)
+        is_array = isinstance(action, np.ndarray) and action.shape in ((1,), ()) and np.issubdtype(action.dtype, np.number) \
+            and not np.issubdtype(action.dtype, np.complexfloating)
+        value = np.asarray(action, dtype=np.float64).reshape(-1) if is_number or is_array else None
+        if value is None or not np.isfinite(value).all() or not -1.0 <= float(value[0]) <= 1.0:
+            raise ValueError(
+                f"action {action!r} is not in {self.action_space}: give one finite real number in [-1, 1] "
+                "(a float or an array of shape (1,))"
+            )
         fraction = (float(value[0]) + 1.0) / 2.0
         return self.min_sparsity + fraction * (self.max_sparsity - self.min_sparsity)
 
@@ -339,10 +370,8 @@ class PruneEnv(gym.Env):
 
     def evaluate_test(self) -> float:
         """Test-split accuracy of the model as it is now (pruned or dense)."""
-        if self._test_data is None:
-            raise ValueError("no test split: pass test_data= (or use a task) to get test accuracy")
         if self._test_evaluator is None:
-            self._test_evaluator = Evaluator(self.model, self._test_data, self.device, cache_activations=False, **self._eval_options)
+            raise ValueError("no test split: pass test_data= (or use a task) to get test accuracy")
         return self._test_evaluator.accuracy()
 
     def layer_names(self) -> list[str]:
@@ -352,16 +381,14 @@ class PruneEnv(gym.Env):
     # Gymnasium API
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
+        # Validate everything first, then change state: a rejected reset leaves the env as it was.
         options = dict(options or {})
-        if "target_sparsity" in options:
-            self.target_sparsity = self._check_target(options.pop("target_sparsity"))
-        if options:
-            raise ValueError(f"unknown reset options {sorted(options)}: only 'target_sparsity' is accepted")
-        if self.target_sparsity is not None and self.target_sparsity > self.max_sparsity:
-            raise ValueError(
-                f"target_sparsity {self.target_sparsity} is above max_sparsity {self.max_sparsity}: raise max_sparsity"
-            )
+        unknown = sorted(set(options) - {"target_sparsity"})
+        if unknown:
+            raise ValueError(f"unknown reset options {unknown}: only 'target_sparsity' is accepted")
+        target = self._check_target(options["target_sparsity"]) if "target_sparsity" in options else self.target_sparsity
+        super().reset(seed=seed)
+        self.target_sparsity = target
         self.state.restore()
         if self._full_snapshot is not None:
             restore_state(self.model, self._full_snapshot)

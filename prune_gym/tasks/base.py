@@ -8,6 +8,7 @@ environment variable and the command that fix it.
 from __future__ import annotations
 
 import os
+import pickle
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,14 @@ def load_state_dict_file(model: nn.Module, path: Path, what: str) -> nn.Module:
     """Load a checkpoint (a state dict, or a dict with a ``"state_dict"``/``"model"`` entry)."""
     if not path.is_file():
         raise MissingResourceError(f"{what}: no checkpoint file at {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"{what}: cannot read the checkpoint {path} ({first_line}); it is truncated, empty or not a "
+            f"torch checkpoint: pass another weights file, or re-create it (`prune-gym pretrain`)"
+        ) from None
     if isinstance(checkpoint, dict):
         for key in ("state_dict", "model"):
             if isinstance(checkpoint.get(key), dict):

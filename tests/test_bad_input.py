@@ -1,0 +1,275 @@
+"""Bad input never gives a wrong answer or a stuck env: a clear error, and nothing changed.
+
+Most cases use a tiny model of the user's own (milliseconds per episode); the CLI cases use
+the registered digits env with a small budget.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prune_gym import PruneEnv
+from prune_gym.cli import main
+
+ENV_ID = "PruneResNet20Digits-v0"
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv1d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 4))
+
+
+def tiny_data(n: int = 64, labels_shape: tuple[int, ...] | None = None):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 16, generator=generator)
+    y = torch.randint(0, 4, labels_shape or (n,), generator=generator)
+    return x, y
+
+
+def tiny_env(**kwargs) -> PruneEnv:
+    options = {"model": tiny_model(), "reward_data": tiny_data(), "test_data": tiny_data(), "device": "cpu"}
+    return PruneEnv(**{**options, **kwargs})
+
+
+# -- constructor arguments ---------------------------------------------------------------------
+
+
+def test_a_target_below_min_sparsity_is_refused():
+    with pytest.raises(ValueError, match=r"outside \[min_sparsity, max_sparsity\].*lower min_sparsity"):
+        tiny_env(target_sparsity=0.3, min_sparsity=0.5)
+    env = tiny_env(target_sparsity=0.6, min_sparsity=0.5)
+    with pytest.raises(ValueError, match="lower min_sparsity"):
+        env.reset(options={"target_sparsity": 0.3})
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), "1", None, True])
+def test_sparsity_weight_must_be_a_finite_number(weight):
+    with pytest.raises(ValueError, match="sparsity_weight must be a finite number"):
+        tiny_env(sparsity_weight=weight)
+
+
+@pytest.mark.parametrize("batch_size", [2.7, 0, "64", True])
+def test_batch_size_must_be_a_whole_number(batch_size):
+    with pytest.raises(ValueError, match="batch_size must be a whole number"):
+        tiny_env(batch_size=batch_size)
+
+
+def test_exclude_layers_as_one_string_is_one_pattern():
+    env = tiny_env(exclude_layers="3")  # the Linear layer's name
+    assert env.layer_names() == ["0"]
+
+
+def test_an_exclude_pattern_that_matches_nothing_is_an_error():
+    with pytest.raises(ValueError, match=r"match no prunable layer.*\['0', '3'\]"):
+        tiny_env(exclude_layers=["fc"])
+
+
+def test_tied_weights_are_refused_with_the_fix():
+    model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
+    model[2].weight = model[0].weight
+    data = (torch.randn(32, 6), torch.randint(0, 3, (32,)))
+    with pytest.raises(ValueError, match="share one weight tensor.*exclude_layers=\\['2'\\]"):
+        PruneEnv(model=model, reward_data=data, device="cpu")
+    env = PruneEnv(model=model, reward_data=data, device="cpu", exclude_layers=["2"])
+    assert env.state.total == 6 * 6 + 6 * 3  # the shared tensor is counted once
+
+
+# -- splits are checked at construction -------------------------------------------------------
+
+
+def test_labels_of_shape_n_by_1_are_refused_at_construction():
+    with pytest.raises(ValueError, match=r"1-D tensor of class indices, got shape \(64, 1\): squeeze"):
+        tiny_env(reward_data=tiny_data(labels_shape=(64, 1)))
+
+
+def test_one_hot_and_fractional_labels_are_refused():
+    x, y = tiny_data()
+    with pytest.raises(ValueError, match="1-D tensor of class indices"):
+        tiny_env(reward_data=(x, nn.functional.one_hot(y, 4).float()))
+    with pytest.raises(ValueError, match="fractional"):
+        tiny_env(reward_data=(x, y.float() + 0.5))
+
+
+def test_test_split_problems_surface_at_construction_not_at_the_last_step():
+    x, y = tiny_data()
+    with pytest.raises(ValueError, match="test split: a label is 9 but the model has 4 outputs"):
+        tiny_env(test_data=(x, torch.full_like(y, 9)))
+    with pytest.raises(ValueError, match="test split's inputs have shape"):
+        tiny_env(test_data=(torch.randn(64, 3, 8), y))
+
+
+def test_a_model_that_fails_on_the_data_names_model_and_split():
+    with pytest.raises(ValueError, match=r"Sequential fails on the reward split's inputs \(shape \(2, 5, 16\)"):
+        tiny_env(reward_data=(torch.randn(64, 5, 16), tiny_data()[1]), test_data=None)
+
+
+def test_tuple_outputs_are_a_clear_error():
+    class TupleModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = tiny_model()
+
+        def forward(self, x):
+            return self.body(x), x
+
+    with pytest.raises(ValueError, match=r"must return logits of shape \(batch, classes\)"):
+        tiny_env(model=TupleModel())
+
+
+# -- reset and step never leave state half-changed --------------------------------------------
+
+
+def test_a_rejected_reset_target_leaves_the_target_and_the_episode_as_they_were():
+    env = tiny_env(target_sparsity=0.5)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    with pytest.raises(ValueError, match="raise max_sparsity"):
+        env.reset(options={"target_sparsity": 0.995})
+    assert env.target_sparsity == 0.5 and env.current_layer == 1  # the episode goes on unchanged
+    env.reset()  # and a plain reset still works
+    assert env.current_layer == 0
+
+
+def test_unknown_reset_options_change_nothing():
+    env = tiny_env(target_sparsity=0.5)
+    env.reset(seed=0)
+    env.step(env.action_space.sample())
+    with pytest.raises(ValueError, match=r"unknown reset options \['foo'\]"):
+        env.reset(options={"target_sparsity": 0.7, "foo": 1})
+    assert env.target_sparsity == 0.5 and env.current_layer == 1
+
+
+@pytest.mark.parametrize("action", ["0.5", True, np.array([[0.1]]), 1j, np.array([0.5 + 0j]), [0.2]])
+def test_continuous_actions_accept_what_the_box_contains_only(action):
+    env = tiny_env(action_type="continuous")
+    env.reset(seed=0)
+    before = [mask.clone() for mask in env.state.masks]
+    with pytest.raises(ValueError, match="finite real number in \\[-1, 1\\]"):
+        env.step(action)
+    assert all(torch.equal(a, b) for a, b in zip(before, env.state.masks, strict=True))
+    assert env.current_layer == 0
+
+
+@pytest.mark.parametrize("action", [0.25, np.float32(-0.5), np.array([0.0], dtype=np.float32), np.array(0.9)])
+def test_continuous_actions_in_the_box_are_taken(action):
+    env = tiny_env(action_type="continuous")
+    env.reset(seed=0)
+    env.step(action)
+    assert env.current_layer == 1
+
+
+# -- training checkpoints ------------------------------------------------------------------------
+
+
+def test_resume_skips_an_incomplete_newest_checkpoint(tmp_path, capsys):
+    from prune_gym.agents.training import latest_checkpoint, train_agent
+
+    synthetic = {"synthetic": True, "synthetic_samples": 8, "device": "cpu"}
+    quick = {"learning_starts": 20, "batch_size": 8}
+    output = tmp_path / "run"
+    train_agent(ENV_ID, "dqn", 44, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
+                checkpoint_freq=22, progress_bar=False, tensorboard=False)
+    checkpoints = output / "checkpoints"
+    # A kill between the model's zip and its replay buffer: the newest zip has no buffer.
+    (checkpoints / "dqn_replay_buffer_44_steps.pkl").unlink()
+    assert latest_checkpoint(output, "dqn").name == "dqn_22_steps.zip"
+    resumed = train_agent(ENV_ID, "dqn", 66, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
+                          checkpoint_freq=0, progress_bar=False, tensorboard=False, resume=True)
+    assert resumed.resumed_from.name == "dqn_22_steps.zip"
+    assert "dqn_44_steps.zip is incomplete" in capsys.readouterr().err
+    # The checkpoint's buffer came back (SB3 saves it before storing the 22nd transition: 21),
+    # plus the 44 steps of this run; an empty buffer would give 44.
+    assert resumed.model.replay_buffer.size() == 21 + 44
+
+    # No complete checkpoint at all: say so, never resume with an empty buffer.
+    for path in checkpoints.glob("*.pkl"):
+        path.unlink()
+    with pytest.raises(FileNotFoundError, match="no complete dqn checkpoint.*incomplete"):
+        train_agent(ENV_ID, "dqn", 88, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
+                    checkpoint_freq=0, progress_bar=False, tensorboard=False, resume=True)
+    # A truncated zip is incomplete too.
+    damaged = checkpoints / "dqn_66_steps.zip"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert not zipfile.is_zipfile(damaged)
+
+
+@pytest.mark.parametrize("freq", [-1, 2.5])
+def test_checkpoint_freq_must_be_a_whole_number(tmp_path, freq):
+    from prune_gym.agents.training import train_agent
+
+    with pytest.raises(ValueError, match="checkpoint_freq must be a whole number"):
+        train_agent(ENV_ID, "dqn", 10, output_dir=tmp_path / "run", env_kwargs={"synthetic": True, "device": "cpu"},
+                    n_envs=1, checkpoint_freq=freq, progress_bar=False, tensorboard=False)
+    assert not (tmp_path / "run").exists()
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", ENV_ID, "--checkpoint-freq", "-1"],
+        ["train", ENV_ID, "--n-envs", "0"],
+        ["compare", ENV_ID, "--threads", "0"],
+        ["baseline", ENV_ID, "--sparsity", "0.5", "--json", "missing_dir/x.json"],
+    ],
+)
+def test_bad_numbers_and_paths_are_usage_errors_before_any_work(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_unknown_env_id_is_one_line(capsys):
+    assert main(["baseline", "PruneNoSuchNet-v0", "--sparsity", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "prune-gym envs" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"not a torch file"])
+def test_a_corrupt_weights_file_is_one_line(tmp_path, capsys, content):
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(content)
+    code = main(["export", "resnet20-digits", "--sparsity", "0.5", "--weights", str(weights),
+                 "--output", str(tmp_path / "x.pt"), "--device", "cpu"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot read the checkpoint" in err and "weights.pt" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_malformed_yaml_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("default: [unclosed\n")
+    assert main(["train", ENV_ID, "--hyperparams", str(bad), "--output", str(tmp_path / "run"), "--timesteps", "10"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_is_one_line(tmp_path, capsys, digits_model_state):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["export", "resnet20-digits", "--sparsity", "0.5", "--output", str(blocker / "x.pt"),
+                 "--device", "cpu"]) == 2
+    assert "which is a file: choose another path" in capsys.readouterr().err
+
+
+def test_an_empty_recipe_is_refused(tmp_path, capsys):
+    recipe = tmp_path / "empty.json"
+    recipe.write_text(json.dumps({"format": "prune-gym-recipe", "layers": {}, "overall_sparsity": 0.8}))
+    assert main(["export", "resnet20-digits", "--recipe", str(recipe), "--output", str(tmp_path / "x.pt")]) == 2
+    assert "names no layer" in capsys.readouterr().err
+
+
+def test_the_help_warns_that_agent_files_are_unpickled(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "unpickles" in capsys.readouterr().out
