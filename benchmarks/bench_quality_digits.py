@@ -81,7 +81,7 @@ REFERENCE_METHODS = ("Global MP", "Global MP + MT", "uniform", "random")
 #: 2-core CPU (the table says when a budget is below the algorithm's default).
 FULL = {"seeds": [0, 1, 2], "sparsities": [0.5, 0.7, 0.8, 0.9, 0.95], "timesteps": ["10000"],
         "eval_every": 1000, "finetune_epochs": 3}
-QUICK = {"seeds": [0], "sparsities": [0.5, 0.9], "timesteps": ["400"], "eval_every": 200, "finetune_epochs": 1}
+QUICK = {"seeds": [0], "sparsities": [0.5, 0.9], "timesteps": ["200"], "eval_every": 200, "finetune_epochs": 1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -513,6 +513,112 @@ def recalibrate_batchnorm(model: nn.Module, inputs: Tensor, batch_size: int = 25
     return model
 
 
+class BatchNormCalibrator:
+    """:func:`recalibrate_batchnorm` after each pruning step, resumed from the changed stage.
+
+    Layers are pruned in forward order. When a layer in stage ``s`` changes, the BatchNorm
+    layers of stages before ``s`` see the same calibration inputs through unchanged weights, so
+    their statistics cannot change, and neither can the activations (train-mode BatchNorm, batch
+    statistics) that leave stage ``s - 1``. The calibrator keeps those activations for the
+    stage of the next layer to change and re-estimates only the BatchNorm layers from ``s`` on,
+    running only those stages. The result equals a full :func:`recalibrate_batchnorm` on the
+    same inputs (a test compares them); without ``stages`` every call is a full one.
+
+    Args:
+        model: the model (on the device of ``inputs``).
+        inputs: the calibration images (``recalibration_inputs``).
+        stages: modules whose composition is ``model.forward`` (``evaluation.model_stages``),
+            or None.
+        batch_size: calibration batch size.
+    """
+
+    def __init__(self, model: nn.Module, inputs: Tensor, stages: Sequence[nn.Module] | None, batch_size: int = BN_RECALIBRATION_BATCH) -> None:
+        if len(inputs) == 0:
+            raise ValueError("BatchNorm re-calibration needs at least one input")
+        self.model = model
+        self.batches = list(inputs.split(batch_size))
+        self.stages = list(stages) if stages else None
+        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.stage_norms = (
+            [[m for m in stage.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] for stage in self.stages]
+            if self.stages else None
+        )
+        self._cached_stage: int | None = None
+        self._cache: list[Tensor] = []
+
+    def mark_changed(self, stage: int = 0) -> None:
+        """Weights in ``stage`` changed outside :meth:`recalibrate` (0: anything, e.g. a reset)."""
+        if self._cached_stage is not None and stage < self._cached_stage:
+            self._cached_stage, self._cache = None, []
+
+    def norms_from(self, stage: int) -> list[nn.Module]:
+        """The BatchNorm layers a :meth:`recalibrate` from ``stage`` may change."""
+        if self.stage_norms is None or stage <= 0:
+            return list(self.norms)
+        return [norm for norms in self.stage_norms[stage:] for norm in norms]
+
+    def start_for(self, from_stage: int) -> int:
+        """The stage a :meth:`recalibrate` from ``from_stage`` would start at (0: a full one)."""
+        return from_stage if self.stages is not None and self._cached_stage == from_stage and from_stage > 0 else 0
+
+    def capture(self, from_stage: int = 0) -> list[tuple[nn.Module, tuple[Tensor, ...]]]:
+        """A copy of the statistics a :meth:`recalibrate` from ``from_stage`` may change (with
+        :meth:`restore`, the rollback of a failed step; cheaper than a copy of the model)."""
+        return [(norm, tuple(t.clone() for t in _norm_buffers(norm))) for norm in self.norms_from(self.start_for(from_stage))]
+
+    @staticmethod
+    @torch.no_grad()
+    def restore(saved: list[tuple[nn.Module, tuple[Tensor, ...]]]) -> None:
+        """Put back what :meth:`capture` took."""
+        for norm, buffers in saved:
+            for own, value in zip(_norm_buffers(norm), buffers, strict=True):
+                own.copy_(value)
+
+    @torch.no_grad()
+    def recalibrate(self, from_stage: int = 0, keep_stage: int | None = None) -> int:
+        """Re-estimate the statistics of every BatchNorm layer from ``from_stage`` on (all of them
+        when the cache does not hold that stage's input); keep the calibration activations that
+        enter ``keep_stage`` for the next call. Returns the first stage that was re-estimated."""
+        if not self.norms:
+            return from_stage
+        start = self.start_for(from_stage)
+        norms = self.norms_from(start)
+        keep = keep_stage if self.stages is not None and keep_stage is not None and start <= keep_stage < len(self.stages) else None
+        momenta = [norm.momentum for norm in norms]
+        self.model.eval()
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average over the batches
+            norm.train()
+        # BatchNorm layers before ``start`` are not re-estimated, but their outputs must be the
+        # train-mode (batch statistics) outputs a full re-calibration computes: the cache holds them.
+        new_cache: list[Tensor] = []
+        try:
+            for index, batch in enumerate(self.batches):
+                if self.stages is None:
+                    self.model(batch)
+                    continue
+                h = self._cache[index] if start > 0 else batch
+                for stage_index in range(start, len(self.stages)):
+                    if stage_index == keep:
+                        new_cache.append(h)
+                    h = self.stages[stage_index](h)
+        finally:
+            for norm, momentum in zip(norms, momenta, strict=True):
+                norm.momentum = momentum
+            for norm in self.norms:
+                norm.eval()
+        if keep is not None:
+            self._cached_stage, self._cache = keep, new_cache
+        else:
+            self._cached_stage, self._cache = None, []
+        return start
+
+
+def _norm_buffers(norm: nn.Module) -> tuple[Tensor, ...]:
+    return tuple(t for t in (norm.running_mean, norm.running_var, norm.num_batches_tracked) if t is not None)
+
+
 def capture_state(model: nn.Module) -> dict[str, Tensor]:
     """A copy of every parameter and buffer of ``model``, on the device where each lives.
 

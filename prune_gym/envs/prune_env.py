@@ -24,9 +24,9 @@ from prune_gym.finetune import (
     BN_RECALIBRATION_BATCH,
     BN_RECALIBRATION_SEED,
     RESIDENT_TRAIN_SAMPLES,
+    BatchNormCalibrator,
     capture_state,
     finetune_steps,
-    recalibrate_batchnorm,
     restore_state,
 )
 from prune_gym.pruning import (
@@ -243,10 +243,15 @@ class PruneEnv(gym.Env):
             stage_of_modules(stages, [layer.module for layer in self.layers]) if stages else [0] * self.num_layers
         )
         self._static = static_features(self.layers, self.state.dense, self.layer_flops)
-        # Re-calibration and fine-tuning change more than the masked weights: keep a device copy
-        # of every parameter and buffer to reset from.
-        self._full_snapshot = capture_state(self.model) if self.bn_recalibration_batches or self.finetune_steps else None
+        # Fine-tuning changes every parameter and buffer: keep a device copy of all of them to
+        # reset from. Re-calibration alone changes only BatchNorm statistics: keep those.
+        self._full_snapshot = capture_state(self.model) if self.finetune_steps else None
         self._train_tensors: tuple[Tensor, Tensor] | None = None
+        self.calibrator: BatchNormCalibrator | None = None
+        if self.bn_recalibration_batches:
+            inputs = self._resident_train()[0][: self.bn_recalibration_batches * BN_RECALIBRATION_BATCH]
+            self.calibrator = BatchNormCalibrator(self.model, inputs, stages if cache_activations else None)
+        self._norm_snapshot = self.calibrator.capture(0) if self.calibrator is not None else None
         self._finetune_generator = torch.Generator().manual_seed(split_seed)
         self._global_mp_cache: dict[tuple[float, float | None], list[float]] = {}
 
@@ -389,12 +394,9 @@ class PruneEnv(gym.Env):
         target = self._check_target(options["target_sparsity"]) if "target_sparsity" in options else self.target_sparsity
         super().reset(seed=seed)
         self.target_sparsity = target
-        self.state.restore()
-        if self._full_snapshot is not None:
-            restore_state(self.model, self._full_snapshot)
+        self._restore_dense()
         if seed is not None:
             self._finetune_generator.manual_seed(seed)
-        self.evaluator.mark_changed(0)
         self._reset_episode_state()
         self._t = 0
         info = {
@@ -424,7 +426,9 @@ class PruneEnv(gym.Env):
         low, high = self._feasible_pruned_counts(index)
         count = int(np.clip(round(requested * numel), low, high))
         previous_mask = self.state.masks[index].clone()
+        # What the step may change besides the mask, for the rollback of a failed step.
         before_step = capture_state(self.model) if self._full_snapshot is not None else None
+        norms_before = self.calibrator.capture(self.layer_stage[index]) if self.calibrator is not None and before_step is None else None
         try:
             if self.finetune_steps:
                 # Retrained weights differ from the dense copy: rank the current ones.
@@ -441,7 +445,9 @@ class PruneEnv(gym.Env):
                 self.state.masks[index].copy_(previous_mask)
             else:
                 self.state.set_mask(index, previous_mask)
-            self.evaluator.mark_changed(0)
+            if norms_before is not None:
+                BatchNormCalibrator.restore(norms_before)
+            self._mark_changed(0)
             raise
 
         previous_sparsity = self._pruned / self.state.total
@@ -520,12 +526,27 @@ class PruneEnv(gym.Env):
                 lr=self.finetune_lr, generator=self._finetune_generator,
             )
             stage = 0
-        if self.bn_recalibration_batches:
-            inputs = self._resident_train()[0][: self.bn_recalibration_batches * BN_RECALIBRATION_BATCH]
-            recalibrate_batchnorm(self.model, inputs, batch_size=BN_RECALIBRATION_BATCH)
-            stage = 0
+        if self.calibrator is not None:
+            # Statistics before ``stage`` cannot change: re-estimate from ``stage`` on (exact).
+            next_stage = self.layer_stage[index + 1] if index + 1 < self.num_layers else None
+            self.calibrator.mark_changed(stage)
+            stage = self.calibrator.recalibrate(stage, keep_stage=next_stage)
         self.evaluator.mark_changed(stage)
         return stage
+
+    def _mark_changed(self, stage: int) -> None:
+        self.evaluator.mark_changed(stage)
+        if self.calibrator is not None:
+            self.calibrator.mark_changed(stage)
+
+    def _restore_dense(self) -> None:
+        """The dense trained network, bit for bit, from the device copies (masks and statistics)."""
+        self.state.restore()
+        if self._full_snapshot is not None:
+            restore_state(self.model, self._full_snapshot)
+        if self._norm_snapshot is not None:
+            BatchNormCalibrator.restore(self._norm_snapshot)
+        self._mark_changed(0)
 
     def _resident_train(self) -> tuple[Tensor, Tensor]:
         """A fixed random sample of the train split, decoded once and kept on the device."""
@@ -540,14 +561,12 @@ class PruneEnv(gym.Env):
         if self.dense_test_accuracy is None:
             pruned = capture_state(self.model)
             masks = [m.clone() for m in self.state.masks]
-            self.state.restore()
-            if self._full_snapshot is not None:
-                restore_state(self.model, self._full_snapshot)
+            self._restore_dense()
             self.dense_test_accuracy = self.evaluate_test()
             restore_state(self.model, pruned)
             for own, mask in zip(self.state.masks, masks):
                 own.copy_(mask)
-            self.evaluator.mark_changed(0)
+            self._mark_changed(0)
         return self.dense_test_accuracy
 
     def _observation(self) -> np.ndarray:
