@@ -105,7 +105,8 @@ class PruneEnv(gym.Env):
     - ``action_type``, ``n_actions``, ``min_sparsity``, ``max_sparsity``: the action space.
     - ``reward``, ``sparsity_weight``: the reward function and its ``beta``.
     - ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``; ``amp``,
-      ``channels_last``: bf16/fp16 autocast and memory format on CUDA; ``batch_size``;
+      ``channels_last``: bf16/fp16 autocast on CUDA, and the channels-last memory format for
+      image models (on every device: faster on the CPU too, see benchmarks); ``batch_size``;
       ``cache_activations``: resume evaluation from the first changed block (exact).
     - ``data_dir``, ``weights``, ``split_seed``: passed to the task's loaders.
     - ``synthetic``, ``input_shape``, ``synthetic_samples``: random weights and random data of
