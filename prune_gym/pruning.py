@@ -171,7 +171,10 @@ def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
 
 def check_finite(weight: Tensor, name: str) -> None:
     """Raise ValueError if ``weight`` holds NaN or inf: magnitudes would be meaningless."""
-    if not torch.isfinite(weight).all():
+    # A NaN or inf anywhere makes the sum non-finite, so a finite sum proves the weights finite
+    # in one pass without a boolean tensor; only a non-finite sum (which huge finite weights
+    # could also give) needs the element-wise check.
+    if not math.isfinite(float(weight.detach().sum())) and not torch.isfinite(weight).all():
         raise ValueError(
             f"layer {name!r} has NaN or inf weights: load a trained, finite checkpoint before pruning."
         )
@@ -212,6 +215,66 @@ def _remove_smallest(scores: Tensor, count: int) -> Tensor:
     return ~remove
 
 
+#: Sample size of the bracketing step of :func:`_remove_smallest_in_parts`.
+_SAMPLE = 1 << 16
+
+
+def _remove_smallest_in_parts(parts: Sequence[Tensor], count: int) -> list[Tensor]:
+    """:func:`_remove_smallest` over the concatenation of ``parts``, without concatenating them.
+
+    Same result, bit for bit (ties broken by index in the concatenated order), but no sort or
+    ``kthvalue`` over all values: a strided sample brackets the threshold, one pass counts the
+    values below the bracket and gathers those inside it, and ``kthvalue`` runs on that small
+    set only. If the bracket misses (unusual data), it falls back to the full ``kthvalue``.
+    """
+    sizes = [part.numel() for part in parts]
+    total = sum(sizes)
+    if count <= 0:
+        return [torch.ones(n, dtype=torch.bool, device=part.device) for n, part in zip(sizes, parts)]
+    if count >= total:
+        return [torch.zeros(n, dtype=torch.bool, device=part.device) for n, part in zip(sizes, parts)]
+    stride = max(1, total // _SAMPLE)
+    sample = torch.cat([part[::stride] for part in parts])
+    rank = count / total * len(sample)
+    margin = 8.0 * math.sqrt(max(rank * (1 - count / total), 1.0)) + 32  # binomial spread, generously
+    low_rank, high_rank = int(rank - margin), int(rank + margin) + 1
+    low = torch.kthvalue(sample, low_rank).values if low_rank >= 1 else None
+    high = torch.kthvalue(sample, high_rank).values if high_rank <= len(sample) else None
+    # One pass per part: how many values lie below the bracket, and where the ones inside are.
+    below, outside_high, positions, candidates = 0, [], [], []
+    for part in parts:
+        under = part < low if low is not None else torch.zeros_like(part, dtype=torch.bool)
+        within_high = part <= high if high is not None else torch.ones_like(part, dtype=torch.bool)
+        below += int(torch.count_nonzero(under))
+        index = torch.nonzero(within_high ^ under).flatten()  # low <= value <= high
+        outside_high.append(~within_high)
+        positions.append(index)
+        candidates.append(part[index])
+    needed = count - below
+    pool = torch.cat(candidates)
+    if not 1 <= needed <= len(pool):  # the bracket missed the count-th value (unusual data)
+        return _remove_smallest_in_parts_plainly(parts, count)
+    threshold = torch.kthvalue(pool, needed).values
+    # Kept: everything above the bracket, and the candidates above the threshold. Of the values
+    # equal to the threshold (all inside the bracket), the first ones in concatenated order go
+    # until ``count`` are removed; the others stay.
+    to_remove = count - below - int((pool < threshold).sum())
+    keeps = []
+    for keep, index, inside in zip(outside_high, positions, candidates):
+        keep[index[inside > threshold]] = True
+        tied = index[inside == threshold]
+        if len(tied):
+            keep[tied[to_remove:]] = True
+            to_remove = max(0, to_remove - len(tied))
+        keeps.append(keep)
+    return keeps
+
+
+def _remove_smallest_in_parts_plainly(parts: Sequence[Tensor], count: int) -> list[Tensor]:
+    keep = _remove_smallest(torch.cat(list(parts)), count)
+    return list(keep.split([part.numel() for part in parts]))
+
+
 def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
     """Mask removing exactly ``round(sparsity * weight.numel())`` smallest-magnitude weights."""
     sparsity = check_sparsity(sparsity)
@@ -227,12 +290,10 @@ def keep_top_mask(weight: Tensor, keep: int) -> Tensor:
     return _remove_smallest(flat, flat.numel() - keep).view_as(weight)
 
 
-def _flat_scores(weights: Sequence[Tensor]) -> Tensor:
-    return torch.cat([w.detach().abs().flatten().float() for w in weights])
-
-
-def _split(flat: Tensor, weights: Sequence[Tensor]) -> list[Tensor]:
-    return [part.view_as(w) for part, w in zip(flat.split([w.numel() for w in weights]), weights)]
+def _remove_smallest_per_layer(weights: Sequence[Tensor], count: int) -> list[Tensor]:
+    """Keep-masks (one per weight, its shape) removing the ``count`` smallest magnitudes overall."""
+    scores = [w.detach().abs().flatten().float() for w in weights]
+    return [keep.view_as(w) for keep, w in zip(_remove_smallest_in_parts(scores, count), weights)]
 
 
 def minimum_keep(weights: Sequence[Tensor], min_threshold: float) -> int:
@@ -278,7 +339,7 @@ def global_magnitude_masks(
     total = sum(w.numel() for w in weights)
     to_remove = round(sparsity * total)
     if not min_threshold:
-        return _split(_remove_smallest(_flat_scores(weights), to_remove), weights)
+        return _remove_smallest_per_layer(weights, to_remove)
 
     floor = minimum_keep(weights, min_threshold)
     floors = [min(floor, w.numel()) for w in weights]
@@ -295,7 +356,7 @@ def global_magnitude_masks(
         free_total = sum(weights[i].numel() for i in free)
         free_keep = total - to_remove - sum(fixed.values())
         free_weights = [weights[i] for i in free]
-        free_masks = _split(_remove_smallest(_flat_scores(free_weights), free_total - free_keep), free_weights)
+        free_masks = _remove_smallest_per_layer(free_weights, free_total - free_keep)
         below = [i for i, mask in zip(free, free_masks) if int(mask.sum()) < floors[i]]
         if not below:
             break

@@ -563,3 +563,42 @@ def test_accounting_after_a_known_mask():
     assert pruned.remaining_flops == 2 * 1728 * 3 // 4 + 2 * 320 // 4  # 2592 + 160
     assert pruned.param_sparsity == pytest.approx(267 / 428)
     assert pruned.flops_reduction == pytest.approx(1 - 2752 / 4096)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "ties", "zeros", "heavy-tailed"])
+def test_bracketed_selection_equals_one_kthvalue_over_everything(kind):
+    """Global MP's threshold comes from a sampled bracket and a kthvalue over the values inside
+    it; the masks must equal the plain selection over the concatenation, ties (broken by index
+    in concatenated order) included, for every count."""
+    from prune_gym.pruning import _remove_smallest, _remove_smallest_in_parts
+
+    generator = torch.Generator().manual_seed(7)
+    for trial in range(40):
+        parts = []
+        for _ in range(int(torch.randint(1, 6, (1,), generator=generator))):
+            n = int(torch.randint(1, 5000, (1,), generator=generator))
+            values = {
+                "uniform": lambda n: torch.rand(n, generator=generator),
+                "ties": lambda n: torch.randint(0, 4, (n,), generator=generator).float(),
+                "zeros": lambda n: torch.zeros(n),
+                "heavy-tailed": lambda n: torch.randn(n, generator=generator).abs() ** 6,
+            }[kind](n)
+            parts.append(values)
+        total = sum(part.numel() for part in parts)
+        for count in (0, 1, total // 3, total // 2, total - 1, total, int(torch.randint(0, total + 1, (1,), generator=generator))):
+            expected = _remove_smallest(torch.cat(parts), count)
+            got = torch.cat(_remove_smallest_in_parts(parts, count))
+            assert torch.equal(got, expected), (trial, count)
+            assert int((~got).sum()) == count
+
+
+def test_non_finite_weights_are_refused_wherever_they_are():
+    from prune_gym.pruning import global_magnitude_masks
+
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        weights = [torch.randn(10, 10), torch.randn(50)]
+        weights[1][17] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            global_magnitude_masks(weights, 0.5)
+    huge = [torch.full((4,), 3e38), torch.randn(8)]  # a finite sum overflows; the weights are finite
+    assert sum(int((~m).sum()) for m in global_magnitude_masks(huge, 0.5)) == 6
