@@ -165,6 +165,10 @@ def main(argv=None) -> int:
     configs = [
         ("PruneResNet20Digits-v0", {"bn_recalibration_batches": 0}, episodes, True),
         ("PruneResNet20Digits-v0", {}, episodes, True),
+        # The same memory format on both sides: what the rest of PruneEnv's design gives, with
+        # bit-identical numerics (channels_last changes the order of float sums, which can flip
+        # an argmax on a near-tie).
+        ("PruneResNet20Digits-v0", {"channels_last": False}, episodes, True),
     ]
     for amp in amp_settings:
         configs.append((
