@@ -299,11 +299,98 @@ def _remove_smallest_per_layer(weights: Sequence[Tensor], count: int) -> list[Te
 def minimum_keep(weights: Sequence[Tensor], min_threshold: float) -> int:
     """Number of weights every layer keeps under Minimum Threshold ``min_threshold``.
 
-    ``min_threshold`` is a fraction of all prunable weights of the network (0.0005 = 0.05%).
+    ``min_threshold`` is a fraction of all prunable weights of the network (0.0005 = 0.05%, the
+    paper's default); as in the official code the count is rounded down.
     """
     if not (0.0 <= float(min_threshold) < 1.0):
         raise ValueError(f"min_threshold must be a fraction in [0, 1), got {min_threshold!r}")
-    return math.ceil(float(min_threshold) * sum(w.numel() for w in weights))
+    return int(float(min_threshold) * sum(w.numel() for w in weights))
+
+
+def minimum_threshold_sparsities(
+    numels: Sequence[int], global_sparsities: Sequence[float], sparsity: float, minimum: int,
+    max_rounds: int = 10_000,
+) -> list[float]:
+    """Minimum Threshold as the official Global MP code does it (``prune_withMT.py``, step 2).
+
+    1. Layers with no more weights than ``minimum`` stay dense.
+    2. Every other layer's Global MP sparsity is rescaled by ``sparsity / overall``, so the
+       overall sparsity is the target.
+    3. Layers now left with fewer than ``minimum`` weights are set to keep exactly ``minimum``
+       (sparsity ``1 - minimum / n``); while that leaves the overall sparsity under the target,
+       rescale and clamp again.
+
+    The official loop repeats until the float sum reaches the target, which it approaches
+    geometrically; here it stops when it is within 1e-12 (or after ``max_rounds``), and the
+    integer counts are fixed by :func:`sparsities_to_counts`.
+
+    Raises:
+        ValueError: if the target is unreachable with every layer keeping ``minimum`` weights.
+    """
+    numels = [int(n) for n in numels]
+    total = sum(numels)
+    floors = [min(n, minimum) for n in numels]
+    if sum(floors) > total - round(sparsity * total):
+        reachable = 1.0 - sum(floors) / total
+        raise ValueError(
+            f"target sparsity {sparsity} is unreachable with a Minimum Threshold of {minimum} weights per "
+            f"layer: at most {reachable:.4f} sparsity is possible. Lower the target or the min_threshold."
+        )
+    small = [n <= minimum for n in numels]
+    values = [0.0 if is_small else float(s) for s, is_small in zip(global_sparsities, small)]
+
+    def overall(values: list[float]) -> float:
+        return sum(n * s for n, s in zip(numels, values)) / total
+
+    def clamp(values: list[float]) -> list[float]:
+        return [
+            1.0 - minimum / n if not is_small and (1.0 - s) * n < minimum else s
+            for s, n, is_small in zip(values, numels, small)
+        ]
+
+    current = overall(values)
+    if current <= 0.0:
+        return values
+    values = clamp([s * sparsity / current for s in values])
+    for _ in range(max_rounds):
+        current = overall(values)
+        if current >= sparsity - 1e-12:
+            break
+        values = clamp([s * sparsity / current for s in values])
+    return values
+
+
+def sparsities_to_counts(numels: Sequence[int], sparsities: Sequence[float], sparsity: float,
+                         keep_at_least: Sequence[int] | None = None) -> list[int]:
+    """Per-layer counts of weights to remove that sum to exactly ``round(sparsity * N)``.
+
+    Each layer gets ``floor(s * n)``; the weights still missing go, one each, to the layers with
+    the largest remainders (largest-remainder rounding), never below ``keep_at_least``.
+    """
+    numels = [int(n) for n in numels]
+    caps = [n - (keep_at_least[i] if keep_at_least is not None else 0) for i, n in enumerate(numels)]
+    counts = [min(int(math.floor(s * n)), cap) for s, n, cap in zip(sparsities, numels, caps)]
+    missing = round(sparsity * sum(numels)) - sum(counts)
+    order = sorted(range(len(numels)), key=lambda i: (-(sparsities[i] * numels[i] - counts[i]), i))
+    while missing > 0:
+        progressed = False
+        for i in order:
+            if missing == 0:
+                break
+            if counts[i] < caps[i]:
+                counts[i] += 1
+                missing -= 1
+                progressed = True
+        if not progressed:
+            raise ValueError("the per-layer caps leave too few weights to reach the target sparsity")
+    while missing < 0:
+        for i in reversed(order):
+            if missing == 0:
+                break
+            if counts[i] > 0:
+                counts[i] -= 1
+                missing += 1
+    return counts
 
 
 def global_magnitude_masks(
@@ -315,17 +402,12 @@ def global_magnitude_masks(
     magnitude across the whole network (as ``torch.nn.utils.prune.global_unstructured`` with
     ``L1Unstructured`` does).
 
-    Minimum Threshold (MT, Gupta et al. 2022): with ``min_threshold=m``, every layer keeps at
-    least ``k = ceil(m * N)`` weights (all of them if it has fewer). The algorithm:
-
-    1. Compute the global-threshold masks over the layers that are not yet fixed, with the
-       pruning budget that remains for them.
-    2. Every layer that now keeps fewer than ``min(k, n_layer)`` weights is fixed at exactly
-       that many (its largest-magnitude weights) and leaves the pool; the budget it no longer
-       takes is shared by the others, whose sparsities therefore rise.
-    3. Repeat until no layer falls below the minimum. Each round fixes at least one layer, so it
-       ends after at most as many rounds as there are layers, and the overall target is met
-       exactly.
+    With ``min_threshold=m`` (Minimum Threshold, Gupta et al. 2022, a fraction of all prunable
+    weights: 0.0005 is the paper's 0.05%), the per-layer sparsities are those of the official
+    procedure (:func:`minimum_threshold_sparsities`): every layer keeps at least ``int(m * N)``
+    weights (all of them if it has no more), the others share the rest in proportion to their
+    Global MP sparsities. Each layer is then magnitude-pruned to its count, and the counts sum
+    to exactly ``round(sparsity * N)``.
 
     Raises:
         ValueError: for a sparsity outside [0, 1), NaN/inf weights, or a target that the
@@ -338,36 +420,14 @@ def global_magnitude_masks(
         check_finite(weight, f"#{index}")
     total = sum(w.numel() for w in weights)
     to_remove = round(sparsity * total)
+    global_masks = _remove_smallest_per_layer(weights, to_remove)
     if not min_threshold:
-        return _remove_smallest_per_layer(weights, to_remove)
-
-    floor = minimum_keep(weights, min_threshold)
-    floors = [min(floor, w.numel()) for w in weights]
-    if sum(floors) > total - to_remove:
-        reachable = 1.0 - sum(floors) / total
-        raise ValueError(
-            f"target sparsity {sparsity} is unreachable with min_threshold={min_threshold}: every "
-            f"layer must keep {floor} weights, so at most {reachable:.4f} sparsity is possible. "
-            f"Lower the target or the min_threshold."
-        )
-    fixed: dict[int, int] = {}
-    while True:
-        free = [i for i in range(len(weights)) if i not in fixed]
-        free_total = sum(weights[i].numel() for i in free)
-        free_keep = total - to_remove - sum(fixed.values())
-        free_weights = [weights[i] for i in free]
-        free_masks = _remove_smallest_per_layer(free_weights, free_total - free_keep)
-        below = [i for i, mask in zip(free, free_masks) if int(mask.sum()) < floors[i]]
-        if not below:
-            break
-        for i in below:
-            fixed[i] = floors[i]
-    masks: list[Tensor] = [None] * len(weights)  # type: ignore[list-item]
-    for i, mask in zip(free, free_masks):
-        masks[i] = mask
-    for i, keep in fixed.items():
-        masks[i] = keep_top_mask(weights[i], keep)
-    return masks
+        return global_masks
+    minimum = minimum_keep(weights, min_threshold)
+    numels = [w.numel() for w in weights]
+    sparsities = minimum_threshold_sparsities(numels, [mask_sparsity(m) for m in global_masks], sparsity, minimum)
+    counts = sparsities_to_counts(numels, sparsities, sparsity, keep_at_least=[min(n, minimum) for n in numels])
+    return [keep_top_mask(w, n - count) for w, n, count in zip(weights, numels, counts)]
 
 
 def uniform_magnitude_masks(weights: Sequence[Tensor], sparsity: float) -> list[Tensor]:

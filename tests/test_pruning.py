@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torchvision
@@ -277,7 +275,7 @@ def test_global_magnitude_sparsities_match_masks():
 def check_minimum_threshold(weights, sparsity: float, min_threshold: float) -> list[torch.Tensor]:
     masks = global_magnitude_masks(weights, sparsity, min_threshold)
     total = sum(w.numel() for w in weights)
-    floor = math.ceil(min_threshold * total)
+    floor = int(min_threshold * total)  # the official code rounds the minimum down
     assert floor == minimum_keep(weights, min_threshold)
     assert total_removed(masks) == round(sparsity * total)
     for weight, mask in zip(weights, masks, strict=True):
@@ -285,12 +283,34 @@ def check_minimum_threshold(weights, sparsity: float, min_threshold: float) -> l
         if weight.numel() <= floor:
             assert mask.all()  # layers no larger than the minimum are not pruned
         assert_removes_smallest_with_index_ties(weight, mask)  # within a layer: magnitude order
-    # Layers above their floor still share one global threshold.
-    free = [(w, m) for w, m in zip(weights, masks, strict=True) if int(m.sum()) > min(floor, w.numel())]
+    # Layers above their floor keep Global MP's proportions: their counts are one common multiple
+    # of their Global MP counts, up to the rounding to whole weights.
+    plain = [removed(m) for m in global_magnitude_masks(weights, sparsity)]
+    free = [(removed(m), count) for w, m, count in zip(weights, masks, plain, strict=True)
+            if int(m.sum()) > min(floor, w.numel()) and w.numel() > floor and count > 0]
     if free:
-        assert_removes_smallest_with_index_ties(torch.cat([w.flatten() for w, _ in free]),
-                                                torch.cat([m.flatten() for _, m in free]))
+        scale = sum(c for c, _ in free) / sum(g for _, g in free)
+        for count, global_count in free:
+            assert abs(count - scale * global_count) <= 1.0 + 1e-6 * global_count
     return masks
+
+
+def test_minimum_threshold_follows_the_official_procedure_on_a_hand_worked_example():
+    """prune_withMT.py, step 2, by hand: N = 2000, minimum int(0.01 * 2000) = 20 weights,
+    Global MP sparsities [0.5, 0.9, 0.8, 0.6] for layers of [10, 100, 890, 1000] weights, target 0.7.
+    Layer 0 (10 <= 20 weights) stays dense; the rest are rescaled to the target; layer 1 would keep
+    fewer than 20, so it keeps exactly 20 (sparsity 0.8); rescaling and clamping repeat, which
+    converges to layers 2 and 3 sharing the remaining 1400 - 80 = 1320 pruned weights in proportion
+    to their Global MP counts (712 and 600): 0.8 * 1320 / 1312 and 0.6 * 1320 / 1312."""
+    from prune_gym.pruning import minimum_threshold_sparsities, sparsities_to_counts
+
+    numels, gmp = [10, 100, 890, 1000], [0.5, 0.9, 0.8, 0.6]
+    got = minimum_threshold_sparsities(numels, gmp, 0.7, minimum=20)
+    expected = [0.0, 0.8, 0.8 * 1320 / 1312, 0.6 * 1320 / 1312]
+    assert got == pytest.approx(expected, abs=1e-9)
+    # Integer counts: floors 0, 80, 716, 603 (1399); the one missing weight goes to the largest
+    # remainder (layer 3: 603.66), so exactly round(0.7 * 2000) = 1400 are removed.
+    assert sparsities_to_counts(numels, got, 0.7, keep_at_least=[10, 20, 20, 20]) == [0, 80, 716, 604]
 
 
 def test_minimum_threshold_caps_small_magnitude_layer_and_spares_tiny_layer():
@@ -303,7 +323,7 @@ def test_minimum_threshold_caps_small_magnitude_layer_and_spares_tiny_layer():
     plain = global_magnitude_masks(weights, 0.5)
     assert int(plain[0].sum()) == 0 and int(plain[2].sum()) == 0
     masks = check_minimum_threshold(weights, 0.5, 0.01)
-    floor = math.ceil(0.01 * 11_005)
+    floor = int(0.01 * 11_005)
     assert int(masks[0].sum()) == floor
     assert torch.equal(masks[0], keep_top_mask(weights[0], floor))
     assert masks[2].all()
@@ -320,7 +340,7 @@ def test_minimum_threshold_property_over_random_networks():
         sparsity = float(torch.rand((), generator=generator)) * 0.99
         min_threshold = float(torch.rand((), generator=generator)) * 0.2
         total = sum(w.numel() for w in weights)
-        floor = math.ceil(min_threshold * total)
+        floor = int(min_threshold * total)
         if sum(min(floor, w.numel()) for w in weights) > total - round(sparsity * total):
             with pytest.raises(ValueError, match="unreachable"):
                 global_magnitude_masks(weights, sparsity, min_threshold)
@@ -342,7 +362,7 @@ def test_minimum_threshold_default_on_mobilenet_v2_at_high_sparsity():
 
 def test_unreachable_target_names_the_reachable_sparsity():
     weights = [torch.randn(100), torch.randn(100), torch.randn(100)]
-    # Every layer keeps ceil(0.2 * 300) = 60 weights: at most 1 - 180/300 = 0.4 sparsity.
+    # Every layer keeps int(0.2 * 300) = 60 weights: at most 1 - 180/300 = 0.4 sparsity.
     with pytest.raises(ValueError, match=r"unreachable.*at most 0\.4000 sparsity"):
         global_magnitude_masks(weights, 0.5, 0.2)
     masks = global_magnitude_masks(weights, 0.4, 0.2)
