@@ -188,7 +188,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_loses_no_step(tmp_path):
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no dqn checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no complete dqn checkpoint"):
         train_agent(ENV_ID, "dqn", 10, output_dir=tmp_path, env_kwargs=SYNTHETIC, resume=True, progress_bar=False)
     with pytest.raises(ValueError, match="action_type='continuous'"):
         train_agent(ENV_ID, "sac", 10, output_dir=tmp_path, env_kwargs=SYNTHETIC, progress_bar=False)
