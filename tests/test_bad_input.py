@@ -187,14 +187,24 @@ def test_resume_skips_an_incomplete_newest_checkpoint(tmp_path, capsys):
     # plus the 44 steps of this run; an empty buffer would give 44.
     assert resumed.model.replay_buffer.size() == 21 + 44
 
+    # A complete-looking newest checkpoint that cannot be read: fall back to the next one, and say so.
+    train_agent(ENV_ID, "dqn", 88, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
+                checkpoint_freq=0, progress_bar=False, tensorboard=False, resume=True)  # writes dqn_88
+    (checkpoints / "dqn_replay_buffer_88_steps.pkl").write_bytes(b"not a pickle")
+    capsys.readouterr()
+    again = train_agent(ENV_ID, "dqn", 110, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
+                        checkpoint_freq=0, progress_bar=False, tensorboard=False, resume=True)
+    assert again.resumed_from.name == "dqn_66_steps.zip"
+    assert "cannot read dqn_88_steps.zip" in capsys.readouterr().err
+
     # No complete checkpoint at all: say so, never resume with an empty buffer.
     for path in checkpoints.glob("*.pkl"):
         path.unlink()
     with pytest.raises(FileNotFoundError, match="no complete dqn checkpoint.*incomplete"):
-        train_agent(ENV_ID, "dqn", 88, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
+        train_agent(ENV_ID, "dqn", 132, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
                     checkpoint_freq=0, progress_bar=False, tensorboard=False, resume=True)
     # A truncated zip is incomplete too.
-    damaged = checkpoints / "dqn_66_steps.zip"
+    damaged = checkpoints / "dqn_110_steps.zip"
     damaged.write_bytes(damaged.read_bytes()[:100])
     assert not zipfile.is_zipfile(damaged)
 

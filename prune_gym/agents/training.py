@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import sys
 import time
@@ -271,8 +272,10 @@ def train_agent(
     env_kwargs = dict(env_kwargs or {})
     output = Path(output_dir) if output_dir is not None else Path("runs") / f"{env_id}-{algo}"
     resumed_from = None
+    if isinstance(checkpoint_freq, bool) or not isinstance(checkpoint_freq, int) or checkpoint_freq < 0:
+        raise ValueError(f"checkpoint_freq must be a whole number >= 0 (0: only at the end), got {checkpoint_freq!r}")
     if resume:  # find the checkpoint before building anything
-        resumed_from = _checkpoint_to_resume(output, algo, resume)
+        candidates = _checkpoints_to_resume(output, algo, resume)
     elif holds_run(output):
         raise ValueError(
             f"{output} already holds a training run ({', '.join(holds_run(output))}): pass --resume "
@@ -293,8 +296,6 @@ def train_agent(
         timesteps = default_timesteps(algo, env, hyperparams)
     if int(timesteps) < 0:
         raise ValueError(f"timesteps must be >= 0, got {timesteps}")
-    if isinstance(checkpoint_freq, bool) or not isinstance(checkpoint_freq, int) or checkpoint_freq < 0:
-        raise ValueError(f"checkpoint_freq must be a whole number >= 0 (0: only at the end), got {checkpoint_freq!r}")
     timesteps = int(timesteps)
     checkpoints = output / "checkpoints"
     created = not output.exists()
@@ -302,7 +303,12 @@ def train_agent(
     tensorboard_dir = output / "tensorboard" if tensorboard else None
 
     try:
-        model = _build_or_load(env, algo, hyperparams, seed, tensorboard_dir, verbose, resumed_from, output)
+        if resume:
+            model, resumed_from = _load_newest_readable(candidates, env, algo, output)
+        else:
+            model = make_agent(env, algo, hyperparams, seed=seed, tensorboard_log=tensorboard_dir, verbose=verbose)
+        if resume and tensorboard_dir is not None:
+            model.tensorboard_log = str(tensorboard_dir)
     except BaseException:
         if created and not any(output.iterdir()):
             output.rmdir()  # nothing was written: leave no empty run folder behind
@@ -350,26 +356,48 @@ def train_agent(
     return TrainResult(model, model_path, output, model.num_timesteps, seconds, resumed_from, recorder)
 
 
-def _checkpoint_to_resume(output: Path, algo: str, resume: bool | str | os.PathLike) -> Path:
+def _checkpoints_to_resume(output: Path, algo: str, resume: bool | str | os.PathLike) -> list[Path]:
+    """The checkpoints to try, best first: the one named, or the complete ones newest first."""
     if resume is not True:
         path = Path(resume)
         if not path.is_file():
             raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
         if not is_complete_checkpoint(path):
             raise ValueError(f"--resume {path}: the checkpoint is incomplete (a damaged zip, or its replay buffer is missing)")
-        return path
-    candidates = checkpoints_newest_first(output, algo)
-    chosen = latest_checkpoint(output, algo)
-    if chosen is None:
+        return [path]
+    found = checkpoints_newest_first(output, algo)
+    complete = [path for path in found if is_complete_checkpoint(path)]
+    if not complete:
         raise FileNotFoundError(
             f"--resume: no complete {algo} checkpoint in {output / 'checkpoints'}"
-            + (f" ({len(candidates)} incomplete: a damaged zip or a missing replay buffer)" if candidates else "")
+            + (f" ({len(found)} incomplete: a damaged zip or a missing replay buffer)" if found else "")
             + "; train without --resume into a new --output (or pass a checkpoint's path)"
         )
-    if candidates and candidates[0] != chosen:
-        print(f"resume: the newest checkpoint {candidates[0].name} is incomplete (a kill while it was written); "
-              f"resuming from {chosen.name}, the newest complete one", file=sys.stderr)
-    return chosen
+    if found[0] != complete[0]:
+        print(f"resume: the newest checkpoint {found[0].name} is incomplete (a kill while it was written); "
+              f"resuming from {complete[0].name}, the newest complete one", file=sys.stderr)
+    return complete
+
+
+def _load_newest_readable(candidates: list[Path], env, algo: str, output: Path) -> tuple[BaseAlgorithm, Path]:
+    """Load the first checkpoint of ``candidates`` that reads; say which were skipped and why."""
+    unreadable = (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, KeyError, OSError)
+    for index, path in enumerate(candidates):
+        try:
+            return load_agent(path, env=env, algo=algo), path
+        except ValueError as error:
+            raise ValueError(
+                f"cannot resume from {path}: {error}. Resume with the env kwargs of the run "
+                f"(see {output / 'run.json'})"
+            ) from None
+        except unreadable as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            if index + 1 == len(candidates):
+                raise ValueError(f"cannot read the checkpoint {path} ({type(error).__name__}: {reason}); "
+                                 "no older complete checkpoint is left to resume from") from None
+            print(f"resume: cannot read {path.name} ({type(error).__name__}: {reason}); trying "
+                  f"{candidates[index + 1].name}", file=sys.stderr)
+    raise FileNotFoundError("no checkpoint to resume from")
 
 
 #: Files whose presence marks a folder as holding a training run.
@@ -380,21 +408,6 @@ def holds_run(folder: str | os.PathLike) -> list[str]:
     """The run files in ``folder`` (empty if it holds no training run)."""
     folder = Path(folder)
     return [name for name in _RUN_MARKERS if (folder / name).exists()]
-
-
-def _build_or_load(env, algo, hyperparams, seed, tensorboard_dir, verbose, resumed_from, output) -> BaseAlgorithm:
-    if resumed_from is None:
-        return make_agent(env, algo, hyperparams, seed=seed, tensorboard_log=tensorboard_dir, verbose=verbose)
-    try:
-        model = load_agent(resumed_from, env=env, algo=algo)
-    except ValueError as error:
-        raise ValueError(
-            f"cannot resume from {resumed_from}: {error}. Resume with the env kwargs of the run "
-            f"(see {output / 'run.json'})"
-        ) from None
-    if tensorboard_dir is not None:
-        model.tensorboard_log = str(tensorboard_dir)
-    return model
 
 
 def _run_record(env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed) -> dict[str, Any]:
