@@ -114,7 +114,10 @@ class PruneEnv(gym.Env):
     - ``exclude_layers``: name patterns of layers never pruned (and not visited).
     - ``bn_recalibration_batches``: re-estimate BatchNorm statistics on this many train
       batches of 256 after each step (0 = off; None = the task's default, which is 1 for the digits
-      task and 0 elsewhere); the statistics are restored on reset.
+      task and 0 elsewhere); only the statistics from the pruned layer's stage on are re-estimated
+      (earlier ones cannot change: the result equals a full re-calibration), and they are
+      restored on reset. ``export`` repeats it on the same images, so a recipe exports to a
+      model that scores what the env reported.
     - ``finetune_steps``, ``finetune_lr``: a short masked retraining (this many SGD steps on
       train batches) after each pruning step, the PuRL-style schedule (0 = off). Later layers
       are then pruned by the magnitude of their retrained weights. Reset restores every
