@@ -76,7 +76,7 @@ def test_compare_prints_the_table_writes_files_and_finetunes(tmp_path, capsys):
     assert (output / "results.json").is_file() and (output / "layer_sparsity.png").is_file()
     rows = json.loads((output / "results.json").read_text())["results"]
     assert {row["method"]: round(row["param_sparsity"], 4) for row in rows} == dict.fromkeys(
-        ["DQN (greedy)", "DQN (best found)", "Global MP", "Global MP + MT", "uniform", "random"], 0.7
+        ["DQN (greedy)", "DQN (best found)", "local search", "Global MP", "Global MP + MT", "uniform", "random"], 0.7
     )
     # --finetune-epochs: every method is fine-tuned with its masks, reported next to one-shot.
     assert "after FT (1 ep)" in out

@@ -13,7 +13,7 @@ from prune_gym.agents.compare import compare
 
 ENV_ID = "PruneResNet20Digits-v0"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-METHODS = ["DQN (greedy)", "DQN (best found)", "Global MP", "Global MP + MT", "uniform", "random"]
+METHODS = ["DQN (greedy)", "DQN (best found)", "local search", "Global MP", "Global MP + MT", "uniform", "random"]
 
 
 
@@ -65,6 +65,7 @@ def test_every_method_meets_the_target_and_global_mp_is_exact(comparison):
     assert record["agent"]["action_type"] == "discrete"
     assert record["agent"]["levels"] == 12 and record["agent"]["n_envs"] == 1
     assert record["agent"]["episodes"] == 3  # 66 steps of 22-layer episodes
+    assert record["search"]["episodes_per_target"] == 1  # equal cost: 3 episodes over 2 targets
     assert 0.9 < record["dense_test_accuracy"] <= 1.0
     env = gym.make(ENV_ID, action_type="continuous", device="cpu")
     total = env.unwrapped.state.total
@@ -94,8 +95,9 @@ def test_a_saved_agent_is_loaded_instead_of_trained(comparison):
     # The run's best_found.json beside the agent brings its best-found recipe along.
     best = json.loads((output / "agent" / "best_found.json").read_text())["best_per_target"]
     assert [row.method for row in again.results] == (
-        ["DQN (greedy)"] + (["DQN (best found)"] if "0.8" in best else []) + ["Global MP", "uniform", "random"]
+        ["DQN (greedy)"] + (["DQN (best found)"] if "0.8" in best else []) + ["local search", "Global MP", "uniform", "random"]
     )
+    assert again.metadata["search"]["episodes_per_target"] == 3  # the run's 3 training episodes, one target
     assert again.output_dir is None
 
 

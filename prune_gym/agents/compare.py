@@ -58,6 +58,7 @@ from prune_gym.agents.policies import (
     prune_env_of,
 )
 from prune_gym.agents.report import Comparison, MethodResult, format_table, write_results
+from prune_gym.agents.search import DEFAULT_STEP, local_search
 from prune_gym.agents.training import (
     TargetSamplingWrapper,
     load_agent,
@@ -199,6 +200,7 @@ def compare(
     seed: int = 0,
     n_envs: int | None = None,
     finetune_epochs: int = 0,
+    search: bool = True,
     progress_bar: bool = True,
     tensorboard: bool = True,
     write_files: bool = True,
@@ -223,6 +225,9 @@ def compare(
             hyperparameters' ``n_envs``, else 1).
         finetune_epochs: if > 0, every method's pruned model is also fine-tuned with masks for
             this many epochs (same recipe for all) and its test accuracy reported.
+        search: also run the search baseline at equal cost ("local search",
+            :func:`prune_gym.agents.search.local_search`): as many env episodes as the agent's
+            training took, split evenly over the targets, best chosen on the reward split.
         progress_bar, tensorboard: for the agent's training.
         write_files: write JSON, CSV, plots and the agent (False: only return the results).
         log: where progress messages go (None: silent).
@@ -267,9 +272,17 @@ def compare(
             env_id, algo, targets, agent_env, agent_env_kwargs, agent_path, timesteps, hyperparams, seed, n_envs,
             staging / "agent" if write_files else None, progress_bar, tensorboard and write_files, say,
         )
-        results = _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs, say)
+        search_episodes = max(agent.episodes // len(targets), 1) if search and agent.episodes else 0
+        results = _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs,
+                                    search_episodes, say)
         metadata = _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwargs, agent_action_type,
                              shared, min_threshold, max_sparsity_note, finetune_epochs)
+        metadata["search"] = {
+            "method": "local search around Global MP's per-layer sparsities (logit-space Gaussian steps, "
+                      f"sd {DEFAULT_STEP}), best on the reward split, replayed",
+            "episodes_per_target": search_episodes,
+            "budget": "the agent's training episodes, split evenly over the targets" if search_episodes else "off",
+        }
         metadata["total_seconds"] = time.perf_counter() - started
         table = format_table(results, metadata)
         comparison = Comparison(env_id, results, metadata, output if write_files else None, table)
@@ -318,8 +331,9 @@ def _train_or_load_agent(
         say(f"loading the agent from {agent_path} (an SB3 file: load only files you trust)")
         model = load_agent(agent_path, env=agent_env, algo=algo)
         best_file = Path(agent_path).parent / "best_found.json"
-        best = json.loads(best_file.read_text())["best_per_target"] if best_file.is_file() else {}
-        return _Agent(model, False, int(model.num_timesteps), 0.0, None, Path(agent_path), best, 0)
+        record = json.loads(best_file.read_text()) if best_file.is_file() else {}
+        best, episodes = record.get("best_per_target", {}), int(record.get("episodes", 0))
+        return _Agent(model, False, int(model.num_timesteps), 0.0, None, Path(agent_path), best, episodes)
     budget = int(timesteps) if timesteps is not None else default_timesteps(algo, agent_env, hyperparams)
     if n_envs is None:
         n_envs = int(load_hyperparams(algo, env_id, hyperparams).get("n_envs", 1))
@@ -345,8 +359,10 @@ def _train_or_load_agent(
                   run.model_path if run_dir is not None else None, best, len(run.episodes.records))
 
 
-def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs, say) -> list[MethodResult]:
-    """Every method at every target: the agent greedy, its best-found recipe, the references."""
+def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs,
+                      search_episodes, say) -> list[MethodResult]:
+    """Every method at every target: the agent greedy, its best-found recipe, the search at
+    equal cost, the reference policies."""
     name = algo.upper()
     methods: list[tuple[str, Any, gym.Env, bool]] = [
         (f"{name} (greedy)", agent.model, agent_env, True),
@@ -363,6 +379,12 @@ def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_thresh
         if best is not None:
             # The best episode of the search (chosen on the reward split), replayed exactly.
             rows.insert(1, (f"{name} (best found)", RecipePolicy(reference_env, best["layer_sparsities"]), reference_env, True))
+        if search_episodes:
+            found = local_search(reference_env, target, search_episodes, seed=seed)
+            say(f"local search at {target}: {search_episodes} episodes, best reward-split accuracy "
+                f"{100 * found.reward_accuracy:.1f}% (Global MP's allocation: {100 * found.best_so_far[0]:.1f}%)")
+            rows.insert(2 if best is not None else 1,
+                        ("local search", RecipePolicy(reference_env, found.layer_sparsities), reference_env, True))
         for label, policy, env, deterministic in rows:
             row = run_episode(policy, env, target, deterministic=deterministic, method=label)
             if finetune_epochs:

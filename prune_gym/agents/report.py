@@ -86,6 +86,12 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
         + "; greedy = its deterministic policy, best found = its best training episode on the reward "
         "split, replayed. Reference policies act through a continuous-action env with the same task, "
         f"split, target, device and max_sparsity {metadata['matched']['max_sparsity']}",
+    ]
+    search = metadata.get("search") or {}
+    if search.get("episodes_per_target"):
+        lines.append(f"local search: around Global MP, {search['episodes_per_target']:,} env episodes per target "
+                     "(the agent's training episodes, split over the targets), best on the reward split")
+    lines += [
         "",
     ]
     finetuned = any(row.finetuned_test_accuracy is not None for row in results)

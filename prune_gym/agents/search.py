@@ -1,0 +1,83 @@
+"""Search at equal cost: a black-box local search around Global MP's per-layer sparsities.
+
+The first question a reviewer asks of a learned pruning policy is whether plain search, given
+the same budget, would have done as well. :func:`local_search` is that reference: it starts
+from Global MP's per-layer sparsities at the target, and each episode perturbs the best
+allocation so far with Gaussian noise in logit space, plays it through the env (which projects
+it onto the exact target and re-calibrates BatchNorm as for any policy) and keeps it if its
+reward-split accuracy is higher. The test split is never read. Its budget is counted in env
+episodes, the unit an agent's training spends, so ``prune-gym compare`` gives it the agent's
+number of training episodes (split evenly over the targets, as the agent's were drawn).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from prune_gym.agents.policies import RecipePolicy, prune_env_of
+
+__all__ = ["DEFAULT_STEP", "SearchResult", "local_search"]
+
+#: Standard deviation of the perturbation of each layer's sparsity, in logit space.
+DEFAULT_STEP = 0.3
+_EPSILON = 1e-4
+
+
+@dataclass
+class SearchResult:
+    """The best allocation a :func:`local_search` found at one target (reward split only)."""
+
+    target_sparsity: float
+    episodes: int
+    layer_sparsities: dict[str, float]
+    reward_accuracy: float
+    #: The best reward-split accuracy after each episode (non-decreasing).
+    best_so_far: list[float] = field(default_factory=list)
+
+
+def _logit(values: np.ndarray) -> np.ndarray:
+    values = np.clip(values, _EPSILON, 1.0 - _EPSILON)
+    return np.log(values / (1.0 - values))
+
+
+def _sigmoid(values: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-values))
+
+
+def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: float = DEFAULT_STEP) -> SearchResult:
+    """Search ``episodes`` env episodes for the per-layer sparsities with the best reward-split
+    accuracy at ``target``, starting from Global MP's (the first episode plays Global MP itself).
+
+    Args:
+        env: a prune-gym env with continuous actions (so every allocation is played exactly).
+        target: the overall sparsity; the env's projection keeps every episode at it.
+        episodes: the budget in env episodes (>= 1).
+        seed: seeds the perturbations.
+        step: standard deviation of the perturbation in logit space.
+    """
+    prune_env = prune_env_of(env)
+    if prune_env.action_type != "continuous":
+        raise ValueError("local_search plays exact allocations: give it an env with action_type='continuous'")
+    if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes < 1:
+        raise ValueError(f"episodes must be a whole number >= 1, got {episodes!r}")
+    from prune_gym.agents.compare import run_episode  # the comparison's episode runner
+
+    names = prune_env.layer_names()
+    rng = np.random.default_rng(seed)
+
+    def play(sparsities: np.ndarray) -> tuple[float, np.ndarray]:
+        row = run_episode(RecipePolicy(env, dict(zip(names, sparsities.tolist(), strict=True))), env, target)
+        return row.reward_accuracy, np.array([row.layer_sparsities[name] for name in names])
+
+    best_accuracy, best = play(np.asarray(prune_env.global_mp_sparsities(target), dtype=np.float64))
+    history = [best_accuracy]
+    for _ in range(int(episodes) - 1):
+        candidate = _sigmoid(_logit(best) + step * rng.standard_normal(len(names)))
+        accuracy, applied = play(candidate)
+        if accuracy > best_accuracy:
+            best_accuracy, best = accuracy, applied
+        history.append(best_accuracy)
+    return SearchResult(float(target), int(episodes), dict(zip(names, best.tolist(), strict=True)), best_accuracy, history)

@@ -1,0 +1,48 @@
+"""The search baseline at equal cost: local search around Global MP on the reward split."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import pytest
+
+import prune_gym  # noqa: F401  (registers the env ids)
+from prune_gym.agents.search import local_search
+
+ENV_ID = "PruneResNet20Digits-v0"
+
+
+@pytest.fixture(scope="module")
+def env(digits_model_state):
+    made = gym.make(ENV_ID, action_type="continuous", target_sparsity=0.9, device="cpu")
+    yield made
+    made.close()
+
+
+def test_search_starts_at_global_mp_and_only_improves_on_the_reward_split(env):
+    result = local_search(env, 0.9, episodes=6, seed=0)
+    prune_env = env.unwrapped
+    # Episode one plays Global MP's own allocation.
+    names = prune_env.layer_names()
+    global_mp = prune_env.global_mp_sparsities(0.9)
+    assert len(result.best_so_far) == 6
+    assert result.best_so_far == sorted(result.best_so_far)  # the best so far never falls
+    assert result.reward_accuracy == result.best_so_far[-1] >= result.best_so_far[0]
+    # The chosen allocation ends at the target (the env's projection) and replays to the same accuracy.
+    numels = prune_env.state.numels
+    pruned = sum(result.layer_sparsities[name] * n for name, n in zip(names, numels, strict=True))
+    assert pruned == pytest.approx(0.9 * prune_env.state.total, abs=1.0)
+    from prune_gym.agents.compare import run_episode
+    from prune_gym.agents.policies import RecipePolicy
+
+    replay = run_episode(RecipePolicy(env, result.layer_sparsities), env, 0.9)
+    assert replay.reward_accuracy == result.reward_accuracy
+    first = run_episode(RecipePolicy(env, dict(zip(names, global_mp, strict=True))), env, 0.9)
+    assert first.reward_accuracy == result.best_so_far[0]
+
+
+def test_search_is_reproducible_and_needs_continuous_actions(env, digits_model_state):
+    assert local_search(env, 0.9, 3, seed=4).layer_sparsities == local_search(env, 0.9, 3, seed=4).layer_sparsities
+    with pytest.raises(ValueError, match="action_type='continuous'"):
+        local_search(gym.make(ENV_ID, device="cpu"), 0.9, 3)
+    with pytest.raises(ValueError, match="episodes must be a whole number"):
+        local_search(env, 0.9, 0)
