@@ -15,7 +15,9 @@ then evaluated deterministically at each target ("DQN (greedy)"). This costs one
 budget instead of one per sparsity, which keeps the default run on ``PruneResNet20Digits-v0``
 within minutes on a 2-core CPU. Every finished training episode is recorded, and the best one
 per target on the reward split (as AMC reports the best policy its search found) is replayed
-through the reference env as its own method ("DQN (best found)"); the test split only reports.
+through the reference env as its own method ("DQN (best found)"). "local search" answers the
+reviewer's first question, whether search does as well at equal cost: it gets as many env
+episodes as the agent trained (``prune_gym.agents.search``). The test split only reports.
 
 Outputs (``output_dir``, written to ``<output_dir>.partial`` and renamed when complete):
 ``results.json`` (everything, including per-layer sparsities), ``results.csv`` (one row per
