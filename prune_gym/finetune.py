@@ -492,25 +492,13 @@ def recalibrate_batchnorm(model: nn.Module, inputs: Tensor, batch_size: int = 25
     training images (never the reward or test split), on the model's device. Returns ``model``
     in eval mode.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return model.eval()
     if len(inputs) == 0:
         raise ValueError("recalibrate_batchnorm needs at least one input")
-    momenta = [m.momentum for m in norms]
-    model.eval()
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the batches
-        norm.train()
-    try:
-        for batch in inputs.split(batch_size):
-            model(batch)
-    finally:
-        for norm, momentum in zip(norms, momenta, strict=True):
-            norm.momentum = momentum
-            norm.eval()
-    return model
+    # A full re-calibration is the calibrator without stages (one mechanism for both).
+    BatchNormCalibrator(model, inputs, stages=None, batch_size=batch_size).recalibrate()
+    return model.eval()
 
 
 class BatchNormCalibrator:
