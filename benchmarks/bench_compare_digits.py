@@ -1,4 +1,4 @@
-"""Time and outcome of the README's main command, ``prune-gym compare PruneResNet20Digits-v0``.
+"""Time and outcome of the README's main command, ``prune-gym compare PruneResNet20Digits-v1``.
 
 Runs the comparison with the command's defaults (DQN with the shipped hyperparameters, trained
 across the sparsities 0.5, 0.7, 0.8 and 0.9, one torch thread) and records the wall-clock time,
@@ -43,7 +43,7 @@ def cpu_seconds() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", default="PruneResNet20Digits-v0")
+    parser.add_argument("--env", default="PruneResNet20Digits-v1")
     parser.add_argument("--sparsity", type=float, nargs="+", default=list(DEFAULT_SPARSITIES))
     parser.add_argument("--timesteps", type=int, help="agent budget (default: the shipped n_timesteps)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the command's default: 1)")

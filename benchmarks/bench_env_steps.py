@@ -163,16 +163,16 @@ def main(argv=None) -> int:
     # Like for like against the straightforward loop: without BatchNorm re-calibration, and with
     # the digits default (re-calibration after every step, in both implementations).
     configs = [
-        ("PruneResNet20Digits-v0", {"bn_recalibration_batches": 0}, episodes, True),
-        ("PruneResNet20Digits-v0", {}, episodes, True),
+        ("PruneResNet20Digits-v1", {"bn_recalibration_batches": 0}, episodes, True),
+        ("PruneResNet20Digits-v1", {}, episodes, True),
         # The same memory format on both sides: what the rest of PruneEnv's design gives, with
         # bit-identical numerics (channels_last changes the order of float sums, which can flip
         # an argmax on a near-tie).
-        ("PruneResNet20Digits-v0", {"channels_last": False}, episodes, True),
+        ("PruneResNet20Digits-v1", {"channels_last": False}, episodes, True),
     ]
     for amp in amp_settings:
         configs.append((
-            "PruneResNet50-v0",
+            "PruneResNet50-v1",
             {"synthetic": True, "input_shape": (3, args.resnet50_size, args.resnet50_size),
              "synthetic_samples": args.resnet50_samples, "amp": amp},
             max(1, episodes // 2 if not args.quick else 1),

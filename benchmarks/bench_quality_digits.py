@@ -1,30 +1,34 @@
 """Pruning quality on digits: RL agents against Global MP and the other reference policies.
 
-On ``PruneResNet20Digits-v0`` (the trained digits ResNet-20), for every seed:
+On ``PruneResNet20Digits-v1`` (the trained digits ResNet-20), for every seed:
 
-- two Stable-Baselines3 agents, DQN (the package's default hyperparameters, discrete actions;
-  PuRL-style) and PPO (its default hyperparameters, discrete actions), are each trained once
-  for ``--timesteps`` env steps with a target drawn per episode from the sparsities
-  (``TargetSamplingWrapper``, as the comparison workflow does), then evaluated
-  deterministically at each target;
-- Global MP, Global MP + MT (Minimum Threshold 0.05%), uniform and random pruning run through
-  the same env (continuous actions, so Global MP's exact per-layer sparsities are reachable;
-  the same model, splits, target and ``max_sparsity``), with the reference policies of
-  ``prune_gym.agents``;
+- two Stable-Baselines3 agents, DQN (the package's default hyperparameters) and PPO (its
+  default hyperparameters), in the env's default action space (discrete steps around Global
+  MP's allocation), are each trained once for ``--timesteps`` env steps with a target drawn per
+  episode from the sparsities (``TargetSamplingWrapper``, as ``prune-gym compare`` does). Each
+  gives two rows: the greedy policy after training (deterministic, one episode per target),
+  and the best policy found during training (the training episode with the highest
+  reward-split accuracy at the target, replayed exactly; ``EpisodeRecorder``);
+- the search baseline at equal cost (``prune_gym.agents.search.local_search``): as many env
+  episodes as the first agent's training used, split evenly over the targets;
+- Global MP, Global MP + MT (Minimum Threshold 0.05%), uniform and random pruning through the
+  same env (continuous absolute actions, so every allocation is played exactly; the same model,
+  splits, target and ``max_sparsity``);
 - every method's pruned model is then fine-tuned with its masks for ``--finetune-epochs``
   epochs (the digits fine-tuning recipe, the seed as its seed; the same for every method).
 
+Selection (best found, search) reads the reward split only; the test split only reports.
+
 Reported: test accuracy before and after fine-tuning (mean and sample std over seeds) at each
-sparsity, and the RL cost: during training each agent is evaluated every ``--eval-every``
-steps (deterministic, one episode per target, reward-split accuracy), and the first
-evaluation where it matches or beats Global MP's reward-split accuracy at a target gives the
-timesteps, training episodes and training wall time it took ("not reached" otherwise).
+sparsity; the learning curve (the best-found reward-split accuracy against env steps and
+training wall time, with Global MP's line and the search's best so far at the same number of
+env steps); and the RL cost: the steps, episodes and seconds until the best-found policy first
+beat Global MP on the reward split, per target.
 
 Outputs in ``--output`` (default ``benchmarks/results``): ``quality_digits.json`` (every run,
-the learning curves, machine, date, torch version and command), ``quality_digits.md`` (the
-tables), ``quality_digits_accuracy.png`` (accuracy vs sparsity, mean +- std bands, before and
-after fine-tuning) and ``quality_digits_learning_curve.png`` (agents' reward-split accuracy vs
-timesteps against Global MP's).
+every training episode's reward-split accuracy, machine, date, torch version and command),
+``quality_digits.md`` (the tables), ``quality_digits_accuracy.png`` (accuracy vs sparsity,
+mean +- std bands, before and after fine-tuning) and ``quality_digits_learning_curve.png``.
 
 Run from the repository root::
 
@@ -47,7 +51,6 @@ from typing import Any
 import gymnasium as gym
 import torch
 from machine import machine_info  # benchmarks/machine.py, beside this script
-from stable_baselines3.common.callbacks import BaseCallback
 
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents import (
@@ -59,6 +62,9 @@ from prune_gym.agents import (
     load_hyperparams,
     make_agent,
 )
+from prune_gym.agents.callbacks import EpisodeRecorder
+from prune_gym.agents.policies import RecipePolicy
+from prune_gym.agents.search import local_search
 from prune_gym.agents.compare import (
     MethodResult,
     agent_env_kwargs_for,
@@ -71,7 +77,7 @@ from prune_gym.agents.training import make_training_env
 from prune_gym.finetune import recipe_for
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
 
-ENV_ID = "PruneResNet20Digits-v0"
+ENV_ID = "PruneResNet20Digits-v1"
 RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "quality_digits"
 REFERENCE_METHODS = ("Global MP", "Global MP + MT", "uniform", "random")
@@ -79,9 +85,8 @@ REFERENCE_METHODS = ("Global MP", "Global MP + MT", "uniform", "random")
 #: Full run: both agents get the DQN digits defaults' budget (10,000 steps), so they are compared
 #: at equal cost; PPO's own default (20,000 steps) would double its share of the ~1 h run on a
 #: 2-core CPU (the table says when a budget is below the algorithm's default).
-FULL = {"seeds": [0, 1, 2], "sparsities": [0.5, 0.7, 0.8, 0.9, 0.95], "timesteps": ["10000"],
-        "eval_every": 1000, "finetune_epochs": 3}
-QUICK = {"seeds": [0], "sparsities": [0.5, 0.9], "timesteps": ["200"], "eval_every": 200, "finetune_epochs": 1}
+FULL = {"seeds": [0, 1, 2], "sparsities": [0.5, 0.7, 0.8, 0.9, 0.95], "timesteps": ["10000"], "finetune_epochs": 3}
+QUICK = {"seeds": [0], "sparsities": [0.5, 0.9], "timesteps": ["200"], "finetune_epochs": 1}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -97,7 +102,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n-envs", type=int, default=2,
                         help="envs each agent trains in, one process each (default 2, the DQN digits defaults' "
                              "n_envs; PPO's defaults have 1, but one env would not fit the time budget)")
-    parser.add_argument("--eval-every", type=int, help=f"evaluate the agent every N steps (default {FULL['eval_every']})")
     parser.add_argument("--finetune-epochs", type=int, help=f"masked fine-tuning epochs (default {FULL['finetune_epochs']})")
     parser.add_argument("--device", default="cpu", help="device of the env and fine-tuning (cpu, cuda, auto)")
     parser.add_argument("--threads", type=int, default=1,
@@ -124,8 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.budgets = budgets(args.timesteps, args.algos)
     except ValueError as error:
         parser.error(f"--timesteps: {error}")
-    if args.eval_every < 1 or args.finetune_epochs < 0 or args.n_envs < 1:
-        parser.error("--eval-every and --n-envs must be >= 1, --finetune-epochs >= 0")
+    if args.finetune_epochs < 0 or args.n_envs < 1:
+        parser.error("--n-envs must be >= 1, --finetune-epochs >= 0")
     if not args.sparsities or not all(0.0 < s < 1.0 for s in args.sparsities):
         parser.error("--sparsities must lie in (0, 1)")
     return args
@@ -154,64 +158,23 @@ def budgets(values: list[str], algos: list[str]) -> dict[str, int]:
 # Envs, agents and fine-tuning
 
 
-class LearningCurve(BaseCallback):
-    """Every ``eval_every`` steps (and before the first), one deterministic episode of the agent
-    per target in a separate env; records reward-split accuracy against steps, training
-    episodes and training wall time (the evaluation episodes themselves are not counted)."""
-
-    def __init__(self, eval_env: gym.Env, targets: list[float], eval_every: int) -> None:
-        super().__init__()
-        self.eval_env, self.targets, self.eval_every = eval_env, targets, eval_every
-        self.points: list[dict[str, Any]] = []
-        self.episodes = 0
-        self.eval_seconds = 0.0
-        self.started = 0.0
-        self.next_eval = eval_every
-
-    def _on_training_start(self) -> None:
-        self.started = time.perf_counter()
-        self.evaluate()
-
-    def _on_step(self) -> bool:
-        self.episodes += int(sum(self.locals.get("dones", [])))
-        # With n_envs parallel envs the step count moves n_envs at a time.
-        if self.num_timesteps >= self.next_eval:
-            self.evaluate()
-            self.next_eval += self.eval_every * max(1, (self.num_timesteps - self.next_eval) // self.eval_every + 1)
-        return True
-
-    def _on_training_end(self) -> None:
-        # The algorithm updates the policy after its last rollout, so an evaluation taken in
-        # _on_step at the final step count saw the policy before that update: replace it.
-        if self.points and self.points[-1]["timesteps"] == self.num_timesteps:
-            self.points.pop()
-        self.evaluate()
-
-    def training_seconds(self) -> float:
-        return time.perf_counter() - self.started - self.eval_seconds
-
-    def evaluate(self) -> None:
-        tic = time.perf_counter()
-        accuracies = {}
-        for target in self.targets:
-            row = run_episode(self.model, self.eval_env, target, deterministic=True)
-            accuracies[str(target)] = row.reward_accuracy
-        self.eval_seconds += time.perf_counter() - tic
-        self.points.append({
-            "timesteps": int(self.num_timesteps),
-            "episodes": self.episodes,
-            "train_seconds": round(self.training_seconds(), 2),
-            "reward_accuracy": accuracies,
-        })
+def best_so_far(episodes: list[list[float]], target: str) -> list[list[float]]:
+    """``[steps, seconds, accuracy]`` at each training episode at ``target`` that raised the best
+    reward-split accuracy so far (``episodes`` rows: steps, seconds, target, accuracy)."""
+    points, best = [], -1.0
+    for steps, seconds, episode_target, accuracy in episodes:
+        if f"{episode_target:g}" == target and accuracy > best:
+            best = accuracy
+            points.append([steps, seconds, accuracy])
+    return points
 
 
-def first_match(points: list[dict[str, Any]], targets: list[str], reference: dict[str, float],
-                tolerance: float = 0.0) -> dict[str, Any] | None:
-    """The first learning-curve point where the agent's accuracy at every one of ``targets`` is at
-    least the reference's minus ``tolerance`` (None if no point is)."""
-    for point in points:
-        if all(point["reward_accuracy"][t] >= reference[t] - tolerance - 1e-12 for t in targets):
-            return {k: point[k] for k in ("timesteps", "episodes", "train_seconds")}
+def first_beat(episodes: list[list[float]], target: str, reference: float) -> dict[str, Any] | None:
+    """The first training episode at ``target`` whose reward-split accuracy beat ``reference``:
+    its env steps, its number among all training episodes, and the training seconds (None if none did)."""
+    for number, (steps, seconds, episode_target, accuracy) in enumerate(episodes, start=1):
+        if f"{episode_target:g}" == target and accuracy > reference + 1e-12:
+            return {"timesteps": int(steps), "episodes": number, "train_seconds": round(seconds, 1)}
     return None
 
 
@@ -253,35 +216,49 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
             training_env = TargetSamplingWrapper(gym.make(ENV_ID, target_sparsity=targets[0], **agent_kwargs), targets, seed=seed)
         eval_env = gym.make(ENV_ID, target_sparsity=targets[0], **agent_kwargs)
         agent = make_agent(training_env, algo, seed=seed)
-        curve = LearningCurve(eval_env, targets, args.eval_every)
+        recorder = EpisodeRecorder(tensorboard=False)
         tic = time.perf_counter()
         try:
-            agent.learn(total_timesteps=args.budgets[algo], callback=curve)
+            agent.learn(total_timesteps=args.budgets[algo], callback=recorder)
         finally:
             training_env.close()
         wall = time.perf_counter() - tic
-        label = f"{algo.upper()} agent"
+        name = algo.upper()
+        best = recorder.best()
         for target in targets:
-            record(run_episode(agent, eval_env, target, deterministic=True, method=label), eval_env)
-        matches = {str(t): first_match(curve.points, [str(t)], global_mp_reward) for t in targets}
-        matches["all"] = first_match(curve.points, [str(t) for t in targets], global_mp_reward)
+            record(run_episode(agent, eval_env, target, deterministic=True, method=f"{name} (greedy)"), eval_env)
+            found = best.get(f"{target:.6g}")
+            if found is not None:  # replayed exactly through the reference env
+                policy = RecipePolicy(reference_env, found.layer_sparsities)
+                record(run_episode(policy, reference_env, target, method=f"{name} (best found)"), reference_env)
+        episodes = [[r.timesteps, round(r.seconds, 2), r.target_sparsity, r.reward_accuracy] for r in recorder.records]
+        beats = {str(t): first_beat(episodes, str(t), global_mp_reward[str(t)]) for t in targets}
         agents[algo] = {
             "timesteps": int(agent.num_timesteps),
             "n_envs": args.n_envs,
             "env_kwargs": agent_kwargs,
-            "training_episodes": curve.episodes,
-            "train_seconds": curve.training_seconds(),
-            "eval_seconds": curve.eval_seconds,
+            "training_episodes": len(episodes),
             "wall_seconds": wall,
-            "steps_per_second": agent.num_timesteps / max(curve.training_seconds(), 1e-9),
-            "learning_curve": curve.points,
-            "first_match_global_mp": matches,
+            "steps_per_second": agent.num_timesteps / max(wall, 1e-9),
+            "episodes": episodes,
+            "first_beat_global_mp": beats,
         }
-        reached = sum(m is not None for k, m in matches.items() if k != "all")
-        log(f"seed {seed}: {algo.upper()} {agent.num_timesteps:,} steps in {wall:.0f} s "
-            f"({curve.training_seconds():.0f} s training); matched Global MP at {reached}/{len(targets)} targets")
+        log(f"seed {seed}: {name} {agent.num_timesteps:,} steps, {len(episodes)} episodes in {wall:.0f} s; "
+            f"best found beat Global MP (reward split) at {sum(b is not None for b in beats.values())}/{len(targets)} targets")
         eval_env.close()
-    return {"seed": seed, "rows": rows, "global_mp_reward_accuracy": global_mp_reward, "agents": agents}
+
+    # The search at equal cost: the first agent's training episodes, split over the targets.
+    first = agents[args.algos[0]]
+    per_target = max(first["training_episodes"] // len(targets), 1)
+    search = {"episodes_per_target": per_target, "budget_of": args.algos[0], "best_so_far": {}}
+    for target in targets:
+        found = local_search(reference_env, target, per_target, seed=seed)
+        search["best_so_far"][str(target)] = found.best_so_far
+        policy = RecipePolicy(reference_env, found.layer_sparsities)
+        record(run_episode(policy, reference_env, target, method="local search"), reference_env)
+    log(f"seed {seed}: local search done ({per_target} episodes per target)")
+    return {"seed": seed, "rows": rows, "global_mp_reward_accuracy": global_mp_reward, "agents": agents,
+            "search": search, "num_layers": prune_env_of(reference_env).num_layers}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,46 +307,33 @@ def accuracy_table(summary: list[dict[str, Any]], methods: list[str], targets: l
     return lines
 
 
-#: The looser criterion of the RL-cost table: within one point of Global MP's reward-split accuracy.
-TOLERANCE = 0.01
-
-
-def _per_seed(matches: list[dict[str, Any] | None], key: str, fmt: str) -> str:
-    if not any(m is not None for m in matches):
+def _per_seed(beats: list[dict[str, Any] | None], key: str, fmt: str) -> str:
+    if not any(b is not None for b in beats):
         return "-"
-    return " / ".join("–" if m is None else format(m[key], fmt) for m in matches)
+    return " / ".join("–" if b is None else format(b[key], fmt) for b in beats)
 
 
 def cost_table(record: dict[str, Any]) -> list[str]:
-    """Per agent and target: Global MP's and the agent's reward-split accuracy, and the first
-    evaluation at which the agent matched Global MP (and came within ``TOLERANCE`` of it)."""
-    runs, targets = record["runs"], record["config"]["sparsities"]
+    """Per agent and target, on the reward split: Global MP, the search at equal cost, the agent's
+    best found and greedy policies, and the first training episode that beat Global MP."""
+    runs, targets = record["runs"], [str(t) for t in record["config"]["sparsities"]]
     lines = [
-        "| agent | target | Global MP | agent after training | agent's best evaluation | matched (seeds) | steps to match "
-        "| episodes | training s | within 1 point (seeds) | steps | episodes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| agent | target | Global MP | search at equal cost | best found | greedy | beat Global MP (seeds) "
+        "| steps to beat | episodes | training s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for algo in record["config"]["algos"]:
-        for target in [*map(str, targets), "all"]:
-            keys = [str(t) for t in targets] if target == "all" else [target]
-            curves = [run["agents"][algo]["learning_curve"] for run in runs]
-            references = [run["global_mp_reward_accuracy"] for run in runs]
-            exact = [first_match(c, keys, r) for c, r in zip(curves, references, strict=True)]
-            close = [first_match(c, keys, r, TOLERANCE) for c, r in zip(curves, references, strict=True)]
-            if target == "all":
-                label, reference, final, best = "all at once", "-", "-", "-"
-            else:
-                label = f"{float(target):g}"
-                reference = f"{100 * mean_std([r[target] for r in references])[0]:.1f}"
-                final = _percent_cell([row["reward_accuracy"] for run in runs for row in run["rows"]
-                                       if row["method"] == f"{algo.upper()} agent" and str(row["target_sparsity"]) == target])
-                best = _percent_cell([max(p["reward_accuracy"][target] for p in c) for c in curves])
+        name = algo.upper()
+        for target in targets:
+            def reward(method: str) -> str:
+                return _percent_cell([row["reward_accuracy"] for run in runs for row in run["rows"]
+                                      if row["method"] == method and str(row["target_sparsity"]) == target])
+            beats = [run["agents"][algo]["first_beat_global_mp"][target] for run in runs]
             lines.append(
-                f"| {algo.upper()} | {label} | {reference} | {final} | {best} "
-                f"| {sum(m is not None for m in exact)}/{len(runs)} | {_per_seed(exact, 'timesteps', ',')} "
-                f"| {_per_seed(exact, 'episodes', ',')} | {_per_seed(exact, 'train_seconds', '.0f')} "
-                f"| {sum(m is not None for m in close)}/{len(runs)} | {_per_seed(close, 'timesteps', ',')} "
-                f"| {_per_seed(close, 'episodes', ',')} |"
+                f"| {name} | {float(target):g} | {reward('Global MP')} | {reward('local search')} "
+                f"| {reward(f'{name} (best found)')} | {reward(f'{name} (greedy)')} "
+                f"| {sum(b is not None for b in beats)}/{len(runs)} | {_per_seed(beats, 'timesteps', ',')} "
+                f"| {_per_seed(beats, 'episodes', ',')} | {_per_seed(beats, 'train_seconds', '.0f')} |"
             )
     return lines
 
@@ -396,8 +360,9 @@ def markdown(record: dict[str, Any]) -> str:
         f"`{record['env_id']}` (dense test accuracy {100 * record['dense_test_accuracy']:.2f}%, reward split "
         f"{100 * record['dense_reward_accuracy']:.2f}%; test split {record['test_samples']} images, so one image "
         f"is {100 / record['test_samples']:.2f} points). Seeds {config['seeds']}. Agents (default hyperparameters, "
-        f"discrete actions, one agent per seed for all targets, {config['n_envs']} env process(es)): {budget}; "
-        f"evaluated every {config['eval_every']} steps. Fine-tuning: {finetuning}.",
+        f"the env's default actions, one agent per seed for all targets, {config['n_envs']} env process(es)): "
+        f"{budget}. Search at equal cost: the first agent's training episodes, split over the targets. "
+        f"Fine-tuning: {finetuning}.",
         "",
         f"Machine: {where}; torch {machine['torch']}, Python {machine['python']}; {record['date']}; "
         f"{record['total_seconds'] / 60:.0f} min in all; load average (1 min) {record['load_average_start'][0]:.1f} "
@@ -418,13 +383,11 @@ def markdown(record: dict[str, Any]) -> str:
         ]
     lines += [
         "",
-        f"RL cost, on the reward split (the accuracy the agent is paid for): the agent is evaluated every "
-        f"{config['eval_every']} steps (deterministic, one episode per target). \"Matched\": the first "
-        "evaluation where its accuracy is at least Global MP's at that target; \"within 1 point\": at least "
-        "Global MP's minus one percentage point. Steps, training episodes and training seconds (evaluation "
-        "episodes excluded) per seed, \"–\" where a seed never got there within the budget. \"All at once\": "
-        f"every target at the same evaluation. Accuracies in %, {spread}; \"after training\": the "
-        "agent evaluated once more after its last update (the tables above).",
+        "RL cost, on the reward split (the accuracy the agent is paid for and the search selects on): "
+        "reward-split accuracy (%) of each method, "
+        f"{spread}; \"beat Global MP\": the seeds whose best found policy beat Global MP's reward-split "
+        "accuracy during training, and for each seed the env steps, training episodes (all targets) and "
+        "training seconds (gradient steps included) until the first episode that did (\"–\" where none did).",
         "",
         *cost_table(record),
         "",
@@ -475,29 +438,55 @@ def plot_accuracy(record: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def _step_curve(points: list[list[float]], xs: list[float], column: int) -> list[float]:
+    """The best-so-far value at each x (a step function of the points' ``column``)."""
+    values, best, index = [], float("nan"), 0
+    for x in xs:
+        while index < len(points) and points[index][column] <= x:
+            best = points[index][2]
+            index += 1
+        values.append(best)
+    return values
+
+
 def plot_learning_curve(record: dict[str, Any], path: Path) -> None:
-    """Agents' reward-split accuracy vs training steps (mean ± std over seeds), one panel per
-    target, against Global MP's reward-split accuracy at that target."""
+    """The best-found reward-split accuracy (mean ± std over seeds) against env steps (top row)
+    and training wall time (bottom row), one column per target, with Global MP's line and the
+    search's best so far at the same number of env steps."""
+    import numpy as np
+
     plt = _pyplot()
     targets, runs = [str(t) for t in record["config"]["sparsities"]], record["runs"]
-    figure, axes = plt.subplots(1, len(targets), figsize=(3.6 * len(targets), 3.6), squeeze=False, sharey=True)
-    for axis, target in zip(axes[0], targets, strict=True):
+    figure, axes = plt.subplots(2, len(targets), figsize=(3.6 * len(targets), 6.6), squeeze=False, sharey="col")
+    for column, target in enumerate(targets):
         for algo in record["config"]["algos"]:
-            curves = [run["agents"][algo]["learning_curve"] for run in runs]
-            length = min(len(c) for c in curves)
-            steps = [curves[0][i]["timesteps"] for i in range(length)]
-            values = [[100 * c[i]["reward_accuracy"][target] for c in curves] for i in range(length)]
-            stats = [mean_std(v) for v in values]
-            line, = axis.plot(steps, [m for m, _ in stats], label=f"{algo.upper()} agent")
-            axis.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.18)
+            curves = [best_so_far(run["agents"][algo]["episodes"], target) for run in runs]
+            for row, (x_column, top) in enumerate(((0, max(run["agents"][algo]["timesteps"] for run in runs)),
+                                                   (1, max(run["agents"][algo]["wall_seconds"] for run in runs)))):
+                xs = list(np.linspace(0, top, 100))
+                values = np.array([_step_curve(c, xs, x_column) for c in curves]) * 100
+                mean, std = np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+                line, = axes[row, column].plot(xs, mean, label=f"{algo.upper()} best found")
+                axes[row, column].fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.18)
+        # The search spends env episodes of num_layers steps; its budget for all targets is the
+        # agent's, so its episode i at one target stands at i * layers * targets env steps.
+        searches = [run["search"]["best_so_far"][target] for run in runs]
+        length = min(len(s) for s in searches)
+        scale = runs[0]["num_layers"] * len(targets)
+        steps = [(i + 1) * scale for i in range(length)]
+        values = np.array([s[:length] for s in searches]) * 100
+        axes[0, column].plot(steps, values.mean(axis=0), color="tab:green", label="local search (same env steps)")
         gmp = statistics.mean(run["global_mp_reward_accuracy"][target] for run in runs)
-        axis.axhline(100 * gmp, color="black", linestyle="--", linewidth=1, label="Global MP")
-        axis.set_title(f"target {float(target):g}")
-        axis.set_xlabel("training steps")
-        axis.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("reward-split accuracy (%)")
-    axes[0, 0].legend(fontsize=8, loc="lower right")
-    figure.suptitle(f"{record['env_id']}: agents evaluated during training\n(deterministic; {_seeds_text(record)})",
+        for row in range(2):
+            axes[row, column].axhline(100 * gmp, color="black", linestyle="--", linewidth=1, label="Global MP")
+            axes[row, column].grid(alpha=0.3)
+        axes[0, column].set_title(f"target {float(target):g}")
+        axes[0, column].set_xlabel("env steps (all targets)")
+        axes[1, column].set_xlabel("training wall time (s)")
+    for row in range(2):
+        axes[row, 0].set_ylabel("best reward-split accuracy (%)")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"{record['env_id']}: best policy found during training, reward split ({_seeds_text(record)})",
                     fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -537,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"{ENV_ID}: {reference.num_layers} layers; {max_sparsity_note}; "
         f"budgets {args.budgets}, {args.n_envs} env process(es) per agent, seeds {args.seeds}")
     runs = [run_seed(args, seed, shared, reference_env, log) for seed in args.seeds]
-    methods = [f"{a.upper()} agent" for a in args.algos] + list(REFERENCE_METHODS)
+    methods = [f"{a.upper()} ({kind})" for a in args.algos for kind in ("greedy", "best found")]
+    methods += ["local search", *REFERENCE_METHODS]
     default_timesteps = {a: int(float(load_hyperparams(a, ENV_ID)["n_timesteps"])) for a in args.algos}
     command = "python " + " ".join([f"benchmarks/{Path(__file__).name}", *(argv if argv is not None else sys.argv[1:])])
     record = {
@@ -551,13 +541,14 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_end": os.getloadavg(),
         "config": {
             "seeds": args.seeds, "sparsities": args.sparsities, "algos": args.algos, "timesteps": args.budgets, "n_envs": args.n_envs,
-            "default_timesteps": default_timesteps, "eval_every": args.eval_every,
+            "default_timesteps": default_timesteps,
             "finetune_epochs": args.finetune_epochs, "finetune_recipe": vars(recipe_for("digits")),
             "hyperparams": {a: {k: str(v) for k, v in load_hyperparams(a, ENV_ID).items()} for a in args.algos},
             "env_kwargs": shared, "min_threshold": DEFAULT_MIN_THRESHOLD,
-            "agents": "discrete actions, one agent per seed for all targets (a target drawn per episode), "
-                      f"trained in {args.n_envs} env process(es)",
-            "reference_policies": "continuous actions (Global MP's exact per-layer sparsities)",
+            "agents": "the env's default actions, one agent per seed for all targets (a target drawn per episode), "
+                      f"trained in {args.n_envs} env process(es); best found: the best training episode per "
+                      "target on the reward split, replayed exactly",
+            "reference_policies": "continuous absolute actions (every allocation played exactly)",
         },
         "dense_test_accuracy": reference._dense_test_accuracy(),
         "dense_reward_accuracy": reference.dense_reward_accuracy,

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-growth-mb", type=float, default=20.0)
     parser.add_argument("--output", type=Path, default=RESULTS, help="folder for soak_digits.json")
     args = parser.parse_args(argv)
-    env = gym.make("PruneResNet20Digits-v0")
+    env = gym.make("PruneResNet20Digits-v1")
     unwrapped = env.unwrapped
     env.action_space.seed(0)
     total = unwrapped.state.total

@@ -1,8 +1,8 @@
 """prune-gym: Gymnasium environments for learning to prune neural networks layer by layer.
 
 Importing the package registers every env id (``prune_gym.ENV_IDS``), so
-``gym.make("PruneResNet20Digits-v0")`` works after ``import prune_gym``, and
-``gym.make("prune_gym:PruneResNet20Digits-v0")`` works without it.
+``gym.make("PruneResNet20Digits-v1")`` works after ``import prune_gym``, and
+``gym.make("prune_gym:PruneResNet20Digits-v1")`` works without it.
 """
 
 from prune_gym.envs import PruneEnv, RewardContext

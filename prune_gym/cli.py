@@ -13,6 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 
+# prune_gym.envs.actions.ACTION_MODES, spelt out so `--help` need not import torch (a test
+# checks that the two agree).
+ACTION_MODE_CHOICES = ("relative", "absolute")
+
 
 def _add_envs(subparsers) -> None:
     parser = subparsers.add_parser("envs", help="list the registered environments and what they need")
@@ -194,6 +198,8 @@ def _env_kwargs(args: argparse.Namespace) -> dict:
     kwargs = {"device": args.device}
     if getattr(args, "action_type", None):
         kwargs["action_type"] = args.action_type
+    if getattr(args, "action_mode", None):
+        kwargs["action_mode"] = args.action_mode
     if getattr(args, "reward", None):
         kwargs["reward"] = args.reward
     if getattr(args, "max_sparsity", None) is not None:
@@ -214,6 +220,7 @@ def _add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timesteps", type=_count_arg, metavar="N", help="training steps in total (default: the hyperparameters' n_timesteps)")
     parser.add_argument("--hyperparams", metavar="YAML", help="rl-zoo3 style hyperparameter file (default: the shipped one for --algo)")
     parser.add_argument("--action-type", choices=("discrete", "continuous"), help="the agent's action type (default: the first --algo allows)")
+    parser.add_argument("--action-mode", choices=ACTION_MODE_CHOICES, help="relative: steps around Global MP's allocation (the env's default); absolute: sparsity levels (v0's)")
     parser.add_argument("--reward", help="reward function: purl (default), terminal, accuracy-sparsity, flops")
     parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
     parser.add_argument("--device", default="auto", help="where the pruned model runs: auto (CUDA if present), cpu, cuda (default: auto)")
@@ -235,7 +242,7 @@ def _add_train(subparsers) -> None:
             "(--timesteps is the total, so no step is lost or repeated)."
         ),
     )
-    parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v0 (see `prune-gym envs`)")
+    parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
     _add_agent_arguments(parser)
     parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="target sparsity; several: one drawn per episode (default: the env's, 0.8)")
     parser.add_argument("--output", metavar="DIR", help="run folder (default: runs/<ENV>-<algo>)")
@@ -277,11 +284,12 @@ def _add_baseline(subparsers) -> None:
             "MP's per-layer sparsities are applied exactly."
         ),
     )
-    parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v0 (see `prune-gym envs`)")
+    parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
     parser.add_argument("--policy", default="global-mp", choices=("global-mp", "uniform", "random"), help="reference policy (default: global-mp)")
     parser.add_argument("--sparsity", type=_sparsity_arg, required=True, metavar="S", help="overall target sparsity, e.g. 0.8")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Global MP Minimum Threshold, e.g. 0.0005 (0.05%% of all weights per layer)")
     parser.add_argument("--action-type", default="continuous", choices=("discrete", "continuous"), help="env action type (default: continuous, exact)")
+    parser.add_argument("--action-mode", default="absolute", choices=ACTION_MODE_CHOICES, help="env action mode (default: absolute, so every policy's sparsities are exact)")
     parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random policy (default: 0)")
@@ -343,7 +351,7 @@ def _add_compare(subparsers) -> None:
             "accuracy_vs_sparsity.png, layer_sparsity.png and the agent to --output."
         ),
     )
-    parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v0 (see `prune-gym envs`)")
+    parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
     parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", default=[0.5, 0.7, 0.8, 0.9], metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9)")
     _add_agent_arguments(parser)
     parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one (an SB3 zip file, which unpickles Python objects: load only files you trust)")

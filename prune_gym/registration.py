@@ -1,10 +1,17 @@
-"""The one place where env ids are generated from the tasks and registered with Gymnasium."""
+"""The one place where env ids are generated from the tasks and registered with Gymnasium.
+
+Each task has one id per version (``task.env_id`` is the newest): ``-v1`` takes the default
+dynamics, ``-v0`` keeps v0's absolute sparsity levels for scripts and results made with it
+(see the Version History in ``PruneEnv``'s docstring).
+"""
 
 from __future__ import annotations
 
 import gymnasium as gym
 
 ENTRY_POINT = "prune_gym.envs.prune_env:PruneEnv"
+#: The kwargs that give an older version its dynamics, by version suffix.
+OLDER_VERSIONS = {"v0": {"action_mode": "absolute"}}
 
 
 def register_envs() -> list[str]:
@@ -13,13 +20,16 @@ def register_envs() -> list[str]:
 
     ids = []
     for task in list_tasks():
-        if task.env_id not in gym.registry:
-            gym.register(
-                id=task.env_id,
-                entry_point=ENTRY_POINT,
-                kwargs={"task": task.name},
-                max_episode_steps=task.num_prunable_layers,
-            )
+        base = task.env_id.rsplit("-v", 1)[0]
+        versions = {task.env_id: {}, **{f"{base}-{v}": kwargs for v, kwargs in OLDER_VERSIONS.items()}}
+        for env_id, kwargs in versions.items():
+            if env_id not in gym.registry:
+                gym.register(
+                    id=env_id,
+                    entry_point=ENTRY_POINT,
+                    kwargs={"task": task.name, **kwargs},
+                    max_episode_steps=task.num_prunable_layers,
+                )
         ids.append(task.env_id)
     return ids
 

@@ -26,7 +26,7 @@ from prune_gym.agents.callbacks import (
 from prune_gym.agents.factory import parse_policy_kwargs
 from prune_gym.agents.training import latest_checkpoint, load_agent
 
-ENV_ID = "PruneResNet20Digits-v0"
+ENV_ID = "PruneResNet20Digits-v1"
 SYNTHETIC = {"synthetic": True, "synthetic_samples": 8, "device": "cpu"}
 
 #: Small settings so that every algorithm updates its networks within 200 steps.

@@ -17,7 +17,7 @@ from torch import nn
 from prune_gym import PruneEnv
 from prune_gym.cli import main
 
-ENV_ID = "PruneResNet20Digits-v0"
+ENV_ID = "PruneResNet20Digits-v1"
 
 
 def tiny_model() -> nn.Module:
@@ -240,7 +240,7 @@ def test_bad_numbers_and_paths_are_usage_errors_before_any_work(argv, capsys, tm
 
 
 def test_unknown_env_id_is_one_line(capsys):
-    assert main(["baseline", "PruneNoSuchNet-v0", "--sparsity", "0.5"]) == 2
+    assert main(["baseline", "PruneNoSuchNet-v1", "--sparsity", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "prune-gym envs" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 

@@ -50,7 +50,16 @@ def test_run_all_quick_smoke(tmp_path, digits_model_state):
 
     record = json.loads((output / "quality_digits.json").read_text())
     targets = record["config"]["sparsities"]
-    assert record["methods"] == ["DQN agent", "PPO agent", *quality.REFERENCE_METHODS]
+    assert record["methods"] == [
+        "DQN (greedy)", "DQN (best found)", "PPO (greedy)", "PPO (best found)", "local search", *quality.REFERENCE_METHODS
+    ]
+    run = record["runs"][0]
+    # The best found policy is the best training episode on the reward split, replayed exactly.
+    for target in targets:
+        best = max(acc for _, _, t, acc in run["agents"]["dqn"]["episodes"] if f"{t:g}" == f"{target:g}")
+        (replayed,) = [r for r in run["rows"] if r["method"] == "DQN (best found)" and r["target_sparsity"] == target]
+        assert replayed["reward_accuracy"] == pytest.approx(best, abs=1e-9)
+    assert run["search"]["episodes_per_target"] == max(run["agents"]["dqn"]["training_episodes"] // len(targets), 1)
     for entry in record["summary"]:
         for key in ("test_accuracy", "finetuned_test_accuracy"):
             assert 0.0 <= entry[f"{key}_mean"] <= 1.0 and math.isfinite(entry[f"{key}_std"])
@@ -113,21 +122,16 @@ def test_quality_budgets():
         quality.budgets(["-3"], ["dqn"])
 
 
-def test_first_match_needs_every_target_at_one_evaluation():
-    points = [
-        {"timesteps": 0, "episodes": 0, "train_seconds": 0.0, "reward_accuracy": {"0.5": 0.5, "0.9": 0.2}},
-        {"timesteps": 100, "episodes": 4, "train_seconds": 1.0, "reward_accuracy": {"0.5": 0.95, "0.9": 0.2}},
-        {"timesteps": 200, "episodes": 9, "train_seconds": 2.0, "reward_accuracy": {"0.5": 0.90, "0.9": 0.6}},
-        {"timesteps": 300, "episodes": 13, "train_seconds": 3.0, "reward_accuracy": {"0.5": 0.97, "0.9": 0.7}},
-    ]
-    reference = {"0.5": 0.95, "0.9": 0.55}
-    assert quality.first_match(points, ["0.5"], reference) == {"timesteps": 100, "episodes": 4, "train_seconds": 1.0}
-    assert quality.first_match(points, ["0.9"], reference)["timesteps"] == 200
-    assert quality.first_match(points, ["0.5", "0.9"], reference)["timesteps"] == 300
-    assert quality.first_match(points, ["0.9"], {"0.9": 0.8}) is None
-    # Within a tolerance: 0.90 is within 0.06 of 0.95, so the first point above 0.89 counts.
-    assert quality.first_match(points, ["0.5"], {"0.5": 0.96}, tolerance=0.06)["timesteps"] == 100
-    assert quality.first_match(points, ["0.9"], {"0.9": 0.8}, tolerance=0.1)["timesteps"] == 300
+def test_best_so_far_and_first_beat_read_one_target_in_order():
+    # rows: env steps, seconds, target, reward-split accuracy
+    episodes = [[22, 1.0, 0.5, 0.90], [44, 2.0, 0.9, 0.30], [66, 3.0, 0.5, 0.96], [88, 4.0, 0.9, 0.25],
+                [110, 5.0, 0.9, 0.61], [132, 6.0, 0.5, 0.95]]
+    assert quality.best_so_far(episodes, "0.5") == [[22, 1.0, 0.90], [66, 3.0, 0.96]]
+    assert quality.best_so_far(episodes, "0.9") == [[44, 2.0, 0.30], [110, 5.0, 0.61]]
+    assert quality.first_beat(episodes, "0.5", 0.95) == {"timesteps": 66, "episodes": 3, "train_seconds": 3.0}
+    assert quality.first_beat(episodes, "0.9", 0.6) == {"timesteps": 110, "episodes": 5, "train_seconds": 5.0}
+    assert quality.first_beat(episodes, "0.9", 0.61) is None  # equal is not beating
+    assert quality._step_curve([[22, 1.0, 0.9], [66, 3.0, 0.96]], [0, 22, 50, 70], 0)[1:] == [0.9, 0.9, 0.96]
 
 
 def test_aggregate_mean_and_sample_std():

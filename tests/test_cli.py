@@ -8,7 +8,7 @@ import pytest
 
 from prune_gym.cli import main
 
-ENV_ID = "PruneResNet20Digits-v0"
+ENV_ID = "PruneResNet20Digits-v1"
 
 
 
@@ -94,7 +94,7 @@ def _quick_dqn(folder) -> str:
 def test_envs_lists_every_registered_id(capsys):
     assert main(["envs"]) == 0
     out = capsys.readouterr().out
-    for env_id in ("PruneResNet20Digits-v0", "PruneResNet50-v0", "PruneFastGRNNHAR2-v0"):
+    for env_id in ("PruneResNet20Digits-v1", "PruneResNet50-v1", "PruneFastGRNNHAR2-v1"):
         assert env_id in out
 
 

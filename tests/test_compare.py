@@ -11,7 +11,7 @@ import pytest
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents.compare import compare
 
-ENV_ID = "PruneResNet20Digits-v0"
+ENV_ID = "PruneResNet20Digits-v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 METHODS = ["DQN (greedy)", "DQN (best found)", "local search", "Global MP", "Global MP + MT", "uniform", "random"]
 
@@ -63,7 +63,8 @@ def test_every_method_meets_the_target_and_global_mp_is_exact(comparison):
     assert record["agent"]["timesteps"] == 66
     assert record["reference_policies"]["action_type"] == "continuous"
     assert record["agent"]["action_type"] == "discrete"
-    assert record["agent"]["levels"] == 12 and record["agent"]["n_envs"] == 1
+    assert record["agent"]["levels"] == 11 and record["agent"]["n_envs"] == 1  # relative steps (the default)
+    assert record["agent"]["action_mode"] == "relative" and record["reference_policies"]["action_mode"] == "absolute"
     assert record["agent"]["episodes"] == 3  # 66 steps of 22-layer episodes
     assert record["search"]["episodes_per_target"] == 1  # equal cost: 3 episodes over 2 targets
     assert 0.9 < record["dense_test_accuracy"] <= 1.0

@@ -17,7 +17,7 @@ from prune_gym.evaluation import evaluate_accuracy
 from prune_gym.pruning import find_prunable_layers, global_magnitude_masks
 from prune_gym.stats import FEATURES
 
-DIGITS = "PruneResNet20Digits-v0"
+DIGITS = "PruneResNet20Digits-v1"
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_random_episodes_end_at_the_target(digits_model_state, action_type):
 
 
 def test_no_target_applies_the_requested_sparsity(digits_model_state):
-    env = gym.make(DIGITS, target_sparsity=None, reward="accuracy-sparsity")
+    env = gym.make(DIGITS, target_sparsity=None, reward="accuracy-sparsity", action_mode="absolute")
     _, _, infos = rollout(env, actions=[3] * 22)
     level = env.unwrapped.levels[3]
     for info in infos[1:]:
@@ -138,6 +138,7 @@ def test_seeded_rollouts_are_identical(digits_model_state):
 
 
 def test_reset_restores_dense_weights_bit_for_bit(env):
+    env = gym.make(DIGITS, action_mode="absolute")
     env.reset(seed=0)
     dense = weights_of(env)
     rollout(env, actions=[6] * 22)  # 0.54 requested everywhere: every layer loses weights
@@ -163,7 +164,8 @@ def test_global_mp_played_through_the_env_equals_global_mp_applied_directly(
     digits_model, digits_model_state, bn_recalibration_batches
 ):
     env = gym.make(
-        DIGITS, action_type="continuous", target_sparsity=0.8, bn_recalibration_batches=bn_recalibration_batches
+        DIGITS, action_type="continuous", action_mode="absolute", target_sparsity=0.8,
+        bn_recalibration_batches=bn_recalibration_batches,
     )
     unwrapped = env.unwrapped
     sparsities = unwrapped.global_mp_sparsities()
@@ -383,7 +385,7 @@ def test_custom_model_with_conv1d_and_linear():
     y = torch.randint(0, 4, (40,))
     env = PruneEnv(model=model, reward_data=(x[:20], y[:20]), test_data=(x[20:], y[20:]), target_sparsity=0.5, device="cpu")
     assert [layer.kind for layer in env.layers] == ["conv", "depthwise", "linear"]
-    _, _, infos = rollout(env, actions=[11, 11, 0])
+    _, _, infos = rollout(env, actions=[10, 10, 0])
     assert abs(env.state.pruned_count() - 0.5 * env.state.total) <= 3
     assert "test_accuracy" in infos[-1]
     with pytest.raises(ValueError, match="model="):

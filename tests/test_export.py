@@ -240,10 +240,10 @@ def test_exported_global_mp_scores_what_baseline_reported(digits_model_state, tm
     """The env re-calibrates BatchNorm after each step; export does the same, so the written
     checkpoint scores what `prune-gym baseline` reported (the user's defaults on both sides)."""
     record = tmp_path / "baseline.json"
-    assert main(["baseline", "PruneResNet20Digits-v0", "--sparsity", "0.8", "--json", str(record)]) == 0
+    assert main(["baseline", "PruneResNet20Digits-v1", "--sparsity", "0.8", "--json", str(record)]) == 0
     reported = json.loads(record.read_text())["test_accuracy"]
     output = tmp_path / "gmp80.pt"
-    assert main(["export", "PruneResNet20Digits-v0", "--sparsity", "0.8", "--output", str(output)]) == 0
+    assert main(["export", "PruneResNet20Digits-v1", "--sparsity", "0.8", "--output", str(output)]) == 0
     out = capsys.readouterr().out
     assert "BatchNorm re-calibrated on 1 x 256 train images" in out
     meta = torch.load(output, weights_only=True)["meta"]
@@ -278,7 +278,7 @@ def test_cli_export_writes_loadable_files(digits_model_state, fresh_digits_model
 
     # The recipe goes back in through --recipe and gives the same masks.
     again = tmp_path / "again.pt"
-    assert main(["export", "PruneResNet20Digits-v0", "--recipe", str(recipe_path(output)),
+    assert main(["export", "PruneResNet20Digits-v1", "--recipe", str(recipe_path(output)),
                  "--output", str(again), "--device", "cpu", "--no-progress"]) == 0
     assert same_masks(load_pruned(again, fresh_digits_model())[0], expected)
 

@@ -23,14 +23,15 @@ from prune_gym.evaluation import evaluate_accuracy
 from prune_gym.pruning import find_prunable_layers, global_magnitude_masks, minimum_keep
 from prune_gym.stats import FEATURES
 
-ENV_ID = "PruneResNet20Digits-v0"
+ENV_ID = "PruneResNet20Digits-v1"
 
 
 
 @pytest.fixture(scope="module")
 def envs(digits_model_state) -> dict[str, gym.Env]:
-    """One digits env per action type (the trained model is cached by the session fixture)."""
-    made = {kind: gym.make(ENV_ID, action_type=kind, device="cpu") for kind in ("discrete", "continuous")}
+    """One digits env per action type, in absolute mode: the policies' sparsities are requested as
+    they are (the relative mode has its own tests in test_actions.py)."""
+    made = {kind: gym.make(ENV_ID, action_type=kind, action_mode="absolute", device="cpu") for kind in ("discrete", "continuous")}
     yield made
     for env in made.values():
         env.close()
@@ -115,7 +116,7 @@ def test_global_mp_through_the_env_equals_global_magnitude_pruning(digits_task, 
     """Through a continuous env at 0.8, Global MP gives the same per-layer sparsities (within one
     weight per layer) and the same test accuracy as global_magnitude_masks on the model itself
     (without the digits env's default BatchNorm re-calibration, which the masks alone lack)."""
-    env = gym.make(ENV_ID, action_type="continuous", device="cpu", bn_recalibration_batches=0)
+    env = gym.make(ENV_ID, action_type="continuous", action_mode="absolute", device="cpu", bn_recalibration_batches=0)
     _, _, info = final_info_of_evaluation(GlobalMagnitudePolicy(env), env, 0.8)
     env.close()
 

@@ -8,12 +8,12 @@ import pytest
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents.search import local_search
 
-ENV_ID = "PruneResNet20Digits-v0"
+ENV_ID = "PruneResNet20Digits-v1"
 
 
 @pytest.fixture(scope="module")
 def env(digits_model_state):
-    made = gym.make(ENV_ID, action_type="continuous", target_sparsity=0.9, device="cpu")
+    made = gym.make(ENV_ID, action_type="continuous", action_mode="absolute", target_sparsity=0.9, device="cpu")
     yield made
     made.close()
 

@@ -80,9 +80,9 @@ def task(tmp_path, monkeypatch) -> Cifar10Task:
 
 
 def test_registered_tasks_and_env_ids():
-    assert get_task("PruneResNet32CIFAR10-v0").name == "resnet32-cifar10"
-    assert get_task("PruneWRN28x8CIFAR10-v0").name == "wrn28x8-cifar10"
-    assert get_task("PruneMobileNetV1CIFAR10-v0").name == "mobilenetv1-cifar10"
+    assert get_task("PruneResNet32CIFAR10-v1").name == "resnet32-cifar10"
+    assert get_task("PruneWRN28x8CIFAR10-v1").name == "wrn28x8-cifar10"
+    assert get_task("PruneMobileNetV1CIFAR10-v1").name == "mobilenetv1-cifar10"
     for name in ("resnet32-cifar10", "wrn28x8-cifar10", "mobilenetv1-cifar10"):
         task = get_task(name)
         assert task.family == "cifar10" and task.input_shape == (3, 32, 32) and task.num_classes == 10

@@ -36,7 +36,7 @@ def _rows(inputs: torch.Tensor) -> set[bytes]:
 
 
 def test_registered_under_its_name_and_env_id():
-    task = get_task("PruneFastGRNNHAR2-v0")
+    task = get_task("PruneFastGRNNHAR2-v1")
     assert task.name == "fastgrnn-har2" and task.family == "har2"
     assert task.input_shape == (128, 9) and task.num_classes == 2
 

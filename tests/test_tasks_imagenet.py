@@ -61,7 +61,7 @@ def torch_home(tmp_path, monkeypatch) -> Path:
 
 
 def test_registered_tasks_and_env_ids():
-    resnet, mobilenet = get_task("PruneResNet50-v0"), get_task("PruneMobileNetV2-v0")
+    resnet, mobilenet = get_task("PruneResNet50-v1"), get_task("PruneMobileNetV2-v1")
     assert (resnet.name, mobilenet.name) == ("resnet50-imagenet", "mobilenetv2-imagenet")
     for task in (resnet, mobilenet):
         assert task.family == "imagenet" and task.num_classes == 1000

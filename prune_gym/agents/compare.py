@@ -12,7 +12,7 @@ at a requested sparsity, so no reference policy is clipped (the JSON records the
 One agent serves all targets: the target of each training episode is drawn from the requested
 sparsities (``TargetSamplingWrapper``), the target is part of the observation, and the agent is
 then evaluated deterministically at each target ("DQN (greedy)"). This costs one training
-budget instead of one per sparsity, which keeps the default run on ``PruneResNet20Digits-v0``
+budget instead of one per sparsity, which keeps the default run on ``PruneResNet20Digits-v1``
 within minutes on a 2-core CPU. Every finished training episode is recorded, and the best one
 per target on the reward split (as AMC reports the best policy its search found) is replayed
 through the reference env as its own method ("DQN (best found)"). "local search" answers the
@@ -152,7 +152,7 @@ def _required_max_sparsity(reference_env: gym.Env, sparsities: Sequence[float], 
 def make_reference_env(
     env_id: str, targets: Sequence[float], shared: Mapping[str, Any], min_threshold: float | None,
 ) -> tuple[gym.Env, dict[str, Any], str]:
-    """The reference policies' env (continuous actions) at ``targets[0]``, the shared kwargs and
+    """The reference policies' env (continuous absolute actions) at ``targets[0]``, the shared kwargs and
     a note on ``max_sparsity``.
 
     Where Global MP (with or without the Minimum Threshold) needs a layer sparser than the env's
@@ -161,7 +161,7 @@ def make_reference_env(
     or the need exceeds ``MAX_SPARSITY_CEILING``; then the note says that Global MP is clipped.
     """
     shared = dict(shared)
-    reference_env = gym.make(env_id, action_type="continuous", target_sparsity=targets[0], **shared)
+    reference_env = gym.make(env_id, **_reference_kwargs(shared, targets[0]))
     max_sparsity = prune_env_of(reference_env).max_sparsity
     needed = _required_max_sparsity(reference_env, targets, min_threshold)
     note = f"Global MP needs at most {needed:.4f} per layer; env max_sparsity {max_sparsity}"
@@ -173,8 +173,13 @@ def make_reference_env(
             note += f", raised to {max_sparsity} so Global MP is not clipped"
             shared["max_sparsity"] = max_sparsity
             reference_env.close()
-            reference_env = gym.make(env_id, action_type="continuous", target_sparsity=targets[0], **shared)
+            reference_env = gym.make(env_id, **_reference_kwargs(shared, targets[0]))
     return reference_env, shared, note
+
+
+def _reference_kwargs(shared: Mapping[str, Any], target: float) -> dict[str, Any]:
+    """The reference policies play exact sparsities: continuous actions, absolute mode."""
+    return {**shared, "action_type": "continuous", "action_mode": "absolute", "target_sparsity": target}
 
 
 def agent_env_kwargs_for(
@@ -189,7 +194,7 @@ def agent_env_kwargs_for(
 
 
 def compare(
-    env_id: str = "PruneResNet20Digits-v0",
+    env_id: str = "PruneResNet20Digits-v1",
     sparsities: Sequence[float] = DEFAULT_SPARSITIES,
     algo: str = "dqn",
     *,
@@ -409,6 +414,7 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
         "agent": {
             "algo": algo,
             "action_type": agent_action_type,
+            "action_mode": prune_env_of(agent_env).action_mode,
             "env_kwargs": agent_env_kwargs,
             "levels": None if levels is None else len(levels),
             "timesteps": agent.timesteps,
@@ -423,7 +429,8 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
         },
         "reference_policies": {
             "action_type": "continuous",
-            "why": "Global MP's exact per-layer sparsities are reachable only with continuous actions",
+            "action_mode": "absolute",
+            "why": "every policy's exact per-layer sparsities (recipes, search allocations) are played as they are",
             "random": "per-layer sparsity uniform in [min_sparsity, max_sparsity], one seeded episode",
             "min_threshold": min_threshold,
         },

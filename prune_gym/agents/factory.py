@@ -13,7 +13,7 @@ env and leaves it as it is.
 
 Example::
 
-    env = gym.make("PruneResNet20Digits-v0")
+    env = gym.make("PruneResNet20Digits-v1")
     agent = make_agent(env, "dqn")            # PuRL-style DQN defaults
     agent.learn(total_timesteps=default_timesteps("dqn", env))
 """
@@ -147,7 +147,7 @@ def load_hyperparams(
         env_id: the env id to look up; falls back to the file's ``default`` entry.
         hyperparams: None for the shipped defaults; a path to an rl-zoo3 style YAML file; or a
             dict, either of settings (``{"learning_rate": 1e-3}``, applied over the shipped
-            defaults) or rl-zoo3 style (``{"PruneResNet20Digits-v0": {...}}``).
+            defaults) or rl-zoo3 style (``{"PruneResNet20Digits-v1": {...}}``).
     """
     name = algo.lower()
     if name not in ALGORITHMS:

@@ -19,7 +19,7 @@ Example::
     from prune_gym.agents import GlobalMagnitudePolicy
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    env = gym.make("PruneResNet20Digits-v0", action_type="continuous", target_sparsity=0.8)
+    env = gym.make("PruneResNet20Digits-v1", action_type="continuous", target_sparsity=0.8)
     policy = GlobalMagnitudePolicy(env)
     mean_return, _ = evaluate_policy(policy, env, n_eval_episodes=1)
 """
@@ -61,7 +61,7 @@ def prune_env_of(env: Any) -> PruneEnv:
     if isinstance(unwrapped, PruneEnv):
         return unwrapped
     raise ValueError(
-        f"expected a prune-gym env (gym.make('PruneResNet20Digits-v0'), a PruneEnv, or a DummyVecEnv "
+        f"expected a prune-gym env (gym.make('PruneResNet20Digits-v1'), a PruneEnv, or a DummyVecEnv "
         f"of them), got {type(env).__name__}; for a SubprocVecEnv, build the policy with a local "
         f"gym.make(...) of the same env id and kwargs"
     )
@@ -83,6 +83,7 @@ class ReferencePolicy:
         self.action_type = prune_env.action_type
         self.min_sparsity = prune_env.min_sparsity
         self.max_sparsity = prune_env.max_sparsity
+        self.actions = prune_env.actions
         self.levels = None if prune_env.levels is None else np.asarray(prune_env.levels, dtype=np.float64)
 
     # -- SB3 protocol ----------------------------------------------------------------------------
@@ -110,8 +111,7 @@ class ReferencePolicy:
             raise ValueError(
                 f"observation must have shape ({len(FEATURES)},) or (n_envs, {len(FEATURES)}), got {observation.shape}"
             )
-        sparsities = np.asarray(self.layer_sparsities(batch, deterministic), dtype=np.float64)
-        actions = self.sparsities_to_actions(sparsities)
+        actions = self.actions_for(batch, deterministic)
         return (actions[0] if single else actions), None
 
     def __call__(self, observation: np.ndarray) -> np.ndarray:
@@ -123,13 +123,16 @@ class ReferencePolicy:
     def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
         raise NotImplementedError
 
-    def sparsities_to_actions(self, sparsities: np.ndarray) -> np.ndarray:
-        """Vectorised ``PruneEnv.sparsity_to_action`` (nearest level for discrete actions)."""
-        sparsities = np.clip(sparsities, self.min_sparsity, self.max_sparsity)
-        if self.action_type == "discrete":
-            return np.argmin(np.abs(self.levels[None, :] - sparsities[:, None]), axis=1).astype(np.int64)
-        fraction = (sparsities - self.min_sparsity) / (self.max_sparsity - self.min_sparsity)
-        return (2.0 * fraction - 1.0).astype(np.float32)[:, None]
+    def actions_for(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
+        """The actions for a batch of observations: the policy's sparsities, mapped."""
+        sparsities = np.asarray(self.layer_sparsities(observations, deterministic), dtype=np.float64)
+        return self.sparsities_to_actions(sparsities, observations)
+
+    def sparsities_to_actions(self, sparsities: np.ndarray, observations: np.ndarray) -> np.ndarray:
+        """Vectorised ``PruneEnv.sparsity_to_action`` (nearest level for discrete actions); the
+        relative action mode reads each layer's reference sparsity from its observation."""
+        references = observations[:, FEATURE_INDEX["reference_sparsity"]].astype(np.float64)
+        return self.actions.to_actions(sparsities, references)
 
     def layer_indices(self, observations: np.ndarray) -> np.ndarray:
         indices = layer_index_from_observation(observations, self.num_layers)
@@ -243,11 +246,11 @@ class RecipePolicy(ReferencePolicy):
 class RandomPolicy(ReferencePolicy):
     """Random per-layer sparsities: uniform over the action space, whatever ``deterministic``.
 
-    Each layer requests a sparsity drawn uniformly from the env's levels (discrete actions) or
-    from ``[min_sparsity, max_sparsity]`` (continuous actions), like an untrained agent that
-    explores with epsilon = 1. With a target the env's projection then keeps the overall
-    sparsity exact, which pushes the last layers towards whatever budget the random early
-    choices left. Draws come from a NumPy generator seeded by ``seed`` (reproducible).
+    Each layer takes an action drawn uniformly from the action space (a random level, or a
+    number in [-1, 1]), like an untrained agent that explores with epsilon = 1: with
+    ``action_mode="relative"`` random steps around Global MP's allocation, with ``"absolute"``
+    random sparsities, where the env's projection then pushes the last layers towards whatever
+    budget the random early choices left. Draws come from a NumPy generator seeded by ``seed`` (reproducible).
     """
 
     def __init__(self, env: Any, seed: int | None = 0) -> None:
@@ -255,11 +258,11 @@ class RandomPolicy(ReferencePolicy):
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
-    def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
+    def actions_for(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
         count = len(observations)
         if self.action_type == "discrete":
-            return self.levels[self.rng.integers(0, len(self.levels), size=count)]
-        return self.rng.uniform(self.min_sparsity, self.max_sparsity, size=count)
+            return self.rng.integers(0, self.action_space.n, size=count).astype(np.int64)
+        return self.rng.uniform(-1.0, 1.0, size=(count, 1)).astype(np.float32)
 
     def __repr__(self) -> str:
         return f"RandomPolicy(seed={self.seed})"

@@ -52,15 +52,17 @@ def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: fl
     accuracy at ``target``, starting from Global MP's (the first episode plays Global MP itself).
 
     Args:
-        env: a prune-gym env with continuous actions (so every allocation is played exactly).
+        env: a prune-gym env with continuous absolute actions (every allocation is played exactly).
         target: the overall sparsity; the env's projection keeps every episode at it.
         episodes: the budget in env episodes (>= 1).
         seed: seeds the perturbations.
         step: standard deviation of the perturbation in logit space.
     """
     prune_env = prune_env_of(env)
-    if prune_env.action_type != "continuous":
-        raise ValueError("local_search plays exact allocations: give it an env with action_type='continuous'")
+    if prune_env.action_type != "continuous" or prune_env.action_mode != "absolute":
+        raise ValueError(
+            "local_search plays exact allocations: give it an env with action_type='continuous' and action_mode='absolute'"
+        )
     if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes < 1:
         raise ValueError(f"episodes must be a whole number >= 1, got {episodes!r}")
     from prune_gym.agents.compare import run_episode  # the comparison's episode runner

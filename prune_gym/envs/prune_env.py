@@ -12,6 +12,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from prune_gym.envs.actions import DEFAULT_RELATIVE_RANGE, ActionMap, reference_sparsity
 from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
 from prune_gym.evaluation import (
     DataLike,
@@ -39,9 +40,6 @@ from prune_gym.pruning import (
 )
 from prune_gym.stats import FEATURE_INDEX, FEATURES, NUM_STATIC, observation_bounds, static_features
 
-ACTION_TYPES = ("discrete", "continuous")
-
-
 
 class PruneEnv(gym.Env):
     """Prune a trained network one layer at a time, in forward order.
@@ -58,23 +56,34 @@ class PruneEnv(gym.Env):
     ## Action Space
 
     The sparsity of the current layer, in ``[min_sparsity, max_sparsity]`` (a layer is never
-    emptied: ``max_sparsity < 1``).
+    emptied: ``max_sparsity < 1``), chosen through one of two parametrisations
+    (``prune_gym.envs.actions``):
 
-    - ``action_type="discrete"`` (default, for DQN): ``Discrete(n_actions)``, action ``i`` is the
-      ``i``-th of ``n_actions`` evenly spaced levels (default 12 levels: 0, 0.09, ..., 0.99).
-    - ``action_type="continuous"``: ``Box(-1, 1, (1,), float32)``, mapped linearly onto the range.
+    - ``action_mode="relative"`` (default): a step in logit space away from the layer's
+      *reference sparsity*, Global MP's sparsity for the layer with the keep budget earlier
+      layers left spread over the remaining ones in proportion to what Global MP keeps there.
+      Discrete: ``Discrete(n_actions)`` (default 11, odd) steps evenly spaced in
+      ``[-relative_range, relative_range]`` (default 1.0); the centre action ``n_actions // 2``
+      takes the reference exactly, so playing it at every step *is* Global MP. Continuous:
+      ``Box(-1, 1, (1,))`` times ``relative_range``; 0 takes the reference.
+    - ``action_mode="absolute"`` (v0's): the sparsity itself, ``Discrete(n_actions)`` (default
+      12) evenly spaced levels ``0, 0.09, ..., 0.99``, or ``Box(-1, 1, (1,))`` mapped linearly
+      onto the range (continuous absolute actions replay any allocation exactly).
 
-    With a ``target_sparsity``, the requested sparsity is projected onto the interval that keeps
-    the target reachable by the remaining layers without overshooting it, so every finished
-    episode ends at the target (to within one weight per layer). ``info`` reports both.
+    With a ``target_sparsity``, the requested sparsity is then projected onto the interval that
+    keeps the target reachable by the remaining layers without overshooting it (each within
+    ``[min_sparsity, max_sparsity]``), so every finished episode ends at the target exactly
+    (``round(target * weights)`` weights pruned). ``info`` reports both the requested and the
+    applied sparsity; the ``reference_sparsity`` feature tells the agent where the spread budget
+    stands.
 
     ## Observation Space
 
-    ``Box(0, high, (20,), float32)``: static statistics of the current layer and the state of
+    ``Box(0, high, (21,), float32)``: static statistics of the current layer and the state of
     the episode, each listed with its meaning in ``prune_gym.stats.FEATURES`` (position, kind,
     size, share of parameters and FLOPs, channels, kernel, stride, weight magnitudes, the sparsity
-    Global MP would give the layer, sparsity so far, budget left, accuracy relative to dense,
-    previous action, target, FLOPs removed so far). After the last step the observation is the
+    Global MP would give the layer, the reference sparsity, sparsity so far, budget left,
+    accuracy relative to dense, previous action, target, FLOPs removed so far). After the last step the observation is the
     last layer's, with the dynamic features updated.
 
     ## Rewards
@@ -93,7 +102,10 @@ class PruneEnv(gym.Env):
     ## Episode End
 
     Terminates after the last prunable layer (episode length = number of prunable layers); the
-    last step's ``info`` holds the per-layer sparsities and the test accuracy. Never truncates.
+    last step's ``info`` holds the per-layer sparsities and the test accuracy. The env itself
+    never truncates; ``gym.make`` adds a ``TimeLimit`` of the same length, which also reports
+    ``truncated=True`` on that last step (``terminated`` is True there too: treat the episode
+    as ended, not cut off).
 
     ## Arguments
 
@@ -102,7 +114,9 @@ class PruneEnv(gym.Env):
       (tensors ``(x, y)``, a Dataset or a DataLoader). ``train_data`` is only needed for BN
       re-calibration.
     - ``target_sparsity``: overall sparsity every episode ends at (default 0.8), or None.
-    - ``action_type``, ``n_actions``, ``min_sparsity``, ``max_sparsity``: the action space.
+    - ``action_type`` (``"discrete"``, ``"continuous"``), ``action_mode`` (``"relative"``,
+      ``"absolute"``), ``n_actions`` (None = 11 relative / 12 absolute), ``relative_range``,
+      ``min_sparsity``, ``max_sparsity``: the action space (see above).
     - ``reward``, ``sparsity_weight``: the reward function and its ``beta``.
     - ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``; ``amp``,
       ``channels_last``: bf16/fp16 autocast on CUDA, and the channels-last memory format for
@@ -126,6 +140,13 @@ class PruneEnv(gym.Env):
 
     ## Version History
 
+    - v1: ``action_mode="relative"`` is the default (steps around Global MP's allocation with
+      the keep budget spread; 11 discrete actions) and the observation gains
+      ``reference_sparsity`` (21 features). Under v0's absolute levels, an under-pruned start
+      was paid back by the last layers alone (the 640-weight classifier of the digits model
+      ended at 0.99 at target 0.9) and Global MP's allocation could not be expressed.
+      ``gym.make("...-v0")`` still gives v0's absolute actions (with the 21-feature
+      observation: agents saved under v0 need retraining).
     - v0: initial release.
     """
 
@@ -141,7 +162,9 @@ class PruneEnv(gym.Env):
         train_data: DataLike | None = None,
         target_sparsity: float | None = 0.8,
         action_type: str = "discrete",
-        n_actions: int = 12,
+        action_mode: str = "relative",
+        n_actions: int | None = None,
+        relative_range: float = DEFAULT_RELATIVE_RANGE,
         min_sparsity: float = 0.0,
         max_sparsity: float = 0.99,
         reward: str | RewardFunction = "purl",
@@ -165,14 +188,11 @@ class PruneEnv(gym.Env):
     ) -> None:
         super().__init__()
         # -- validate everything cheap before loading anything --------------------------------
-        if action_type not in ACTION_TYPES:
-            raise ValueError(f"action_type must be one of {ACTION_TYPES}, got {action_type!r}")
         self.min_sparsity = check_sparsity(min_sparsity, "min_sparsity")
         self.max_sparsity = check_sparsity(max_sparsity, "max_sparsity")
         if self.min_sparsity >= self.max_sparsity:
             raise ValueError(f"min_sparsity ({min_sparsity}) must be below max_sparsity ({max_sparsity})")
-        if action_type == "discrete" and (not isinstance(n_actions, int | np.integer) or n_actions < 2):
-            raise ValueError(f"n_actions must be an integer >= 2 for discrete actions, got {n_actions!r}")
+        self.actions = ActionMap(action_type, action_mode, n_actions, self.min_sparsity, self.max_sparsity, relative_range)
         self.target_sparsity = self._check_target(target_sparsity)
         if isinstance(sparsity_weight, bool) or not isinstance(sparsity_weight, int | float | np.number) or not math.isfinite(sparsity_weight):
             raise ValueError(f"sparsity_weight must be a finite number (the reward's beta), got {sparsity_weight!r}")
@@ -191,6 +211,7 @@ class PruneEnv(gym.Env):
             raise ValueError(f"finetune_lr must be > 0, got {finetune_lr!r}")
         self.render_mode = render_mode
         self.action_type = action_type
+        self.action_mode = action_mode
         self.sparsity_weight = float(sparsity_weight)
         self.device = resolve_device(device)
 
@@ -260,11 +281,8 @@ class PruneEnv(gym.Env):
         self._global_mp_cache: dict[tuple[float, float | None], list[float]] = {}
 
         # -- spaces --------------------------------------------------------------------------
-        self.levels = np.linspace(self.min_sparsity, self.max_sparsity, int(n_actions)) if action_type == "discrete" else None
-        if action_type == "discrete":
-            self.action_space = spaces.Discrete(int(n_actions))
-        else:
-            self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.levels = self.actions.levels  # sparsities (absolute) or logit steps (relative)
+        self.action_space = self.actions.space()
         low, high = observation_bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
 
@@ -336,38 +354,28 @@ class PruneEnv(gym.Env):
         return self._t if self._t is not None and self._t < self.num_layers else None
 
     def action_to_sparsity(self, action: Any) -> float:
-        """The sparsity an action requests; ValueError if the action is not in the action space."""
-        if self.action_type == "discrete":
-            if isinstance(action, np.ndarray) and action.shape == (1,):
-                action = action[0]
-            if not self.action_space.contains(action) and not (
-                isinstance(action, int | np.integer) and 0 <= int(action) < self.action_space.n
-            ):
-                raise ValueError(
-                    f"action {action!r} is not in {self.action_space}: give an integer in [0, {self.action_space.n - 1}]"
-                )
-            return float(self.levels[int(action)])
-        # What the Box contains, plus a plain real number: no strings, bools, complex numbers or
-        # other shapes (a (1, 1) array is a batch, not an action).
-        is_number = isinstance(action, int | float | np.integer | np.floating) and not isinstance(action, bool | np.bool_)
-        is_array = isinstance(action, np.ndarray) and action.shape in ((1,), ()) and np.issubdtype(action.dtype, np.number) \
-            and not np.issubdtype(action.dtype, np.complexfloating)
-        value = np.asarray(action, dtype=np.float64).reshape(-1) if is_number or is_array else None
-        if value is None or not np.isfinite(value).all() or not -1.0 <= float(value[0]) <= 1.0:
-            raise ValueError(
-                f"action {action!r} is not in {self.action_space}: give one finite real number in [-1, 1] "
-                "(a float or an array of shape (1,))"
-            )
-        fraction = (float(value[0]) + 1.0) / 2.0
-        return self.min_sparsity + fraction * (self.max_sparsity - self.min_sparsity)
+        """The sparsity an action requests for the current layer (see ``action_mode``);
+        ValueError if the action is not in the action space."""
+        return self.actions.to_sparsity(action, self.reference_sparsity())
 
     def sparsity_to_action(self, sparsity: float) -> Any:
-        """The action that requests ``sparsity`` (the nearest level for discrete actions)."""
-        sparsity = float(np.clip(sparsity, self.min_sparsity, self.max_sparsity))
-        if self.action_type == "discrete":
-            return int(np.argmin(np.abs(self.levels - sparsity)))
-        fraction = (sparsity - self.min_sparsity) / (self.max_sparsity - self.min_sparsity)
-        return np.array([2.0 * fraction - 1.0], dtype=np.float32)
+        """The action that requests ``sparsity`` for the current layer (the nearest level for
+        discrete actions): an int, or an array of shape (1,) for continuous actions."""
+        action = self.actions.to_actions(np.array([sparsity]), np.array([self.reference_sparsity()]))[0]
+        return int(action) if self.action_type == "discrete" else action
+
+    def reference_sparsity(self) -> float:
+        """The current layer's reference sparsity: Global MP's, with the keep budget the earlier
+        layers left spread over the remaining ones (``prune_gym.envs.actions.reference_sparsity``).
+        The centre action of ``action_mode="relative"`` takes it; an observation feature."""
+        index = min(self._t or 0, self.num_layers - 1)
+        target = self.target_sparsity if self.target_sparsity is not None else 0.5
+        counts = [round(s * n) for s, n in zip(self.global_mp_sparsities(target), self.state.numels, strict=True)]
+        target_count = round(self.target_sparsity * self.state.total) if self.target_sparsity is not None else None
+        pruned = self._pruned
+        if self._t == self.num_layers:  # after the last step: the state before it
+            pruned -= round(self.applied[index] * self.state.numels[index])
+        return reference_sparsity(index, self.state.numels, counts, pruned, target_count)
 
     def global_mp_sparsities(self, target: float | None = None, min_threshold: float | None = None) -> list[float]:
         """Per-layer sparsities of Global MP on the dense model (cached per target and MT)."""
@@ -579,6 +587,7 @@ class PruneEnv(gym.Env):
         observation[:NUM_STATIC] = self._static[index]
         total = self.state.total
         observation[FEATURE_INDEX["global_mp_sparsity"]] = self.global_mp_sparsities()[index]
+        observation[FEATURE_INDEX["reference_sparsity"]] = self.reference_sparsity()
         observation[FEATURE_INDEX["sparsity_so_far"]] = self._pruned / total
         if self.target_sparsity is not None:
             remaining = sum(self.state.numels[index:]) if self._t is not None and self._t < self.num_layers else 0

@@ -31,7 +31,7 @@ def register_task(task: Task) -> Task:
 
 
 def get_task(name: str) -> Task:
-    """The task with this name (``"resnet20-digits"``) or env id (``"PruneResNet20Digits-v0"``)."""
+    """The task with this name (``"resnet20-digits"``) or env id (``"PruneResNet20Digits-v1"``)."""
     if name in TASKS:
         return TASKS[name]
     for task in TASKS.values():

@@ -52,7 +52,7 @@ class Task(ABC):
 
     Attributes:
         name: short task name, e.g. ``"resnet50-imagenet"``.
-        env_id: the registered Gymnasium id, e.g. ``"PruneResNet50-v0"``.
+        env_id: the registered Gymnasium id, e.g. ``"PruneResNet50-v1"``.
         family: ``"digits"``, ``"imagenet"``, ``"cifar10"`` or ``"har2"``.
         architecture, dataset: human-readable names for tables and docs.
         input_shape: shape of one input sample at the task's native size.

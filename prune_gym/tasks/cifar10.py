@@ -213,14 +213,14 @@ class Cifar10Task(Task):
 
 def resnet32_cifar10(reward_size: int = DEFAULT_REWARD_SIZE) -> Cifar10Task:
     """ResNet-32 (He et al. 2016; 0.46M parameters, 34 prunable layers) on CIFAR-10."""
-    return Cifar10Task("resnet32-cifar10", "PruneResNet32CIFAR10-v0", "ResNet-32", resnet32, 34, reward_size)
+    return Cifar10Task("resnet32-cifar10", "PruneResNet32CIFAR10-v1", "ResNet-32", resnet32, 34, reward_size)
 
 
 def wrn28x8_cifar10(reward_size: int = DEFAULT_REWARD_SIZE) -> Cifar10Task:
     """WRN-28-8 (Zagoruyko & Komodakis 2016; 23.4M parameters, 29 prunable layers) on CIFAR-10."""
-    return Cifar10Task("wrn28x8-cifar10", "PruneWRN28x8CIFAR10-v0", "WRN-28-8", wrn28x8, 29, reward_size)
+    return Cifar10Task("wrn28x8-cifar10", "PruneWRN28x8CIFAR10-v1", "WRN-28-8", wrn28x8, 29, reward_size)
 
 
 def mobilenetv1_cifar10(reward_size: int = DEFAULT_REWARD_SIZE) -> Cifar10Task:
     """MobileNet-V1 (Howard et al. 2017, 32x32 variant; 3.2M parameters, 28 prunable layers)."""
-    return Cifar10Task("mobilenetv1-cifar10", "PruneMobileNetV1CIFAR10-v0", "MobileNet-V1", mobilenet_v1, 28, reward_size)
+    return Cifar10Task("mobilenetv1-cifar10", "PruneMobileNetV1CIFAR10-v1", "MobileNet-V1", mobilenet_v1, 28, reward_size)

@@ -51,7 +51,7 @@ class DigitsTask(Task):
     def __init__(self) -> None:
         super().__init__(
             name="resnet20-digits",
-            env_id="PruneResNet20Digits-v0",
+            env_id="PruneResNet20Digits-v1",
             family="digits",
             architecture="ResNet-20",
             dataset="digits (scikit-learn, 8x8)",

@@ -189,7 +189,7 @@ class HAR2Task(Task):
     def __init__(self) -> None:
         super().__init__(
             name="fastgrnn-har2",
-            env_id="PruneFastGRNNHAR2-v0",
+            env_id="PruneFastGRNNHAR2-v1",
             family="har2",
             architecture="FastGRNN",
             dataset="HAR-2 (UCI HAR, 2 classes)",

@@ -238,7 +238,7 @@ class ImageNetTask(Task):
 def resnet50_imagenet(image_size: int = DEFAULT_IMAGE_SIZE, reward_size: int = DEFAULT_REWARD_SIZE) -> ImageNetTask:
     """torchvision ResNet-50 (25.6M parameters, 54 prunable layers) on ImageNet."""
     return ImageNetTask(
-        "resnet50-imagenet", "PruneResNet50-v0", "ResNet-50", "resnet50", "ResNet50_Weights", 54,
+        "resnet50-imagenet", "PruneResNet50-v1", "ResNet-50", "resnet50", "ResNet50_Weights", 54,
         image_size=image_size, reward_size=reward_size,
     )
 
@@ -246,6 +246,6 @@ def resnet50_imagenet(image_size: int = DEFAULT_IMAGE_SIZE, reward_size: int = D
 def mobilenetv2_imagenet(image_size: int = DEFAULT_IMAGE_SIZE, reward_size: int = DEFAULT_REWARD_SIZE) -> ImageNetTask:
     """torchvision MobileNet-V2 (3.5M parameters, 53 prunable layers) on ImageNet."""
     return ImageNetTask(
-        "mobilenetv2-imagenet", "PruneMobileNetV2-v0", "MobileNet-V2", "mobilenet_v2", "MobileNet_V2_Weights", 53,
+        "mobilenetv2-imagenet", "PruneMobileNetV2-v1", "MobileNet-V2", "mobilenet_v2", "MobileNet_V2_Weights", 53,
         image_size=image_size, reward_size=reward_size,
     )

@@ -110,7 +110,7 @@ def pretrain(
     """Train ``task_name``'s model from scratch; return the path of the saved weights.
 
     Args:
-        task_name: a task name or env id (``"fastgrnn-har2"``, ``"PruneResNet32CIFAR10-v0"``).
+        task_name: a task name or env id (``"fastgrnn-har2"``, ``"PruneResNet32CIFAR10-v1"``).
         data_dir: the task's data folder (else its environment variable, e.g. ``$PRUNE_GYM_HAR_DIR``).
         epochs: overrides the recipe's number of epochs (the cosine schedule spans them all).
         output: where to save the weights; default: the task's default weights path, so
