@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_RELATIVE_RANGE",
     "ActionMap",
     "reference_sparsity",
+    "spread_bounds",
 ]
 
 
@@ -84,6 +85,25 @@ def reference_sparsity(
         return global_mp_counts[index] / numel
     keep = (numel - global_mp_counts[index]) * keep_budget / global_mp_keep_rest
     return float(min(max(1.0 - keep / numel, 0.0), 1.0))
+
+
+def spread_bounds(
+    index: int, numels: Sequence[int], global_mp_counts: Sequence[int], pruned_so_far: int, target_count: int,
+    relative_range: float,
+) -> tuple[int, int]:
+    """Bounds on the weights layer ``index`` may lose so that the layers after it keep, together,
+    between ``exp(-relative_range)`` and ``exp(relative_range)`` times what Global MP keeps in
+    them: one layer's choice cannot leave the rest (in the end, the last small layer) to be
+    emptied, nor hand them more than they can use. ``(low, high)`` pruned counts (``low > high``
+    when the earlier layers already left the rest outside those bounds)."""
+    numel = numels[index]
+    total = sum(numels)
+    keep_budget = (total - target_count) - (sum(numels[:index]) - pruned_so_far)
+    rest_keep = sum(n - c for n, c in zip(numels[index + 1:], global_mp_counts[index + 1:], strict=True))
+    # The rest keeps keep_budget - (numel - count) weights: within [rest_keep / e^R, rest_keep * e^R].
+    low = math.ceil(numel - keep_budget + rest_keep * math.exp(-relative_range))
+    high = math.floor(numel - keep_budget + rest_keep * math.exp(relative_range))
+    return low, high
 
 
 @dataclass(frozen=True)

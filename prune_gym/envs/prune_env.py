@@ -12,7 +12,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from prune_gym.envs.actions import DEFAULT_RELATIVE_RANGE, ActionMap, reference_sparsity
+from prune_gym.envs.actions import DEFAULT_RELATIVE_RANGE, ActionMap, reference_sparsity, spread_bounds
 from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
 from prune_gym.evaluation import (
     DataLike,
@@ -369,8 +369,7 @@ class PruneEnv(gym.Env):
         layers left spread over the remaining ones (``prune_gym.envs.actions.reference_sparsity``).
         The centre action of ``action_mode="relative"`` takes it; an observation feature."""
         index = min(self._t or 0, self.num_layers - 1)
-        target = self.target_sparsity if self.target_sparsity is not None else 0.5
-        counts = [round(s * n) for s, n in zip(self.global_mp_sparsities(target), self.state.numels, strict=True)]
+        counts = self._global_mp_counts()
         target_count = round(self.target_sparsity * self.state.total) if self.target_sparsity is not None else None
         pruned = self._pruned
         if self._t == self.num_layers:  # after the last step: the state before it
@@ -384,6 +383,11 @@ class PruneEnv(gym.Env):
         if key not in self._global_mp_cache:
             self._global_mp_cache[key] = global_magnitude_sparsities(self.state.dense, target, min_threshold)
         return self._global_mp_cache[key]
+
+    def _global_mp_counts(self) -> list[int]:
+        """Weights Global MP prunes in each layer at the target (at 0.5 with no target)."""
+        target = self.target_sparsity if self.target_sparsity is not None else 0.5
+        return [round(s * n) for s, n in zip(self.global_mp_sparsities(target), self.state.numels, strict=True)]
 
     def evaluate_test(self) -> float:
         """Test-split accuracy of the model as it is now (pruned or dense)."""
@@ -527,6 +531,14 @@ class PruneEnv(gym.Env):
         still_needed = target_count - self._pruned
         low = max(layer_low, still_needed - rest_high)
         high = min(layer_high, still_needed - rest_low)
+        if self.action_mode == "relative" and index + 1 < self.num_layers:
+            # Keep the remaining layers within exp(+-relative_range) of Global MP's share where
+            # the target allows it (exactness first: the bounds above are never given up).
+            spread_low, spread_high = spread_bounds(
+                index, self.state.numels, self._global_mp_counts(), self._pruned, target_count, self.actions.relative_range
+            )
+            if max(low, spread_low) <= min(high, spread_high):
+                low, high = max(low, spread_low), min(high, spread_high)
         return low, max(low, high)
 
     def _after_weights_changed(self, index: int) -> int:
