@@ -63,8 +63,6 @@ from prune_gym.agents import (
     make_agent,
 )
 from prune_gym.agents.callbacks import EpisodeRecorder
-from prune_gym.agents.policies import RecipePolicy
-from prune_gym.agents.search import local_search
 from prune_gym.agents.compare import (
     MethodResult,
     agent_env_kwargs_for,
@@ -72,7 +70,8 @@ from prune_gym.agents.compare import (
     make_reference_env,
     run_episode,
 )
-from prune_gym.agents.policies import prune_env_of
+from prune_gym.agents.policies import RecipePolicy, prune_env_of
+from prune_gym.agents.search import local_search
 from prune_gym.agents.training import make_training_env
 from prune_gym.finetune import recipe_for
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
@@ -327,7 +326,7 @@ def cost_table(record: dict[str, Any]) -> list[str]:
     for algo in record["config"]["algos"]:
         name = algo.upper()
         for target in targets:
-            def reward(method: str) -> str:
+            def reward(method: str, target: str = target) -> str:
                 return _percent_cell([row["reward_accuracy"] for run in runs for row in run["rows"]
                                       if row["method"] == method and str(row["target_sparsity"]) == target])
             beats = [run["agents"][algo]["first_beat_global_mp"][target] for run in runs]

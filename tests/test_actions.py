@@ -63,7 +63,7 @@ def test_the_centre_action_is_global_mp_exactly_and_global_mp_policy_takes_it(re
         assert applied == [round(s * n) for s, n in zip(prune_env.global_mp_sparsities(target), numels)]  # weight for weight
         assert prune_env.state.pruned_count() == round(target * prune_env.state.total)
         policy = GlobalMagnitudePolicy(relative)
-        actions, again = play(relative, lambda obs, env: policy(obs), target)
+        actions, again = play(relative, lambda obs, env, policy=policy: policy(obs), target)
         assert [int(a) for a in actions] == [centre] * prune_env.num_layers
         assert again["reward_accuracy"] == info["reward_accuracy"]
 

@@ -519,3 +519,20 @@ def test_failed_step_with_finetuning_rolls_back_every_parameter(digits_model_sta
         env.step(4)
     assert_same_state(weights_of(env), before)
     assert env.current_layer == 1
+
+
+def test_the_last_step_terminates_and_gym_makes_time_limit_also_truncates(env):
+    """As the docstring says: the env ends the episode itself (terminated); gym.make's TimeLimit
+    of the same length flags the last step as truncated too, and never an earlier one."""
+    env.reset(seed=0)
+    flags = []
+    for _ in range(env.unwrapped.num_layers):
+        _, _, terminated, truncated, _ = env.step(env.action_space.n // 2)
+        flags.append((terminated, truncated))
+    assert flags[-1] == (True, True)
+    assert all(flag == (False, False) for flag in flags[:-1])
+    bare = env.unwrapped
+    bare.reset(seed=0)
+    for _ in range(bare.num_layers):
+        _, _, terminated, truncated, _ = bare.step(bare.action_space.n // 2)
+    assert terminated and not truncated

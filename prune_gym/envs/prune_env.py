@@ -12,7 +12,12 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from prune_gym.envs.actions import DEFAULT_RELATIVE_RANGE, ActionMap, reference_sparsity, spread_bounds
+from prune_gym.envs.actions import (
+    DEFAULT_RELATIVE_RANGE,
+    ActionMap,
+    reference_sparsity,
+    spread_bounds,
+)
 from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
 from prune_gym.evaluation import (
     DataLike,
@@ -73,7 +78,10 @@ class PruneEnv(gym.Env):
     With a ``target_sparsity``, the requested sparsity is then projected onto the interval that
     keeps the target reachable by the remaining layers without overshooting it (each within
     ``[min_sparsity, max_sparsity]``), so every finished episode ends at the target exactly
-    (``round(target * weights)`` weights pruned). ``info`` reports both the requested and the
+    (``round(target * weights)`` weights pruned). In the relative mode the interval is narrowed,
+    where the target allows, so that the layers after this one keep between
+    ``exp(-relative_range)`` and ``exp(relative_range)`` times what Global MP keeps in them: no
+    choice can leave the last, small layers to be emptied (``actions.spread_bounds``). ``info`` reports both the requested and the
     applied sparsity; the ``reference_sparsity`` feature tells the agent where the spread budget
     stands.
 
@@ -141,7 +149,8 @@ class PruneEnv(gym.Env):
     ## Version History
 
     - v1: ``action_mode="relative"`` is the default (steps around Global MP's allocation with
-      the keep budget spread; 11 discrete actions) and the observation gains
+      the keep budget spread, the remaining layers kept within ``exp(+-relative_range)`` of
+      Global MP's share; 11 discrete actions) and the observation gains
       ``reference_sparsity`` (21 features). Under v0's absolute levels, an under-pruned start
       was paid back by the last layers alone (the 640-weight classifier of the digits model
       ended at 0.99 at target 0.9) and Global MP's allocation could not be expressed.
@@ -352,6 +361,11 @@ class PruneEnv(gym.Env):
     def current_layer(self) -> int | None:
         """Index of the layer the next step prunes (None before reset and after the last step)."""
         return self._t if self._t is not None and self._t < self.num_layers else None
+
+    @property
+    def reward_accuracy(self) -> float:
+        """Reward-split accuracy of the network as it is now (dense after reset)."""
+        return self._accuracy
 
     def action_to_sparsity(self, action: Any) -> float:
         """The sparsity an action requests for the current layer (see ``action_mode``);

@@ -28,7 +28,7 @@ def render_ansi(env: PruneEnv) -> str:
     target = "none" if env.target_sparsity is None else f"{env.target_sparsity:.3f}"
     lines.append(
         f"overall sparsity {env.state.overall_sparsity():.4f} (target {target}), "
-        f"reward-split accuracy {env._accuracy:.4f} (dense {env.dense_reward_accuracy:.4f})"
+        f"reward-split accuracy {env.reward_accuracy:.4f} (dense {env.dense_reward_accuracy:.4f})"
     )
     if env.synthetic:
         lines.append("SYNTHETIC: random weights and random data, for mechanics and speed only")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 
 class MissingResourceError(FileNotFoundError):
@@ -187,7 +187,3 @@ def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> t
     n_train = round(fractions[0] * n)
     n_reward = round(fractions[1] * n)
     return order[:n_train], order[n_train : n_train + n_reward], order[n_train + n_reward :]
-
-
-def subset(dataset: Dataset, indices: Tensor) -> Subset:
-    return Subset(dataset, indices.tolist())
