@@ -37,10 +37,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("out_channels", "output channels (features) / the largest over layers"),
     Feature("kernel_size", "kernel area (1 for Linear) / the largest over layers"),
     Feature("stride", "1 if the layer downsamples (stride > 1), else 0"),
-    Feature("weight_mean_abs", "mean |w| of the dense layer / the largest over layers"),
+    Feature("weight_mean_abs", "mean absolute weight of the dense layer / the largest over layers"),
     Feature("weight_std", "std of w of the dense layer / the largest over layers"),
     Feature("global_mp_sparsity", "sparsity Global MP gives this layer at the target (at 0.5 with no target)"),
-    Feature("reference_sparsity", "the layer's reference sparsity: Global MP's, with the keep budget earlier layers left spread over the remaining ones (the centre action of action_mode='relative')"),
+    Feature("reference_sparsity", "Global MP's sparsity for the layer with the budget earlier layers left spread (the relative centre action)"),
     Feature("sparsity_so_far", "overall sparsity of all prunable weights before this step"),
     Feature("budget_left", "sparsity the remaining layers (this one included) need on average to reach the target; 0 with no target"),
     Feature("accuracy_ratio", "reward-split accuracy after the previous step / dense accuracy (clipped to [0, 2])", 2.0),
@@ -86,23 +86,40 @@ def static_features(layers: Sequence[PrunableLayer], dense: Sequence[Tensor], fl
         top = arr.max()
         return arr / top if top > 0 else np.zeros_like(arr)
 
-    table = np.zeros((count, NUM_STATIC), dtype=np.float64)
-    table[:, 0] = np.arange(count) / max(count - 1, 1)
     kinds = [layer.kind for layer in layers]
-    table[:, 1] = [kind == "conv" for kind in kinds]
-    table[:, 2] = [kind == "depthwise" for kind in kinds]
-    table[:, 3] = [kind == "linear" for kind in kinds]
     largest = sizes.max()
-    table[:, 4] = np.log(sizes) / np.log(largest) if largest > 1 else 1.0
-    table[:, 5] = sizes / sizes.sum()
-    table[:, 6] = flops_arr / flops_arr.sum() if flops_arr.sum() > 0 else 0.0
-    table[:, 7] = scaled(in_ch)
-    table[:, 8] = scaled(out_ch)
-    table[:, 9] = scaled(kernel)
-    table[:, 10] = [stride > 1 for stride in strides]
-    table[:, 11] = scaled(means)
-    table[:, 12] = scaled(stds)
+    columns = {
+        "position": np.arange(count) / max(count - 1, 1),
+        "is_conv": [kind == "conv" for kind in kinds],
+        "is_depthwise": [kind == "depthwise" for kind in kinds],
+        "is_linear": [kind == "linear" for kind in kinds],
+        "log_size": np.log(sizes) / np.log(largest) if largest > 1 else 1.0,
+        "param_share": sizes / sizes.sum(),
+        "flops_share": flops_arr / flops_arr.sum() if flops_arr.sum() > 0 else 0.0,
+        "in_channels": scaled(in_ch),
+        "out_channels": scaled(out_ch),
+        "kernel_size": scaled(kernel),
+        "stride": [stride > 1 for stride in strides],
+        "weight_mean_abs": scaled(means),
+        "weight_std": scaled(stds),
+    }
+    table = np.zeros((count, NUM_STATIC), dtype=np.float64)
+    for name, values in columns.items():
+        table[:, FEATURE_INDEX[name]] = values
     return np.clip(table, 0.0, 1.0).astype(np.float32)
+
+
+def observation(static: np.ndarray, **dynamic: float) -> np.ndarray:
+    """One observation: a layer's row of :func:`static_features` and the dynamic features by
+    name (each clipped to its bounds; a dynamic feature not given is 0)."""
+    unknown = sorted(set(dynamic) - {feature.name for feature in FEATURES[NUM_STATIC:]})
+    if unknown:
+        raise ValueError(f"unknown dynamic features {unknown}: see prune_gym.stats.FEATURES")
+    values = np.zeros(len(FEATURES), dtype=np.float32)
+    values[:NUM_STATIC] = static
+    for name, value in dynamic.items():
+        values[FEATURE_INDEX[name]] = np.clip(value, 0.0, FEATURES[FEATURE_INDEX[name]].high)
+    return values
 
 
 def layer_index_from_observation(observation: np.ndarray, num_layers: int) -> np.ndarray:

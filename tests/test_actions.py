@@ -3,6 +3,8 @@ exactly), the spread of an under-pruned start, and the projection's per-layer ca
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents import GlobalMagnitudePolicy, RandomPolicy
 from prune_gym.cli import ACTION_MODE_CHOICES
-from prune_gym.envs.actions import ACTION_MODES, ActionMap, reference_sparsity
+from prune_gym.envs.actions import ACTION_MODES, ActionMap, feasible_counts, reference_sparsity
 
 ENV_ID = "PruneResNet20Digits-v1"
 
@@ -130,3 +132,33 @@ def test_v0_keeps_absolute_levels(digits_model_state):
         env = gym.make("PruneResNet20Digits-v0", device="cpu")
     assert env.unwrapped.action_mode == "absolute" and env.action_space.n == 12
     env.close()
+
+
+def test_feasible_counts_never_exceed_a_layers_cap_and_keep_the_target_reachable():
+    # Three layers of 100 weights, caps [0, 0.9], target 180 pruned.
+    numels = [100, 100, 100]
+    assert feasible_counts(0, numels, 0, 180, 0.0, 0.9) == (0, 90)
+    # 10 pruned in layer 0: layers 1 and 2 must lose 170, at most 90 each -> layer 1 loses >= 80.
+    assert feasible_counts(1, numels, 10, 180, 0.0, 0.9) == (80, 90)
+    assert feasible_counts(2, numels, 100, 180, 0.0, 0.9) == (80, 80)  # the last layer: exactly the rest
+    # Spread: Global MP prunes 40, 60, 80; the layers after layer 1 (Global MP keeps 20 there) must
+    # keep between 20/e and 20e weights: with 10 pruned before, layer 1 may lose 80 to 90 (exactness)
+    # and, within that, what leaves layer 2 keeping 7.4 to 54: all of 80..90 qualifies.
+    assert feasible_counts(1, numels, 10, 180, 0.0, 0.9, ([40, 60, 80], 1.0)) == (80, 90)
+    # On course (40 pruned, 60 kept), layers 1 and 2 keep 60 together; layer 2 must keep between
+    # 20/e = 7.4 and 20e = 54.4, so layer 1 loses 48 to 94; the caps (layer 2 loses at most 90 of
+    # the 140 still needed, layer 1 at most 90) make it 50 to 90.
+    assert feasible_counts(1, numels, 40, 180, 0.0, 0.9, ([40, 60, 80], 1.0)) == (50, 90)
+    # With caps of 0.99 the spread binds on both sides.
+    assert feasible_counts(1, numels, 40, 180, 0.0, 0.99, ([40, 60, 80], 1.0)) == (48, 94)
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # random layer sizes, caps, targets and histories
+        numels = rng.integers(1, 500, size=6).tolist()
+        cap = float(rng.uniform(0.5, 0.99))
+        target = int(rng.integers(0, int(cap * sum(numels)) + 1))
+        pruned = 0
+        for index, numel in enumerate(numels):
+            low, high = feasible_counts(index, numels, pruned, target, 0.0, cap)
+            assert 0 <= low <= high <= math.floor(cap * numel)
+            pruned += int(rng.integers(low, high + 1))
+        assert pruned == target

@@ -105,12 +105,61 @@ def test_no_target_applies_the_requested_sparsity(digits_model_state):
         assert info["applied_sparsity"] == round(level * numel) / numel
 
 
-def test_observations_are_in_the_space_and_documented(env):
+def test_observations_are_in_the_space_and_the_docstring_lists_every_feature(env):
     assert env.observation_space.shape == (len(FEATURES),)
     observations, _, _ = rollout(env)
     for obs in observations:
         assert obs.dtype == np.float32
         assert env.observation_space.contains(obs)
+    documented = [line.strip() for line in PruneEnv.__doc__.splitlines() if line.strip().startswith("- ") and "``: " in line]
+    expected = [f"- {i}. ``{feature.name}``: {feature.description}" for i, feature in enumerate(FEATURES)]
+    assert [line for line in documented if line[2:3].isdigit()] == expected
+
+
+def test_every_observation_feature_on_a_small_model():
+    """Each feature's value, worked out by hand for a conv (stride 2) and a Linear layer."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 2, 3, stride=2, bias=False)  # 18 weights, 1x6x6 -> 2x2x2
+    linear = nn.Linear(8, 3)  # 24 weights
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(1, 19, dtype=torch.float32).reshape(2, 1, 3, 3) / 18)
+        linear.weight.copy_(torch.linspace(-1, 1, 24).reshape(3, 8))
+    model = nn.Sequential(conv, nn.ReLU(), nn.Flatten(), linear)
+    x, y = torch.randn(30, 1, 6, 6), torch.randint(0, 3, (30,))
+    env = PruneEnv(model=model, reward_data=(x, y), target_sparsity=0.5, device="cpu", action_type="continuous",
+                   action_mode="absolute", channels_last=False)
+    names = [feature.name for feature in FEATURES]
+    first, _ = env.reset()
+    values = dict(zip(names, first.tolist(), strict=True))
+    flops = [2 * 2 * 2 * 9, 24]  # multiply-accumulates: conv 8 outputs x 9, linear 24
+    gmp = env.global_mp_sparsities(0.5)
+    conv_w, linear_w = conv.weight.detach(), linear.weight.detach()
+    conv_mean, linear_mean = float(conv_w.abs().mean()), float(linear_w.abs().mean())
+    expected = {
+        "position": 0.0, "is_conv": 1.0, "is_depthwise": 0.0, "is_linear": 0.0,
+        "log_size": np.log(18) / np.log(24), "param_share": 18 / 42, "flops_share": flops[0] / sum(flops),
+        "in_channels": 1 / 8, "out_channels": 2 / 3, "kernel_size": 1.0, "stride": 1.0,
+        "weight_mean_abs": conv_mean / max(conv_mean, linear_mean),
+        "weight_std": float(conv_w.std()) / max(float(conv_w.std()), float(linear_w.std())),
+        "global_mp_sparsity": gmp[0], "reference_sparsity": gmp[0], "sparsity_so_far": 0.0, "budget_left": 0.5,
+        "accuracy_ratio": 1.0, "previous_sparsity": 0.0, "target_sparsity": 0.5, "flops_reduction_so_far": 0.0,
+    }
+    assert set(expected) == set(names)
+    for name in names:
+        assert values[name] == pytest.approx(expected[name], abs=1e-6), name
+    # After pruning 9 of the conv's 18 weights: the episode features of the Linear layer.
+    second, *_ = env.step(env.sparsity_to_action(0.5))
+    values = dict(zip(names, second.tolist(), strict=True))
+    accuracy = env.reward_accuracy / env.dense_reward_accuracy
+    expected = {
+        "position": 1.0, "is_conv": 0.0, "is_linear": 1.0, "log_size": 1.0, "param_share": 24 / 42,
+        "in_channels": 1.0, "out_channels": 1.0, "kernel_size": 1 / 9, "stride": 0.0,
+        "global_mp_sparsity": gmp[1], "sparsity_so_far": 9 / 42, "budget_left": 12 / 24,
+        "accuracy_ratio": accuracy, "previous_sparsity": 0.5, "flops_reduction_so_far": flops[0] * 0.5 / sum(flops),
+        "reference_sparsity": 12 / 24,  # absolute mode observes it too: the remaining budget, all in one layer
+    }
+    for name, value in expected.items():
+        assert values[name] == pytest.approx(value, abs=1e-6), name
 
 
 def test_step_info_keys(env):

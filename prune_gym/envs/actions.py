@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_N_ACTIONS",
     "DEFAULT_RELATIVE_RANGE",
     "ActionMap",
+    "feasible_counts",
     "reference_sparsity",
     "spread_bounds",
 ]
@@ -104,6 +105,33 @@ def spread_bounds(
     low = math.ceil(numel - keep_budget + rest_keep * math.exp(-relative_range))
     high = math.floor(numel - keep_budget + rest_keep * math.exp(relative_range))
     return low, high
+
+
+def feasible_counts(
+    index: int, numels: Sequence[int], pruned_so_far: int, target_count: int | None,
+    min_sparsity: float, max_sparsity: float, spread: tuple[Sequence[int], float] | None = None,
+) -> tuple[int, int]:
+    """The projection: bounds on the weights layer ``index`` may lose.
+
+    Every layer stays within ``[min_sparsity, max_sparsity]`` (its cap); with a target
+    (``target_count`` weights pruned in all), the layers after ``index`` must still be able to
+    reach it exactly without overshooting. With ``spread = (global_mp_counts, relative_range)``
+    the bounds are narrowed, where that leaves them non-empty, by :func:`spread_bounds`.
+    Returns ``(low, high)`` with ``low <= high``.
+    """
+    numel = numels[index]
+    low, high = math.ceil(min_sparsity * numel), math.floor(max_sparsity * numel)
+    if target_count is None:
+        return low, high
+    rest = numels[index + 1:]
+    still_needed = target_count - pruned_so_far
+    low = max(low, still_needed - sum(math.floor(max_sparsity * n) for n in rest))
+    high = min(high, still_needed - sum(math.ceil(min_sparsity * n) for n in rest))
+    if spread is not None and rest:
+        spread_low, spread_high = spread_bounds(index, numels, spread[0], pruned_so_far, target_count, spread[1])
+        if max(low, spread_low) <= min(high, spread_high):  # exactness first, then the spread
+            low, high = max(low, spread_low), min(high, spread_high)
+    return low, max(low, high)
 
 
 @dataclass(frozen=True)

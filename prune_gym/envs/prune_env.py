@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from prune_gym.envs.actions import (
     DEFAULT_RELATIVE_RANGE,
     ActionMap,
+    feasible_counts,
     reference_sparsity,
-    spread_bounds,
 )
 from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
 from prune_gym.evaluation import (
@@ -43,7 +43,7 @@ from prune_gym.pruning import (
     keep_top_mask,
     layer_flops,
 )
-from prune_gym.stats import FEATURE_INDEX, FEATURES, NUM_STATIC, observation_bounds, static_features
+from prune_gym.stats import observation, observation_bounds, static_features
 
 
 class PruneEnv(gym.Env):
@@ -87,12 +87,32 @@ class PruneEnv(gym.Env):
 
     ## Observation Space
 
-    ``Box(0, high, (21,), float32)``: static statistics of the current layer and the state of
-    the episode, each listed with its meaning in ``prune_gym.stats.FEATURES`` (position, kind,
-    size, share of parameters and FLOPs, channels, kernel, stride, weight magnitudes, the sparsity
-    Global MP would give the layer, the reference sparsity, sparsity so far, budget left,
-    accuracy relative to dense, previous action, target, FLOPs removed so far). After the last step the observation is the
-    last layer's, with the dynamic features updated.
+    ``Box(0, high, (21,), float32)``: statistics of the current layer (0-12, fixed) and the state
+    of the episode (13-20), as ``prune_gym.stats.FEATURES`` lists them (a test keeps this list and
+    that one equal). Every feature lies in [0, 1] except ``accuracy_ratio``, in [0, 2]. After the
+    last step the observation is the last layer's, with the episode features updated.
+
+    - 0. ``position``: index of the layer in forward order / (layers - 1)
+    - 1. ``is_conv``: 1 for a dense convolution
+    - 2. ``is_depthwise``: 1 for a depthwise convolution (groups == in_channels > 1)
+    - 3. ``is_linear``: 1 for a Linear layer
+    - 4. ``log_size``: log(weights in the layer) / log(weights in the largest layer)
+    - 5. ``param_share``: weights in the layer / all prunable weights
+    - 6. ``flops_share``: dense FLOPs of the layer / dense FLOPs of all prunable layers
+    - 7. ``in_channels``: input channels (features) / the largest over layers
+    - 8. ``out_channels``: output channels (features) / the largest over layers
+    - 9. ``kernel_size``: kernel area (1 for Linear) / the largest over layers
+    - 10. ``stride``: 1 if the layer downsamples (stride > 1), else 0
+    - 11. ``weight_mean_abs``: mean absolute weight of the dense layer / the largest over layers
+    - 12. ``weight_std``: std of w of the dense layer / the largest over layers
+    - 13. ``global_mp_sparsity``: sparsity Global MP gives this layer at the target (at 0.5 with no target)
+    - 14. ``reference_sparsity``: Global MP's sparsity for the layer with the budget earlier layers left spread (the relative centre action)
+    - 15. ``sparsity_so_far``: overall sparsity of all prunable weights before this step
+    - 16. ``budget_left``: sparsity the remaining layers (this one included) need on average to reach the target; 0 with no target
+    - 17. ``accuracy_ratio``: reward-split accuracy after the previous step / dense accuracy (clipped to [0, 2])
+    - 18. ``previous_sparsity``: sparsity applied to the previous layer (0 at the first step)
+    - 19. ``target_sparsity``: the episode's target sparsity (0 with no target)
+    - 20. ``flops_reduction_so_far``: fraction of the prunable layers' FLOPs removed so far
 
     ## Rewards
 
@@ -532,28 +552,12 @@ class PruneEnv(gym.Env):
     # Internals
 
     def _feasible_pruned_counts(self, index: int) -> tuple[int, int]:
-        """Bounds on how many weights layer ``index`` may lose so the target stays exact."""
-        numel = self.state.numels[index]
-        layer_low = math.ceil(self.min_sparsity * numel)
-        layer_high = math.floor(self.max_sparsity * numel)
-        if self.target_sparsity is None:
-            return layer_low, layer_high
-        target_count = round(self.target_sparsity * self.state.total)
-        remaining = range(index + 1, self.num_layers)
-        rest_low = sum(math.ceil(self.min_sparsity * self.state.numels[i]) for i in remaining)
-        rest_high = sum(math.floor(self.max_sparsity * self.state.numels[i]) for i in remaining)
-        still_needed = target_count - self._pruned
-        low = max(layer_low, still_needed - rest_high)
-        high = min(layer_high, still_needed - rest_low)
-        if self.action_mode == "relative" and index + 1 < self.num_layers:
-            # Keep the remaining layers within exp(+-relative_range) of Global MP's share where
-            # the target allows it (exactness first: the bounds above are never given up).
-            spread_low, spread_high = spread_bounds(
-                index, self.state.numels, self._global_mp_counts(), self._pruned, target_count, self.actions.relative_range
-            )
-            if max(low, spread_low) <= min(high, spread_high):
-                low, high = max(low, spread_low), min(high, spread_high)
-        return low, max(low, high)
+        """Bounds on how many weights layer ``index`` may lose (``actions.feasible_counts``)."""
+        target_count = round(self.target_sparsity * self.state.total) if self.target_sparsity is not None else None
+        spread = (self._global_mp_counts(), self.actions.relative_range) if self.action_mode == "relative" else None
+        return feasible_counts(
+            index, self.state.numels, self._pruned, target_count, self.min_sparsity, self.max_sparsity, spread
+        )
 
     def _after_weights_changed(self, index: int) -> int:
         """Fine-tune / re-calibrate as configured; return the first stage whose output changed."""
@@ -609,19 +613,19 @@ class PruneEnv(gym.Env):
 
     def _observation(self) -> np.ndarray:
         index = min(self._t or 0, self.num_layers - 1)
-        observation = np.zeros(len(FEATURES), dtype=np.float32)
-        observation[:NUM_STATIC] = self._static[index]
         total = self.state.total
-        observation[FEATURE_INDEX["global_mp_sparsity"]] = self.global_mp_sparsities()[index]
-        observation[FEATURE_INDEX["reference_sparsity"]] = self.reference_sparsity()
-        observation[FEATURE_INDEX["sparsity_so_far"]] = self._pruned / total
+        target = {}
         if self.target_sparsity is not None:
             remaining = sum(self.state.numels[index:]) if self._t is not None and self._t < self.num_layers else 0
             needed = round(self.target_sparsity * total) - self._pruned
-            observation[FEATURE_INDEX["budget_left"]] = np.clip(needed / remaining, 0.0, 1.0) if remaining else 0.0
-            observation[FEATURE_INDEX["target_sparsity"]] = self.target_sparsity
-        ratio = self._accuracy / self.dense_reward_accuracy if self.dense_reward_accuracy > 0 else 1.0
-        observation[FEATURE_INDEX["accuracy_ratio"]] = np.clip(ratio, 0.0, 2.0)
-        observation[FEATURE_INDEX["previous_sparsity"]] = self._previous_sparsity_applied
-        observation[FEATURE_INDEX["flops_reduction_so_far"]] = np.clip(self._flops_removed, 0.0, 1.0)
-        return observation
+            target = {"budget_left": needed / remaining if remaining else 0.0, "target_sparsity": self.target_sparsity}
+        return observation(
+            self._static[index],
+            global_mp_sparsity=self.global_mp_sparsities()[index],
+            reference_sparsity=self.reference_sparsity(),
+            sparsity_so_far=self._pruned / total,
+            accuracy_ratio=self._accuracy / self.dense_reward_accuracy if self.dense_reward_accuracy > 0 else 1.0,
+            previous_sparsity=self._previous_sparsity_applied,
+            flops_reduction_so_far=self._flops_removed,
+            **target,
+        )
