@@ -31,7 +31,7 @@ from machine import cpu_model  # benchmarks/machine.py, beside this script
 from torch.utils.data import DataLoader
 
 import prune_gym  # noqa: F401  (registers the ids)
-from prune_gym.finetune import recalibrate_batchnorm
+from prune_gym.calibration import recalibrate_batchnorm
 from prune_gym.pruning import find_prunable_layers, magnitude_mask
 
 RESULTS = Path(__file__).parent / "results"

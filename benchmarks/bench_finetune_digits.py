@@ -35,25 +35,18 @@ from pathlib import Path
 import torch
 from machine import cpu_model  # benchmarks/machine.py, beside this script
 
+from prune_gym.accounting import accounting, layer_flops
+from prune_gym.calibration import capture_state, recalibrate_batchnorm, restore_state
 from prune_gym.evaluation import evaluate_accuracy
-from prune_gym.export import apply_recipe, load_recipe, overall_sparsity
-from prune_gym.finetune import (
-    apply_masks,
-    capture_state,
-    finetune_pruned,
-    recalibrate_batchnorm,
-    recipe_for,
-    restore_state,
-)
+from prune_gym.finetune import apply_masks, finetune_pruned, recipe_for
 from prune_gym.gradual import gradual_global_magnitude_pruning
 from prune_gym.pruning import (
     DEFAULT_MIN_THRESHOLD,
-    accounting,
     find_prunable_layers,
     global_magnitude_masks,
-    layer_flops,
     uniform_magnitude_masks,
 )
+from prune_gym.recipes import apply_recipe, load_recipe, overall_sparsity
 from prune_gym.tasks import get_task
 
 TASK = "resnet20-digits"
@@ -203,7 +196,7 @@ def render(args: argparse.Namespace, rows: list[dict], accuracy_dense: float, se
         "",
         "Test accuracy (%); after fine-tuning: mean +- std over seeds. \"BN recalibrated only\":",
         "the pruned model with its BatchNorm statistics re-estimated on the training images, no",
-        "weight trained (`prune_gym.finetune.recalibrate_batchnorm`). FLOPs reduction is the",
+        "weight trained (`prune_gym.calibration.recalibrate_batchnorm`). FLOPs reduction is the",
         "fraction of the prunable layers' FLOPs removed (unstructured: FLOPs x density).",
         "",
         "| method | sparsity | FLOPs reduction | before fine-tuning | BN recalibrated only | after fine-tuning |",

@@ -355,7 +355,7 @@ def _add_compare(subparsers) -> None:
     parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", default=[0.5, 0.7, 0.8, 0.9], metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9)")
     _add_agent_arguments(parser)
     parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one (an SB3 zip file, which unpickles Python objects: load only files you trust)")
-    parser.add_argument("--min-threshold", type=float, default=0.0005, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: 0.0005; 0 leaves the method out)")
+    parser.add_argument("--min-threshold", type=float, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: the paper's 0.05%%, pruning.DEFAULT_MIN_THRESHOLD; 0 leaves the method out)")
     parser.add_argument("--finetune-epochs", type=_count_arg, default=0, metavar="N", help="also fine-tune every method's pruned model for N epochs with its masks (default: 0)")
     parser.add_argument("--no-search", dest="search", action="store_false", help="leave out the search baseline at equal cost (local search around Global MP with as many env episodes as the agent trained)")
     parser.add_argument("--output", metavar="DIR", help="output folder (default: results/<ENV>-<time>)")
@@ -364,10 +364,12 @@ def _add_compare(subparsers) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from prune_gym.agents.compare import compare
+    from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
 
+    min_threshold = DEFAULT_MIN_THRESHOLD if args.min_threshold is None else args.min_threshold
     comparison = compare(
         args.env, args.sparsity, args.algo, timesteps=args.timesteps, hyperparams=args.hyperparams,
-        agent_path=args.agent, min_threshold=args.min_threshold or None, output_dir=args.output,
+        agent_path=args.agent, min_threshold=min_threshold or None, output_dir=args.output,
         env_kwargs=_env_kwargs(args), seed=args.seed, n_envs=args.n_envs, finetune_epochs=args.finetune_epochs,
         search=args.search, progress_bar=args.progress, tensorboard=args.tensorboard,
     )

@@ -8,9 +8,11 @@
   back in after it. ``finetune_pruned`` is that, with a fine-tuning recipe per task family
   (``recipe_for``).
 - ``finetune_steps`` is a short retraining of a few optimiser steps (the PuRL-style schedule
-  retrains briefly after each pruning step); ``capture_state`` / ``restore_state`` let an
-  environment undo it on reset.
-- ``recalibrate_batchnorm`` re-estimates BatchNorm statistics after pruning, without training.
+  retrains briefly after each pruning step); ``prune_gym.calibration.capture_state`` /
+  ``restore_state`` let an environment undo it on reset.
+
+BatchNorm re-calibration (statistics re-estimated after pruning, without training) lives in
+``prune_gym.calibration``.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def _checked_masks(
     return [check_mask(m, layer.weight, layer.name).to(device) for m, layer in zip(masks, layers, strict=True)]
 
 
-def _check_epochs(epochs: object, name: str = "epochs") -> int:
+def check_epochs(epochs: object, name: str = "epochs") -> int:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"{name} must be a whole number >= 0, got {epochs!r}")
     return epochs
@@ -178,7 +180,7 @@ def train_classifier(
             number or shape, or a checkpoint written by a run with another recipe or dataset.
     """
     config = config or TrainConfig()
-    _check_epochs(config.epochs, "config.epochs")
+    check_epochs(config.epochs, "config.epochs")
     if config.batch_size < 1:
         raise ValueError(f"config.batch_size must be >= 1, got {config.batch_size}")
     if (masks is None) != (layers is None):
@@ -355,7 +357,7 @@ def finetune_pruned(
     else:
         config = dataclasses.replace(config)
     if epochs is not None:
-        config.epochs = _check_epochs(epochs)
+        config.epochs = check_epochs(epochs)
     if lr is not None:
         config.lr = float(lr)
     if seed is not None:
@@ -413,7 +415,7 @@ def finetune_steps(
           weights, not a copy of its dense weights taken before the episode.
         - The model is left in the mode it was in (eval, for the next evaluation).
     """
-    steps = _check_epochs(steps, "steps")
+    steps = check_epochs(steps, "steps")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not (isinstance(data, tuple | list) and len(data) == 2):
@@ -455,172 +457,3 @@ def finetune_steps(
     finally:
         model.train(was_training)
     return total_loss / steps
-
-
-#: Samples per BatchNorm re-calibration batch: enough for stable statistics, far cheaper than a
-#: full evaluation batch (the env runs a train-mode forward after every step).
-BN_RECALIBRATION_BATCH = 256
-#: Seed of the train-split sample the calibration batches are drawn from (env and export alike).
-BN_RECALIBRATION_SEED = 0
-#: Train-split samples an env keeps on the device for BN re-calibration and per-step
-#: fine-tuning; calibration uses at most these.
-RESIDENT_TRAIN_SAMPLES = 4096
-
-
-def recalibration_inputs(train_data, batches: int, device: torch.device | str = "cpu") -> Tensor:
-    """The train images BatchNorm is re-calibrated on: ``batches`` x 256 of a fixed sample.
-
-    The env re-calibrates on exactly these after every step, and ``export`` re-calibrates the
-    exported model on them too, so an exported model scores what the env reported.
-    """
-    from prune_gym.evaluation import sample_tensors
-
-    count = min(int(batches) * BN_RECALIBRATION_BATCH, RESIDENT_TRAIN_SAMPLES)
-    inputs, _ = sample_tensors(train_data, count, seed=BN_RECALIBRATION_SEED)
-    return inputs.to(device)
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, inputs: Tensor, batch_size: int = 256) -> nn.Module:
-    """Re-estimate every BatchNorm layer's running statistics on ``inputs``; no weight changes.
-
-    Pruning shifts the activations each BatchNorm layer sees, so its running mean and variance
-    no longer fit, and much of the accuracy lost right after pruning is that mismatch (on the
-    digits task at 0.8 Global MP sparsity, test accuracy goes from about 22% to about 96% by
-    this alone). The statistics are the plain average over the batches of ``inputs`` (as
-    ``torch.optim.swa_utils.update_bn``); other layers stay in eval mode. ``inputs`` should be
-    training images (never the reward or test split), on the model's device. Returns ``model``
-    in eval mode.
-    """
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        return model.eval()
-    if len(inputs) == 0:
-        raise ValueError("recalibrate_batchnorm needs at least one input")
-    # A full re-calibration is the calibrator without stages (one mechanism for both).
-    BatchNormCalibrator(model, inputs, stages=None, batch_size=batch_size).recalibrate()
-    return model.eval()
-
-
-class BatchNormCalibrator:
-    """:func:`recalibrate_batchnorm` after each pruning step, resumed from the changed stage.
-
-    Layers are pruned in forward order. When a layer in stage ``s`` changes, the BatchNorm
-    layers of stages before ``s`` see the same calibration inputs through unchanged weights, so
-    their statistics cannot change, and neither can the activations (train-mode BatchNorm, batch
-    statistics) that leave stage ``s - 1``. The calibrator keeps those activations for the
-    stage of the next layer to change and re-estimates only the BatchNorm layers from ``s`` on,
-    running only those stages. The result equals a full :func:`recalibrate_batchnorm` on the
-    same inputs (a test compares them); without ``stages`` every call is a full one.
-
-    Args:
-        model: the model (on the device of ``inputs``).
-        inputs: the calibration images (``recalibration_inputs``).
-        stages: modules whose composition is ``model.forward`` (``evaluation.model_stages``),
-            or None.
-        batch_size: calibration batch size.
-    """
-
-    def __init__(self, model: nn.Module, inputs: Tensor, stages: Sequence[nn.Module] | None, batch_size: int = BN_RECALIBRATION_BATCH) -> None:
-        if len(inputs) == 0:
-            raise ValueError("BatchNorm re-calibration needs at least one input")
-        self.model = model
-        self.batches = list(inputs.split(batch_size))
-        self.stages = list(stages) if stages else None
-        self.norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self.stage_norms = (
-            [[m for m in stage.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] for stage in self.stages]
-            if self.stages else None
-        )
-        self._cached_stage: int | None = None
-        self._cache: list[Tensor] = []
-
-    def mark_changed(self, stage: int = 0) -> None:
-        """Weights in ``stage`` changed outside :meth:`recalibrate` (0: anything, e.g. a reset)."""
-        if self._cached_stage is not None and stage < self._cached_stage:
-            self._cached_stage, self._cache = None, []
-
-    def norms_from(self, stage: int) -> list[nn.Module]:
-        """The BatchNorm layers a :meth:`recalibrate` from ``stage`` may change."""
-        if self.stage_norms is None or stage <= 0:
-            return list(self.norms)
-        return [norm for norms in self.stage_norms[stage:] for norm in norms]
-
-    def start_for(self, from_stage: int) -> int:
-        """The stage a :meth:`recalibrate` from ``from_stage`` would start at (0: a full one)."""
-        return from_stage if self.stages is not None and self._cached_stage == from_stage and from_stage > 0 else 0
-
-    def capture(self, from_stage: int = 0) -> list[tuple[nn.Module, tuple[Tensor, ...]]]:
-        """A copy of the statistics a :meth:`recalibrate` from ``from_stage`` may change (with
-        :meth:`restore`, the rollback of a failed step; cheaper than a copy of the model)."""
-        return [(norm, tuple(t.clone() for t in _norm_buffers(norm))) for norm in self.norms_from(self.start_for(from_stage))]
-
-    @staticmethod
-    @torch.no_grad()
-    def restore(saved: list[tuple[nn.Module, tuple[Tensor, ...]]]) -> None:
-        """Put back what :meth:`capture` took."""
-        for norm, buffers in saved:
-            for own, value in zip(_norm_buffers(norm), buffers, strict=True):
-                own.copy_(value)
-
-    @torch.no_grad()
-    def recalibrate(self, from_stage: int = 0, keep_stage: int | None = None) -> int:
-        """Re-estimate the statistics of every BatchNorm layer from ``from_stage`` on (all of them
-        when the cache does not hold that stage's input); keep the calibration activations that
-        enter ``keep_stage`` for the next call. Returns the first stage that was re-estimated."""
-        if not self.norms:
-            return from_stage
-        start = self.start_for(from_stage)
-        norms = self.norms_from(start)
-        keep = keep_stage if self.stages is not None and keep_stage is not None and start <= keep_stage < len(self.stages) else None
-        momenta = [norm.momentum for norm in norms]
-        self.model.eval()
-        for norm in norms:
-            norm.reset_running_stats()
-            norm.momentum = None  # cumulative average over the batches
-            norm.train()
-        # BatchNorm layers before ``start`` are not re-estimated, but their outputs must be the
-        # train-mode (batch statistics) outputs a full re-calibration computes: the cache holds them.
-        new_cache: list[Tensor] = []
-        try:
-            for index, batch in enumerate(self.batches):
-                if self.stages is None:
-                    self.model(batch)
-                    continue
-                h = self._cache[index] if start > 0 else batch
-                for stage_index in range(start, len(self.stages)):
-                    if stage_index == keep:
-                        new_cache.append(h)
-                    h = self.stages[stage_index](h)
-        finally:
-            for norm, momentum in zip(norms, momenta, strict=True):
-                norm.momentum = momentum
-            for norm in self.norms:
-                norm.eval()
-        if keep is not None:
-            self._cached_stage, self._cache = keep, new_cache
-        else:
-            self._cached_stage, self._cache = None, []
-        return start
-
-
-def _norm_buffers(norm: nn.Module) -> tuple[Tensor, ...]:
-    return tuple(t for t in (norm.running_mean, norm.running_var, norm.num_batches_tracked) if t is not None)
-
-
-def capture_state(model: nn.Module) -> dict[str, Tensor]:
-    """A copy of every parameter and buffer of ``model``, on the device where each lives.
-
-    Together with :func:`restore_state` this undoes any training in place (no model copy, no
-    host-device transfer), e.g. on an environment's reset after :func:`finetune_steps`.
-    """
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict(keep_vars=True).items()}
-
-
-@torch.no_grad()
-def restore_state(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Copy ``state`` (from :func:`capture_state`) back into ``model``'s tensors, bit for bit."""
-    current = model.state_dict(keep_vars=True)
-    if current.keys() != state.keys():
-        raise ValueError("state does not belong to this model: capture it with capture_state(model)")
-    for name, tensor in current.items():
-        tensor.copy_(state[name])

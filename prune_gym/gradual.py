@@ -18,8 +18,8 @@ from prune_gym.finetune import (
     DEFAULT_FINETUNE_RECIPE,
     Augment,
     TrainConfig,
-    _check_epochs,
     apply_masks,
+    check_epochs,
     recipe_for,
     train_classifier,
 )
@@ -98,7 +98,7 @@ def gradual_global_magnitude_pruning(
         The final masks (exactly ``round(final_sparsity * N)`` of the ``N`` prunable weights
         removed) and one :class:`GradualStep` per step.
     """
-    epochs_per_step = _check_epochs(epochs_per_step, "epochs_per_step")
+    epochs_per_step = check_epochs(epochs_per_step, "epochs_per_step")
     schedule = cubic_sparsity_schedule(final_sparsity, steps, initial_sparsity)
     layers = list(layers)
     device = torch.device(device)

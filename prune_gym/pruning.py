@@ -127,7 +127,7 @@ def _in_forward_order(model: nn.Module, layers: list[PrunableLayer], example_inp
             first_call.setdefault(name, len(first_call))
         handles.append(layer.module.register_forward_hook(hook))
     try:
-        with _eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             model(example_input)
     finally:
         for handle in handles:
@@ -137,7 +137,7 @@ def _in_forward_order(model: nn.Module, layers: list[PrunableLayer], example_inp
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Run bookkeeping forward passes in eval mode, then restore every module's mode.
 
     In train mode such a pass would update BatchNorm running statistics (changing the model
@@ -537,87 +537,3 @@ class PruningState:
     def overall_sparsity(self) -> float:
         """Fraction of all prunable weights removed."""
         return self.pruned_count() / self.total
-
-
-# --------------------------------------------------------------------------------------------
-# Accounting
-
-
-def layer_flops(model: nn.Module, example_input: Tensor, layers: Sequence[PrunableLayer]) -> list[int]:
-    """Dense FLOPs of each prunable layer for one forward pass of ``example_input``.
-
-    Counted by ``torch.utils.flop_counter`` (one multiply-accumulate = 2 FLOPs); a layer called
-    several times in one forward (a recurrent cell) is counted for every call. Divide by the
-    batch size of ``example_input`` for per-sample figures.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    per_layer = dict.fromkeys((layer.name for layer in layers), 0)
-    module_to_name = {id(layer.module): layer.name for layer in layers}
-    handles = []
-    counter = FlopCounterMode(display=False)
-
-    # Count each layer's own ops by diffing the counter's running total around its forward.
-    def pre_hook(module, _args):
-        module._prune_gym_flops_before = _total_flops(counter)
-
-    def post_hook(module, _args, _output):
-        per_layer[module_to_name[id(module)]] += _total_flops(counter) - module._prune_gym_flops_before
-        del module._prune_gym_flops_before
-
-    for layer in layers:
-        handles.append(layer.module.register_forward_pre_hook(pre_hook))
-        handles.append(layer.module.register_forward_hook(post_hook))
-    try:
-        with _eval_mode(model), counter, torch.inference_mode():
-            model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [per_layer[layer.name] for layer in layers]
-
-
-def _total_flops(counter) -> int:
-    return int(counter.get_total_flops())
-
-
-@dataclass(frozen=True)
-class Accounting:
-    """Parameter and FLOPs accounting of a (possibly pruned) model."""
-
-    total_params: int
-    prunable_params: int
-    remaining_params: int
-    dense_flops: int
-    remaining_flops: int
-
-    @property
-    def param_sparsity(self) -> float:
-        """Fraction of prunable weights removed."""
-        return 1.0 - (self.remaining_params - (self.total_params - self.prunable_params)) / self.prunable_params
-
-    @property
-    def flops_reduction(self) -> float:
-        """Fraction of the prunable layers' FLOPs removed (unstructured: FLOPs x density)."""
-        return 1.0 - self.remaining_flops / self.dense_flops if self.dense_flops else 0.0
-
-
-def accounting(
-    model: nn.Module, layers: Sequence[PrunableLayer], masks: Sequence[Tensor], flops: Sequence[int]
-) -> Accounting:
-    """Parameter counts and FLOPs, dense and after pruning with ``masks``.
-
-    ``flops`` are the dense per-layer FLOPs (``layer_flops``); a pruned layer's FLOPs are its
-    dense FLOPs times its density, the unstructured-sparsity convention.
-    """
-    total = sum(p.numel() for p in model.parameters())
-    prunable = sum(layer.numel for layer in layers)
-    kept = sum(int(m.sum()) for m in masks)
-    remaining_flops = sum(f * int(m.sum()) / m.numel() for f, m in zip(flops, masks))
-    return Accounting(
-        total_params=total,
-        prunable_params=prunable,
-        remaining_params=total - prunable + kept,
-        dense_flops=int(sum(flops)),
-        remaining_flops=round(remaining_flops),
-    )

@@ -21,7 +21,9 @@ def register_envs() -> list[str]:
     ids = []
     for task in list_tasks():
         base = task.env_id.rsplit("-v", 1)[0]
-        versions = {task.env_id: {}, **{f"{base}-{v}": kwargs for v, kwargs in OLDER_VERSIONS.items()}}
+        # The task's env defaults go into the spec, so gym.spec(id).kwargs and pprint_registry show them.
+        defaults = dict(task.env_defaults)
+        versions = {task.env_id: defaults, **{f"{base}-{v}": {**defaults, **kw} for v, kw in OLDER_VERSIONS.items()}}
         for env_id, kwargs in versions.items():
             if env_id not in gym.registry:
                 gym.register(

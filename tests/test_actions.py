@@ -162,3 +162,10 @@ def test_feasible_counts_never_exceed_a_layers_cap_and_keep_the_target_reachable
             assert 0 <= low <= high <= math.floor(cap * numel)
             pruned += int(rng.integers(low, high + 1))
         assert pruned == target
+
+
+def test_the_registry_shows_each_ids_settings():
+    spec = gym.spec(ENV_ID)
+    assert spec.kwargs == {"task": "resnet20-digits", "bn_recalibration_batches": 1}
+    assert gym.spec("PruneResNet20Digits-v0").kwargs["action_mode"] == "absolute"
+    assert gym.spec("PruneResNet50-v1").kwargs == {"task": "resnet50-imagenet"}

@@ -232,7 +232,7 @@ def test_global_mp_played_through_the_env_equals_global_mp_applied_directly(
         for layer, mask in zip(layers, masks):
             layer.weight.mul_(mask)
     if bn_recalibration_batches:
-        from prune_gym.finetune import BN_RECALIBRATION_BATCH, recalibrate_batchnorm
+        from prune_gym.calibration import BN_RECALIBRATION_BATCH, recalibrate_batchnorm
 
         inputs = unwrapped._resident_train()[0][:BN_RECALIBRATION_BATCH]
         recalibrate_batchnorm(digits_model, inputs, batch_size=BN_RECALIBRATION_BATCH)
@@ -267,7 +267,7 @@ def test_staged_recalibration_equals_a_full_recalibration_at_every_step(digits_m
     """The env re-estimates BatchNorm only from the pruned layer's stage on and resumes the
     evaluation from its cache; a full re-calibration and a full forward pass after every step
     must give the same statistics and the same accuracies, bit for bit."""
-    from prune_gym.finetune import recalibrate_batchnorm
+    from prune_gym.calibration import recalibrate_batchnorm
 
     staged = gym.make(DIGITS).unwrapped
     assert staged.calibrator is not None and staged.calibrator.stages is not None

@@ -9,21 +9,14 @@ import torch
 from torch import nn
 
 from prune_gym.cli import main
-from prune_gym.export import (
-    apply_recipe,
-    export_pruned,
-    from_torch_prune,
-    load_pruned,
-    load_recipe,
-    recipe_path,
-    to_torch_prune,
-)
+from prune_gym.export import export_pruned, from_torch_prune, load_pruned, to_torch_prune
 from prune_gym.finetune import apply_masks
 from prune_gym.pruning import (
     find_prunable_layers,
     global_magnitude_masks,
     uniform_magnitude_masks,
 )
+from prune_gym.recipes import apply_recipe, load_recipe, recipe_path
 
 
 @pytest.fixture

@@ -8,16 +8,13 @@ from itertools import pairwise
 import pytest
 import torch
 
+from prune_gym.calibration import capture_state, recalibrate_batchnorm, restore_state
 from prune_gym.finetune import (
-    PRETRAIN_RECIPES,
     TrainConfig,
     apply_masks,
-    capture_state,
     finetune_pruned,
     finetune_steps,
-    recalibrate_batchnorm,
     recipe_for,
-    restore_state,
     train_classifier,
 )
 from prune_gym.gradual import cubic_sparsity_schedule, gradual_global_magnitude_pruning
@@ -90,12 +87,6 @@ def test_recipes_cover_every_family_and_finetune_gently():
         recipe_for("mnist")
     with pytest.raises(ValueError, match="purpose"):
         recipe_for("digits", "distill")
-
-
-def test_digits_pretrain_recipe_is_the_cached_models_recipe():
-    from prune_gym.tasks.digits import TRAIN_RECIPE
-
-    assert PRETRAIN_RECIPES["digits"] == TRAIN_RECIPE
 
 
 @pytest.mark.parametrize("epochs", [-1, 1.5, True])

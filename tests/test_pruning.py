@@ -8,16 +8,15 @@ import torchvision
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from prune_gym.accounting import accounting, layer_flops
 from prune_gym.pruning import (
     DEFAULT_MIN_THRESHOLD,
     PruningState,
-    accounting,
     check_sparsity,
     find_prunable_layers,
     global_magnitude_masks,
     global_magnitude_sparsities,
     keep_top_mask,
-    layer_flops,
     magnitude_mask,
     mask_sparsity,
     minimum_keep,

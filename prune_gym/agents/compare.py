@@ -47,7 +47,7 @@ import gymnasium as gym
 
 from prune_gym.agents.factory import (
     ALGORITHMS,
-    _check_algo,
+    check_algo,
     default_timesteps,
     env_kwargs_from_hyperparams,
     load_hyperparams,
@@ -251,7 +251,7 @@ def compare(
         raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
     shared = dict(env_kwargs or {})
     agent_action_type = shared.pop("action_type", ALGORITHMS[algo][1][0])
-    _check_algo(algo, agent_action_type)
+    check_algo(algo, agent_action_type)
     shared.pop("target_sparsity", None)
     if agent_path is not None and not Path(agent_path).is_file():
         raise FileNotFoundError(f"no agent file at {agent_path}: train one with `prune-gym train ENV` first")

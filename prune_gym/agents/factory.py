@@ -70,7 +70,7 @@ def algorithms_for(action_type: str) -> list[str]:
     return [name for name, (_, types) in ALGORITHMS.items() if action_type in types]
 
 
-def _check_algo(algo: str, action_type: str) -> type[BaseAlgorithm]:
+def check_algo(algo: str, action_type: str) -> type[BaseAlgorithm]:
     name = algo.lower()
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
@@ -334,7 +334,7 @@ def make_agent(
         ValueError: unknown algorithm, an algorithm the env's action type does not allow (the
             message says which ``action_type`` to choose), or malformed hyperparameters.
     """
-    cls = _check_algo(algo, _action_type_of(env))
+    cls = check_algo(algo, _action_type_of(env))
     settings = load_hyperparams(algo, env_id_of(env), hyperparams)
     policy, kwargs = _algorithm_kwargs(settings)
     _action_noise(kwargs, env)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from prune_gym.agents.policies import prune_env_of
-from prune_gym.export import Recipe
 from prune_gym.io import atomic_write_json, atomic_write_text
+from prune_gym.recipes import Recipe
 
 __all__ = [
     "Comparison",

@@ -45,7 +45,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 from prune_gym.agents.callbacks import EpisodeRecorder, TrainingProgress, write_best_found
 from prune_gym.agents.factory import (
     ALGORITHMS,
-    _check_algo,
+    check_algo,
     default_timesteps,
     env_kwargs_from_hyperparams,
     load_hyperparams,
@@ -283,7 +283,7 @@ def train_agent(
         )
     owned_env = env is None
     if env is None:
-        _check_algo(algo, env_kwargs.get("action_type", "discrete"))  # fail before loading anything
+        check_algo(algo, env_kwargs.get("action_type", "discrete"))  # fail before loading anything
         env_kwargs = {**env_kwargs_from_hyperparams(algo, env_id, hyperparams), **env_kwargs}
         if n_envs is None:
             n_envs = int(load_hyperparams(algo, env_id, hyperparams).get("n_envs", 1))

@@ -12,6 +12,15 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from prune_gym.accounting import layer_flops
+from prune_gym.calibration import (
+    BN_RECALIBRATION_BATCH,
+    BN_RECALIBRATION_SEED,
+    RESIDENT_TRAIN_SAMPLES,
+    BatchNormCalibrator,
+    capture_state,
+    restore_state,
+)
 from prune_gym.envs.actions import (
     DEFAULT_RELATIVE_RANGE,
     ActionMap,
@@ -26,22 +35,13 @@ from prune_gym.evaluation import (
     sample_tensors,
     stage_of_modules,
 )
-from prune_gym.finetune import (
-    BN_RECALIBRATION_BATCH,
-    BN_RECALIBRATION_SEED,
-    RESIDENT_TRAIN_SAMPLES,
-    BatchNormCalibrator,
-    capture_state,
-    finetune_steps,
-    restore_state,
-)
+from prune_gym.finetune import finetune_steps
 from prune_gym.pruning import (
     PruningState,
     check_sparsity,
     find_prunable_layers,
     global_magnitude_sparsities,
     keep_top_mask,
-    layer_flops,
 )
 from prune_gym.stats import observation, observation_bounds, static_features
 

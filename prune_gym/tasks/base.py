@@ -98,6 +98,20 @@ class Task(ABC):
             MissingResourceError: if the data is not found.
         """
 
+    #: True where the train split is too large to decode up front: ``pretrain`` then streams
+    #: :meth:`training_splits` through loader workers (ImageNet) instead of decoding it once.
+    streams_train_split = False
+
+    def default_weights_path(self) -> Path:
+        """Where the trained weights are looked for when none are given, and where ``prune-gym
+        pretrain`` writes them: ``<cache>/<task name>.pt``."""
+        return cache_dir() / f"{self.name}.pt"
+
+    def training_splits(self, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Splits:
+        """The splits ``pretrain`` trains on: :meth:`load_splits` unless the task augments its
+        train split itself (then the train split comes augmented)."""
+        return self.load_splits(data_dir, seed=seed)
+
     def availability(self) -> Availability:
         """Whether data and weights are present, without loading them."""
         return Availability(data=False, weights=False)

@@ -32,7 +32,6 @@ from prune_gym.tasks.base import (
     MissingResourceError,
     Splits,
     Task,
-    cache_dir,
     load_state_dict_file,
     resolve_path,
 )
@@ -145,10 +144,6 @@ class Cifar10Task(Task):
 
     def build_model(self) -> nn.Module:
         return self.builder(num_classes=self.num_classes)
-
-    def default_weights_path(self) -> Path:
-        """Where ``prune-gym pretrain`` saves this task's weights: ``<cache>/<task name>.pt``."""
-        return cache_dir() / f"{self.name}.pt"
 
     def weights_file(self, weights: str | os.PathLike | None = None) -> Path | None:
         """The checkpoint ``load_model(weights)`` would read, or None if there is none."""

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import os
 import pickle
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from prune_gym.finetune import TrainConfig, train_classifier
+from prune_gym.finetune import TrainConfig, recipe_for, train_classifier
 from prune_gym.io import atomic_save
 from prune_gym.tasks.base import (
     Availability,
@@ -33,7 +34,8 @@ from prune_gym.tasks.models.cifar_resnet import resnet20
 
 #: Bump when the data, split or training recipe changes: a new file name invalidates old caches.
 CACHE_VERSION = 2
-TRAIN_RECIPE = TrainConfig(epochs=40, batch_size=64, lr=0.05, weight_decay=5e-4, seed=0)
+#: How the cached model is trained: the digits pretraining recipe (``finetune.PRETRAIN_RECIPES``).
+TRAIN_RECIPE = recipe_for("digits", "pretrain")
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
@@ -71,8 +73,12 @@ class DigitsTask(Task):
         return resnet20(num_classes=10, in_channels=1)
 
     @property
-    def cache_path(self):
+    def cache_path(self) -> Path:
         return cache_dir() / f"resnet20-digits-v{CACHE_VERSION}.pt"
+
+    def default_weights_path(self) -> Path:
+        """The digits model's cache (trained there on first use)."""
+        return self.cache_path
 
     def availability(self) -> Availability:
         cached = self.cache_path.is_file()

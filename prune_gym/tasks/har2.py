@@ -55,7 +55,6 @@ from prune_gym.tasks.base import (
     MissingResourceError,
     Splits,
     Task,
-    cache_dir,
     load_state_dict_file,
     resolve_path,
 )
@@ -203,10 +202,6 @@ class HAR2Task(Task):
 
     def build_model(self) -> nn.Module:
         return fastgrnn_har2(num_classes=self.num_classes)
-
-    def default_weights_path(self) -> Path:
-        """Where ``prune-gym pretrain fastgrnn-har2`` writes the trained weights."""
-        return cache_dir() / "fastgrnn-har2.pt"
 
     def _missing_data_message(self) -> str:
         return (

@@ -36,7 +36,6 @@ from prune_gym.tasks.base import (
     MissingResourceError,
     Splits,
     Task,
-    cache_dir,
     load_state_dict_file,
     resolve_path,
 )
@@ -156,10 +155,6 @@ class ImageNetTask(Task):
 
         return getattr(torchvision.models, self.builder_name)(weights=None, num_classes=self.num_classes)
 
-    def default_weights_path(self) -> Path:
-        """Where ``prune-gym pretrain`` saves this task's weights: ``<cache>/<task name>.pt``."""
-        return cache_dir() / f"{self.name}.pt"
-
     def torchvision_weights_path(self) -> Path:
         """Where torchvision keeps the ``IMAGENET1K_V1`` weights once downloaded (torch hub cache)."""
         import torch.hub
@@ -198,6 +193,11 @@ class ImageNetTask(Task):
                 f"{hub_file} on this machine."
             )
         return load_state_dict_file(self.build_model(), path, f"{self.name} weights")
+
+    streams_train_split = True
+
+    def training_splits(self, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Splits:
+        return self.load_splits(data_dir, seed=seed, augment=True)
 
     def load_splits(
         self, data_dir: str | os.PathLike | None = None, seed: int = 0, augment: bool = False

@@ -23,7 +23,6 @@ is discarded and training starts from scratch.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -70,20 +69,12 @@ def crop_flip(images: Tensor, padding: int = CROP_PADDING) -> Tensor:
 
 def pretrain_recipe(task: Task) -> TrainConfig:
     """The recipe ``pretrain`` uses for ``task`` (a fresh copy)."""
-    if task.family == "digits":
-        from prune_gym.tasks.digits import TRAIN_RECIPE
-
-        return dataclasses.replace(TRAIN_RECIPE)
     return recipe_for(task.family, "pretrain")
 
 
 def default_output(task: Task) -> Path:
     """Where the task loads its trained weights from by default."""
-    if callable(getattr(task, "default_weights_path", None)):
-        return Path(task.default_weights_path())
-    if isinstance(getattr(task, "cache_path", None), Path):  # the digits task's cache
-        return task.cache_path
-    raise ValueError(f"task {task.name!r} has no default weights path: pass output= (CLI: --output PATH)")
+    return Path(task.default_weights_path())
 
 
 def partial_path(output: str | os.PathLike) -> Path:
@@ -194,10 +185,9 @@ def _training_data(
 ) -> tuple[Splits, Dataset | tuple[Tensor, Tensor], Augment | None, int, bool]:
     """``(splits, training data, augment, loader workers, amp)`` for the task's family."""
     on_cuda = device.type == "cuda"
-    takes_augment = "augment" in inspect.signature(task.load_splits).parameters
-    if task.family == "imagenet" and takes_augment:
-        # Too large to decode up front: stream through workers with the task's PIL augmentation.
-        splits = task.load_splits(data_dir, seed=seed, augment=True)
+    if task.streams_train_split:
+        # Too large to decode up front: stream through workers with the task's own augmentation.
+        splits = task.training_splits(data_dir, seed=seed)
         return splits, splits.train, None, min(8, os.cpu_count() or 1), on_cuda
     splits = task.load_splits(data_dir, seed=seed)
     if task.family in TENSOR_AUGMENTED_FAMILIES:
