@@ -551,10 +551,10 @@ def main(argv: list[str] | None = None) -> int:
                       "target on the reward split, replayed exactly",
             "reference_policies": "continuous absolute actions (every allocation played exactly)",
         },
-        "dense_test_accuracy": reference._dense_test_accuracy(),
+        "dense_test_accuracy": reference.measure_dense_test_accuracy(),
         "dense_reward_accuracy": reference.dense_reward_accuracy,
-        "test_samples": len(reference._test_data[0]) if isinstance(reference._test_data, tuple | list)
-        else len(reference._test_data),
+        "test_samples": len(reference.test_data[0]) if isinstance(reference.test_data, tuple | list)
+        else len(reference.test_data),
         "methods": methods,
         "summary": aggregate(runs, methods, list(args.sparsities)),
         "runs": runs,

@@ -2,7 +2,8 @@
 
 Order: Global MP vs ``torch.nn.utils.prune`` (+ reset time), env steps per second, the
 1,000-episode soak, masked fine-tuning on digits, the README's main command (``prune-gym
-compare``), and quality on digits (agents vs Global MP over seeds). Each script writes its
+compare``), quality on digits (agents vs Global MP over seeds), and the action parametrisations
+measured with random episodes. Each script writes its
 JSON/markdown/PNG results into one folder; the README's tables are then rebuilt from those
 files (between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->``), so
 the published tables are always the recorded results.
@@ -108,13 +109,13 @@ BENCHMARKS: list[Benchmark] = [
     ),
     Benchmark(
         "quality", "bench_quality_digits.py", "Quality on digits: agents vs Global MP over seeds",
-        full=lambda out, cuda: [
-            ["--output", str(out)],
-            # The RL cost with a longer budget: one DQN agent, 4x the steps, no fine-tuning.
-            ["--seeds", "0", "--algos", "dqn", "--timesteps", "40000", "--eval-every", "2000", "--finetune-epochs", "0",
-             "--output", str(out / "quality_digits_long")],
-        ],
+        full=lambda out, cuda: [["--output", str(out)]],
         quick=lambda out: [["--quick", "--output", str(out)]],
+    ),
+    Benchmark(
+        "action_modes", "bench_action_modes.py", "Action parametrisations: random episodes",
+        full=lambda out, cuda: [["--output", str(out / "action_modes_digits")]],
+        quick=lambda out: [["--episodes", "2", "--sparsities", "0.9", "--output", str(out / "action_modes_digits")]],
     ),
 ]
 NAMES = [benchmark.name for benchmark in BENCHMARKS]
@@ -231,23 +232,25 @@ def table_quality(results: Path, link: str) -> str | None:
         return None
     images = [
         f"![test accuracy vs sparsity, mean ± std over seeds]({link}quality_digits_accuracy.png)",
-        f"![agents' reward-split accuracy during training against Global MP]({link}quality_digits_learning_curve.png)",
+        f"![best found reward-split accuracy during training, against Global MP and the search]({link}quality_digits_learning_curve.png)",
     ]
     text = (path.read_text().strip() + f"\n\nFull record: [`quality_digits.json`]({link}quality_digits.json).\n\n"
             + "\n\n".join(images))
-    long = results / "quality_digits_long" / "quality_digits.md"
-    if long.is_file():
-        folder = f"{link}quality_digits_long/"
-        text += ("\n\n**A longer budget for the RL cost** (one DQN agent; [record]"
-                 f"({folder}quality_digits.json)):\n\n" + _relink(long.read_text().strip(), folder)
-                 + f"\n\n![DQN agent's reward-split accuracy during a longer training]({folder}quality_digits_learning_curve.png)")
     return text
+
+
+def table_action_modes(results: Path, link: str) -> str | None:
+    path = results / "action_modes_digits.md"
+    if not path.is_file():
+        return None
+    return path.read_text().strip() + f"\n\nRecord: [`action_modes_digits.json`]({link}action_modes_digits.json)."
 
 
 def _date_and_machine(name: str, results: Path) -> tuple[str, str] | None:
     """When and where the recorded results of benchmark ``name`` were measured."""
     json_files = {"global_mp": "global_mp_cpu.json", "env_steps": "env_steps_cpu.json", "soak": "soak_digits.json",
-                  "compare": "compare_digits.json", "quality": "quality_digits.json"}
+                  "compare": "compare_digits.json", "quality": "quality_digits.json",
+                  "action_modes": "action_modes_digits.json"}
     if name in json_files:
         record = _read_json(results / json_files[name])
         if record is None:
@@ -283,6 +286,7 @@ TABLES: dict[str, Callable[[Path, str], str | None]] = {
     "finetune": table_finetune,
     "compare": table_compare,
     "quality": table_quality,
+    "action_modes": table_action_modes,
 }
 
 

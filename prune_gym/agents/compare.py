@@ -126,7 +126,7 @@ def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> tuple[float, floa
     from prune_gym.finetune import finetune_pruned
 
     prune_env = prune_env_of(env)
-    train_data, test_data = prune_env._train_data, prune_env._test_data
+    train_data, test_data = prune_env.train_data, prune_env.test_data
     if train_data is None or test_data is None:
         raise ValueError("--finetune-epochs needs an env with train and test splits (a task env)")
     started = time.perf_counter()

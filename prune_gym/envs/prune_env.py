@@ -135,6 +135,14 @@ class PruneEnv(gym.Env):
     ``truncated=True`` on that last step (``terminated`` is True there too: treat the episode
     as ended, not cut off).
 
+    ## Episode state (public, read-only)
+
+    ``current_layer`` (the index the next step prunes), ``requested`` / ``applied`` /
+    ``accuracies`` (per layer, None until pruned), ``reward_accuracy`` (now),
+    ``reference_sparsity()``, ``state`` (``PruningState``: the masks and dense weights),
+    ``layers``, ``dense_reward_accuracy``, ``measure_dense_test_accuracy()``, ``train_data``
+    and ``test_data`` (the splits as given), ``global_mp_sparsities(target, min_threshold)``.
+
     ## Arguments
 
     - ``task``: a task name or env id from ``prune_gym.tasks`` (set by the registered ids).
@@ -269,7 +277,7 @@ class PruneEnv(gym.Env):
         # Check every split now (model output, label shape and range, input shape), so a bad
         # split fails here with the split named, not at the last step of the first episode.
         self.num_classes = self.evaluator.check("reward split")
-        self._test_data = test_data
+        self.test_data = test_data
         self._eval_options = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
         self._test_evaluator: Evaluator | None = None
         if test_data is not None:
@@ -280,7 +288,7 @@ class PruneEnv(gym.Env):
                     f"split's {self.evaluator.sample_shape}: give both splits in the model's input shape"
                 )
             self._test_evaluator.check("test split")
-        self._train_data = train_data
+        self.train_data = train_data
         self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.finetune_steps = int(finetune_steps)
         self.finetune_lr = float(finetune_lr)
@@ -533,9 +541,9 @@ class PruneEnv(gym.Env):
             info["layer_sparsities"] = dict(zip(self.layer_names(), self.applied))
             info["dense_reward_accuracy"] = self.dense_reward_accuracy
             info["synthetic"] = self.synthetic
-            if self._test_data is not None:
+            if self.test_data is not None:
                 info["test_accuracy"] = self.evaluate_test()
-                info["dense_test_accuracy"] = self._dense_test_accuracy()
+                info["dense_test_accuracy"] = self.measure_dense_test_accuracy()
         return self._observation(), reward, terminated, False, info
 
     def render(self):
@@ -594,11 +602,11 @@ class PruneEnv(gym.Env):
         """A fixed random sample of the train split, decoded once and kept on the device."""
         if self._train_tensors is None:
             # The same seeded order as ``recalibration_inputs``: export calibrates on a prefix.
-            inputs, labels = sample_tensors(self._train_data, RESIDENT_TRAIN_SAMPLES, seed=BN_RECALIBRATION_SEED)
+            inputs, labels = sample_tensors(self.train_data, RESIDENT_TRAIN_SAMPLES, seed=BN_RECALIBRATION_SEED)
             self._train_tensors = (inputs.to(self.device), labels.to(self.device))
         return self._train_tensors
 
-    def _dense_test_accuracy(self) -> float:
+    def measure_dense_test_accuracy(self) -> float:
         """Test accuracy of the dense model (measured once, then the pruned state is put back)."""
         if self.dense_test_accuracy is None:
             pruned = capture_state(self.model)
