@@ -270,7 +270,7 @@ def test_progress_is_a_plain_line_in_a_log_and_a_bar_on_a_terminal(tmp_path, cap
     train_agent(ENV_ID, "dqn", 66, output_dir=tmp_path / "run", hyperparams=QUICK["dqn"], env_kwargs=SYNTHETIC,
                 n_envs=1, targets=[0.5], checkpoint_freq=0, tensorboard=False)
     err = capsys.readouterr().err
-    assert "[train] steps 0/66" in err and "[train] steps 66/66 (100%)" in err and "best reward acc" in err
+    assert "[train] steps 0/66" in err and "[train] steps 66/66 (100%)" in err and "best reward acc 0.5: " in err
     assert "\r" not in err  # no carriage-return bar in a log
 
     # The same callback on a terminal draws a tqdm bar.
@@ -282,5 +282,5 @@ def test_progress_is_a_plain_line_in_a_log_and_a_bar_on_a_terminal(tmp_path, cap
     recorder = EpisodeRecorder(tensorboard=False)
     agent = make_agent(gym.make(ENV_ID, target_sparsity=0.5, **SYNTHETIC), "dqn", QUICK["dqn"])
     agent.learn(44, callback=[recorder, TrainingProgress(recorder, stream=stream)])
-    assert "44/44" in stream.getvalue() and "best reward acc" in stream.getvalue()
+    assert "44/44" in stream.getvalue() and "best reward acc 0.5: " in stream.getvalue()
     assert len(recorder.records) == 2 and np.isfinite(recorder.best_reward_accuracy())

@@ -10,7 +10,7 @@
   the per-layer sparsities as a histogram).
 - :class:`TrainingProgress` shows a progress bar on a terminal, and when the output is not a
   terminal (a log file, a cluster job) prints a plain line every ``log_every`` seconds:
-  steps, steps/s, episodes, the best reward-split accuracy so far, ETA.
+  steps, steps/s, episodes, the best reward-split accuracy so far per target, ETA.
 """
 
 from __future__ import annotations
@@ -147,6 +147,15 @@ class EpisodeRecorder(BaseCallback):
         """The highest reward-split accuracy of any finished episode so far (None before one)."""
         return max((r.reward_accuracy for r in self.records), default=None)
 
+    def best_text(self) -> str | None:
+        """The best reward-split accuracy per target, for progress lines:
+        ``"best reward acc 0.5: 99.4% 0.9: 77.4%"`` (None before the first episode)."""
+        best = self.best()
+        if not best:
+            return None
+        cells = [f"{key}: {100 * record.reward_accuracy:.1f}%" for key, record in sorted(best.items())]
+        return "best reward acc " + " ".join(cells)
+
 
 class TrainingProgress(BaseCallback):
     """A progress bar on a terminal; plain lines every ``log_every`` seconds elsewhere.
@@ -191,9 +200,9 @@ class TrainingProgress(BaseCallback):
     def _on_step(self) -> bool:
         if self._pbar is not None:
             self._pbar.update(self.model.num_timesteps - self._start_steps - self._pbar.n)
-            best = self.recorder.best_reward_accuracy() if self.recorder is not None else None
+            best = self.recorder.best_text() if self.recorder is not None else None
             if best is not None:
-                self._pbar.set_postfix_str(f"best reward acc {100 * best:.1f}%", refresh=False)
+                self._pbar.set_postfix_str(best, refresh=False)
         elif time.perf_counter() - self._last_line >= self.log_every:
             self._line()
         return True
@@ -216,9 +225,9 @@ class TrainingProgress(BaseCallback):
                  f" ({100 * done / max(self._total, 1):.0f}%)", f"{rate:.1f} steps/s"]
         if self.recorder is not None:
             parts.append(f"episodes {len(self.recorder.records):,}")
-            best = self.recorder.best_reward_accuracy()
+            best = self.recorder.best_text()
             if best is not None:
-                parts.append(f"best reward acc {100 * best:.1f}%")
+                parts.append(best)
         if final:
             parts.append(f"done in {_duration(elapsed)}")
         elif rate > 0:
