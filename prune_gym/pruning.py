@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from prune_gym.selection import remove_smallest, remove_smallest_in_parts
+
 LayerKind = Literal["conv", "depthwise", "linear"]
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -196,104 +198,25 @@ def check_mask(mask: Tensor, weight: Tensor, name: str) -> Tensor:
 # Masks
 
 
-def _remove_smallest(scores: Tensor, count: int) -> Tensor:
-    """Keep-mask (flat, bool) that removes exactly ``count`` smallest ``scores``.
-
-    Ties at the threshold are broken by flat index (lower index removed first).
-    """
-    total = scores.numel()
-    if count <= 0:
-        return torch.ones(total, dtype=torch.bool, device=scores.device)
-    if count >= total:
-        return torch.zeros(total, dtype=torch.bool, device=scores.device)
-    threshold = torch.kthvalue(scores, count).values
-    remove = scores < threshold
-    missing = count - int(remove.sum())
-    if missing > 0:
-        ties = torch.nonzero(scores == threshold).flatten()[:missing]
-        remove[ties] = True
-    return ~remove
-
-
-#: Sample size of the bracketing step of :func:`_remove_smallest_in_parts`.
-_SAMPLE = 1 << 16
-
-
-def _remove_smallest_in_parts(parts: Sequence[Tensor], count: int) -> list[Tensor]:
-    """:func:`_remove_smallest` over the concatenation of ``parts``, without concatenating them.
-
-    Same result, bit for bit (ties broken by index in the concatenated order), but no sort or
-    ``kthvalue`` over all values: a strided sample brackets the threshold, one pass counts the
-    values below the bracket and gathers those inside it, and ``kthvalue`` runs on that small
-    set only. If the bracket misses (unusual data), it falls back to the full ``kthvalue``.
-    """
-    sizes = [part.numel() for part in parts]
-    total = sum(sizes)
-    if count <= 0:
-        return [torch.ones(n, dtype=torch.bool, device=part.device) for n, part in zip(sizes, parts)]
-    if count >= total:
-        return [torch.zeros(n, dtype=torch.bool, device=part.device) for n, part in zip(sizes, parts)]
-    stride = max(1, total // _SAMPLE)
-    sample = torch.cat([part[::stride] for part in parts])
-    rank = count / total * len(sample)
-    margin = 8.0 * math.sqrt(max(rank * (1 - count / total), 1.0)) + 32  # binomial spread, generously
-    low_rank, high_rank = int(rank - margin), int(rank + margin) + 1
-    low = torch.kthvalue(sample, low_rank).values if low_rank >= 1 else None
-    high = torch.kthvalue(sample, high_rank).values if high_rank <= len(sample) else None
-    # One pass per part: how many values lie below the bracket, and where the ones inside are.
-    below, outside_high, positions, candidates = 0, [], [], []
-    for part in parts:
-        under = part < low if low is not None else torch.zeros_like(part, dtype=torch.bool)
-        within_high = part <= high if high is not None else torch.ones_like(part, dtype=torch.bool)
-        below += int(torch.count_nonzero(under))
-        index = torch.nonzero(within_high ^ under).flatten()  # low <= value <= high
-        outside_high.append(~within_high)
-        positions.append(index)
-        candidates.append(part[index])
-    needed = count - below
-    pool = torch.cat(candidates)
-    if not 1 <= needed <= len(pool):  # the bracket missed the count-th value (unusual data)
-        return _remove_smallest_in_parts_plainly(parts, count)
-    threshold = torch.kthvalue(pool, needed).values
-    # Kept: everything above the bracket, and the candidates above the threshold. Of the values
-    # equal to the threshold (all inside the bracket), the first ones in concatenated order go
-    # until ``count`` are removed; the others stay.
-    to_remove = count - below - int((pool < threshold).sum())
-    keeps = []
-    for keep, index, inside in zip(outside_high, positions, candidates):
-        keep[index[inside > threshold]] = True
-        tied = index[inside == threshold]
-        if len(tied):
-            keep[tied[to_remove:]] = True
-            to_remove = max(0, to_remove - len(tied))
-        keeps.append(keep)
-    return keeps
-
-
-def _remove_smallest_in_parts_plainly(parts: Sequence[Tensor], count: int) -> list[Tensor]:
-    keep = _remove_smallest(torch.cat(list(parts)), count)
-    return list(keep.split([part.numel() for part in parts]))
-
-
 def magnitude_mask(weight: Tensor, sparsity: float) -> Tensor:
     """Mask removing exactly ``round(sparsity * weight.numel())`` smallest-magnitude weights."""
     sparsity = check_sparsity(sparsity)
     check_finite(weight, "weight")
     count = round(sparsity * weight.numel())
-    keep = _remove_smallest(weight.detach().abs().flatten().float(), count)
+    keep = remove_smallest(weight.detach().abs().flatten().float(), count)
     return keep.view_as(weight)
 
 
 def keep_top_mask(weight: Tensor, keep: int) -> Tensor:
     """Mask keeping exactly the ``keep`` largest-magnitude weights (ties as in magnitude_mask)."""
     flat = weight.detach().abs().flatten().float()
-    return _remove_smallest(flat, flat.numel() - keep).view_as(weight)
+    return remove_smallest(flat, flat.numel() - keep).view_as(weight)
 
 
 def _remove_smallest_per_layer(weights: Sequence[Tensor], count: int) -> list[Tensor]:
     """Keep-masks (one per weight, its shape) removing the ``count`` smallest magnitudes overall."""
     scores = [w.detach().abs().flatten().float() for w in weights]
-    return [keep.view_as(w) for keep, w in zip(_remove_smallest_in_parts(scores, count), weights)]
+    return [keep.view_as(w) for keep, w in zip(remove_smallest_in_parts(scores, count), weights)]
 
 
 def minimum_keep(weights: Sequence[Tensor], min_threshold: float) -> int:
@@ -443,7 +366,7 @@ def random_masks(
     masks = []
     for w in weights:
         scores = torch.rand(w.numel(), generator=generator).to(w.device)
-        masks.append(_remove_smallest(scores, round(sparsity * w.numel())).view_as(w))
+        masks.append(remove_smallest(scores, round(sparsity * w.numel())).view_as(w))
     return masks
 
 

@@ -589,7 +589,7 @@ def test_bracketed_selection_equals_one_kthvalue_over_everything(kind):
     """Global MP's threshold comes from a sampled bracket and a kthvalue over the values inside
     it; the masks must equal the plain selection over the concatenation, ties (broken by index
     in concatenated order) included, for every count."""
-    from prune_gym.pruning import _remove_smallest, _remove_smallest_in_parts
+    from prune_gym.selection import remove_smallest, remove_smallest_in_parts
 
     generator = torch.Generator().manual_seed(7)
     for trial in range(40):
@@ -605,8 +605,8 @@ def test_bracketed_selection_equals_one_kthvalue_over_everything(kind):
             parts.append(values)
         total = sum(part.numel() for part in parts)
         for count in (0, 1, total // 3, total // 2, total - 1, total, int(torch.randint(0, total + 1, (1,), generator=generator))):
-            expected = _remove_smallest(torch.cat(parts), count)
-            got = torch.cat(_remove_smallest_in_parts(parts, count))
+            expected = remove_smallest(torch.cat(parts), count)
+            got = torch.cat(remove_smallest_in_parts(parts, count))
             assert torch.equal(got, expected), (trial, count)
             assert int((~got).sum()) == count
 
