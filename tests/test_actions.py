@@ -164,6 +164,27 @@ def test_feasible_counts_never_exceed_a_layers_cap_and_keep_the_target_reachable
         assert pruned == target
 
 
+def test_an_under_pruned_start_never_empties_the_last_layer_when_large_layers_are_near_their_cap():
+    # As ResNet-20 at 0.95: large layers that Global MP takes to 0.985, close to the cap of 0.99,
+    # and a small last layer it keeps half of. Earlier layers that prune as little as they may
+    # leave a deficit the large layers cannot absorb past their cap: it must be paid early, not
+    # by emptying the last layer (which kept 6 of 640 weights before the spread knew the caps).
+    numels = [200, 200, 400, 10_000, 10_000, 640]
+    counts = [60, 60, 120, 9_850, 9_850, 320]
+    target = sum(counts)
+    rng = np.random.default_rng(0)
+    histories = [("least", None), ("most", None)] + [("random", seed) for seed in range(20)]
+    for policy, _ in histories:
+        chosen = []
+        for index, numel in enumerate(numels):
+            low, high = feasible_counts(index, numels, sum(chosen), target, 0.0, 0.99, (counts, 1.0))
+            assert 0 <= low <= high <= math.floor(0.99 * numel)
+            chosen.append(low if policy == "least" else high if policy == "most" else int(rng.integers(low, high + 1)))
+        assert sum(chosen) == target
+        kept_last, global_mp_kept_last = numels[-1] - chosen[-1], numels[-1] - counts[-1]
+        assert global_mp_kept_last / math.e - 1 <= kept_last <= global_mp_kept_last * math.e + 1, (policy, chosen)
+
+
 def test_the_registry_shows_each_ids_settings():
     spec = gym.spec(ENV_ID)
     assert spec.kwargs == {"task": "resnet20-digits", "bn_recalibration_batches": 1}

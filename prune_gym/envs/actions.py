@@ -90,20 +90,31 @@ def reference_sparsity(
 
 def spread_bounds(
     index: int, numels: Sequence[int], global_mp_counts: Sequence[int], pruned_so_far: int, target_count: int,
-    relative_range: float,
+    relative_range: float, min_sparsity: float = 0.0, max_sparsity: float = 1.0,
 ) -> tuple[int, int]:
-    """Bounds on the weights layer ``index`` may lose so that the layers after it keep, together,
-    between ``exp(-relative_range)`` and ``exp(relative_range)`` times what Global MP keeps in
-    them: one layer's choice cannot leave the rest (in the end, the last small layer) to be
-    emptied, nor hand them more than they can use. ``(low, high)`` pruned counts (``low > high``
-    when the earlier layers already left the rest outside those bounds)."""
+    """Bounds on the weights layer ``index`` may lose so that every layer after it can still keep
+    between ``exp(-relative_range)`` and ``exp(relative_range)`` times what Global MP keeps in it,
+    within its cap (``[min_sparsity, max_sparsity]``): one layer's choice cannot leave a later
+    layer (in the end, the last small one) to be emptied, nor hand the rest more than they can use.
+
+    Each later layer ``j`` keeps between ``max(keep_j / e^R, what its cap leaves)`` and
+    ``min(keep_j * e^R, what its floor leaves)`` weights; layer ``index`` loses what leaves the
+    rest, together, within the sums of those. If every layer chooses within its bounds, the next
+    layer's bounds are never empty (the interval argument), so the caps of large layers near
+    ``max_sparsity`` cannot push an earlier layer's deficit onto the last one.
+    ``(low, high)`` pruned counts (``low > high`` when the earlier layers already left the rest
+    outside those bounds)."""
     numel = numels[index]
     total = sum(numels)
     keep_budget = (total - target_count) - (sum(numels[:index]) - pruned_so_far)
-    rest_keep = sum(n - c for n, c in zip(numels[index + 1:], global_mp_counts[index + 1:], strict=True))
-    # The rest keeps keep_budget - (numel - count) weights: within [rest_keep / e^R, rest_keep * e^R].
-    low = math.ceil(numel - keep_budget + rest_keep * math.exp(-relative_range))
-    high = math.floor(numel - keep_budget + rest_keep * math.exp(relative_range))
+    low_keep = high_keep = 0.0
+    for n, count in zip(numels[index + 1:], global_mp_counts[index + 1:], strict=True):
+        keep = n - count
+        low_keep += max(keep * math.exp(-relative_range), n - math.floor(max_sparsity * n))
+        high_keep += min(keep * math.exp(relative_range), n - math.ceil(min_sparsity * n))
+    # This layer keeps keep_budget - (what the rest keeps): numel - count weights.
+    low = math.ceil(numel - keep_budget + low_keep)
+    high = math.floor(numel - keep_budget + high_keep)
     return low, high
 
 
@@ -116,7 +127,8 @@ def feasible_counts(
     Every layer stays within ``[min_sparsity, max_sparsity]`` (its cap); with a target
     (``target_count`` weights pruned in all), the layers after ``index`` must still be able to
     reach it exactly without overshooting. With ``spread = (global_mp_counts, relative_range)``
-    the bounds are narrowed, where that leaves them non-empty, by :func:`spread_bounds`.
+    the bounds are narrowed by :func:`spread_bounds` (to the exact counts nearest to them where
+    the two do not meet).
     Returns ``(low, high)`` with ``low <= high``.
     """
     numel = numels[index]
@@ -128,9 +140,13 @@ def feasible_counts(
     low = max(low, still_needed - sum(math.floor(max_sparsity * n) for n in rest))
     high = min(high, still_needed - sum(math.ceil(min_sparsity * n) for n in rest))
     if spread is not None and rest:
-        spread_low, spread_high = spread_bounds(index, numels, spread[0], pruned_so_far, target_count, spread[1])
-        if max(low, spread_low) <= min(high, spread_high):  # exactness first, then the spread
-            low, high = max(low, spread_low), min(high, spread_high)
+        spread_low, spread_high = spread_bounds(
+            index, numels, spread[0], pruned_so_far, target_count, spread[1], min_sparsity, max_sparsity
+        )
+        high = max(low, high)
+        # Exactness first, then the spread: where the two intervals do not meet (Global MP itself
+        # beyond the caps, or a history from outside the bounds), the exact count nearest to them.
+        low, high = min(max(spread_low, low), high), max(min(spread_high, high), low)
     return low, max(low, high)
 
 

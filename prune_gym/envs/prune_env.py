@@ -79,11 +79,11 @@ class PruneEnv(gym.Env):
     keeps the target reachable by the remaining layers without overshooting it (each within
     ``[min_sparsity, max_sparsity]``), so every finished episode ends at the target exactly
     (``round(target * weights)`` weights pruned). In the relative mode the interval is narrowed,
-    where the target allows, so that the layers after this one keep between
-    ``exp(-relative_range)`` and ``exp(relative_range)`` times what Global MP keeps in them: no
-    choice can leave the last, small layers to be emptied (``actions.spread_bounds``). ``info`` reports both the requested and the
-    applied sparsity; the ``reference_sparsity`` feature tells the agent where the spread budget
-    stands.
+    where the target allows, so that every layer after this one can still keep between
+    ``exp(-relative_range)`` and ``exp(relative_range)`` times what Global MP keeps in it, within
+    its own cap: no choice can leave the last, small layers to be emptied
+    (``actions.spread_bounds``). ``info`` reports both the requested and the applied sparsity;
+    the ``reference_sparsity`` feature tells the agent where the spread budget stands.
 
     ## Observation Space
 
@@ -183,7 +183,11 @@ class PruneEnv(gym.Env):
       was paid back by the last layers alone (the 640-weight classifier of the digits model
       ended at 0.99 at target 0.9) and Global MP's allocation could not be expressed.
       ``gym.make("...-v0")`` still gives v0's absolute actions (with the 21-feature
-      observation: agents saved under v0 need retraining).
+      observation: agents saved under v0 need retraining). Fixed on 2026-11-22, before any
+      release of v1: the spread bounds count each later layer's cap (until then, at targets
+      where Global MP takes large layers close to ``max_sparsity``, e.g. 0.95 on the digits
+      model, a deficit those layers could not absorb still emptied the classifier); results
+      recorded before that date differ at such targets.
     - v0: initial release.
     """
 
