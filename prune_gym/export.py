@@ -259,10 +259,84 @@ def export_task(
             options that do not go together.
     """
     from prune_gym.evaluation import evaluate_accuracy, resolve_device
-    from prune_gym.finetune import apply_masks, finetune_pruned
-    from prune_gym.gradual import gradual_global_magnitude_pruning
-    from prune_gym.pruning import check_sparsity, global_magnitude_masks, uniform_magnitude_masks
     from prune_gym.tasks import get_task
+
+    # Validate everything, then load and prune.
+    policy, sparsity, recipe, output = _check_export_options(
+        policy, sparsity, recipe, output, min_threshold, finetune_epochs, gradual_steps
+    )
+    task_obj = get_task(task)
+    if bn_recalibration_batches is None:
+        recorded = recipe.meta.get("bn_recalibration_batches") if recipe is not None else None
+        bn_recalibration_batches = recorded if recorded is not None else task_obj.env_defaults.get("bn_recalibration_batches", 0)
+    if isinstance(bn_recalibration_batches, bool) or not isinstance(bn_recalibration_batches, int) or bn_recalibration_batches < 0:
+        raise ValueError(f"bn_recalibration_batches must be a whole number >= 0, got {bn_recalibration_batches!r}")
+
+    torch_device = resolve_device(device)
+    model = task_obj.load_model(weights).to(torch_device)
+    splits = task_obj.load_splits(data_dir) if data_dir is not None else task_obj.load_splits()
+    layers = find_prunable_layers(model)
+    accuracy_dense = evaluate_accuracy(model, splits.test, device=torch_device)
+    if gradual_steps > 1:
+        pruned = _prune_gradually(
+            model, layers, task_obj, splits, sparsity, gradual_steps, finetune_epochs, min_threshold,
+            bn_recalibration_batches, torch_device, progress,
+        )
+    else:
+        pruned = _prune_once(
+            model, layers, task_obj, splits, policy, sparsity, recipe, min_threshold, finetune_epochs,
+            bn_recalibration_batches, torch_device, progress, seed, resume, output,
+        )
+
+    meta: dict[str, Any] = {
+        "task": task_obj.name,
+        "env_id": task_obj.env_id,
+        "method": pruned.method,
+        "target_sparsity": sparsity if sparsity is not None else (recipe.overall_sparsity if recipe else None),
+        "min_threshold": min_threshold,
+        "finetune_epochs": finetune_epochs,
+        "gradual_steps": gradual_steps,
+        "bn_recalibration_batches": pruned.bn_recalibration_batches,
+        "seed": seed,
+        "test_accuracy_dense": accuracy_dense,
+        "test_accuracy_pruned": pruned.accuracy_pruned,
+        "test_accuracy_finetuned": pruned.accuracy_finetuned,
+    }
+    if pruned.history is not None:
+        meta["gradual_history"] = [
+            {
+                "step": h.step,
+                "sparsity": h.sparsity,
+                "reward_accuracy_pruned": h.accuracy_pruned,
+                "reward_accuracy_finetuned": h.accuracy_finetuned,
+            }
+            for h in pruned.history
+        ]
+    checkpoint, recipe_file = export_pruned(model, layers, pruned.masks, output, meta)
+    # The accuracy of exactly what was written: the checkpoint loaded into a fresh model.
+    written = task_obj.build_model()
+    load_pruned(checkpoint, written)
+    accuracy_exported = evaluate_accuracy(written.to(torch_device), splits.test, device=torch_device)
+    return ExportResult(
+        checkpoint=checkpoint,
+        recipe=recipe_file,
+        method=pruned.method,
+        sparsity=overall_sparsity(pruned.masks),
+        accuracy_dense=accuracy_dense,
+        accuracy_pruned=pruned.accuracy_pruned,
+        accuracy_finetuned=pruned.accuracy_finetuned,
+        meta=meta,
+        accuracy_exported=accuracy_exported,
+        bn_recalibration_batches=pruned.bn_recalibration_batches,
+    )
+
+
+def _check_export_options(
+    policy: str | None, sparsity: float | None, recipe: Any, output: str | os.PathLike, min_threshold: float | None,
+    finetune_epochs: int, gradual_steps: int,
+) -> tuple[str | None, float | None, Recipe | None, Path]:
+    """``export_task``'s options checked together: (policy, sparsity, recipe, output path)."""
+    from prune_gym.pruning import check_sparsity
 
     if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
         raise ValueError(f"finetune_epochs must be a whole number >= 0, got {finetune_epochs!r}")
@@ -289,110 +363,81 @@ def export_task(
     if output.suffix == ".json":
         raise ValueError(f"the checkpoint path {output} ends in .json: give a .pt path (the recipe goes next to it)")
     check_writable_path(output, "--output")
-    task_obj = get_task(task)
-    if bn_recalibration_batches is None:
-        recorded = recipe.meta.get("bn_recalibration_batches") if recipe is not None else None
-        bn_recalibration_batches = recorded if recorded is not None else task_obj.env_defaults.get("bn_recalibration_batches", 0)
-    if isinstance(bn_recalibration_batches, bool) or not isinstance(bn_recalibration_batches, int) or bn_recalibration_batches < 0:
-        raise ValueError(f"bn_recalibration_batches must be a whole number >= 0, got {bn_recalibration_batches!r}")
+    return policy, sparsity, recipe, output
 
-    torch_device = resolve_device(device)
-    model = task_obj.load_model(weights)
-    splits = task_obj.load_splits(data_dir) if data_dir is not None else task_obj.load_splits()
-    model.to(torch_device)
-    layers = find_prunable_layers(model)
-    accuracy_dense = evaluate_accuracy(model, splits.test, device=torch_device)
 
-    accuracy_pruned: float | None = None
-    accuracy_finetuned: float | None = None
-    history = None
-    if gradual_steps > 1:
-        method = "gradual-global-mp"
-        masks, history = gradual_global_magnitude_pruning(
-            model, layers, splits.train, sparsity, gradual_steps, finetune_epochs, min_threshold,
-            family=task_obj.family, eval_data=splits.reward, device=torch_device, progress=progress,
-        )
-        if finetune_epochs:
-            bn_recalibration_batches = 0  # fine-tuning after every step re-estimated the statistics
-            accuracy_finetuned = evaluate_accuracy(model, splits.test, device=torch_device)
-        else:
-            _recalibrate(model, splits.train, bn_recalibration_batches, torch_device)
-            accuracy_pruned = evaluate_accuracy(model, splits.test, device=torch_device)
-    else:
-        weights_now = [layer.weight for layer in layers]
-        if recipe is not None:
-            method = str(recipe.meta.get("method", "recipe"))
-            masks = apply_recipe(model, recipe, layers)
-        elif policy == "global-mp":
-            method = "global-mp"
-            masks = global_magnitude_masks(weights_now, sparsity, min_threshold)
-        else:
-            method = "uniform"
-            masks = uniform_magnitude_masks(weights_now, sparsity)
-        apply_masks(layers, masks)
-        _recalibrate(model, splits.train, bn_recalibration_batches, torch_device)
-        accuracy_pruned = evaluate_accuracy(model, splits.test, device=torch_device)
-        if finetune_epochs:
-            partial = output.with_name(output.name + ".finetune.partial")
-            if partial.exists() and not resume:
-                partial.unlink()  # a stale run: start anew (resume=True continues it)
-            try:
-                finetune_pruned(
-                    model, layers, masks, splits.train, finetune_epochs, family=task_obj.family, seed=seed,
-                    device=torch_device, progress=progress, description=f"fine-tune {method}",
-                    checkpoint_path=partial,
-                )
-            except KeyboardInterrupt:
-                if partial.exists():
-                    import sys
+@dataclass
+class _Pruned:
+    """What one of the two pruning paths of ``export_task`` left in the model."""
 
-                    print(f"fine-tuning interrupted; run the same command with --resume to continue from {partial}",
-                          file=sys.stderr)
-                raise
-            accuracy_finetuned = evaluate_accuracy(model, splits.test, device=torch_device)
-            partial.unlink(missing_ok=True)
+    method: str
+    masks: list[Tensor]
+    accuracy_pruned: float | None
+    accuracy_finetuned: float | None
+    bn_recalibration_batches: int
+    history: list[Any] | None = None
 
-    meta: dict[str, Any] = {
-        "task": task_obj.name,
-        "env_id": task_obj.env_id,
-        "method": method,
-        "target_sparsity": sparsity if sparsity is not None else (recipe.overall_sparsity if recipe else None),
-        "min_threshold": min_threshold,
-        "finetune_epochs": finetune_epochs,
-        "gradual_steps": gradual_steps,
-        "bn_recalibration_batches": bn_recalibration_batches,
-        "seed": seed,
-        "test_accuracy_dense": accuracy_dense,
-        "test_accuracy_pruned": accuracy_pruned,
-        "test_accuracy_finetuned": accuracy_finetuned,
-    }
-    if history is not None:
-        meta["gradual_history"] = [
-            {
-                "step": h.step,
-                "sparsity": h.sparsity,
-                "reward_accuracy_pruned": h.accuracy_pruned,
-                "reward_accuracy_finetuned": h.accuracy_finetuned,
-            }
-            for h in history
-        ]
-    checkpoint, recipe_file = export_pruned(model, layers, masks, output, meta)
-    # The accuracy of exactly what was written: the checkpoint loaded into a fresh model.
-    written = task_obj.build_model()
-    load_pruned(checkpoint, written)
-    accuracy_exported = evaluate_accuracy(written.to(torch_device), splits.test, device=torch_device)
-    return ExportResult(
-        checkpoint=checkpoint,
-        recipe=recipe_file,
-        method=method,
-        sparsity=overall_sparsity(masks),
-        accuracy_dense=accuracy_dense,
-        accuracy_pruned=accuracy_pruned,
-        accuracy_finetuned=accuracy_finetuned,
-        meta=meta,
-        accuracy_exported=accuracy_exported,
-        bn_recalibration_batches=int(meta["bn_recalibration_batches"]),
+
+def _prune_gradually(
+    model, layers, task_obj, splits, sparsity, steps, finetune_epochs, min_threshold, bn_batches, device, progress,
+) -> _Pruned:
+    """Global MP on the cubic schedule, ``finetune_epochs`` after every step."""
+    from prune_gym.evaluation import evaluate_accuracy
+    from prune_gym.gradual import gradual_global_magnitude_pruning
+
+    masks, history = gradual_global_magnitude_pruning(
+        model, layers, splits.train, sparsity, steps, finetune_epochs, min_threshold,
+        family=task_obj.family, eval_data=splits.reward, device=device, progress=progress,
     )
+    if finetune_epochs:  # fine-tuning after every step re-estimated the statistics
+        accuracy = evaluate_accuracy(model, splits.test, device=device)
+        return _Pruned("gradual-global-mp", masks, None, accuracy, 0, history)
+    _recalibrate(model, splits.train, bn_batches, device)
+    accuracy = evaluate_accuracy(model, splits.test, device=device)
+    return _Pruned("gradual-global-mp", masks, accuracy, None, bn_batches, history)
+
+
+def _prune_once(
+    model, layers, task_obj, splits, policy, sparsity, recipe, min_threshold, finetune_epochs, bn_batches, device,
+    progress, seed, resume, output: Path,
+) -> _Pruned:
+    """One-shot masks (a recipe, Global MP or uniform), re-calibration as the env does, then the
+    optional masked fine-tuning (resumable from ``<output>.finetune.partial``)."""
+    from prune_gym.evaluation import evaluate_accuracy
+    from prune_gym.finetune import apply_masks, finetune_pruned
+    from prune_gym.pruning import global_magnitude_masks, uniform_magnitude_masks
+
+    weights_now = [layer.weight for layer in layers]
+    if recipe is not None:
+        method = str(recipe.meta.get("method", "recipe"))
+        masks = apply_recipe(model, recipe, layers)
+    elif policy == "global-mp":
+        method, masks = "global-mp", global_magnitude_masks(weights_now, sparsity, min_threshold)
+    else:
+        method, masks = "uniform", uniform_magnitude_masks(weights_now, sparsity)
+    apply_masks(layers, masks)
+    _recalibrate(model, splits.train, bn_batches, device)
+    accuracy_pruned = evaluate_accuracy(model, splits.test, device=device)
+    if not finetune_epochs:
+        return _Pruned(method, masks, accuracy_pruned, None, bn_batches)
+    partial = output.with_name(output.name + ".finetune.partial")
+    if partial.exists() and not resume:
+        partial.unlink()  # a stale run: start anew (resume=True continues it)
+    try:
+        finetune_pruned(
+            model, layers, masks, splits.train, finetune_epochs, family=task_obj.family, seed=seed,
+            device=device, progress=progress, description=f"fine-tune {method}", checkpoint_path=partial,
+        )
+    except KeyboardInterrupt:
+        if partial.exists():
+            import sys
+
+            print(f"fine-tuning interrupted; run the same command with --resume to continue from {partial}",
+                  file=sys.stderr)
+        raise
+    accuracy_finetuned = evaluate_accuracy(model, splits.test, device=device)
+    partial.unlink(missing_ok=True)
+    return _Pruned(method, masks, accuracy_pruned, accuracy_finetuned, bn_batches)
 
 
 def _recalibrate(model: nn.Module, train_data: Any, batches: int, device: torch.device) -> None:
