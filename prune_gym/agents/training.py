@@ -271,52 +271,91 @@ def train_agent(
     algo = algo.lower()
     env_kwargs = dict(env_kwargs or {})
     output = Path(output_dir) if output_dir is not None else Path("runs") / f"{env_id}-{algo}"
-    resumed_from = None
     if isinstance(checkpoint_freq, bool) or not isinstance(checkpoint_freq, int) or checkpoint_freq < 0:
         raise ValueError(f"checkpoint_freq must be a whole number >= 0 (0: only at the end), got {checkpoint_freq!r}")
-    if resume:  # find the checkpoint before building anything
-        candidates = _checkpoints_to_resume(output, algo, resume)
-    elif holds_run(output):
-        raise ValueError(
-            f"{output} already holds a training run ({', '.join(holds_run(output))}): pass --resume "
-            f"(resume=True) to continue it, or another --output (output_dir=) to start a new run"
-        )
+    # Find the checkpoint (or refuse to overwrite a run) before building anything.
+    candidates = _checkpoints_to_resume(output, algo, resume) if resume else _refuse_existing_run(output)
     owned_env = env is None
     if env is None:
-        check_algo(algo, env_kwargs.get("action_type", "discrete"))  # fail before loading anything
-        env_kwargs = {**env_kwargs_from_hyperparams(algo, env_id, hyperparams), **env_kwargs}
-        if n_envs is None:
-            n_envs = int(load_hyperparams(algo, env_id, hyperparams).get("n_envs", 1))
-        if n_envs > 1:
-            # Load (and on first use train and cache) the task's model once, here, rather
-            # than in every worker process at the same time.
-            gym.make(env_id, **env_kwargs).close()
-        env = make_training_env(env_id, targets, seed=seed, n_envs=n_envs, **env_kwargs)
+        env, env_kwargs = _build_training_env(env_id, algo, hyperparams, env_kwargs, targets, seed, n_envs)
     if timesteps is None:
         timesteps = default_timesteps(algo, env, hyperparams)
     if int(timesteps) < 0:
         raise ValueError(f"timesteps must be >= 0, got {timesteps}")
     timesteps = int(timesteps)
-    checkpoints = output / "checkpoints"
+    tensorboard_dir = output / "tensorboard" if tensorboard else None
+    model, resumed_from = _build_or_resume_agent(
+        env, algo, hyperparams, seed, tensorboard_dir, verbose, output, candidates if resume else None
+    )
+
+    run_record = _run_record(env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed)
+    atomic_write_json(output / "run.json", {**run_record, "status": "running"})
+    recorder = EpisodeRecorder(output / "episodes.jsonl", tensorboard=tensorboard)
+    started = time.perf_counter()
+    remaining = max(timesteps - model.num_timesteps, 0)
+    if remaining:
+        callbacks = _callbacks(model, algo, recorder, progress_bar, checkpoint_freq, output / "checkpoints")
+        _learn(model, remaining, callbacks, algo, resumed_from is None, output, run_record, recorder)
+    seconds = time.perf_counter() - started
+    if resumable:
+        save_agent(model, output / "checkpoints" / f"{algo}_{model.num_timesteps}_steps.zip")
+    model_path = save_agent(model, output / "model.zip", replay_buffer=resumable)
+    write_best_found(recorder, output / "best_found.json")
+    atomic_write_json(output / "run.json", {**run_record, "status": "finished", "num_timesteps": int(model.num_timesteps)})
+    if owned_env and isinstance(env, SubprocVecEnv):
+        env.close()
+    return TrainResult(model, model_path, output, model.num_timesteps, seconds, resumed_from, recorder)
+
+
+def _refuse_existing_run(output: Path) -> None:
+    if holds_run(output):
+        raise ValueError(
+            f"{output} already holds a training run ({', '.join(holds_run(output))}): pass --resume "
+            f"(resume=True) to continue it, or another --output (output_dir=) to start a new run"
+        )
+
+
+def _build_training_env(
+    env_id: str, algo: str, hyperparams: Any, env_kwargs: dict[str, Any], targets: Sequence[float] | None, seed: int,
+    n_envs: int | None,
+) -> tuple[VecEnv, dict[str, Any]]:
+    """The training env from ``env_id``, the hyperparameters' env settings under ``env_kwargs``."""
+    check_algo(algo, env_kwargs.get("action_type", "discrete"))  # fail before loading anything
+    env_kwargs = {**env_kwargs_from_hyperparams(algo, env_id, hyperparams), **env_kwargs}
+    if n_envs is None:
+        n_envs = int(load_hyperparams(algo, env_id, hyperparams).get("n_envs", 1))
+    if n_envs > 1:
+        # Load (and on first use train and cache) the task's model once, here, rather
+        # than in every worker process at the same time.
+        gym.make(env_id, **env_kwargs).close()
+    return make_training_env(env_id, targets, seed=seed, n_envs=n_envs, **env_kwargs), env_kwargs
+
+
+def _build_or_resume_agent(
+    env: gym.Env | VecEnv, algo: str, hyperparams: Any, seed: int, tensorboard_dir: Path | None, verbose: int,
+    output: Path, candidates: list[Path] | None,
+) -> tuple[BaseAlgorithm, Path | None]:
+    """A new agent, or the newest readable checkpoint of ``candidates``; (agent, resumed from)."""
     created = not output.exists()
     output.mkdir(parents=True, exist_ok=True)
-    tensorboard_dir = output / "tensorboard" if tensorboard else None
-
     try:
-        if resume:
-            model, resumed_from = _load_newest_readable(candidates, env, algo, output)
-        else:
+        if candidates is None:
             model = make_agent(env, algo, hyperparams, seed=seed, tensorboard_log=tensorboard_dir, verbose=verbose)
-        if resume and tensorboard_dir is not None:
+            return model, None
+        model, resumed_from = _load_newest_readable(candidates, env, algo, output)
+        if tensorboard_dir is not None:
             model.tensorboard_log = str(tensorboard_dir)
+        return model, resumed_from
     except BaseException:
         if created and not any(output.iterdir()):
             output.rmdir()  # nothing was written: leave no empty run folder behind
         raise
-    run_record = _run_record(env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed)
-    atomic_write_json(output / "run.json", {**run_record, "status": "running"})
-    remaining = max(timesteps - model.num_timesteps, 0)
-    recorder = EpisodeRecorder(output / "episodes.jsonl", tensorboard=tensorboard)
+
+
+def _callbacks(
+    model: BaseAlgorithm, algo: str, recorder: EpisodeRecorder, progress_bar: bool, checkpoint_freq: int,
+    checkpoints: Path,
+) -> list:
     callbacks: list = [recorder]
     if progress_bar:
         callbacks.append(TrainingProgress(recorder))
@@ -328,32 +367,29 @@ def train_agent(
                 save_replay_buffer=isinstance(model, OffPolicyAlgorithm),
             )
         )
-    started = time.perf_counter()
-    if remaining:
-        try:
-            model.learn(
-                total_timesteps=remaining, callback=callbacks, progress_bar=False,
-                reset_num_timesteps=resumed_from is None, tb_log_name=algo,
-            )
-        except (KeyboardInterrupt, EOFError, BrokenPipeError, ConnectionResetError):
-            # Ctrl-C (a worker process of a parallel env may see it first and close its pipe).
-            path = save_agent(model, checkpoints / f"{algo}_interrupted_{model.num_timesteps}_steps.zip")
-            atomic_write_json(output / "run.json", {**run_record, "status": "interrupted"})
-            write_best_found(recorder, output / "best_found.json")
-            print(f"\ninterrupted: saved {model.num_timesteps} steps to {path}; continue with --resume")
-            raise
-        except BaseException:
-            atomic_write_json(output / "run.json", {**run_record, "status": "failed"})
-            raise
-    seconds = time.perf_counter() - started
-    if resumable:
-        save_agent(model, checkpoints / f"{algo}_{model.num_timesteps}_steps.zip")
-    model_path = save_agent(model, output / "model.zip", replay_buffer=resumable)
-    write_best_found(recorder, output / "best_found.json")
-    atomic_write_json(output / "run.json", {**run_record, "status": "finished", "num_timesteps": int(model.num_timesteps)})
-    if owned_env and isinstance(env, SubprocVecEnv):
-        env.close()
-    return TrainResult(model, model_path, output, model.num_timesteps, seconds, resumed_from, recorder)
+    return callbacks
+
+
+def _learn(
+    model: BaseAlgorithm, steps: int, callbacks: list, algo: str, new_run: bool, output: Path,
+    run_record: dict[str, Any], recorder: EpisodeRecorder,
+) -> None:
+    """``model.learn``; on Ctrl-C a checkpoint of the steps done so far, then the interrupt."""
+    try:
+        model.learn(
+            total_timesteps=steps, callback=callbacks, progress_bar=False, reset_num_timesteps=new_run,
+            tb_log_name=algo,
+        )
+    except (KeyboardInterrupt, EOFError, BrokenPipeError, ConnectionResetError):
+        # Ctrl-C (a worker process of a parallel env may see it first and close its pipe).
+        path = save_agent(model, output / "checkpoints" / f"{algo}_interrupted_{model.num_timesteps}_steps.zip")
+        atomic_write_json(output / "run.json", {**run_record, "status": "interrupted"})
+        write_best_found(recorder, output / "best_found.json")
+        print(f"\ninterrupted: saved {model.num_timesteps} steps to {path}; continue with --resume")
+        raise
+    except BaseException:
+        atomic_write_json(output / "run.json", {**run_record, "status": "failed"})
+        raise
 
 
 def _checkpoints_to_resume(output: Path, algo: str, resume: bool | str | os.PathLike) -> list[Path]:
