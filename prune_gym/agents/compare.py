@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
@@ -68,6 +68,9 @@ from prune_gym.agents.training import (
     train_agent,
 )
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, PrunableLayer, check_sparsity
+
+if TYPE_CHECKING:
+    from prune_gym.envs.prune_env import PruneEnv
 
 __all__ = [
     "Comparison",
@@ -241,26 +244,9 @@ def compare(
     """
     say = log or (lambda _message: None)
     started = time.perf_counter()
-    targets = [check_sparsity(s, "sparsity") for s in sparsities]
-    if not targets:
-        raise ValueError("give at least one sparsity to compare at")
-    if int(finetune_epochs) < 0:
-        raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
-    algo = algo.lower()
-    if algo not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
-    shared = dict(env_kwargs or {})
-    agent_action_type = shared.pop("action_type", ALGORITHMS[algo][1][0])
-    check_algo(algo, agent_action_type)
-    shared.pop("target_sparsity", None)
-    if agent_path is not None and not Path(agent_path).is_file():
-        raise FileNotFoundError(f"no agent file at {agent_path}: train one with `prune-gym train ENV` first")
-    if output_dir is None:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        output_dir = Path("results") / f"{env_id}-{stamp}"
-    output = Path(output_dir)
-    if write_files and output.exists() and any(output.iterdir()):
-        raise ValueError(f"{output} exists and is not empty: pass another --output (output_dir=) so results never mix")
+    targets, algo, agent_action_type, shared, output = _check_compare_options(
+        env_id, sparsities, algo, finetune_epochs, env_kwargs, agent_path, output_dir, write_files
+    )
     # Files go to <output>.partial until everything is written, then the folder is renamed: a
     # failed or interrupted run leaves no folder that looks finished.
     staging = output.with_name(output.name + ".partial")
@@ -291,19 +277,9 @@ def compare(
             "budget": "the agent's training episodes, split evenly over the targets" if search_episodes else "off",
         }
         metadata["total_seconds"] = time.perf_counter() - started
-        table = format_table(results, metadata)
-        comparison = Comparison(env_id, results, metadata, output if write_files else None, table)
+        comparison = Comparison(env_id, results, metadata, output if write_files else None, format_table(results, metadata))
         if write_files:
-            staging.mkdir(parents=True, exist_ok=True)
-            if agent.path is not None and not agent.trained:
-                # Keep a copy of the compared agent next to the results.
-                (staging / "agent").mkdir(exist_ok=True)
-                agent.model.save(staging / "agent" / "model.zip")
-            write_results(comparison, staging, reference)
-            metadata["total_seconds"] = time.perf_counter() - started
-            comparison.table = format_table(results, metadata)
-            write_results(comparison, staging, reference)  # again, with the total time including the plots
-            staging.rename(output)
+            _write_comparison(comparison, agent, reference, staging, output, started)
             say(f"wrote {output}/: results.json, results.csv, table.txt, accuracy_vs_sparsity.png, "
                 f"layer_sparsity.png, recipes/, agent/")
     except BaseException:
@@ -314,6 +290,51 @@ def compare(
         reference_env.close()
         agent_env.close()
     return comparison
+
+
+def _check_compare_options(
+    env_id: str, sparsities: Sequence[float], algo: str, finetune_epochs: int, env_kwargs: Mapping[str, Any] | None,
+    agent_path: str | os.PathLike | None, output_dir: str | os.PathLike | None, write_files: bool,
+) -> tuple[list[float], str, str, dict[str, Any], Path]:
+    """``compare``'s options checked before anything loads: (targets, algo, the agent's action
+    type, the env kwargs shared by all methods, the output folder)."""
+    targets = [check_sparsity(s, "sparsity") for s in sparsities]
+    if not targets:
+        raise ValueError("give at least one sparsity to compare at")
+    if int(finetune_epochs) < 0:
+        raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+    algo = algo.lower()
+    if algo not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
+    shared = dict(env_kwargs or {})
+    agent_action_type = shared.pop("action_type", ALGORITHMS[algo][1][0])
+    check_algo(algo, agent_action_type)
+    shared.pop("target_sparsity", None)
+    if agent_path is not None and not Path(agent_path).is_file():
+        raise FileNotFoundError(f"no agent file at {agent_path}: train one with `prune-gym train ENV` first")
+    if output_dir is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        output_dir = Path("results") / f"{env_id}-{stamp}"
+    output = Path(output_dir)
+    if write_files and output.exists() and any(output.iterdir()):
+        raise ValueError(f"{output} exists and is not empty: pass another --output (output_dir=) so results never mix")
+    return targets, algo, agent_action_type, shared, output
+
+
+def _write_comparison(
+    comparison: Comparison, agent: _Agent, reference: PruneEnv, staging: Path, output: Path, started: float
+) -> None:
+    """Every file into ``staging``, then renamed to ``output`` at once."""
+    staging.mkdir(parents=True, exist_ok=True)
+    if agent.path is not None and not agent.trained:
+        # Keep a copy of the compared agent next to the results.
+        (staging / "agent").mkdir(exist_ok=True)
+        agent.model.save(staging / "agent" / "model.zip")
+    write_results(comparison, staging, reference)
+    comparison.metadata["total_seconds"] = time.perf_counter() - started
+    comparison.table = format_table(comparison.results, comparison.metadata)
+    write_results(comparison, staging, reference)  # again, with the total time including the plots
+    staging.rename(output)
 
 
 @dataclass
