@@ -228,35 +228,27 @@ class PruneEnv(gym.Env):
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
-        # -- validate everything cheap before loading anything --------------------------------
+        # Validate everything cheap before loading anything, then load, then build.
         self.min_sparsity = check_sparsity(min_sparsity, "min_sparsity")
         self.max_sparsity = check_sparsity(max_sparsity, "max_sparsity")
         if self.min_sparsity >= self.max_sparsity:
             raise ValueError(f"min_sparsity ({min_sparsity}) must be below max_sparsity ({max_sparsity})")
         self.actions = ActionMap(action_type, action_mode, n_actions, self.min_sparsity, self.max_sparsity, relative_range)
         self.target_sparsity = self._check_target(target_sparsity)
-        if isinstance(sparsity_weight, bool) or not isinstance(sparsity_weight, int | float | np.number) or not math.isfinite(sparsity_weight):
-            raise ValueError(f"sparsity_weight must be a finite number (the reward's beta), got {sparsity_weight!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-        self.reward_fn = get_reward(reward)
-        self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         if bn_recalibration_batches is None:
             bn_recalibration_batches = self._task_default(task, "bn_recalibration_batches", 0)
-        for name, value in (("bn_recalibration_batches", bn_recalibration_batches), ("finetune_steps", finetune_steps)):
-            if not isinstance(value, int | np.integer) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if not (float(finetune_lr) > 0):
-            raise ValueError(f"finetune_lr must be > 0, got {finetune_lr!r}")
+        self._check_settings(sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps, finetune_lr)
+        self.reward_fn = get_reward(reward)
+        self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
         self.render_mode = render_mode
         self.action_type = action_type
         self.action_mode = action_mode
         self.sparsity_weight = float(sparsity_weight)
         self.device = resolve_device(device)
+        self.bn_recalibration_batches = int(bn_recalibration_batches)
+        self.finetune_steps = int(finetune_steps)
+        self.finetune_lr = float(finetune_lr)
 
-        # -- model and data ------------------------------------------------------------------
         self.task = None
         self.synthetic = bool(synthetic)
         if task is not None:
@@ -265,21 +257,55 @@ class PruneEnv(gym.Env):
             model, splits = self._load_task(task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples)
             reward_data, test_data = splits.reward, splits.test
             train_data = train_data if train_data is not None else splits.train
-        else:
-            if model is None or reward_data is None:
-                raise ValueError(
-                    "PruneEnv needs task=<name> (see prune_gym.tasks.TASKS) or model= and reward_data= "
-                    "(plus test_data= for the final test accuracy)"
-                )
-            if not isinstance(model, nn.Module):
-                raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        elif model is None or reward_data is None:
+            raise ValueError(
+                "PruneEnv needs task=<name> (see prune_gym.tasks.TASKS) or model= and reward_data= "
+                "(plus test_data= for the final test accuracy)"
+            )
+        elif not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if (self.bn_recalibration_batches or self.finetune_steps) and train_data is None:
+            raise ValueError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
         self.model = model.to(self.device).eval()
+        self._build_evaluators(reward_data, test_data, batch_size, amp, channels_last, cache_activations)
+        self.train_data = train_data
+        self._build_layers(reward_data, exclude_layers, cache_activations, split_seed)
+
+        self.levels = self.actions.levels  # sparsities (absolute) or logit steps (relative)
+        self.action_space = self.actions.space()
+        low, high = observation_bounds()
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.global_mp_sparsities()  # an observation feature: computed here, not on the first reset
+        self.dense_reward_accuracy = self.evaluator.accuracy()
+        self.dense_test_accuracy: float | None = None
+        self._t: int | None = None
+        self._reset_episode_state()
+
+    # ------------------------------------------------------------------------------------------
+    # Construction helpers
+
+    def _check_settings(self, sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps,
+                        finetune_lr) -> None:
+        if isinstance(sparsity_weight, bool) or not isinstance(sparsity_weight, int | float | np.number) or not math.isfinite(sparsity_weight):
+            raise ValueError(f"sparsity_weight must be a finite number (the reward's beta), got {sparsity_weight!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        for name, value in (("bn_recalibration_batches", bn_recalibration_batches), ("finetune_steps", finetune_steps)):
+            if not isinstance(value, int | np.integer) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not (float(finetune_lr) > 0):
+            raise ValueError(f"finetune_lr must be > 0, got {finetune_lr!r}")
+
+    def _build_evaluators(self, reward_data, test_data, batch_size, amp, channels_last, cache_activations) -> None:
+        """The reward split's evaluator and the test split's; every split checked now (model
+        output, label shape and range, input shape), so a bad split fails here with the split
+        named, not at the last step of the first episode."""
         self.evaluator = Evaluator(
             self.model, reward_data, self.device, batch_size=batch_size, amp=amp,
             channels_last=channels_last, cache_activations=cache_activations,
         )
-        # Check every split now (model output, label shape and range, input shape), so a bad
-        # split fails here with the split named, not at the last step of the first episode.
         self.num_classes = self.evaluator.check("reward split")
         self.test_data = test_data
         self._eval_options = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
@@ -292,13 +318,9 @@ class PruneEnv(gym.Env):
                     f"split's {self.evaluator.sample_shape}: give both splits in the model's input shape"
                 )
             self._test_evaluator.check("test split")
-        self.train_data = train_data
-        self.bn_recalibration_batches = int(bn_recalibration_batches)
-        self.finetune_steps = int(finetune_steps)
-        self.finetune_lr = float(finetune_lr)
-        if (self.bn_recalibration_batches or self.finetune_steps) and train_data is None:
-            raise ValueError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
 
+    def _build_layers(self, reward_data, exclude_layers, cache_activations, split_seed) -> None:
+        """The prunable layers, their static features and stages, and what reset restores."""
         example = self._example_input(reward_data)
         self.layers = find_prunable_layers(self.model, example_input=example, exclude_names=exclude_layers)
         self.state = PruningState(self.model, self.layers)
@@ -320,21 +342,6 @@ class PruneEnv(gym.Env):
         self._norm_snapshot = self.calibrator.capture(0) if self.calibrator is not None else None
         self._finetune_generator = torch.Generator().manual_seed(split_seed)
         self._global_mp_cache: dict[tuple[float, float | None], list[float]] = {}
-
-        # -- spaces --------------------------------------------------------------------------
-        self.levels = self.actions.levels  # sparsities (absolute) or logit steps (relative)
-        self.action_space = self.actions.space()
-        low, high = observation_bounds()
-        self.observation_space = spaces.Box(low, high, dtype=np.float32)
-
-        self.global_mp_sparsities()  # an observation feature: computed here, not on the first reset
-        self.dense_reward_accuracy = self.evaluator.accuracy()
-        self.dense_test_accuracy: float | None = None
-        self._t: int | None = None
-        self._reset_episode_state()
-
-    # ------------------------------------------------------------------------------------------
-    # Construction helpers
 
     @staticmethod
     def _task_default(task: str | None, name: str, fallback: Any) -> Any:
