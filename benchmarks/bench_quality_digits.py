@@ -55,10 +55,7 @@ from machine import machine_info  # benchmarks/machine.py, beside this script
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents import (
     ALGORITHMS,
-    GlobalMagnitudePolicy,
-    RandomPolicy,
     TargetSamplingWrapper,
-    UniformMagnitudePolicy,
     load_hyperparams,
     make_agent,
 )
@@ -70,7 +67,7 @@ from prune_gym.agents.compare import (
     make_reference_env,
     run_episode,
 )
-from prune_gym.agents.policies import RecipePolicy, prune_env_of
+from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
 from prune_gym.agents.search import local_search
 from prune_gym.agents.training import make_training_env
 from prune_gym.finetune import recipe_for
@@ -194,12 +191,7 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
         row["seed"] = seed
         rows.append(row)
 
-    references = [
-        ("Global MP", GlobalMagnitudePolicy(reference_env), True),
-        ("Global MP + MT", GlobalMagnitudePolicy(reference_env, min_threshold=DEFAULT_MIN_THRESHOLD), True),
-        ("uniform", UniformMagnitudePolicy(reference_env), True),
-        ("random", RandomPolicy(reference_env, seed=seed), False),
-    ]
+    references = reference_policies(reference_env, seed=seed, min_threshold=DEFAULT_MIN_THRESHOLD)
     for target in targets:
         for label, policy, deterministic in references:
             record(run_episode(policy, reference_env, target, deterministic=deterministic, method=label), reference_env)

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 # prune_gym.envs.actions.ACTION_MODES, spelt out so `--help` need not import torch (a test
 # checks that the two agree).
 ACTION_MODE_CHOICES = ("relative", "absolute")
+# prune_gym.agents.policies.REFERENCE_POLICIES, likewise.
+POLICY_CHOICES = ("global-mp", "uniform", "random")
 
 
 def _add_envs(subparsers) -> None:
@@ -285,7 +287,7 @@ def _add_baseline(subparsers) -> None:
         ),
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
-    parser.add_argument("--policy", default="global-mp", choices=("global-mp", "uniform", "random"), help="reference policy (default: global-mp)")
+    parser.add_argument("--policy", default="global-mp", choices=POLICY_CHOICES, help="reference policy (default: global-mp)")
     parser.add_argument("--sparsity", type=_sparsity_arg, required=True, metavar="S", help="overall target sparsity, e.g. 0.8")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Global MP Minimum Threshold, e.g. 0.0005 (0.05%% of all weights per layer)")
     parser.add_argument("--action-type", default="continuous", choices=("discrete", "continuous"), help="env action type (default: continuous, exact)")
@@ -304,22 +306,13 @@ def _run_baseline(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     from prune_gym.agents.compare import run_episode
-    from prune_gym.agents.policies import (
-        GlobalMagnitudePolicy,
-        RandomPolicy,
-        UniformMagnitudePolicy,
-    )
+    from prune_gym.agents.policies import reference_policy
 
     if args.min_threshold is not None and args.policy != "global-mp":
         raise ValueError("--min-threshold applies to --policy global-mp only")
     env = gym.make(args.env, target_sparsity=args.sparsity, **_env_kwargs(args))
-    if args.policy == "global-mp":
-        policy, label = GlobalMagnitudePolicy(env, min_threshold=args.min_threshold), "Global MP" + (" + MT" if args.min_threshold else "")
-    elif args.policy == "uniform":
-        policy, label = UniformMagnitudePolicy(env), "uniform"
-    else:
-        policy, label = RandomPolicy(env, seed=args.seed), "random"
-    result = run_episode(policy, env, args.sparsity, deterministic=args.policy != "random", method=label)
+    label, policy, deterministic = reference_policy(args.policy, env, seed=args.seed, min_threshold=args.min_threshold)
+    result = run_episode(policy, env, args.sparsity, deterministic=deterministic, method=label)
     prune_env = env.unwrapped
     print(f"{args.env}: {label} at sparsity {args.sparsity} ({prune_env.action_type} actions)")
     print(f"  test accuracy  {100 * result.test_accuracy:.2f}%  (dense {100 * prune_env.dense_test_accuracy:.2f}%)")

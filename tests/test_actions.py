@@ -11,7 +11,8 @@ import pytest
 
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents import GlobalMagnitudePolicy, RandomPolicy
-from prune_gym.cli import ACTION_MODE_CHOICES
+from prune_gym.agents.policies import REFERENCE_POLICIES
+from prune_gym.cli import ACTION_MODE_CHOICES, POLICY_CHOICES
 from prune_gym.envs.actions import ACTION_MODES, ActionMap, feasible_counts, reference_sparsity
 
 ENV_ID = "PruneResNet20Digits-v1"
@@ -124,7 +125,8 @@ def test_bad_action_settings_name_the_fix():
     with pytest.raises(ValueError, match="relative_range"):
         ActionMap("continuous", "relative", relative_range=0)
     assert ActionMap("discrete", "absolute", 12).n_actions == 12
-    assert ACTION_MODE_CHOICES == ACTION_MODES  # the CLI's copy (kept so --help is fast)
+    assert ACTION_MODE_CHOICES == ACTION_MODES  # the CLI's copies (kept so --help is fast)
+    assert POLICY_CHOICES == REFERENCE_POLICIES
 
 
 def test_v0_keeps_absolute_levels(digits_model_state):

@@ -19,6 +19,7 @@ from prune_gym.agents import (
     TargetSamplingWrapper,
     UniformMagnitudePolicy,
 )
+from prune_gym.agents.policies import REFERENCE_POLICIES, reference_policies, reference_policy
 from prune_gym.evaluation import evaluate_accuracy
 from prune_gym.pruning import find_prunable_layers, global_magnitude_masks, minimum_keep
 from prune_gym.stats import FEATURES
@@ -217,3 +218,17 @@ def test_a_non_prune_gym_env_is_a_clear_error():
         GlobalMagnitudePolicy(gym.make("CartPole-v1"))
     with pytest.raises(ValueError, match="min_threshold"):
         GlobalMagnitudePolicy(gym.make(ENV_ID, synthetic=True, synthetic_samples=8, device="cpu"), min_threshold=5)
+
+
+def test_reference_policies_by_name_in_table_order(envs):
+    env = envs["continuous"]
+    methods = reference_policies(env, seed=3, min_threshold=0.0005)
+    assert [label for label, _, _ in methods] == ["Global MP", "Global MP + MT", "uniform", "random"]
+    assert [deterministic for _, _, deterministic in methods] == [True, True, True, False]
+    assert methods[1][1].min_threshold == 0.0005 and methods[3][1].seed == 3
+    assert [label for label, _, _ in reference_policies(env, min_threshold=None)] == ["Global MP", "uniform", "random"]
+    assert [reference_policy(name, env)[0] for name in REFERENCE_POLICIES] == ["Global MP", "uniform", "random"]
+    with pytest.raises(ValueError, match="choose one of global-mp, uniform, random"):
+        reference_policy("magnitude", env)
+    with pytest.raises(ValueError, match="global-mp only"):
+        reference_policy("uniform", env, min_threshold=0.0005)

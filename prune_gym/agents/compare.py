@@ -52,13 +52,7 @@ from prune_gym.agents.factory import (
     env_kwargs_from_hyperparams,
     load_hyperparams,
 )
-from prune_gym.agents.policies import (
-    GlobalMagnitudePolicy,
-    RandomPolicy,
-    RecipePolicy,
-    UniformMagnitudePolicy,
-    prune_env_of,
-)
+from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
 from prune_gym.agents.report import Comparison, MethodResult, format_table, write_results
 from prune_gym.agents.search import DEFAULT_STEP, local_search
 from prune_gym.agents.training import (
@@ -392,14 +386,10 @@ def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_thresh
     """Every method at every target: the agent greedy, its best-found recipe, the search at
     equal cost, the reference policies."""
     name = algo.upper()
-    methods: list[tuple[str, Any, gym.Env, bool]] = [
-        (f"{name} (greedy)", agent.model, agent_env, True),
-        ("Global MP", GlobalMagnitudePolicy(reference_env), reference_env, True),
+    methods: list[tuple[str, Any, gym.Env, bool]] = [(f"{name} (greedy)", agent.model, agent_env, True)] + [
+        (label, policy, reference_env, deterministic)
+        for label, policy, deterministic in reference_policies(reference_env, seed=seed, min_threshold=min_threshold)
     ]
-    if min_threshold:
-        methods.append(("Global MP + MT", GlobalMagnitudePolicy(reference_env, min_threshold=min_threshold), reference_env, True))
-    methods.append(("uniform", UniformMagnitudePolicy(reference_env), reference_env, True))
-    methods.append(("random", RandomPolicy(reference_env, seed=seed), reference_env, False))
     results: list[MethodResult] = []
     for target in targets:
         rows = list(methods)

@@ -40,9 +40,15 @@ __all__ = [
     "RandomPolicy",
     "RecipePolicy",
     "ReferencePolicy",
+    "REFERENCE_POLICIES",
     "UniformMagnitudePolicy",
     "prune_env_of",
+    "reference_policies",
+    "reference_policy",
 ]
+
+#: The reference policies by name (``prune-gym baseline --policy``).
+REFERENCE_POLICIES = ("global-mp", "uniform", "random")
 
 
 def prune_env_of(env: Any) -> PruneEnv:
@@ -266,3 +272,31 @@ class RandomPolicy(ReferencePolicy):
 
     def __repr__(self) -> str:
         return f"RandomPolicy(seed={self.seed})"
+
+
+def reference_policy(
+    name: str, env: Any, *, seed: int = 0, min_threshold: float | None = None
+) -> tuple[str, ReferencePolicy, bool]:
+    """``(label, policy, deterministic)`` for a name of :data:`REFERENCE_POLICIES`: the label
+    is the method's name in tables ("Global MP", "Global MP + MT", "uniform", "random");
+    ``deterministic`` is False for the random policy, whose actions are sampled."""
+    if name == "global-mp":
+        return ("Global MP + MT" if min_threshold else "Global MP"), GlobalMagnitudePolicy(env, min_threshold=min_threshold), True
+    if min_threshold is not None:
+        raise ValueError("--min-threshold applies to --policy global-mp only")
+    if name == "uniform":
+        return "uniform", UniformMagnitudePolicy(env), True
+    if name == "random":
+        return "random", RandomPolicy(env, seed=seed), False
+    raise ValueError(f"unknown reference policy {name!r}: choose one of {', '.join(REFERENCE_POLICIES)}")
+
+
+def reference_policies(
+    env: Any, *, seed: int = 0, min_threshold: float | None = None
+) -> list[tuple[str, ReferencePolicy, bool]]:
+    """Every reference method of a comparison, in table order: Global MP, Global MP + MT
+    (unless ``min_threshold`` is None or 0), uniform, random (seeded with ``seed``)."""
+    methods = [reference_policy("global-mp", env)]
+    if min_threshold:
+        methods.append(reference_policy("global-mp", env, min_threshold=min_threshold))
+    return methods + [reference_policy("uniform", env), reference_policy("random", env, seed=seed)]
