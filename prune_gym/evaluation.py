@@ -109,22 +109,14 @@ def sample_tensors(data: DataLike, count: int, seed: int = 0) -> tuple[Tensor, T
 def model_stages(model: nn.Module) -> list[nn.Module] | None:
     """Modules whose composition in order equals ``model.forward``, or None if not known.
 
-    Known: models with a ``stages()`` method (this package's CIFAR models), ``nn.Sequential``,
-    torchvision's ResNets and MobileNet-V2.
+    Known here: models with a ``stages()`` method (this package's own models) and
+    ``nn.Sequential``. A task knows its models' stages (``Task.model_stages``: the ImageNet tasks
+    decompose torchvision's ResNet and MobileNet-V2) and hands them to the :class:`Evaluator`.
     """
     if callable(getattr(model, "stages", None)):
         return list(model.stages())
     if isinstance(model, nn.Sequential):
         return list(model)
-    from torchvision.models import MobileNetV2, ResNet
-
-    if type(model) is ResNet:
-        stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
-        blocks = [*model.layer1, *model.layer2, *model.layer3, *model.layer4]
-        return [stem, *blocks, nn.Sequential(model.avgpool, nn.Flatten(1), model.fc)]
-    if type(model) is MobileNetV2:
-        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier)
-        return [*model.features, head]
     return None
 
 
@@ -154,6 +146,9 @@ class Evaluator:
             ``benchmarks/README.md``); False keeps the model's own format.
         cache_activations: reuse the input of the first changed stage (see module docstring).
         resident: keep the split on the device; None decides by size (MAX_RESIDENT_SAMPLES).
+        num_workers: loader workers for a split that is not resident.
+        stages: modules whose composition is ``model.forward``, for the activation cache
+            (None: :func:`model_stages`; a task's ``model_stages`` knows more models).
     """
 
     def __init__(
@@ -167,6 +162,7 @@ class Evaluator:
         cache_activations: bool = True,
         resident: bool | None = None,
         num_workers: int = 0,
+        stages: Sequence[nn.Module] | None = None,
     ) -> None:
         self.model = model
         self.device = resolve_device(device)
@@ -204,7 +200,9 @@ class Evaluator:
             raise ValueError("the split is empty: it needs at least one sample")
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.stages = model_stages(model) if cache_activations and resident else None
+        if stages is None:
+            stages = model_stages(model)
+        self.stages = list(stages) if stages is not None and cache_activations and resident else None
         self._cached_stage: int | None = None
         self._cache: list[Tensor] = []
 

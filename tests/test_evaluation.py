@@ -151,11 +151,15 @@ def assert_stages_compose_to_forward(model: nn.Module, stages: list[nn.Module], 
 
 
 @pytest.mark.parametrize("builder", [torchvision.models.resnet18, torchvision.models.mobilenet_v2])
-def test_model_stages_compose_to_forward_for_torchvision_models(builder):
+def test_the_imagenet_tasks_stages_compose_to_forward_for_torchvision_models(builder):
+    from prune_gym.tasks import get_task
+
     torch.manual_seed(4)
     model = builder(num_classes=10).eval()
-    stages = model_stages(model)
+    assert model_stages(model) is None  # the evaluator alone does not know torchvision's models
+    stages = get_task("resnet50-imagenet").model_stages(model)
     assert stages is not None and len(stages) > 3
+    assert len(get_task("mobilenetv2-imagenet").model_stages(model)) == len(stages)  # by the model's type
     assert_stages_compose_to_forward(model, stages, torch.randn(3, 3, 32, 32))
     layers = find_prunable_layers(model)
     owners = stage_of_modules(stages, [layer.module for layer in layers])

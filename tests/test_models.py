@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from prune_gym.evaluation import model_stages
 from prune_gym.pruning import find_prunable_layers
 from prune_gym.tasks import TASKS
 from prune_gym.tasks.models import MobileNetV1, WideResNet, mobilenet_v1, resnet32, wrn28x8
@@ -98,8 +97,9 @@ def test_forward_gives_one_logit_per_class_for_a_tiny_batch(reference_logits, ta
 
 @pytest.mark.parametrize("task_name", IMAGE_TASKS)
 def test_composing_the_stages_equals_forward(task_models, reference_logits, task_name):
-    # Every architecture of the two families supports the evaluator's activation cache.
-    stages = model_stages(task_models[task_name])
+    # Every architecture of the two families supports the evaluator's activation cache: its
+    # task supplies the stages.
+    stages = TASKS[task_name].model_stages(task_models[task_name])
     assert stages is not None
     x, expected = reference_logits[task_name]
     with torch.inference_mode():

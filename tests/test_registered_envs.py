@@ -55,6 +55,9 @@ def test_env_checkers_pass_without_warnings(env_id, action_type, digits_model_st
     ]
     assert unexpected == []
     assert env.unwrapped.num_layers == task.num_prunable_layers
+    # Every task's model comes in stages (the task supplies them): steps re-evaluate from the
+    # changed stage on, never the whole network.
+    assert env.unwrapped.evaluator.stages is not None
     if task.name != "resnet20-digits":
         _, info = env.reset(seed=0)
         assert info["synthetic"] is True

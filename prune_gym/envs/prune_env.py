@@ -305,6 +305,7 @@ class PruneEnv(gym.Env):
         self.evaluator = Evaluator(
             self.model, reward_data, self.device, batch_size=batch_size, amp=amp,
             channels_last=channels_last, cache_activations=cache_activations,
+            stages=self.task.model_stages(self.model) if self.task is not None else None,
         )
         self.num_classes = self.evaluator.check("reward split")
         self.test_data = test_data

@@ -116,6 +116,14 @@ class Task(ABC):
         """Whether data and weights are present, without loading them."""
         return Availability(data=False, weights=False)
 
+    def model_stages(self, model: nn.Module) -> list[nn.Module] | None:
+        """Modules whose composition in order is ``model.forward`` (the evaluator's activation
+        cache and the exact BatchNorm re-calibration start at the first stage a step changed);
+        None if unknown. Default: the model's own ``stages()``, or an ``nn.Sequential``'s parts."""
+        from prune_gym.evaluation import model_stages
+
+        return model_stages(model)
+
     def synthetic_model(self, seed: int = 0) -> nn.Module:
         """The architecture with random weights (seeded), in eval mode: for mechanics and speed only."""
         with torch.random.fork_rng(devices=[]):

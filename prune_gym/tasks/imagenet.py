@@ -150,6 +150,19 @@ class ImageNetTask(Task):
         self.image_size = image_size
         self.reward_size = reward_size
 
+    def model_stages(self, model: nn.Module) -> list[nn.Module] | None:
+        """torchvision's ResNet and MobileNet-V2 as stages (stem, every block, head)."""
+        from torchvision.models import MobileNetV2, ResNet
+
+        if type(model) is ResNet:
+            stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
+            blocks = [*model.layer1, *model.layer2, *model.layer3, *model.layer4]
+            return [stem, *blocks, nn.Sequential(model.avgpool, nn.Flatten(1), model.fc)]
+        if type(model) is MobileNetV2:
+            head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier)
+            return [*model.features, head]
+        return super().model_stages(model)
+
     def build_model(self) -> nn.Module:
         import torchvision.models
 
