@@ -106,14 +106,17 @@ class BatchNormCalibrator:
             return list(self.norms)
         return [norm for norms in self.stage_norms[stage:] for norm in norms]
 
-    def start_for(self, from_stage: int) -> int:
-        """The stage a :meth:`recalibrate` from ``from_stage`` would start at (0: a full one)."""
-        return from_stage if self.stages is not None and self._cached_stage == from_stage and from_stage > 0 else 0
+    @property
+    def resume_stage(self) -> int:
+        """The stage the next :meth:`recalibrate` starts at: the cached one (0: a full one)."""
+        return self._cached_stage if self.stages is not None and self._cached_stage else 0
 
-    def capture(self, from_stage: int = 0) -> list[tuple[nn.Module, tuple[Tensor, ...]]]:
-        """A copy of the statistics a :meth:`recalibrate` from ``from_stage`` may change (with
-        :meth:`restore`, the rollback of a failed step; cheaper than a copy of the model)."""
-        return [(norm, tuple(t.clone() for t in _norm_buffers(norm))) for norm in self.norms_from(self.start_for(from_stage))]
+    def capture(self, changed_stage: int = 0) -> list[tuple[nn.Module, tuple[Tensor, ...]]]:
+        """A copy of the statistics a :meth:`recalibrate` after a change in ``changed_stage``
+        may change (0: all of them). With :meth:`restore`, the rollback of a failed step;
+        cheaper than a copy of the model."""
+        start = self.resume_stage if self.resume_stage <= changed_stage else 0
+        return [(norm, tuple(t.clone() for t in _norm_buffers(norm))) for norm in self.norms_from(start)]
 
     @staticmethod
     @torch.no_grad()
@@ -124,13 +127,14 @@ class BatchNormCalibrator:
                 own.copy_(value)
 
     @torch.no_grad()
-    def recalibrate(self, from_stage: int = 0, keep_stage: int | None = None) -> int:
-        """Re-estimate the statistics of every BatchNorm layer from ``from_stage`` on (all of them
-        when the cache does not hold that stage's input); keep the calibration activations that
-        enter ``keep_stage`` for the next call. Returns the first stage that was re-estimated."""
+    def recalibrate(self, keep_stage: int | None = None) -> int:
+        """Re-estimate the statistics of every BatchNorm layer from the cached stage on (all of
+        them when nothing is cached, or a stage before the cached one changed: what
+        :meth:`mark_changed` was told); keep the calibration activations that enter
+        ``keep_stage`` for the next call. Returns the first stage that was re-estimated."""
+        start = self.resume_stage
         if not self.norms:
-            return from_stage
-        start = self.start_for(from_stage)
+            return start
         norms = self.norms_from(start)
         keep = keep_stage if self.stages is not None and keep_stage is not None and start <= keep_stage < len(self.stages) else None
         momenta = [norm.momentum for norm in norms]

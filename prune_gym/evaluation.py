@@ -8,9 +8,10 @@ in ``benchmarks/``, on the CPU too), and with bf16/fp16 autocast on CUDA.
 Activation cache: many models are a chain of stages (stem, residual blocks, head). Layers are
 pruned in forward order, so when layer *t* in stage *s* changes, every stage before *s* is
 unchanged since the last evaluation, and the input of stage *s* can be reused. The evaluator
-keeps the input of one stage (the one the next changed layer lives in); the caller tells it
-which stage changed (:meth:`Evaluator.mark_changed`) and the cache is dropped whenever a stage
-before it changes, so results stay exactly those of a full forward pass.
+keeps the input of one stage (the one the next changed layer lives in, ``accuracy(keep_stage)``);
+the caller tells it which stage changed (:meth:`Evaluator.mark_changed`), the cache is dropped
+whenever a stage before it changes, and the next evaluation resumes from the cached stage, so
+results stay exactly those of a full forward pass.
 """
 
 from __future__ import annotations
@@ -253,18 +254,20 @@ class Evaluator:
     # -- evaluation ----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def accuracy(self, from_stage: int = 0, keep_stage: int | None = None) -> float:
+    def accuracy(self, keep_stage: int | None = None) -> float:
         """Top-1 accuracy in [0, 1].
 
-        ``from_stage`` is the first stage that changed since the last call (resume from the
-        cache if it holds that stage's input); ``keep_stage`` is the stage whose input should be
-        cached for the next call (the stage of the next layer to change).
+        Resumes from the cached input of a stage when no earlier stage changed since it was
+        cached (what :meth:`mark_changed` was told), else runs the whole network; caches the
+        input of ``keep_stage`` (the stage of the next layer to change) for the next call.
+        Without ``keep_stage`` nothing is cached, so a caller that never passes one never
+        needs :meth:`mark_changed`.
         """
         if self.loader is not None:
             return self._accuracy_streamed()
         if self.stages is None:
             return self._count(self._logits(x) for x, _ in self.batches)
-        start = from_stage if self._cached_stage == from_stage else 0
+        start = self._cached_stage or 0
         # A stage past the end has no input to cache; keeping it would leave an empty cache.
         keep = keep_stage if keep_stage is not None and start <= keep_stage < len(self.stages) else None
         correct = 0

@@ -188,7 +188,7 @@ def test_model_stages_of_cifar_resnet_sequential_and_unknown_models():
     inputs, labels = small_split()
     evaluator = Evaluator(opaque, (inputs, labels), batch_size=8)
     assert evaluator.stages is None
-    assert evaluator.accuracy(from_stage=3, keep_stage=4) == loop_accuracy(opaque, inputs, labels)
+    assert evaluator.accuracy(keep_stage=4) == loop_accuracy(opaque, inputs, labels)
     with pytest.raises(ValueError, match="not inside any stage"):
         stage_of_modules(stages, [opaque.fc])
 
@@ -219,7 +219,7 @@ def test_activation_cache_is_exact_through_episodes(calibrated_resnet20_split):
             evaluator.mark_changed(stage)
             next_stage = layer_stage[index + 1] if index + 1 < len(layers) else None
             calls_before = len(stem_calls)
-            accuracy = evaluator.accuracy(from_stage=stage, keep_stage=next_stage)
+            accuracy = evaluator.accuracy(keep_stage=next_stage)
             if index > 0 and stage > 0:
                 assert len(stem_calls) == calls_before  # really resumed from the cache
             assert accuracy == full_forward_accuracy(model, inputs, labels), (index, layers[index].name)
@@ -235,47 +235,52 @@ def test_changing_an_earlier_layer_drops_the_cache(calibrated_resnet20_split):
     evaluator = Evaluator(model, (inputs, labels), batch_size=32)
     layer_stage = stage_of_modules(evaluator.stages, [layer.module for layer in layers])
     late = layer_stage[-2]
-    assert evaluator.accuracy(from_stage=0, keep_stage=late) == 1.0
+    assert evaluator.accuracy(keep_stage=late) == 1.0
     assert evaluator.cached_stage == late
 
     evaluator.mark_changed(late)  # a change inside the cached stage keeps its input valid
     assert evaluator.cached_stage == late
     state.prune_layer(len(layers) - 2, 0.9)
-    assert evaluator.accuracy(from_stage=late, keep_stage=late) == full_forward_accuracy(model, inputs, labels)
+    assert evaluator.accuracy(keep_stage=late) == full_forward_accuracy(model, inputs, labels)
 
     state.prune_layer(0, 0.95)  # the stem changes: the cached input of `late` is stale
     evaluator.mark_changed(layer_stage[0])
     assert evaluator.cached_stage is None
-    # Even a caller resuming from `late` now gets a full forward pass.
-    assert evaluator.accuracy(from_stage=late, keep_stage=late) == full_forward_accuracy(model, inputs, labels)
+    # The next evaluation runs the whole network (and caches `late` again).
+    assert evaluator.accuracy(keep_stage=late) == full_forward_accuracy(model, inputs, labels)
     assert evaluator.accuracy() < 0.9
 
     state.restore()  # a reset: the cache goes, accuracy is the dense one again
     evaluator.mark_changed(0)
-    assert evaluator.accuracy(from_stage=late, keep_stage=late) == 1.0
-    assert evaluator.accuracy(from_stage=late) == 1.0
+    assert evaluator.accuracy(keep_stage=late) == 1.0
+    assert evaluator.accuracy() == 1.0
 
 
-def test_resuming_from_a_stage_that_is_not_cached_runs_the_full_forward(calibrated_resnet20_split):
+def test_a_change_after_the_cached_stage_resumes_from_the_cached_stage(calibrated_resnet20_split):
     model, inputs, labels = calibrated_resnet20_split
     layers = find_prunable_layers(model)
     state = PruningState(model, layers)
     evaluator = Evaluator(model, (inputs, labels), batch_size=32)
     layer_stage = stage_of_modules(evaluator.stages, [layer.module for layer in layers])
-    assert evaluator.accuracy(from_stage=0, keep_stage=1) == 1.0
-    # A layer of stage 2 changes; the cache holds the input of stage 1 (same shape), not of 2.
+    stem_calls = []
+    evaluator.stages[0].register_forward_hook(lambda *_: stem_calls.append(1))
+    assert evaluator.accuracy(keep_stage=1) == 1.0
+    # A layer of stage 2 changes; the cache holds the input of stage 1, still valid.
     state.prune_layer(layer_stage.index(2), 0.9)
     evaluator.mark_changed(2)
     assert evaluator.cached_stage == 1
+    expected = full_forward_accuracy(model, inputs, labels)
+    calls = len(stem_calls)
     for _ in range(2):  # the second call resumes from the cache the first one kept
-        assert evaluator.accuracy(from_stage=2, keep_stage=2) == full_forward_accuracy(model, inputs, labels)
+        assert evaluator.accuracy(keep_stage=2) == expected
         assert evaluator.cached_stage == 2
+    assert len(stem_calls) == calls  # never the whole network
 
 
 def test_keep_stage_past_the_last_stage_is_ignored(calibrated_resnet20_split):
     model, inputs, labels = calibrated_resnet20_split
     evaluator = Evaluator(model, (inputs, labels), batch_size=50)
     count = len(evaluator.stages)
-    assert evaluator.accuracy(from_stage=0, keep_stage=count) == 1.0
+    assert evaluator.accuracy(keep_stage=count) == 1.0
     assert evaluator.cached_stage is None
-    assert evaluator.accuracy(from_stage=count, keep_stage=count) == 1.0
+    assert evaluator.accuracy(keep_stage=count) == 1.0

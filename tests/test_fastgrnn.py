@@ -110,7 +110,9 @@ def test_stages_compose_to_forward_and_let_the_evaluator_cache_h_T():
     # Reusing the cached h_T after a classifier-only change gives the full forward pass's answer.
     full = Evaluator(model, (x, labels), cache_activations=False).accuracy()
     assert full == 0.0  # two classes: negated logits flip every prediction
-    assert evaluator.accuracy(from_stage=2) == full
+    evaluator.mark_changed(2)  # the classifier's stage: the cached h_T stays valid
+    assert evaluator.cached_stage == 2
+    assert evaluator.accuracy() == full
 
 
 def test_bad_shapes_and_sizes_are_rejected_with_a_clear_message():

@@ -505,9 +505,9 @@ class PruneEnv(gym.Env):
                 self.state.prune_current(index, keep_top_mask(self.layers[index].weight, numel - count))
             else:
                 self.state.set_mask(index, keep_top_mask(self.state.dense[index], numel - count))
-            changed_stage = self._after_weights_changed(index)
+            self._after_weights_changed(index)
             next_stage = self.layer_stage[index + 1] if index + 1 < self.num_layers else None
-            accuracy = self.evaluator.accuracy(from_stage=changed_stage, keep_stage=next_stage)
+            accuracy = self.evaluator.accuracy(keep_stage=next_stage)
         except BaseException:
             # A failed step leaves the model as it was before the step.
             if before_step is not None:
@@ -579,8 +579,9 @@ class PruneEnv(gym.Env):
             index, self.state.numels, self._pruned, target_count, self.min_sparsity, self.max_sparsity, spread
         )
 
-    def _after_weights_changed(self, index: int) -> int:
-        """Fine-tune / re-calibrate as configured; return the first stage whose output changed."""
+    def _after_weights_changed(self, index: int) -> None:
+        """Fine-tune / re-calibrate as configured, and tell the evaluator the first stage whose
+        output changed (it resumes from its cache when that is not before the cached stage)."""
         stage = self.layer_stage[index]
         if self.finetune_steps:
             finetune_steps(
@@ -589,12 +590,11 @@ class PruneEnv(gym.Env):
             )
             stage = 0
         if self.calibrator is not None:
-            # Statistics before ``stage`` cannot change: re-estimate from ``stage`` on (exact).
+            # Statistics before ``stage`` cannot change: re-estimate from there on (exact).
             next_stage = self.layer_stage[index + 1] if index + 1 < self.num_layers else None
             self.calibrator.mark_changed(stage)
-            stage = self.calibrator.recalibrate(stage, keep_stage=next_stage)
+            stage = self.calibrator.recalibrate(keep_stage=next_stage)
         self.evaluator.mark_changed(stage)
-        return stage
 
     def _mark_changed(self, stage: int) -> None:
         self.evaluator.mark_changed(stage)
