@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -386,9 +387,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.Handler):
+    """The package's log messages, as plain lines on the stderr of the moment (progress and
+    notes go there; tables and results go to stdout)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _show_library_messages() -> None:
+    package_logger = logging.getLogger("prune_gym")
+    package_logger.setLevel(logging.INFO)
+    if not any(isinstance(handler, _StderrHandler) for handler in package_logger.handlers):
+        package_logger.addHandler(_StderrHandler())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _show_library_messages()
     try:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ from prune_gym.recipes import (
     overall_sparsity,
     recipe_path,
 )
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "prune-gym-pruned"
 
@@ -430,10 +433,7 @@ def _prune_once(
         )
     except KeyboardInterrupt:
         if partial.exists():
-            import sys
-
-            print(f"fine-tuning interrupted; run the same command with --resume to continue from {partial}",
-                  file=sys.stderr)
+            logger.warning(f"fine-tuning interrupted; run the same command with --resume to continue from {partial}")
         raise
     accuracy_finetuned = evaluate_accuracy(model, splits.test, device=device)
     partial.unlink(missing_ok=True)

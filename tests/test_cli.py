@@ -70,6 +70,9 @@ def test_compare_prints_the_table_writes_files_and_finetunes(tmp_path, capsys):
     out = captured.out
     assert code == 0
     assert "[train] steps 44/44 (100%)" in captured.err
+    # The package's notes (the logging module) reach the user on stderr; the table on stdout.
+    assert "local search at 0.7:" in captured.err and f"wrote {output}/" in captured.err
+    assert "local search at" not in out
     assert any((output / "agent" / "tensorboard").rglob("events.out.tfevents.*"))
     for method in ("DQN (greedy)", "Global MP", "Global MP + MT", "uniform", "random"):
         assert method in out

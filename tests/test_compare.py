@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import gymnasium as gym
 import pytest
@@ -112,6 +113,18 @@ def test_max_sparsity_is_raised_so_global_mp_is_not_clipped():
     assert layer_max > 0.99  # Global MP needs more than the env's default range here ...
     assert matched["max_sparsity"] >= layer_max  # ... so the range was raised
     assert "raised" in matched["max_sparsity_note"]
+
+
+def test_progress_notes_go_to_the_log_or_the_callable_given(comparison, caplog):
+    notes = []
+    with caplog.at_level(logging.INFO, logger="prune_gym"):
+        compare(ENV_ID, [0.5], "dqn", agent_path=comparison[1] / "agent" / "model.zip", search=False,
+                env_kwargs={"device": "cpu"}, write_files=False)
+        compare(ENV_ID, [0.5], "dqn", agent_path=comparison[1] / "agent" / "model.zip", search=False,
+                env_kwargs={"device": "cpu"}, write_files=False, log=notes.append)
+    logged = [record.getMessage() for record in caplog.records if record.name == "prune_gym.agents.compare"]
+    assert any(message.startswith("loading the agent from") for message in logged)
+    assert len(logged) == len(notes) and any(note.startswith("loading the agent from") for note in notes)
 
 
 def test_bad_input_is_a_clear_error(tmp_path):

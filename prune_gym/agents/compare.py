@@ -33,6 +33,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import shutil
@@ -62,6 +63,8 @@ from prune_gym.agents.training import (
     train_agent,
 )
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, PrunableLayer, check_sparsity
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from prune_gym.envs.prune_env import PruneEnv
@@ -208,7 +211,7 @@ def compare(
     progress_bar: bool = True,
     tensorboard: bool = True,
     write_files: bool = True,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = None,
 ) -> Comparison:
     """Train (or load) an agent and compare it with the reference policies at each sparsity.
 
@@ -234,9 +237,10 @@ def compare(
             training took, split evenly over the targets, best chosen on the reward split.
         progress_bar, tensorboard: for the agent's training.
         write_files: write JSON, CSV, plots and the agent (False: only return the results).
-        log: where progress messages go (None: silent).
+        log: where progress messages go (None: the ``prune_gym`` logger at INFO level, which
+            the CLI shows on stderr; ``print`` to see them in a notebook).
     """
-    say = log or (lambda _message: None)
+    say = log or logger.info
     started = time.perf_counter()
     targets, algo, agent_action_type, shared, output = _check_compare_options(
         env_id, sparsities, algo, finetune_epochs, env_kwargs, agent_path, output_dir, write_files

@@ -21,10 +21,10 @@ mix.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
-import sys
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -53,6 +53,8 @@ from prune_gym.agents.factory import (
 )
 from prune_gym.io import atomic_write_json
 from prune_gym.pruning import check_sparsity
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["TargetSamplingWrapper", "TrainResult", "latest_checkpoint", "make_training_env", "train_agent"]
 
@@ -385,7 +387,7 @@ def _learn(
         path = save_agent(model, output / "checkpoints" / f"{algo}_interrupted_{model.num_timesteps}_steps.zip")
         atomic_write_json(output / "run.json", {**run_record, "status": "interrupted"})
         write_best_found(recorder, output / "best_found.json")
-        print(f"\ninterrupted: saved {model.num_timesteps} steps to {path}; continue with --resume")
+        logger.warning(f"interrupted: saved {model.num_timesteps} steps to {path}; continue with --resume")
         raise
     except BaseException:
         atomic_write_json(output / "run.json", {**run_record, "status": "failed"})
@@ -410,8 +412,8 @@ def _checkpoints_to_resume(output: Path, algo: str, resume: bool | str | os.Path
             + "; train without --resume into a new --output (or pass a checkpoint's path)"
         )
     if found[0] != complete[0]:
-        print(f"resume: the newest checkpoint {found[0].name} is incomplete (a kill while it was written); "
-              f"resuming from {complete[0].name}, the newest complete one", file=sys.stderr)
+        logger.warning(f"resume: the newest checkpoint {found[0].name} is incomplete (a kill while it was "
+                       f"written); resuming from {complete[0].name}, the newest complete one")
     return complete
 
 
@@ -431,8 +433,8 @@ def _load_newest_readable(candidates: list[Path], env, algo: str, output: Path) 
             if index + 1 == len(candidates):
                 raise ValueError(f"cannot read the checkpoint {path} ({type(error).__name__}: {reason}); "
                                  "no older complete checkpoint is left to resume from") from None
-            print(f"resume: cannot read {path.name} ({type(error).__name__}: {reason}); trying "
-                  f"{candidates[index + 1].name}", file=sys.stderr)
+            logger.warning(f"resume: cannot read {path.name} ({type(error).__name__}: {reason}); trying "
+                           f"{candidates[index + 1].name}")
     raise FileNotFoundError("no checkpoint to resume from")
 
 

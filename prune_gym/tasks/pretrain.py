@@ -23,8 +23,8 @@ is discarded and training starts from scratch.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -36,6 +36,8 @@ from prune_gym.finetune import Augment, TrainConfig, recipe_for, train_classifie
 from prune_gym.io import atomic_save
 from prune_gym.tasks import get_task
 from prune_gym.tasks.base import Splits, Task
+
+logger = logging.getLogger(__name__)
 
 #: Families whose train split is decoded once into tensors and augmented on the device.
 TENSOR_AUGMENTED_FAMILIES = ("cifar10",)
@@ -83,9 +85,6 @@ def partial_path(output: str | os.PathLike) -> Path:
     return output.with_name(output.name + ".partial")
 
 
-def _log(message: str, progress: bool) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
 
 
 def pretrain(
@@ -131,20 +130,19 @@ def pretrain(
     # Data first: a missing folder must not cost the user a partial checkpoint.
     splits, train, augment, loader_workers, amp = _training_data(task, data_dir, seed, torch_device)
     if resume and checkpoint.exists():
-        _log(f"resuming from {checkpoint}", progress)
+        logger.info(f"resuming from {checkpoint}")
     elif checkpoint.exists():
         # train_classifier resumes from any checkpoint it finds; without resume we start anew.
-        _log(f"discarding the partial checkpoint {checkpoint} (pass resume=True / --resume to continue it)", progress)
+        logger.info(f"discarding the partial checkpoint {checkpoint} (pass resume=True / --resume to continue it)")
         checkpoint.unlink()
     elif resume:
-        _log(f"no partial checkpoint at {checkpoint}: training from scratch", progress)
+        logger.info(f"no partial checkpoint at {checkpoint}: training from scratch")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = task.build_model()
-    _log(
+    logger.info(
         f"training {task.name} ({task.architecture} on {task.dataset}) on {torch_device} for "
-        f"{config.epochs} epochs ({len(splits.train)} training samples)",
-        progress,
+        f"{config.epochs} epochs ({len(splits.train)} training samples)"
     )
     try:
         train_classifier(
@@ -161,7 +159,7 @@ def pretrain(
         )
     except KeyboardInterrupt:
         if checkpoint.exists():
-            _log(f"interrupted; continue with `prune-gym pretrain {task.name} --resume` (checkpoint {checkpoint})", True)
+            logger.warning(f"interrupted; continue with `prune-gym pretrain {task.name} --resume` (checkpoint {checkpoint})")
         raise
 
     accuracy = Evaluator(model, splits.test, device=torch_device, cache_activations=False).accuracy()
@@ -176,7 +174,7 @@ def pretrain(
         output,
     )
     checkpoint.unlink(missing_ok=True)
-    _log(f"test accuracy {accuracy:.4f} ({len(splits.test)} samples); weights saved to {output}", progress)
+    logger.info(f"test accuracy {accuracy:.4f} ({len(splits.test)} samples); weights saved to {output}")
     return output
 
 
