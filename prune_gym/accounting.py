@@ -70,6 +70,17 @@ class Accounting:
         return 1.0 - self.remaining_flops / self.dense_flops if self.dense_flops else 0.0
 
 
+def flops_removed(flops: Sequence[float], sparsities: Sequence[float | None]) -> float:
+    """Fraction of the prunable layers' dense FLOPs removed when layer ``i`` loses the fraction
+    ``sparsities[i]`` of its weights (None: not pruned), the unstructured-sparsity convention
+    (a layer's FLOPs scale with its density). The env's ``flops_reduction``, and
+    :attr:`Accounting.flops_reduction` of the same masks."""
+    total = sum(flops)
+    if not total:
+        return 0.0
+    return sum(f * s for f, s in zip(flops, sparsities, strict=True) if s is not None) / total
+
+
 def accounting(
     model: nn.Module, layers: Sequence[PrunableLayer], masks: Sequence[Tensor], flops: Sequence[int]
 ) -> Accounting:
@@ -81,7 +92,8 @@ def accounting(
     total = sum(p.numel() for p in model.parameters())
     prunable = sum(layer.numel for layer in layers)
     kept = sum(int(m.sum()) for m in masks)
-    remaining_flops = sum(f * int(m.sum()) / m.numel() for f, m in zip(flops, masks))
+    sparsities = [1.0 - int(m.sum()) / m.numel() for m in masks]
+    remaining_flops = sum(flops) * (1.0 - flops_removed(flops, sparsities))
     return Accounting(
         total_params=total,
         prunable_params=prunable,

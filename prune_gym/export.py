@@ -291,30 +291,10 @@ def export_task(
             bn_recalibration_batches, torch_device, progress, seed, resume, output,
         )
 
-    meta: dict[str, Any] = {
-        "task": task_obj.name,
-        "env_id": task_obj.env_id,
-        "method": pruned.method,
-        "target_sparsity": sparsity if sparsity is not None else (recipe.overall_sparsity if recipe else None),
-        "min_threshold": min_threshold,
-        "finetune_epochs": finetune_epochs,
-        "gradual_steps": gradual_steps,
-        "bn_recalibration_batches": pruned.bn_recalibration_batches,
-        "seed": seed,
-        "test_accuracy_dense": accuracy_dense,
-        "test_accuracy_pruned": pruned.accuracy_pruned,
-        "test_accuracy_finetuned": pruned.accuracy_finetuned,
-    }
-    if pruned.history is not None:
-        meta["gradual_history"] = [
-            {
-                "step": h.step,
-                "sparsity": h.sparsity,
-                "reward_accuracy_pruned": h.accuracy_pruned,
-                "reward_accuracy_finetuned": h.accuracy_finetuned,
-            }
-            for h in pruned.history
-        ]
+    options = {"min_threshold": min_threshold, "finetune_epochs": finetune_epochs, "gradual_steps": gradual_steps,
+               "seed": seed}
+    target = sparsity if sparsity is not None else (recipe.overall_sparsity if recipe else None)
+    meta = _export_meta(task_obj, pruned, target, options, accuracy_dense)
     checkpoint, recipe_file = export_pruned(model, layers, pruned.masks, output, meta)
     # The accuracy of exactly what was written: the checkpoint loaded into a fresh model.
     written = task_obj.build_model()
@@ -332,6 +312,33 @@ def export_task(
         accuracy_exported=accuracy_exported,
         bn_recalibration_batches=pruned.bn_recalibration_batches,
     )
+
+
+def _export_meta(task_obj: Any, pruned: _Pruned, target: float | None, options: dict[str, Any],
+                 accuracy_dense: float) -> dict[str, Any]:
+    """The checkpoint's metadata: what was done, with which options, and the test accuracies."""
+    meta: dict[str, Any] = {
+        "task": task_obj.name,
+        "env_id": task_obj.env_id,
+        "method": pruned.method,
+        "target_sparsity": target,
+        **options,
+        "bn_recalibration_batches": pruned.bn_recalibration_batches,
+        "test_accuracy_dense": accuracy_dense,
+        "test_accuracy_pruned": pruned.accuracy_pruned,
+        "test_accuracy_finetuned": pruned.accuracy_finetuned,
+    }
+    if pruned.history is not None:
+        meta["gradual_history"] = [
+            {
+                "step": h.step,
+                "sparsity": h.sparsity,
+                "reward_accuracy_pruned": h.accuracy_pruned,
+                "reward_accuracy_finetuned": h.accuracy_finetuned,
+            }
+            for h in pruned.history
+        ]
+    return meta
 
 
 def _check_export_options(

@@ -203,14 +203,7 @@ def train_classifier(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
         nesterov=config.momentum > 0,  # Nesterov needs momentum; plain SGD without it
     )
-    steps = max(1, config.epochs * len(loader))
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
-        else nullcontext()
-    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * len(loader)))
     # The fingerprint a checkpoint must match to be resumed: another recipe or dataset size
     # would silently continue a different run.
     fingerprint = {**dataclasses.asdict(config), "num_samples": len(data)}
@@ -229,24 +222,36 @@ def train_classifier(
             from tqdm.auto import tqdm
 
             epochs = tqdm(epochs, desc=description, unit="epoch", initial=start_epoch, total=config.epochs)
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        bf16 = amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
         for epoch in epochs:
-            for x, y in loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if augment is not None:
-                    x = augment(x)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast:
-                    loss = loss_fn(model(x), y)
-                loss.backward()
-                if masks is not None:
-                    _mask_gradients(layers, masks)
-                optimizer.step()
-                scheduler.step()
-                if masks is not None:
-                    apply_masks(layers, masks)
+            _train_epoch(model, loader, optimizer, scheduler, loss_fn, device, masks, layers, augment, bf16)
             if checkpoint is not None:
                 _save_checkpoint(checkpoint, fingerprint, epoch + 1, model, optimizer, scheduler, generator, device)
     return model.eval()
+
+
+def _train_epoch(
+    model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, loss_fn: nn.Module,
+    device: torch.device, masks: Sequence[Tensor] | None, layers: Sequence[PrunableLayer] | None,
+    augment: Augment | None, bf16: bool,
+) -> None:
+    """One pass over ``loader``; pruned weights (``masks``) stay exactly zero after every step."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        if masks is not None:
+            _mask_gradients(layers, masks)
+        optimizer.step()
+        scheduler.step()
+        if masks is not None:
+            apply_masks(layers, masks)
 
 
 def _save_checkpoint(

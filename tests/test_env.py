@@ -234,7 +234,7 @@ def test_global_mp_played_through_the_env_equals_global_mp_applied_directly(
     if bn_recalibration_batches:
         from prune_gym.calibration import BN_RECALIBRATION_BATCH, recalibrate_batchnorm
 
-        inputs = unwrapped._resident_train()[0][:BN_RECALIBRATION_BATCH]
+        inputs = unwrapped.engine.resident_train()[0][:BN_RECALIBRATION_BATCH]
         recalibrate_batchnorm(digits_model, inputs, batch_size=BN_RECALIBRATION_BATCH)
     test = unwrapped.task.load_splits().test
     assert infos[-1]["test_accuracy"] == evaluate_accuracy(digits_model, test, "cpu")

@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from prune_gym.accounting import accounting, layer_flops
+from prune_gym.accounting import accounting, flops_removed, layer_flops
 from prune_gym.pruning import (
     DEFAULT_MIN_THRESHOLD,
     PruningState,
@@ -582,6 +582,9 @@ def test_accounting_after_a_known_mask():
     assert pruned.remaining_flops == 2 * 1728 * 3 // 4 + 2 * 320 // 4  # 2592 + 160
     assert pruned.param_sparsity == pytest.approx(267 / 428)
     assert pruned.flops_reduction == pytest.approx(1 - 2752 / 4096)
+    # The env's running figure: the same share from per-layer sparsities (None: not pruned yet).
+    assert flops_removed(flops, [0.25, 0.75]) == pytest.approx(pruned.flops_reduction)
+    assert flops_removed(flops, [None, 0.75]) == pytest.approx(2 * 320 * 0.75 / 4096)
 
 
 @pytest.mark.parametrize("kind", ["uniform", "ties", "zeros", "heavy-tailed"])

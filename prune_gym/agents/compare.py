@@ -88,6 +88,10 @@ MAX_SPARSITY_CEILING = 0.999
 def run_episode(policy: Any, env: gym.Env, target: float | None, deterministic: bool = True, method: str = "") -> MethodResult:
     """Prune with ``policy`` (anything with SB3's ``predict``) for one episode of ``env``.
 
+    A loop of its own rather than SB3's ``evaluate_policy``, which can neither reset with
+    ``options`` (the target) nor hand back the last step's ``info`` (the per-layer sparsities
+    and test accuracy); the policies work with ``evaluate_policy`` too (a test runs them).
+
     Args:
         policy: an SB3 agent or a reference policy.
         env: a prune-gym env (``gym.make(...)``), reset here with ``target``.

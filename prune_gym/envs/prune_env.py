@@ -10,38 +10,24 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import Tensor, nn
+from torch import nn
 
-from prune_gym.accounting import layer_flops
-from prune_gym.calibration import (
-    BN_RECALIBRATION_BATCH,
-    BN_RECALIBRATION_SEED,
-    RESIDENT_TRAIN_SAMPLES,
-    BatchNormCalibrator,
-    capture_state,
-    restore_state,
-)
+from prune_gym.accounting import flops_removed
 from prune_gym.envs.actions import (
     DEFAULT_RELATIVE_RANGE,
     ActionMap,
     feasible_counts,
     reference_sparsity,
 )
+from prune_gym.envs.engine import PruningEngine
 from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
 from prune_gym.evaluation import (
     DataLike,
-    Evaluator,
     resolve_device,
-    sample_tensors,
-    stage_of_modules,
 )
-from prune_gym.finetune import finetune_steps
 from prune_gym.pruning import (
-    PruningState,
     check_sparsity,
-    find_prunable_layers,
     global_magnitude_sparsities,
-    keep_top_mask,
 )
 from prune_gym.stats import observation, observation_bounds, static_features
 
@@ -141,7 +127,8 @@ class PruneEnv(gym.Env):
     ``accuracies`` (per layer, None until pruned), ``reward_accuracy`` (now),
     ``reference_sparsity()``, ``state`` (``PruningState``: the masks and dense weights),
     ``layers``, ``dense_reward_accuracy``, ``measure_dense_test_accuracy()``, ``train_data``
-    and ``test_data`` (the splits as given), ``global_mp_sparsities(target, min_threshold)``.
+    and ``test_data`` (the splits as given), ``global_mp_sparsities(target, min_threshold)``,
+    ``engine`` (``prune_gym.envs.engine.PruningEngine``: what a step does to the network).
 
     ## Arguments
 
@@ -267,9 +254,19 @@ class PruneEnv(gym.Env):
         if (self.bn_recalibration_batches or self.finetune_steps) and train_data is None:
             raise ValueError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
         self.model = model.to(self.device).eval()
-        self._build_evaluators(reward_data, test_data, batch_size, amp, channels_last, cache_activations)
-        self.train_data = train_data
-        self._build_layers(reward_data, exclude_layers, cache_activations, split_seed)
+        self.engine = PruningEngine(
+            self.model, reward_data, test_data, train_data, self.device,
+            stages=self.task.model_stages(self.model) if self.task is not None else None, batch_size=batch_size,
+            amp=amp, channels_last=channels_last, cache_activations=cache_activations, exclude_layers=exclude_layers,
+            bn_recalibration_batches=self.bn_recalibration_batches, finetune_steps=self.finetune_steps,
+            finetune_lr=self.finetune_lr, seed=split_seed,
+        )
+        # The engine's parts a user reads (see "Episode state").
+        self.layers, self.state, self.evaluator = self.engine.layers, self.engine.state, self.engine.evaluator
+        self.train_data, self.test_data = train_data, test_data
+        self.num_layers, self.layer_flops = len(self.layers), self.engine.layer_flops
+        self._static = static_features(self.layers, self.state.dense, self.layer_flops)
+        self._global_mp_cache: dict[tuple[float, float | None], list[float]] = {}
 
         self.levels = self.actions.levels  # sparsities (absolute) or logit steps (relative)
         self.action_space = self.actions.space()
@@ -277,7 +274,6 @@ class PruneEnv(gym.Env):
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.global_mp_sparsities()  # an observation feature: computed here, not on the first reset
         self.dense_reward_accuracy = self.evaluator.accuracy()
-        self.dense_test_accuracy: float | None = None
         self._t: int | None = None
         self._reset_episode_state()
 
@@ -297,52 +293,6 @@ class PruneEnv(gym.Env):
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if not (float(finetune_lr) > 0):
             raise ValueError(f"finetune_lr must be > 0, got {finetune_lr!r}")
-
-    def _build_evaluators(self, reward_data, test_data, batch_size, amp, channels_last, cache_activations) -> None:
-        """The reward split's evaluator and the test split's; every split checked now (model
-        output, label shape and range, input shape), so a bad split fails here with the split
-        named, not at the last step of the first episode."""
-        self.evaluator = Evaluator(
-            self.model, reward_data, self.device, batch_size=batch_size, amp=amp,
-            channels_last=channels_last, cache_activations=cache_activations,
-            stages=self.task.model_stages(self.model) if self.task is not None else None,
-        )
-        self.num_classes = self.evaluator.check("reward split")
-        self.test_data = test_data
-        self._eval_options = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
-        self._test_evaluator: Evaluator | None = None
-        if test_data is not None:
-            self._test_evaluator = Evaluator(self.model, test_data, self.device, cache_activations=False, **self._eval_options)
-            if self._test_evaluator.sample_shape != self.evaluator.sample_shape:
-                raise ValueError(
-                    f"the test split's inputs have shape {self._test_evaluator.sample_shape} per sample, the reward "
-                    f"split's {self.evaluator.sample_shape}: give both splits in the model's input shape"
-                )
-            self._test_evaluator.check("test split")
-
-    def _build_layers(self, reward_data, exclude_layers, cache_activations, split_seed) -> None:
-        """The prunable layers, their static features and stages, and what reset restores."""
-        example = self._example_input(reward_data)
-        self.layers = find_prunable_layers(self.model, example_input=example, exclude_names=exclude_layers)
-        self.state = PruningState(self.model, self.layers)
-        self.num_layers = len(self.layers)
-        self.layer_flops = layer_flops(self.model, example, self.layers)
-        stages = self.evaluator.stages
-        self.layer_stage = (
-            stage_of_modules(stages, [layer.module for layer in self.layers]) if stages else [0] * self.num_layers
-        )
-        self._static = static_features(self.layers, self.state.dense, self.layer_flops)
-        # Fine-tuning changes every parameter and buffer: keep a device copy of all of them to
-        # reset from. Re-calibration alone changes only BatchNorm statistics: keep those.
-        self._full_snapshot = capture_state(self.model) if self.finetune_steps else None
-        self._train_tensors: tuple[Tensor, Tensor] | None = None
-        self.calibrator: BatchNormCalibrator | None = None
-        if self.bn_recalibration_batches:
-            inputs = self._resident_train()[0][: self.bn_recalibration_batches * BN_RECALIBRATION_BATCH]
-            self.calibrator = BatchNormCalibrator(self.model, inputs, stages if cache_activations else None)
-        self._norm_snapshot = self.calibrator.capture(0) if self.calibrator is not None else None
-        self._finetune_generator = torch.Generator().manual_seed(split_seed)
-        self._global_mp_cache: dict[tuple[float, float | None], list[float]] = {}
 
     @staticmethod
     def _task_default(task: str | None, name: str, fallback: Any) -> Any:
@@ -385,14 +335,6 @@ class PruneEnv(gym.Env):
         model = self.task.load_model(weights) if weights is not None else self.task.load_model()
         splits = self.task.load_splits(data_dir, seed=split_seed) if data_dir is not None else self.task.load_splits(seed=split_seed)
         return model, splits
-
-    def _example_input(self, data: DataLike) -> Tensor:
-        if isinstance(data, tuple | list):
-            sample = data[0][:1]
-        else:
-            dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
-            sample = torch.as_tensor(dataset[0][0]).unsqueeze(0)
-        return sample.to(self.device)
 
     # ------------------------------------------------------------------------------------------
     # Public helpers (used by reference policies, the comparison workflow and tests)
@@ -445,9 +387,21 @@ class PruneEnv(gym.Env):
 
     def evaluate_test(self) -> float:
         """Test-split accuracy of the model as it is now (pruned or dense)."""
-        if self._test_evaluator is None:
-            raise ValueError("no test split: pass test_data= (or use a task) to get test accuracy")
-        return self._test_evaluator.accuracy()
+        return self.engine.test_accuracy()
+
+    def measure_dense_test_accuracy(self) -> float:
+        """Test accuracy of the dense model (measured once, then the pruned state is put back)."""
+        return self.engine.measure_dense_test_accuracy()
+
+    @property
+    def dense_test_accuracy(self) -> float | None:
+        """The dense model's test accuracy once measured (every episode's last step does)."""
+        return self.engine.dense_test_accuracy
+
+    @property
+    def calibrator(self):
+        """The BatchNorm re-calibration after each step (None when off)."""
+        return self.engine.calibrator
 
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self.layers]
@@ -464,9 +418,7 @@ class PruneEnv(gym.Env):
         target = self._check_target(options["target_sparsity"]) if "target_sparsity" in options else self.target_sparsity
         super().reset(seed=seed)
         self.target_sparsity = target
-        self._restore_dense()
-        if seed is not None:
-            self._finetune_generator.manual_seed(seed)
+        self.engine.restore_dense(seed)
         self._reset_episode_state()
         self._t = 0
         info = {
@@ -495,39 +447,16 @@ class PruneEnv(gym.Env):
         numel = self.state.numels[index]
         low, high = self._feasible_pruned_counts(index)
         count = int(np.clip(round(requested * numel), low, high))
-        previous_mask = self.state.masks[index].clone()
-        # What the step may change besides the mask, for the rollback of a failed step.
-        before_step = capture_state(self.model) if self._full_snapshot is not None else None
-        norms_before = self.calibrator.capture(self.layer_stage[index]) if self.calibrator is not None and before_step is None else None
-        try:
-            if self.finetune_steps:
-                # Retrained weights differ from the dense copy: rank the current ones.
-                self.state.prune_current(index, keep_top_mask(self.layers[index].weight, numel - count))
-            else:
-                self.state.set_mask(index, keep_top_mask(self.state.dense[index], numel - count))
-            self._after_weights_changed(index)
-            next_stage = self.layer_stage[index + 1] if index + 1 < self.num_layers else None
-            accuracy = self.evaluator.accuracy(keep_stage=next_stage)
-        except BaseException:
-            # A failed step leaves the model as it was before the step.
-            if before_step is not None:
-                restore_state(self.model, before_step)
-                self.state.masks[index].copy_(previous_mask)
-            else:
-                self.state.set_mask(index, previous_mask)
-            if norms_before is not None:
-                BatchNormCalibrator.restore(norms_before)
-            self._mark_changed(0)
-            raise
+        accuracy = self.engine.prune(index, count)  # a failed step leaves the network as it was
 
         previous_sparsity = self._pruned / self.state.total
         previous_flops = self._flops_removed
         self._pruned += count
         applied = count / numel
-        self._flops_removed += self.layer_flops[index] * applied / max(sum(self.layer_flops), 1)
+        self.requested[index], self.applied[index], self.accuracies[index] = requested, applied, accuracy
+        self._flops_removed = flops_removed(self.layer_flops, self.applied)
         previous_accuracy = self._accuracy
         self._accuracy = accuracy
-        self.requested[index], self.applied[index], self.accuracies[index] = requested, applied, accuracy
         self._previous_sparsity_applied = applied
         self._t += 1
         terminated = self._t == self.num_layers
@@ -578,58 +507,6 @@ class PruneEnv(gym.Env):
         return feasible_counts(
             index, self.state.numels, self._pruned, target_count, self.min_sparsity, self.max_sparsity, spread
         )
-
-    def _after_weights_changed(self, index: int) -> None:
-        """Fine-tune / re-calibrate as configured, and tell the evaluator the first stage whose
-        output changed (it resumes from its cache when that is not before the cached stage)."""
-        stage = self.layer_stage[index]
-        if self.finetune_steps:
-            finetune_steps(
-                self.model, self.layers, self.state.masks, self._resident_train(), self.finetune_steps,
-                lr=self.finetune_lr, generator=self._finetune_generator,
-            )
-            stage = 0
-        if self.calibrator is not None:
-            # Statistics before ``stage`` cannot change: re-estimate from there on (exact).
-            next_stage = self.layer_stage[index + 1] if index + 1 < self.num_layers else None
-            self.calibrator.mark_changed(stage)
-            stage = self.calibrator.recalibrate(keep_stage=next_stage)
-        self.evaluator.mark_changed(stage)
-
-    def _mark_changed(self, stage: int) -> None:
-        self.evaluator.mark_changed(stage)
-        if self.calibrator is not None:
-            self.calibrator.mark_changed(stage)
-
-    def _restore_dense(self) -> None:
-        """The dense trained network, bit for bit, from the device copies (masks and statistics)."""
-        self.state.restore()
-        if self._full_snapshot is not None:
-            restore_state(self.model, self._full_snapshot)
-        if self._norm_snapshot is not None:
-            BatchNormCalibrator.restore(self._norm_snapshot)
-        self._mark_changed(0)
-
-    def _resident_train(self) -> tuple[Tensor, Tensor]:
-        """A fixed random sample of the train split, decoded once and kept on the device."""
-        if self._train_tensors is None:
-            # The same seeded order as ``recalibration_inputs``: export calibrates on a prefix.
-            inputs, labels = sample_tensors(self.train_data, RESIDENT_TRAIN_SAMPLES, seed=BN_RECALIBRATION_SEED)
-            self._train_tensors = (inputs.to(self.device), labels.to(self.device))
-        return self._train_tensors
-
-    def measure_dense_test_accuracy(self) -> float:
-        """Test accuracy of the dense model (measured once, then the pruned state is put back)."""
-        if self.dense_test_accuracy is None:
-            pruned = capture_state(self.model)
-            masks = [m.clone() for m in self.state.masks]
-            self._restore_dense()
-            self.dense_test_accuracy = self.evaluate_test()
-            restore_state(self.model, pruned)
-            for own, mask in zip(self.state.masks, masks):
-                own.copy_(mask)
-            self._mark_changed(0)
-        return self.dense_test_accuracy
 
     def _observation(self) -> np.ndarray:
         index = min(self._t or 0, self.num_layers - 1)

@@ -1,0 +1,202 @@
+"""The pruning engine under :class:`~prune_gym.envs.prune_env.PruneEnv`: the network, its masks
+and what one pruning step does to them.
+
+The env decides how many weights a layer loses (actions, budget, reward, observation); the
+engine carries it out: it masks the layer's smallest weights, re-calibrates BatchNorm or
+fine-tunes as configured, evaluates the reward split from the first stage that changed, rolls
+a failed step back, and restores the dense network bit for bit on reset (an env over a heavy
+engine, as CompilerGym's envs are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from prune_gym.accounting import layer_flops
+from prune_gym.calibration import (
+    BN_RECALIBRATION_BATCH,
+    BN_RECALIBRATION_SEED,
+    RESIDENT_TRAIN_SAMPLES,
+    BatchNormCalibrator,
+    capture_state,
+    restore_state,
+)
+from prune_gym.evaluation import DataLike, Evaluator, sample_tensors, stage_of_modules
+from prune_gym.finetune import finetune_steps
+from prune_gym.pruning import PruningState, find_prunable_layers, keep_top_mask
+
+__all__ = ["PruningEngine"]
+
+
+class PruningEngine:
+    """A trained network, its prunable layers and the splits it is evaluated on.
+
+    Args:
+        model: the network, on ``device`` and in eval mode.
+        reward_data, test_data, train_data: the splits (``test_data`` and ``train_data`` may be
+            None; ``train_data`` is needed for re-calibration and fine-tuning).
+        device: where everything runs.
+        stages: modules whose composition is ``model.forward`` (a task's ``model_stages``), or
+            None to let the evaluator find them.
+        batch_size, amp, channels_last, cache_activations: evaluation settings (see
+            :class:`~prune_gym.evaluation.Evaluator`).
+        exclude_layers: name patterns of layers never pruned.
+        bn_recalibration_batches, finetune_steps, finetune_lr: what follows each pruning step.
+        seed: the fine-tuning generator's seed.
+
+    Raises:
+        ValueError: naming the split, if a split does not fit the model (checked here, not at
+            the last step of the first episode).
+    """
+
+    def __init__(
+        self, model: nn.Module, reward_data: DataLike, test_data: DataLike | None, train_data: DataLike | None,
+        device: torch.device, *, stages: Sequence[nn.Module] | None = None, batch_size: int = 1024,
+        amp: bool = True, channels_last: bool = True, cache_activations: bool = True,
+        exclude_layers: Sequence[str] = (), bn_recalibration_batches: int = 0, finetune_steps: int = 0,
+        finetune_lr: float = 0.01, seed: int = 0,
+    ) -> None:
+        self.model, self.device = model, device
+        self.train_data, self.test_data = train_data, test_data
+        self.finetune_steps, self.finetune_lr = finetune_steps, finetune_lr
+        options = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
+        self.evaluator = Evaluator(model, reward_data, device, cache_activations=cache_activations, stages=stages, **options)
+        self.num_classes = self.evaluator.check("reward split")
+        self.test_evaluator: Evaluator | None = None
+        if test_data is not None:
+            self.test_evaluator = Evaluator(model, test_data, device, cache_activations=False, **options)
+            if self.test_evaluator.sample_shape != self.evaluator.sample_shape:
+                raise ValueError(
+                    f"the test split's inputs have shape {self.test_evaluator.sample_shape} per sample, the reward "
+                    f"split's {self.evaluator.sample_shape}: give both splits in the model's input shape"
+                )
+            self.test_evaluator.check("test split")
+
+        example = _example_input(reward_data, device)
+        self.layers = find_prunable_layers(model, example_input=example, exclude_names=exclude_layers)
+        self.state = PruningState(model, self.layers)
+        self.layer_flops = layer_flops(model, example, self.layers)
+        stages = self.evaluator.stages
+        modules = [layer.module for layer in self.layers]
+        self.layer_stage = stage_of_modules(stages, modules) if stages else [0] * len(self.layers)
+        # Fine-tuning changes every parameter and buffer: keep a device copy of all of them to
+        # reset from. Re-calibration alone changes only BatchNorm statistics: keep those.
+        self._full_snapshot = capture_state(model) if finetune_steps else None
+        self._train_tensors: tuple[Tensor, Tensor] | None = None
+        self.calibrator: BatchNormCalibrator | None = None
+        if bn_recalibration_batches:
+            inputs = self.resident_train()[0][: bn_recalibration_batches * BN_RECALIBRATION_BATCH]
+            self.calibrator = BatchNormCalibrator(model, inputs, stages if cache_activations else None)
+        self._norm_snapshot = self.calibrator.capture(0) if self.calibrator is not None else None
+        self._generator = torch.Generator().manual_seed(seed)
+        #: Test accuracy of the dense network, once :meth:`measure_dense_test_accuracy` ran.
+        self.dense_test_accuracy: float | None = None
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def prune(self, index: int, count: int) -> float:
+        """Prune the ``count`` smallest weights of layer ``index`` (of the dense weights, or of
+        the retrained ones when fine-tuning), re-calibrate / fine-tune as configured, and return
+        the reward-split accuracy. A step that fails leaves the network as it was before it."""
+        numel = self.state.numels[index]
+        previous_mask = self.state.masks[index].clone()
+        # What the step may change besides the mask, for the rollback of a failed step.
+        before_step = capture_state(self.model) if self._full_snapshot is not None else None
+        norms_before = (
+            self.calibrator.capture(self.layer_stage[index]) if self.calibrator is not None and before_step is None else None
+        )
+        try:
+            if self.finetune_steps:
+                # Retrained weights differ from the dense copy: rank the current ones.
+                self.state.prune_current(index, keep_top_mask(self.layers[index].weight, numel - count))
+            else:
+                self.state.set_mask(index, keep_top_mask(self.state.dense[index], numel - count))
+            self._after_weights_changed(index)
+            return self.evaluator.accuracy(keep_stage=self._next_stage(index))
+        except BaseException:
+            if before_step is not None:
+                restore_state(self.model, before_step)
+                self.state.masks[index].copy_(previous_mask)
+            else:
+                self.state.set_mask(index, previous_mask)
+            if norms_before is not None:
+                BatchNormCalibrator.restore(norms_before)
+            self._mark_changed(0)
+            raise
+
+    def _next_stage(self, index: int) -> int | None:
+        return self.layer_stage[index + 1] if index + 1 < len(self.layers) else None
+
+    def _after_weights_changed(self, index: int) -> None:
+        """Fine-tune / re-calibrate as configured, and tell the evaluator the first stage whose
+        output changed (it resumes from its cache when that is not before the cached stage)."""
+        stage = self.layer_stage[index]
+        if self.finetune_steps:
+            finetune_steps(
+                self.model, self.layers, self.state.masks, self.resident_train(), self.finetune_steps,
+                lr=self.finetune_lr, generator=self._generator,
+            )
+            stage = 0
+        if self.calibrator is not None:
+            # Statistics before ``stage`` cannot change: re-estimate from there on (exact).
+            self.calibrator.mark_changed(stage)
+            stage = self.calibrator.recalibrate(keep_stage=self._next_stage(index))
+        self.evaluator.mark_changed(stage)
+
+    def _mark_changed(self, stage: int) -> None:
+        self.evaluator.mark_changed(stage)
+        if self.calibrator is not None:
+            self.calibrator.mark_changed(stage)
+
+    # -- the dense network and the test split --------------------------------------------------
+
+    def restore_dense(self, seed: int | None = None) -> None:
+        """The dense trained network, bit for bit, from the device copies (masks, and
+        parameters or statistics); ``seed`` re-seeds the fine-tuning generator."""
+        self.state.restore()
+        if self._full_snapshot is not None:
+            restore_state(self.model, self._full_snapshot)
+        if self._norm_snapshot is not None:
+            BatchNormCalibrator.restore(self._norm_snapshot)
+        self._mark_changed(0)
+        if seed is not None:
+            self._generator.manual_seed(seed)
+
+    def test_accuracy(self) -> float:
+        """Test-split accuracy of the network as it is now (pruned or dense)."""
+        if self.test_evaluator is None:
+            raise ValueError("no test split: pass test_data= (or use a task) to get test accuracy")
+        return self.test_evaluator.accuracy()
+
+    def measure_dense_test_accuracy(self) -> float:
+        """Test accuracy of the dense network (measured once, then the pruned state is put back)."""
+        if self.dense_test_accuracy is None:
+            pruned = capture_state(self.model)
+            masks = [mask.clone() for mask in self.state.masks]
+            self.restore_dense()
+            self.dense_test_accuracy = self.test_accuracy()
+            restore_state(self.model, pruned)
+            for own, mask in zip(self.state.masks, masks, strict=True):
+                own.copy_(mask)
+            self._mark_changed(0)
+        return self.dense_test_accuracy
+
+    def resident_train(self) -> tuple[Tensor, Tensor]:
+        """A fixed random sample of the train split, decoded once and kept on the device."""
+        if self._train_tensors is None:
+            # The same seeded order as ``recalibration_inputs``: export calibrates on a prefix.
+            inputs, labels = sample_tensors(self.train_data, RESIDENT_TRAIN_SAMPLES, seed=BN_RECALIBRATION_SEED)
+            self._train_tensors = (inputs.to(self.device), labels.to(self.device))
+        return self._train_tensors
+
+
+def _example_input(data: DataLike, device: torch.device) -> Tensor:
+    if isinstance(data, tuple | list):
+        sample = data[0][:1]
+    else:
+        dataset = data.dataset if isinstance(data, torch.utils.data.DataLoader) else data
+        sample = torch.as_tensor(dataset[0][0]).unsqueeze(0)
+    return sample.to(device)
