@@ -11,7 +11,7 @@ Global MP's allocation.
 
 Run from the repository root::
 
-    python benchmarks/bench_action_modes.py --output benchmarks/results/action_modes_digits
+    python benchmarks/bench_action_modes.py --output benchmarks/results
     python benchmarks/bench_action_modes.py --episodes 3 --output /tmp/action_modes   # a smoke test
 """
 
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=40, help="random episodes per setting and target (default 40)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, required=True, help="writes <output>.json and <output>.md")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="folder to write action_modes_digits.json and .md into")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
@@ -106,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| {100 * gmp['reward_accuracy']:.1f} / {100 * gmp['test_accuracy']:.1f} "
             f"| {100 * row['classifier_sparsity_of_best']:.1f} |"
         )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    args.output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "action_modes_digits.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    (args.output / "action_modes_digits.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

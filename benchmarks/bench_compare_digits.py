@@ -7,12 +7,13 @@ the printed table, as JSON and Markdown.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_compare_digits.py --empty-cache --output benchmarks/results/compare_digits
+    .venv/bin/python benchmarks/bench_compare_digits.py --empty-cache --output benchmarks/results
 
 ``--empty-cache`` times it as on a fresh machine (the digits model is trained first, in a
-temporary cache). Besides ``<output>.json`` and ``<output>.md`` it keeps the command's plots
-(``<output>_accuracy_vs_sparsity.png``, ``<output>_layer_sparsity.png``) and recipes
-(``<output>_recipes/``), which the README shows.
+temporary cache). In the folder ``--output`` it writes ``compare_digits.json`` and ``.md`` and
+keeps the command's plots (``compare_digits_accuracy_vs_sparsity.png``,
+``compare_digits_layer_sparsity.png``) and recipes (``compare_digits_recipes/``), which the
+README shows.
 
 Pass ``--timesteps`` or ``--sparsity`` to time other budgets; the rest of the arguments match
 ``prune-gym compare``.
@@ -49,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the command's default: 1)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, help="write <output>.json, <output>.md, the plots and the recipes")
+    parser.add_argument("--output", type=Path,
+                        help="folder to write compare_digits.json, .md, the plots and the recipes into "
+                             "(default: none, only print)")
     parser.add_argument("--empty-cache", action="store_true", help="time it from an empty model cache (a fresh machine)")
     args = parser.parse_args(argv)
     cache = tempfile.TemporaryDirectory() if args.empty_cache else None
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PRUNE_GYM_CACHE"] = cache.name
 
     torch.set_num_threads(args.threads)
+    stem = args.output / "compare_digits" if args.output is not None else None
     load_start = os.getloadavg()
     started, cpu_started = time.perf_counter(), cpu_seconds()
     with tempfile.TemporaryDirectory() as folder:
@@ -65,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             env_kwargs={"device": args.device}, seed=args.seed,
         )
         wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
-        if args.output is not None:
-            args.output.parent.mkdir(parents=True, exist_ok=True)
+        if stem is not None:
+            stem.parent.mkdir(parents=True, exist_ok=True)
             for name in ("accuracy_vs_sparsity.png", "layer_sparsity.png"):
-                shutil.copyfile(result.output_dir / name, args.output.with_name(f"{args.output.name}_{name}"))
-            recipes = args.output.with_name(f"{args.output.name}_recipes")
+                shutil.copyfile(result.output_dir / name, stem.with_name(f"{stem.name}_{name}"))
+            recipes = stem.with_name(f"{stem.name}_recipes")
             shutil.rmtree(recipes, ignore_errors=True)
             shutil.copytree(result.output_dir / "recipes", recipes)
     record = {
@@ -91,9 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(result.table)
     print(f"\nwall {wall:.0f} s, CPU (main process) {cpu:.0f} s, load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}")
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    if stem is not None:
+        stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
         info = record["machine"]
         markdown = [
             f"# `{record['command']}`",
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             "```",
             "",
         ]
-        args.output.with_suffix(".md").write_text("\n".join(markdown))
+        stem.with_suffix(".md").write_text("\n".join(markdown))
     if cache is not None:
         cache.cleanup()
     return 0

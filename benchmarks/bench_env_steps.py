@@ -9,8 +9,8 @@ that they report the same accuracies, then prints the median steps per second an
     python benchmarks/bench_env_steps.py                   # digits + synthetic ResNet-50 (32x32) on CPU
     python benchmarks/bench_env_steps.py --device cuda --resnet50-size 224 --amp both
 
-Results go to benchmarks/results/env_steps_<device>.json (``--output DIR``: DIR/env_steps_<device>.json;
-``--quick`` writes only when ``--output`` is given).
+Prints the table; ``--output DIR`` also writes ``DIR/env_steps_<device>.json`` (the recorded ones:
+``--output benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from torch.utils.data import DataLoader
 import prune_gym  # noqa: F401  (registers the ids)
 from prune_gym.calibration import recalibrate_batchnorm
 from prune_gym.pruning import find_prunable_layers, magnitude_mask
-
-RESULTS = Path(__file__).parent / "results"
 
 
 class StraightforwardEnv:
@@ -155,7 +153,7 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", choices=["on", "off", "both"], default="on", help="autocast on CUDA")
     parser.add_argument("--quick", action="store_true", help="one episode each, for a smoke test")
     parser.add_argument("--output", type=Path, default=None,
-                        help="folder for env_steps_<device>.json (default benchmarks/results; --quick: none)")
+                        help="folder to write env_steps_<device>.json into (default: none, only print)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     episodes = 1 if args.quick else args.episodes
@@ -190,7 +188,7 @@ def main(argv=None) -> int:
         "command": "python benchmarks/bench_env_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "results": rows,
     }
-    output = args.output if args.output is not None else (None if args.quick else RESULTS)
+    output = args.output
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         (output / f"env_steps_{device.type}.json").write_text(json.dumps(record, indent=2, default=str))

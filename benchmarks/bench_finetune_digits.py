@@ -13,12 +13,12 @@ For each target sparsity (default 0.8 and 0.9) the trained digits ResNet-20 is p
 
 then fine-tuned with its masks for ``--epochs`` epochs (the digits fine-tuning recipe: SGD,
 lr 0.01, cosine) with several seeds. Test accuracy before and after fine-tuning and the
-FLOPs reduction are reported as a Markdown table (mean +- std over seeds), written to
-``--output`` with the machine, date and command.
+FLOPs reduction are reported as a Markdown table (mean +- std over seeds), written with the
+machine, date and command to ``<--output>/<--name>.md`` and ``.json``.
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_finetune_digits.py --output benchmarks/results/finetune_digits.md
+    .venv/bin/python benchmarks/bench_finetune_digits.py --output benchmarks/results
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_model  # benchmarks/machine.py, beside this script
+from machine import cpu_model, machine_info  # benchmarks/machine.py, beside this script
 
 from prune_gym.accounting import accounting, layer_flops
 from prune_gym.calibration import capture_state, recalibrate_batchnorm, restore_state
@@ -65,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=["global-mp", "global-mp+mt", "uniform", "gradual-global-mp"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--output", type=Path, help="write the Markdown report here (and raw rows to .json)")
+    parser.add_argument("--output", type=Path,
+                        help="folder to write <name>.md and <name>.json into (default: none, only print)")
+    parser.add_argument("--name", default="finetune_digits", help="the files' name (default finetune_digits)")
     return parser.parse_args(argv)
 
 
@@ -164,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     report = render(args, rows, accuracy_dense, time.perf_counter() - started)
     print(report)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report)
-        args.output.with_suffix(".json").write_text(json.dumps(
-            {"dense_accuracy": accuracy_dense, "epochs": args.epochs, "seeds": args.seeds, "rows": rows}, indent=2
-        ) + "\n")
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / f"{args.name}.md").write_text(report)
+        record = {
+            "benchmark": args.name, "date": datetime.date.today().isoformat(), "command": command_line(),
+            "machine": machine_info(), "dense_accuracy": accuracy_dense, "epochs": args.epochs, "seeds": args.seeds,
+            "rows": rows,
+        }
+        (args.output / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 
@@ -176,8 +181,12 @@ def percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def command_line() -> str:
+    return "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+
+
 def render(args: argparse.Namespace, rows: list[dict], accuracy_dense: float, seconds: float) -> str:
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    command = command_line()
     recipe = recipe_for("digits")
     lines = [
         "# Masked fine-tuning on digits (ResNet-20, 8x8 digits)",

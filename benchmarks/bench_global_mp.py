@@ -13,7 +13,8 @@ Timed (median over ``--repeats`` runs each):
 - ``PruningState.restore()`` of the whole network (the cost of an environment reset), with
   ``model.load_state_dict`` from a copy kept in memory for reference.
 
-Writes ``benchmarks/results/global_mp_<device>.json`` and ``.md`` and prints the markdown table.
+Prints the markdown table; ``--output DIR`` also writes ``DIR/global_mp_<device>.json`` and ``.md``
+(the recorded ones: ``--output benchmarks/results``).
 
 Usage::
 
@@ -29,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,10 +41,6 @@ from machine import cpu_model  # benchmarks/machine.py, beside this script
 from torch.nn.utils import prune as torch_prune
 
 from prune_gym.pruning import PruningState, find_prunable_layers, global_magnitude_masks
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
 
 
 def machine_info(device: torch.device) -> dict:
@@ -166,6 +164,7 @@ def bench_device(device: torch.device, sparsities: list[float], repeats: int) ->
     return {
         "benchmark": "global_mp",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/bench_global_mp.py " + " ".join(sys.argv[1:]),
         "device": str(device),
         "machine": machine_info(device),
         "load_average_1_5_15_min": {"start": load_average_start, "end": os.getloadavg()},
@@ -223,14 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.8, 0.9, 0.95])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per sparsity (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON and markdown results")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder to write global_mp_<device>.json and .md into (default: none, only print)")
     args = parser.parse_args(argv)
     if args.repeats < 3:
         parser.error("--repeats must be at least 3 (the median of fewer runs is not robust)")
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    args.out.mkdir(parents=True, exist_ok=True)
     failed = False
     for name in devices:
         device = torch.device(name)
@@ -240,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         result = bench_device(device, args.sparsities, args.repeats)
         table = markdown(result)
         stem = f"global_mp_{device.type}"
-        (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (args.out / f"{stem}.md").write_text(table + "\n")
+        if args.output is not None:
+            args.output.mkdir(parents=True, exist_ok=True)
+            (args.output / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+            (args.output / f"{stem}.md").write_text(table + "\n")
         print(table, flush=True)
         failed |= not all(row["masks_equal"] for row in result["results"])
     return 1 if failed else 0

@@ -25,15 +25,15 @@ training wall time, with Global MP's line and the search's best so far at the sa
 env steps); and the RL cost: the steps, episodes and seconds until the best-found policy first
 beat Global MP on the reward split, per target.
 
-Outputs in ``--output`` (default ``benchmarks/results``): ``quality_digits.json`` (every run,
+Outputs in the folder ``--output`` (the recorded ones: ``benchmarks/results``): ``quality_digits.json`` (every run,
 every training episode's reward-split accuracy, machine, date, torch version and command),
 ``quality_digits.md`` (the tables), ``quality_digits_accuracy.png`` (accuracy vs sparsity,
 mean +- std bands, before and after fine-tuning) and ``quality_digits_learning_curve.png``.
 
 Run from the repository root::
 
-    python benchmarks/bench_quality_digits.py                       # full: 3 seeds, 5 sparsities
-    python benchmarks/bench_quality_digits.py --quick --output /tmp/quality   # a smoke test
+    python benchmarks/bench_quality_digits.py --output benchmarks/results   # full: 3 seeds, 5 sparsities
+    python benchmarks/bench_quality_digits.py --quick --output /tmp/quality     # a smoke test
 """
 
 from __future__ import annotations
@@ -74,7 +74,6 @@ from prune_gym.finetune import recipe_for
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
 
 ENV_ID = "PruneResNet20Digits-v1"
-RESULTS = Path(__file__).resolve().parent / "results"
 STEM = "quality_digits"
 REFERENCE_METHODS = ("Global MP", "Global MP + MT", "uniform", "random")
 
@@ -107,17 +106,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "on a shared 2-core machine one thread ran the env 62 steps/s against 3.5 with two)")
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite the markdown and plots from the JSON already in --output")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="folder for the JSON, markdown and plots (default benchmarks/results; required with --quick)")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="folder to write the JSON, markdown and plots into (the recorded ones: benchmarks/results)")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.output is None:
-        if args.quick:
-            parser.error("--quick needs --output DIR (it never overwrites the recorded results)")
-        args.output = RESULTS
     args.algos = [a.lower() for a in args.algos]
     for algo in args.algos:
         if algo not in ALGORITHMS or "discrete" not in ALGORITHMS[algo][1]:

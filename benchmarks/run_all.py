@@ -1,12 +1,17 @@
 """Run every benchmark in order and regenerate the tables of ``benchmarks/README.md``.
 
 Order: Global MP vs ``torch.nn.utils.prune`` (+ reset time), env steps per second, the
-1,000-episode soak, masked fine-tuning on digits, the README's main command (``prune-gym
-compare``), quality on digits (agents vs Global MP over seeds), and the action parametrisations
-measured with random episodes. Each script writes its
-JSON/markdown/PNG results into one folder; the README's tables are then rebuilt from those
-files (between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->``), so
-the published tables are always the recorded results.
+1,000-episode soak, the README's main command (``prune-gym compare``), masked fine-tuning on
+digits (after the comparison: it fine-tunes the DQN agent's best-found recipes the comparison
+recorded), quality on digits (agents vs Global MP over seeds), and the action
+parametrisations measured with random episodes.
+
+One convention: ``--output DIR`` is the folder a script writes into, its files named after the
+benchmark (``DIR/quality_digits.json`` ...); without it a script only prints (the quality and
+action-mode scripts, whose plots are their result, require it). Every record holds the
+machine, the command, the date and the figures. The README's tables are then rebuilt from
+those files (between ``<!-- BEGIN GENERATED: name -->`` and ``<!-- END GENERATED: name -->``),
+so the published tables are always the recorded results.
 
 Usage, from the repository root::
 
@@ -65,14 +70,15 @@ def _cuda_visible() -> bool:
 
 
 def _finetune_full(out: Path, cuda: bool) -> list[Args]:
-    runs = [["--threads", "1", "--output", str(out / "finetune_digits.md")]]
-    # The DQN agent's recipes recorded by the comparison, fine-tuned like Global MP (if present).
-    recipes = [RESULTS / "recipes" / f"dqn-agent-{s}.json" for s in ("0.80", "0.90")]
+    runs = [["--threads", "1", "--output", str(out)]]
+    # The DQN agent's best-found recipes recorded by the comparison (which runs before this
+    # step), fine-tuned like Global MP (if present).
+    recipes = [out / "compare_digits_recipes" / f"dqn-best-found-{s}.json" for s in ("0.80", "0.90")]
     if all(path.is_file() for path in recipes):
         runs.append([
             "--sparsities", "0.8", "0.9", "--epochs", "5", "--seeds", "0", "1", "2", "--gradual-steps", "0",
             "--methods", "global-mp", *[a for path in recipes for a in ("--recipe", os.path.relpath(path))],
-            "--threads", "1", "--output", str(out / "finetune_digits_agent.md"),
+            "--threads", "1", "--output", str(out), "--name", "finetune_digits_agent",
         ])
     return runs
 
@@ -80,9 +86,9 @@ def _finetune_full(out: Path, cuda: bool) -> list[Args]:
 BENCHMARKS: list[Benchmark] = [
     Benchmark(
         "global_mp", "bench_global_mp.py", "Global MP vs torch.nn.utils.prune.global_unstructured, reset time",
-        full=lambda out, cuda: [["--threads", "1", "--repeats", "5", "--out", str(out)]],
+        full=lambda out, cuda: [["--threads", "1", "--repeats", "5", "--output", str(out)]],
         quick=lambda out: [["--devices", "cpu", "--threads", "1", "--repeats", "3", "--sparsities", "0.9",
-                            "--out", str(out)]],
+                            "--output", str(out)]],
     ),
     Benchmark(
         "env_steps", "bench_env_steps.py", "Env steps per second vs a straightforward implementation",
@@ -96,16 +102,16 @@ BENCHMARKS: list[Benchmark] = [
         quick=lambda out: [["--episodes", "10", "--warmup", "3", "--output", str(out)]],
     ),
     Benchmark(
+        "compare", "bench_compare_digits.py", "The README's main command: prune-gym compare on digits",
+        full=lambda out, cuda: [["--empty-cache", "--output", str(out)]],
+        quick=lambda out: [["--sparsity", "0.5", "0.9", "--timesteps", "100", "--output", str(out)]],
+    ),
+    Benchmark(
         "finetune", "bench_finetune_digits.py", "Masked fine-tuning on digits",
         full=_finetune_full,
         quick=lambda out: [["--sparsities", "0.9", "--epochs", "1", "--seeds", "0", "--gradual-steps", "0",
                             "--methods", "global-mp", "uniform", "--threads", "1",
-                            "--output", str(out / "finetune_digits.md")]],
-    ),
-    Benchmark(
-        "compare", "bench_compare_digits.py", "The README's main command: prune-gym compare on digits",
-        full=lambda out, cuda: [["--output", str(out / "compare_digits")]],
-        quick=lambda out: [["--sparsity", "0.5", "0.9", "--timesteps", "100", "--output", str(out / "compare_digits")]],
+                            "--output", str(out)]],
     ),
     Benchmark(
         "quality", "bench_quality_digits.py", "Quality on digits: agents vs Global MP over seeds",
@@ -114,8 +120,8 @@ BENCHMARKS: list[Benchmark] = [
     ),
     Benchmark(
         "action_modes", "bench_action_modes.py", "Action parametrisations: random episodes",
-        full=lambda out, cuda: [["--output", str(out / "action_modes_digits")]],
-        quick=lambda out: [["--episodes", "2", "--sparsities", "0.9", "--output", str(out / "action_modes_digits")]],
+        full=lambda out, cuda: [["--output", str(out)]],
+        quick=lambda out: [["--episodes", "2", "--sparsities", "0.9", "--output", str(out)]],
     ),
 ]
 NAMES = [benchmark.name for benchmark in BENCHMARKS]

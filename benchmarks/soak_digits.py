@@ -3,8 +3,9 @@
     python benchmarks/soak_digits.py --episodes 1000
 
 Records the process's resident memory (RSS) and Python heap (tracemalloc) after a warm-up and at
-the end, and writes benchmarks/results/soak_digits.json (``--output DIR``: DIR/soak_digits.json). Exits non-zero if an episode fails, an
-episode misses the target, or memory grows by more than --max-growth-mb.
+the end, and prints them (``--output DIR`` also writes ``DIR/soak_digits.json``; the recorded one:
+``--output benchmarks/results``). Exits non-zero if an episode fails, an episode misses the
+target, or memory grows by more than --max-growth-mb.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from machine import machine_info  # benchmarks/machine.py, beside this script
 
 import prune_gym  # noqa: F401  (registers the ids)
 
-RESULTS = Path(__file__).parent / "results"
-
 
 def rss_mb() -> float:
     """Current resident set size in MiB (from /proc; falls back to the peak)."""
@@ -42,7 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--max-growth-mb", type=float, default=20.0)
-    parser.add_argument("--output", type=Path, default=RESULTS, help="folder for soak_digits.json")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder to write soak_digits.json into (default: none, only print)")
     args = parser.parse_args(argv)
     env = gym.make("PruneResNet20Digits-v1")
     unwrapped = env.unwrapped
@@ -77,8 +77,9 @@ def main(argv=None) -> int:
         "rss_start_mb": round(rss_start, 1),
         "rss_growth_mb": round(rss_growth, 1),
     }
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "soak_digits.json").write_text(json.dumps(record, indent=2))
+    if args.output is not None:
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "soak_digits.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
     ok = misses == 0 and rss_growth <= args.max_growth_mb and heap_growth <= args.max_growth_mb
     return 0 if ok else 1
