@@ -62,14 +62,13 @@ from prune_gym.agents import (
 from prune_gym.agents.callbacks import EpisodeRecorder
 from prune_gym.agents.compare import (
     MethodResult,
-    agent_env_kwargs_for,
     finetune_and_test,
     make_reference_env,
     run_episode,
 )
 from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
 from prune_gym.agents.search import local_search
-from prune_gym.agents.training import make_training_env
+from prune_gym.agents.training import agent_env_kwargs_for, make_training_env
 from prune_gym.finetune import recipe_for
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
 

@@ -27,6 +27,7 @@ import run_all  # noqa: E402
 def test_run_all_quick_smoke(tmp_path, digits_model_state):
     # digits_model_state: the trained digits model is in the test cache, which the scripts share.
     output = tmp_path / "quick"
+    recorded = {path: path.stat().st_mtime_ns for path in (BENCHMARKS / "results").rglob("*") if path.is_file()}
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--output", str(output)],
         capture_output=True, text=True, timeout=1200, env={**os.environ},
@@ -71,7 +72,9 @@ def test_run_all_quick_smoke(tmp_path, digits_model_state):
     assert gmp["test_accuracy"] > 0.9
     for name in ("quality_digits_accuracy.png", "quality_digits_learning_curve.png", "quality_digits.md"):
         assert (output / name).stat().st_size > 0
-    assert not (BENCHMARKS / "results" / "SUMMARY.md").exists()  # --quick never writes the recorded results
+    # --quick never writes the recorded results: every script wrote into --output only.
+    assert not (BENCHMARKS / "results" / "SUMMARY.md").exists()
+    assert {path: path.stat().st_mtime_ns for path in (BENCHMARKS / "results").rglob("*") if path.is_file()} == recorded
 
 
 def test_quick_refuses_to_overwrite_recorded_results():

@@ -46,22 +46,11 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
-from prune_gym.agents.factory import (
-    ALGORITHMS,
-    check_algo,
-    default_timesteps,
-    env_kwargs_from_hyperparams,
-    load_hyperparams,
-)
+from prune_gym.agents.factory import ALGORITHMS, check_algo
 from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
 from prune_gym.agents.report import Comparison, MethodResult, format_table, write_results
 from prune_gym.agents.search import DEFAULT_STEP, local_search
-from prune_gym.agents.training import (
-    TargetSamplingWrapper,
-    load_agent,
-    make_training_env,
-    train_agent,
-)
+from prune_gym.agents.training import agent_env_kwargs_for, load_agent, train_agent
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, PrunableLayer, check_sparsity
 
 logger = logging.getLogger(__name__)
@@ -72,7 +61,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Comparison",
     "MethodResult",
-    "agent_env_kwargs_for",
     "compare",
     "finetune_and_test",
     "format_table",
@@ -184,17 +172,6 @@ def make_reference_env(
 def _reference_kwargs(shared: Mapping[str, Any], target: float) -> dict[str, Any]:
     """The reference policies play exact sparsities: continuous actions, absolute mode."""
     return {**shared, "action_type": "continuous", "action_mode": "absolute", "target_sparsity": target}
-
-
-def agent_env_kwargs_for(
-    algo: str, env_id: str, shared: Mapping[str, Any], action_type: str,
-    hyperparams: str | os.PathLike | Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The agent's ``gym.make`` kwargs: the shared kwargs over the env kwargs its hyperparameters
-    were tuned with, in ``action_type``, without a fixed target (the target is drawn per episode)."""
-    kwargs = {**env_kwargs_from_hyperparams(algo, env_id, hyperparams), **shared, "action_type": action_type}
-    kwargs.pop("target_sparsity", None)
-    return kwargs
 
 
 def compare(
@@ -364,26 +341,14 @@ def _train_or_load_agent(
         record = json.loads(best_file.read_text()) if best_file.is_file() else {}
         best, episodes = record.get("best_per_target", {}), int(record.get("episodes", 0))
         return _Agent(model, False, int(model.num_timesteps), 0.0, None, Path(agent_path), best, episodes)
-    budget = int(timesteps) if timesteps is not None else default_timesteps(algo, agent_env, hyperparams)
-    if n_envs is None:
-        n_envs = int(load_hyperparams(algo, env_id, hyperparams).get("n_envs", 1))
-    say(f"training {algo.upper()} for {budget:,} steps ({agent_env_kwargs['action_type']} actions, {n_envs} env"
-        f"{'s in parallel' if n_envs > 1 else ''}), one target per episode drawn from {targets}")
-    if n_envs > 1:
-        training_env = make_training_env(env_id, targets, seed=seed, n_envs=n_envs, **agent_env_kwargs)
-    else:
-        training_env = TargetSamplingWrapper(agent_env, targets, seed=seed)
-    try:
-        with tempfile.TemporaryDirectory(prefix="prune-gym-agent-") as scratch:
-            run = train_agent(
-                env_id, algo, budget, output_dir=run_dir if run_dir is not None else Path(scratch) / "agent",
-                hyperparams=hyperparams, targets=targets, env_kwargs=agent_env_kwargs, seed=seed, checkpoint_freq=0,
-                progress_bar=progress_bar, tensorboard=tensorboard, env=training_env, resumable=False,
-            )
-    finally:
-        if n_envs > 1:
-            training_env.close()
+    with tempfile.TemporaryDirectory(prefix="prune-gym-agent-") as scratch:
+        run = train_agent(
+            env_id, algo, timesteps, output_dir=run_dir if run_dir is not None else Path(scratch) / "agent",
+            hyperparams=hyperparams, targets=targets, env_kwargs=agent_env_kwargs, seed=seed, checkpoint_freq=0,
+            progress_bar=progress_bar, tensorboard=tensorboard, resumable=False, n_envs=n_envs, log=say,
+        )
     say(f"trained {run.num_timesteps:,} steps ({len(run.episodes.records):,} episodes) in {run.seconds:.0f} s")
+    n_envs = run.model.n_envs
     best = {key: asdict(record) for key, record in run.episodes.best().items()}
     return _Agent(run.model, True, int(run.num_timesteps), run.seconds, n_envs,
                   run.model_path if run_dir is not None else None, best, len(run.episodes.records))

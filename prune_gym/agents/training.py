@@ -27,7 +27,7 @@ import pickle
 import re
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -56,7 +56,9 @@ from prune_gym.pruning import check_sparsity
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TargetSamplingWrapper", "TrainResult", "latest_checkpoint", "make_training_env", "train_agent"]
+__all__ = [
+    "TargetSamplingWrapper", "TrainResult", "agent_env_kwargs_for", "latest_checkpoint", "make_training_env", "train_agent",
+]
 
 _CHECKPOINT_NAME = re.compile(r"^(?P<algo>[a-z0-9]+)_(?:interrupted_)?(?P<steps>\d+)_steps\.zip$")
 
@@ -213,6 +215,17 @@ class TrainResult:
     episodes: EpisodeRecorder | None = None
 
 
+def agent_env_kwargs_for(
+    algo: str, env_id: str, shared: Mapping[str, Any], action_type: str,
+    hyperparams: str | os.PathLike | Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The agent's ``gym.make`` kwargs: the shared kwargs over the env kwargs its hyperparameters
+    were tuned with, in ``action_type``, without a fixed target (the target is drawn per episode)."""
+    kwargs = {**env_kwargs_from_hyperparams(algo, env_id, hyperparams), **shared, "action_type": action_type}
+    kwargs.pop("target_sparsity", None)
+    return kwargs
+
+
 def train_agent(
     env_id: str,
     algo: str = "dqn",
@@ -231,6 +244,7 @@ def train_agent(
     env: gym.Env | VecEnv | None = None,
     resumable: bool = True,
     n_envs: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train ``algo`` on ``env_id`` for ``timesteps`` steps in total, with checkpoints.
 
@@ -259,8 +273,9 @@ def train_agent(
         resumable: also save the final agent as a checkpoint, with its replay buffer, so that
             ``resume`` can extend the run (False: only ``model.zip``, without replay buffer).
         n_envs: envs stepping in parallel, one process each (default: the hyperparameters'
-            ``n_envs``, else 1); ignored when ``env`` is given. Their processes are closed
+            ``n_envs``, else 1); ignored when ``env`` is given. The envs built here are closed
             when training ends.
+        log: where the note on what is trained goes (None: the ``prune_gym`` logger).
 
     Returns:
         A :class:`TrainResult`; the final agent is also saved as ``<output_dir>/model.zip``,
@@ -286,6 +301,12 @@ def train_agent(
         raise ValueError(f"timesteps must be >= 0, got {timesteps}")
     timesteps = int(timesteps)
     tensorboard_dir = output / "tensorboard" if tensorboard else None
+    count = getattr(env, "num_envs", 1)
+    (log or logger.info)(
+        f"training {algo.upper()} for {timesteps:,} steps ({env_kwargs.get('action_type', 'discrete')} actions, "
+        f"{count} env{'s in parallel' if count > 1 else ''}), "
+        + (f"one target per episode drawn from {list(targets)}" if targets and len(targets) > 1 else f"targets {targets}")
+    )
     model, resumed_from = _build_or_resume_agent(
         env, algo, hyperparams, seed, tensorboard_dir, verbose, output, candidates if resume else None
     )
@@ -304,7 +325,7 @@ def train_agent(
     model_path = save_agent(model, output / "model.zip", replay_buffer=resumable)
     write_best_found(recorder, output / "best_found.json")
     atomic_write_json(output / "run.json", {**run_record, "status": "finished", "num_timesteps": int(model.num_timesteps)})
-    if owned_env and isinstance(env, SubprocVecEnv):
+    if owned_env:
         env.close()
     return TrainResult(model, model_path, output, model.num_timesteps, seconds, resumed_from, recorder)
 
