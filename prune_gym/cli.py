@@ -255,12 +255,10 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from prune_gym.agents.factory import ALGORITHMS
+    from prune_gym.agents.factory import ALGORITHMS, algo_name
     from prune_gym.agents.training import train_agent
 
-    algo = args.algo.lower()
-    if algo not in ALGORITHMS:
-        raise ValueError(f"unknown --algo {args.algo!r}: choose one of {', '.join(ALGORITHMS)}")
+    algo = algo_name(args.algo)
     env_kwargs = _env_kwargs(args)
     env_kwargs.setdefault("action_type", ALGORITHMS[algo][1][0])
     result = train_agent(

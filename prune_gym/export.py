@@ -30,6 +30,7 @@ from prune_gym.pruning import (
     PrunableLayer,
     check_mask,
     find_prunable_layers,
+    overall_sparsity,
 )
 from prune_gym.recipes import (
     FORMAT_VERSION,
@@ -38,7 +39,6 @@ from prune_gym.recipes import (
     check_layers_and_masks,
     load_recipe,
     masks_to_recipe,
-    overall_sparsity,
     recipe_path,
 )
 

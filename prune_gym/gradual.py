@@ -23,7 +23,13 @@ from prune_gym.finetune import (
     recipe_for,
     train_classifier,
 )
-from prune_gym.pruning import PrunableLayer, check_sparsity, global_magnitude_masks, mask_sparsity
+from prune_gym.pruning import (
+    PrunableLayer,
+    check_sparsity,
+    global_magnitude_masks,
+    mask_sparsity,
+    overall_sparsity,
+)
 
 
 def cubic_sparsity_schedule(final_sparsity: float, steps: int, initial: float = 0.0) -> list[float]:
@@ -129,7 +135,7 @@ def gradual_global_magnitude_pruning(
         record = GradualStep(
             step=step + 1,
             target_sparsity=target,
-            sparsity=sum(m.numel() - int(m.sum()) for m in masks) / sum(m.numel() for m in masks),
+            sparsity=overall_sparsity(masks),
             layer_sparsities=[mask_sparsity(m) for m in masks],
         )
         if evaluate is not None:

@@ -375,6 +375,12 @@ def mask_sparsity(mask: Tensor) -> float:
     return 1.0 - int(mask.sum()) / mask.numel()
 
 
+def overall_sparsity(masks: Sequence[Tensor]) -> float:
+    """Fraction of all the masks' weights removed (nan for no weights)."""
+    total = sum(m.numel() for m in masks)
+    return sum(m.numel() - int(m.sum()) for m in masks) / total if total else math.nan
+
+
 def global_magnitude_sparsities(
     weights: Sequence[Tensor], sparsity: float, min_threshold: float | None = None
 ) -> list[float]:

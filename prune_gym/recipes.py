@@ -21,7 +21,6 @@ Layers a recipe does not name are left dense.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from prune_gym.pruning import (
     find_prunable_layers,
     magnitude_mask,
     mask_sparsity,
+    overall_sparsity,
 )
 
 RECIPE_FORMAT = "prune-gym-recipe"
@@ -79,11 +79,9 @@ def masks_to_recipe(
 ) -> Recipe:
     """The recipe of a pruned model: each layer's sparsity and the overall sparsity."""
     masks = check_layers_and_masks(layers, masks)
-    pruned = sum(m.numel() - int(m.sum()) for m in masks)
-    total = sum(m.numel() for m in masks)
     return Recipe(
         layers={layer.name: mask_sparsity(mask) for layer, mask in zip(layers, masks, strict=True)},
-        overall_sparsity=pruned / total,
+        overall_sparsity=overall_sparsity(masks),
         meta=dict(meta or {}),
     )
 
@@ -184,7 +182,3 @@ def apply_recipe(
     return masks
 
 
-def overall_sparsity(masks: Sequence[Tensor]) -> float:
-    """Fraction of all masked weights removed."""
-    total = sum(m.numel() for m in masks)
-    return sum(m.numel() - int(m.sum()) for m in masks) / total if total else math.nan

@@ -167,7 +167,7 @@ def test_continuous_actions_in_the_box_are_taken(action):
 # -- training checkpoints ------------------------------------------------------------------------
 
 
-def test_resume_skips_an_incomplete_newest_checkpoint(tmp_path, capsys):
+def test_resume_skips_an_incomplete_newest_checkpoint(tmp_path, caplog):
     from prune_gym.agents.training import latest_checkpoint, train_agent
 
     synthetic = {"synthetic": True, "synthetic_samples": 8, "device": "cpu"}
@@ -182,7 +182,7 @@ def test_resume_skips_an_incomplete_newest_checkpoint(tmp_path, capsys):
     resumed = train_agent(ENV_ID, "dqn", 66, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
                           checkpoint_freq=0, progress_bar=False, tensorboard=False, resume=True)
     assert resumed.resumed_from.name == "dqn_22_steps.zip"
-    assert "dqn_44_steps.zip is incomplete" in capsys.readouterr().err
+    assert "dqn_44_steps.zip is incomplete" in caplog.text  # a warning of the prune_gym logger
     # The checkpoint's buffer came back (SB3 saves it before storing the 22nd transition: 21),
     # plus the 44 steps of this run; an empty buffer would give 44.
     assert resumed.model.replay_buffer.size() == 21 + 44
@@ -191,11 +191,11 @@ def test_resume_skips_an_incomplete_newest_checkpoint(tmp_path, capsys):
     train_agent(ENV_ID, "dqn", 88, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
                 checkpoint_freq=0, progress_bar=False, tensorboard=False, resume=True)  # writes dqn_88
     (checkpoints / "dqn_replay_buffer_88_steps.pkl").write_bytes(b"not a pickle")
-    capsys.readouterr()
+    caplog.clear()
     again = train_agent(ENV_ID, "dqn", 110, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
                         checkpoint_freq=0, progress_bar=False, tensorboard=False, resume=True)
     assert again.resumed_from.name == "dqn_66_steps.zip"
-    assert "cannot read dqn_88_steps.zip" in capsys.readouterr().err
+    assert "cannot read dqn_88_steps.zip" in caplog.text
 
     # No complete checkpoint at all: say so, never resume with an empty buffer.
     for path in checkpoints.glob("*.pkl"):

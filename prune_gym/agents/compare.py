@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
-from prune_gym.agents.factory import ALGORITHMS, check_algo
+from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo
 from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
 from prune_gym.agents.report import Comparison, MethodResult, format_table, write_results
 from prune_gym.agents.search import DEFAULT_STEP, local_search
@@ -282,9 +282,7 @@ def _check_compare_options(
         raise ValueError("give at least one sparsity to compare at")
     if int(finetune_epochs) < 0:
         raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
-    algo = algo.lower()
-    if algo not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
+    algo = algo_name(algo)
     shared = dict(env_kwargs or {})
     agent_action_type = shared.pop("action_type", ALGORITHMS[algo][1][0])
     check_algo(algo, agent_action_type)

@@ -38,7 +38,9 @@ from prune_gym.agents.policies import prune_env_of
 
 __all__ = [
     "ALGORITHMS",
+    "algo_name",
     "algorithms_for",
+    "check_algo",
     "default_timesteps",
     "env_id_of",
     "env_kwargs_from_hyperparams",
@@ -70,10 +72,16 @@ def algorithms_for(action_type: str) -> list[str]:
     return [name for name, (_, types) in ALGORITHMS.items() if action_type in types]
 
 
-def check_algo(algo: str, action_type: str) -> type[BaseAlgorithm]:
-    name = algo.lower()
+def algo_name(algo: str) -> str:
+    """The algorithm's name as ``ALGORITHMS`` keys it (lower case); ValueError naming the choices."""
+    name = str(algo).lower()
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
+    return name
+
+
+def check_algo(algo: str, action_type: str) -> type[BaseAlgorithm]:
+    name = algo_name(algo)
     cls, types = ALGORITHMS[name]
     if action_type not in types:
         needed = types[0]
@@ -149,9 +157,7 @@ def load_hyperparams(
             dict, either of settings (``{"learning_rate": 1e-3}``, applied over the shipped
             defaults) or rl-zoo3 style (``{"PruneResNet20Digits-v1": {...}}``).
     """
-    name = algo.lower()
-    if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
+    name = algo_name(algo)
     defaults = _entry(_read_yaml(_hyperparams_file(name)), env_id, f"the shipped {name}.yml")
     if hyperparams is None:
         return copy.deepcopy(defaults)
