@@ -370,6 +370,82 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="compare over algorithms and seeds as Ray Tune trials, here or on a Ray cluster (needs the [ray] extra)",
+        description=(
+            "Run compare's agent part for every (algorithm, seed) as a Ray Tune trial, the search at "
+            "equal cost per seed and the reference policies once, then aggregate: a table with mean "
+            "± std over seeds, results.json, results.csv, trials.csv, plots with spread bands and "
+            "every trial's recipes in --output. Without --address, Ray starts on this machine. A "
+            "sweep cut off (Ctrl-C, a lost node) or with failed trials goes on with --resume DIR."
+        ),
+    )
+    parser.add_argument("env", metavar="ENV", nargs="?", help="env id, e.g. PruneResNet20Digits-v1 (not with --resume)")
+    parser.add_argument("--algo", nargs="+", metavar="ALGO", help="algorithms, one trial per seed each (default: dqn)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="N", help="seeds (default: 0)")
+    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9)")
+    parser.add_argument("--timesteps", type=_count_arg, metavar="N", help="each agent's training steps (default: its hyperparameters' n_timesteps)")
+    parser.add_argument("--hyperparams", nargs="+", metavar="ALGO=YAML", help="an rl-zoo3 style file per algorithm, e.g. dqn=my_dqn.yml (default: the shipped ones)")
+    parser.add_argument("--action-type", choices=("discrete", "continuous"), help="the agents' action type (default: the first each algorithm allows)")
+    parser.add_argument("--action-mode", choices=ACTION_MODE_CHOICES, help="relative (the env's default) or absolute (v0's levels)")
+    parser.add_argument("--reward", help="reward function: purl (default), terminal, accuracy-sparsity, flops")
+    parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
+    parser.add_argument("--min-threshold", type=float, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: 0.05%%; 0 leaves it out)")
+    parser.add_argument("--finetune-epochs", type=_count_arg, metavar="N", help="also fine-tune every pruned model for N epochs (default: 0)")
+    parser.add_argument("--no-search", dest="search", action="store_false", default=None, help="leave out the search at equal cost")
+    parser.add_argument("--n-envs", type=_positive_int, metavar="N", help="envs per agent trial, one process each (default: the hyperparameters')")
+    parser.add_argument("--cpus-per-trial", type=float, metavar="C", help="Tune CPUs per trial; torch threads follow (default: an agent's n_envs, else 1)")
+    parser.add_argument("--gpus-per-trial", type=float, metavar="G", help="Tune GPUs per trial, fractions share a GPU; trials with one run on CUDA (default: 0)")
+    parser.add_argument("--max-concurrent", type=_positive_int, metavar="N", help="at most N trials at once (default: as resources allow)")
+    parser.add_argument("--scheduler", choices=("fifo", "asha"), help="fifo: every trial to the end (default); asha: stop trailing agent trials early")
+    parser.add_argument("--address", metavar="ADDR", help="an existing Ray cluster, e.g. auto (default: start Ray on this machine)")
+    parser.add_argument("--storage", metavar="PATH_OR_URI", help="where Tune keeps the experiment: a folder or e.g. s3://bucket/sweeps (default: <output>/tune)")
+    parser.add_argument("--output", metavar="DIR", help="the sweep's folder (default: results/<ENV>-sweep-<time>)")
+    parser.add_argument("--resume", metavar="DIR", help="go on with the sweep in DIR: re-runs only the trials that did not finish, with its own settings")
+    parser.set_defaults(handler=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from prune_gym.agents.sweeps import resume_sweep, sweep
+    from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
+
+    settings = ("env", "algo", "seeds", "sparsity", "timesteps", "hyperparams", "action_type", "action_mode", "reward",
+                "max_sparsity", "min_threshold", "finetune_epochs", "search", "n_envs", "cpus_per_trial",
+                "gpus_per_trial", "max_concurrent", "scheduler", "storage", "output")
+    if args.resume is not None:
+        given = [name for name in settings if getattr(args, name) is not None]
+        if given:
+            raise ValueError(f"--resume takes the sweep's own settings (its sweep.json): leave out "
+                             f"{', '.join(('ENV' if n == 'env' else '--' + n.replace('_', '-')) for n in given)}")
+        result = resume_sweep(args.resume, address=args.address)
+    else:
+        if args.env is None:
+            raise ValueError("give the env id (e.g. PruneResNet20Digits-v1), or --resume DIR")
+        hyperparams = {}
+        for item in args.hyperparams or []:
+            algo, sep, path = item.partition("=")
+            if not sep or not algo or not path:
+                raise ValueError(f"--hyperparams takes ALGO=YAML, e.g. dqn=my_dqn.yml; got {item!r}")
+            hyperparams[algo.lower()] = path
+        env_kwargs = {key: value for key, value in (
+            ("action_type", args.action_type), ("action_mode", args.action_mode), ("reward", args.reward),
+            ("max_sparsity", args.max_sparsity)) if value is not None}
+        min_threshold = DEFAULT_MIN_THRESHOLD if args.min_threshold is None else args.min_threshold
+        result = sweep(
+            args.env, args.algo or ["dqn"], args.seeds if args.seeds is not None else [0],
+            args.sparsity or [0.5, 0.7, 0.8, 0.9], timesteps=args.timesteps, hyperparams=hyperparams,
+            env_kwargs=env_kwargs, min_threshold=min_threshold or None, search=args.search is not False,
+            finetune_epochs=args.finetune_epochs or 0, n_envs=args.n_envs, cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial or 0.0, max_concurrent=args.max_concurrent,
+            scheduler=args.scheduler or "fifo", address=args.address, storage=args.storage, output_dir=args.output,
+        )
+    print()
+    print(result.table)
+    return 1 if result.incomplete else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prune-gym",
@@ -382,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_baseline(subparsers)
     _add_compare(subparsers)
+    _add_sweep(subparsers)
     return parser
 
 
@@ -442,6 +519,8 @@ def _user_error(error: Exception) -> str | None:
                 "not in the expected format; check the path (weights, agent or checkpoint) or rewrite the file")
     if isinstance(error, PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError):
         return f"{first_line}: choose a path you can write to (e.g. --output)"
+    if isinstance(error, ImportError) and "optional extra" in str(error):
+        return str(error)  # an extra that is not installed (prune-gym sweep without ray)
     if isinstance(error, ValueError | FileNotFoundError):
         return str(error)
     return None

@@ -9,6 +9,8 @@
   saving and resuming.
 - :func:`prune_gym.agents.compare.compare`: the agent against Global MP, Global MP with MT,
   uniform and random at matched sparsities (``prune-gym compare``).
+- :func:`sweep` / :func:`resume_sweep`: the comparison over algorithms and seeds as Ray Tune
+  trials, aggregated (``prune-gym sweep``; needs the ``[ray]`` extra only when called).
 """
 
 from prune_gym.agents.factory import (
@@ -24,6 +26,7 @@ from prune_gym.agents.policies import (
     ReferencePolicy,
     UniformMagnitudePolicy,
 )
+from prune_gym.agents.sweeps import resume_sweep, sweep
 from prune_gym.agents.training import TargetSamplingWrapper, load_agent, train_agent
 
 __all__ = [
@@ -38,5 +41,7 @@ __all__ = [
     "load_agent",
     "load_hyperparams",
     "make_agent",
+    "resume_sweep",
+    "sweep",
     "train_agent",
 ]

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -71,13 +71,18 @@ class EpisodeRecorder(BaseCallback):
 
     Works with single and vectorised envs (SB3 passes the last step's ``info`` of an episode
     even when the vectorised env resets it at once). With ``path``, each record is appended
-    to that JSON-lines file as it finishes, so a run cut off keeps what it found.
+    to that JSON-lines file as it finishes, so a run cut off keeps what it found. ``on_episode``
+    is called with the recorder after each record (a sweep reports to Ray Tune from there).
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, tensorboard: bool = True, verbose: int = 0) -> None:
+    def __init__(
+        self, path: str | os.PathLike | None = None, tensorboard: bool = True, verbose: int = 0,
+        on_episode: Callable[[EpisodeRecorder], None] | None = None,
+    ) -> None:
         super().__init__(verbose)
         self.path = Path(path) if path is not None else None
         self.tensorboard = tensorboard
+        self.on_episode = on_episode
         self.records: list[EpisodeRecord] = []
         self._returns: np.ndarray | None = None
         self._started = time.perf_counter()
@@ -122,6 +127,8 @@ class EpisodeRecorder(BaseCallback):
                 handle.write(json.dumps(asdict(record)) + "\n")
         if self.tensorboard:
             self._log(record)
+        if self.on_episode is not None:
+            self.on_episode(self)
 
     def _log(self, record: EpisodeRecord) -> None:
         logger = self.logger

@@ -240,7 +240,7 @@ def compare(
     agent_env = gym.make(env_id, target_sparsity=targets[0], **agent_env_kwargs)
     reference = prune_env_of(reference_env)
     try:
-        agent = _train_or_load_agent(
+        agent = train_or_load_agent(
             env_id, algo, targets, agent_env, agent_env_kwargs, agent_path, timesteps, hyperparams, seed, n_envs,
             staging / "agent" if write_files else None, progress_bar, tensorboard and write_files, say,
         )
@@ -299,7 +299,7 @@ def _check_compare_options(
 
 
 def _write_comparison(
-    comparison: Comparison, agent: _Agent, reference: PruneEnv, staging: Path, output: Path, started: float
+    comparison: Comparison, agent: ComparedAgent, reference: PruneEnv, staging: Path, output: Path, started: float
 ) -> None:
     """Every file into ``staging``, then renamed to ``output`` at once."""
     staging.mkdir(parents=True, exist_ok=True)
@@ -315,7 +315,7 @@ def _write_comparison(
 
 
 @dataclass
-class _Agent:
+class ComparedAgent:
     """The compared agent: the model, whether it was trained here, and its best-found episodes."""
 
     model: Any
@@ -328,57 +328,85 @@ class _Agent:
     episodes: int
 
 
-def _train_or_load_agent(
+def train_or_load_agent(
     env_id, algo, targets, agent_env, agent_env_kwargs, agent_path, timesteps, hyperparams, seed, n_envs,
-    run_dir, progress_bar, tensorboard, say,
-) -> _Agent:
+    run_dir, progress_bar, tensorboard, say, on_episode=None,
+) -> ComparedAgent:
+    """``compare``'s agent: loaded from ``agent_path``, or trained with :func:`train_agent` into
+    ``run_dir`` (a scratch folder when None) across ``targets``."""
     if agent_path is not None:
         say(f"loading the agent from {agent_path} (an SB3 file: load only files you trust)")
         model = load_agent(agent_path, env=agent_env, algo=algo)
         best_file = Path(agent_path).parent / "best_found.json"
         record = json.loads(best_file.read_text()) if best_file.is_file() else {}
         best, episodes = record.get("best_per_target", {}), int(record.get("episodes", 0))
-        return _Agent(model, False, int(model.num_timesteps), 0.0, None, Path(agent_path), best, episodes)
+        return ComparedAgent(model, False, int(model.num_timesteps), 0.0, None, Path(agent_path), best, episodes)
     with tempfile.TemporaryDirectory(prefix="prune-gym-agent-") as scratch:
         run = train_agent(
             env_id, algo, timesteps, output_dir=run_dir if run_dir is not None else Path(scratch) / "agent",
             hyperparams=hyperparams, targets=targets, env_kwargs=agent_env_kwargs, seed=seed, checkpoint_freq=0,
             progress_bar=progress_bar, tensorboard=tensorboard, resumable=False, n_envs=n_envs, log=say,
+            on_episode=on_episode,
         )
     say(f"trained {run.num_timesteps:,} steps ({len(run.episodes.records):,} episodes) in {run.seconds:.0f} s")
     n_envs = run.model.n_envs
     best = {key: asdict(record) for key, record in run.episodes.best().items()}
-    return _Agent(run.model, True, int(run.num_timesteps), run.seconds, n_envs,
+    return ComparedAgent(run.model, True, int(run.num_timesteps), run.seconds, n_envs,
                   run.model_path if run_dir is not None else None, best, len(run.episodes.records))
+
+
+#: One method to play at a target: (label, policy, env, deterministic).
+Entry = tuple[str, Any, gym.Env, bool]
+
+
+def agent_entries(algo: str, agent: ComparedAgent, target: float, agent_env: gym.Env, reference_env: gym.Env) -> list[Entry]:
+    """The agent's methods at ``target``: its greedy policy (in its own env) and, when training
+    recorded an episode at this target, its best found (the best episode on the reward split,
+    replayed exactly through the reference env)."""
+    name = algo.upper()
+    entries: list[Entry] = [(f"{name} (greedy)", agent.model, agent_env, True)]
+    best = agent.best_found.get(f"{target:.6g}")
+    if best is not None:
+        entries.append((f"{name} (best found)", RecipePolicy(reference_env, best["layer_sparsities"]), reference_env, True))
+    return entries
+
+
+def search_entry(reference_env: gym.Env, target: float, episodes: int, seed: int, say: Callable[[str], None]) -> Entry:
+    """Run the local search at ``target`` for ``episodes`` env episodes; its best allocation, to replay."""
+    found = local_search(reference_env, target, episodes, seed=seed)
+    say(f"local search at {target}: {episodes} episodes, best reward-split accuracy "
+        f"{100 * found.reward_accuracy:.1f}% (Global MP's allocation: {100 * found.best_so_far[0]:.1f}%)")
+    return ("local search", RecipePolicy(reference_env, found.layer_sparsities), reference_env, True)
+
+
+def reference_entries(reference_env: gym.Env, seed: int, min_threshold: float | None) -> list[Entry]:
+    """Global MP (+ MT), uniform and random, through the reference env."""
+    return [(label, policy, reference_env, deterministic)
+            for label, policy, deterministic in reference_policies(reference_env, seed=seed, min_threshold=min_threshold)]
+
+
+def play(entries: Sequence[Entry], target: float, finetune_epochs: int = 0, seed: int = 0) -> list[MethodResult]:
+    """One episode of each method at ``target`` (and its fine-tuned test accuracy when asked)."""
+    results = []
+    for label, policy, env, deterministic in entries:
+        row = run_episode(policy, env, target, deterministic=deterministic, method=label)
+        if finetune_epochs:
+            row.finetuned_test_accuracy, row.finetune_seconds = finetune_and_test(env, int(finetune_epochs), seed)
+        results.append(row)
+    return results
 
 
 def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs,
                       search_episodes, say) -> list[MethodResult]:
     """Every method at every target: the agent greedy, its best-found recipe, the search at
     equal cost, the reference policies."""
-    name = algo.upper()
-    methods: list[tuple[str, Any, gym.Env, bool]] = [(f"{name} (greedy)", agent.model, agent_env, True)] + [
-        (label, policy, reference_env, deterministic)
-        for label, policy, deterministic in reference_policies(reference_env, seed=seed, min_threshold=min_threshold)
-    ]
     results: list[MethodResult] = []
     for target in targets:
-        rows = list(methods)
-        best = agent.best_found.get(f"{target:.6g}")
-        if best is not None:
-            # The best episode of the search (chosen on the reward split), replayed exactly.
-            rows.insert(1, (f"{name} (best found)", RecipePolicy(reference_env, best["layer_sparsities"]), reference_env, True))
+        entries = agent_entries(algo, agent, target, agent_env, reference_env)
         if search_episodes:
-            found = local_search(reference_env, target, search_episodes, seed=seed)
-            say(f"local search at {target}: {search_episodes} episodes, best reward-split accuracy "
-                f"{100 * found.reward_accuracy:.1f}% (Global MP's allocation: {100 * found.best_so_far[0]:.1f}%)")
-            rows.insert(2 if best is not None else 1,
-                        ("local search", RecipePolicy(reference_env, found.layer_sparsities), reference_env, True))
-        for label, policy, env, deterministic in rows:
-            row = run_episode(policy, env, target, deterministic=deterministic, method=label)
-            if finetune_epochs:
-                row.finetuned_test_accuracy, row.finetune_seconds = finetune_and_test(env, int(finetune_epochs), seed)
-            results.append(row)
+            entries.append(search_entry(reference_env, target, search_episodes, seed, say))
+        entries += reference_entries(reference_env, seed, min_threshold)
+        results += play(entries, target, finetune_epochs, seed)
         say(f"evaluated every method at sparsity {target}")
     return results
 

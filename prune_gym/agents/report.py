@@ -27,6 +27,7 @@ __all__ = [
     "method_slug",
     "plot_accuracy",
     "plot_layer_sparsity",
+    "write_recipes",
     "write_results",
 ]
 
@@ -67,7 +68,7 @@ class Comparison:
         raise KeyError(f"no result for {method!r} at {target}")
 
 
-def _percent(value: float | None, digits: int = 1) -> str:
+def percent(value: float | None, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{100 * value:.{digits}f}"
@@ -77,8 +78,8 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
     """The comparison as a plain-text table (accuracies and sparsities in %)."""
     agent = metadata["agent"]
     lines = [
-        f"{metadata['env_id']}: dense test accuracy {_percent(metadata['dense_test_accuracy'])}%, "
-        f"reward-split accuracy {_percent(metadata['dense_reward_accuracy'])}%",
+        f"{metadata['env_id']}: dense test accuracy {percent(metadata['dense_test_accuracy'])}%, "
+        f"reward-split accuracy {percent(metadata['dense_reward_accuracy'])}%",
         f"agent: {agent['algo'].upper()}, {agent['timesteps']:,} steps ({agent['action_type']} actions"
         + (f", {agent['levels']} levels" if agent.get("levels") else "")
         + (f", trained here in {agent['train_seconds']:.0f} s, {agent['episodes']:,} episodes)"
@@ -102,16 +103,16 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
     previous = None
     for row in results:
         cells = [
-            _percent(row.target_sparsity, 0) + "%" if row.target_sparsity != previous else "",
+            percent(row.target_sparsity, 0) + "%" if row.target_sparsity != previous else "",
             row.method,
-            _percent(row.test_accuracy),
-            _percent(row.reward_accuracy),
-            _percent(row.param_sparsity, 2),
-            _percent(row.flops_sparsity, 2),
+            percent(row.test_accuracy),
+            percent(row.reward_accuracy),
+            percent(row.param_sparsity, 2),
+            percent(row.flops_sparsity, 2),
             f"{row.seconds:.2f}",
         ]
         if finetuned:
-            cells.insert(3, _percent(row.finetuned_test_accuracy))
+            cells.insert(3, percent(row.finetuned_test_accuracy))
         rows.append(cells)
         previous = row.target_sparsity
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
@@ -150,18 +151,24 @@ def write_results(comparison: Comparison, output: Path, env: Any | None = None) 
         writer.writerow({key: values[key] for key in _CSV_FIELDS})
     atomic_write_text(output / "results.csv", buffer.getvalue())
     atomic_write_text(output / "table.txt", comparison.table + "\n")
-    # Per-layer sparsities as recipes that `prune-gym export --recipe` and apply_recipe accept.
     bn_batches = prune_env_of(env).bn_recalibration_batches if env is not None else comparison.metadata["matched"].get("bn_recalibration_batches", 0)
-    for row in comparison.results:
-        recipe = Recipe(
-            layers=row.layer_sparsities, overall_sparsity=row.param_sparsity,
-            meta={"env_id": comparison.env_id, "method": row.method, "target_sparsity": row.target_sparsity,
-                  "bn_recalibration_batches": bn_batches, "test_accuracy": row.test_accuracy,
-                  "reward_accuracy": row.reward_accuracy},
-        )
-        atomic_write_json(output / "recipes" / f"{method_slug(row.method)}-{row.target_sparsity:.2f}.json", recipe.to_json())
+    write_recipes(comparison.results, output / "recipes", comparison.env_id, bn_batches)
     plot_accuracy(comparison, output / "accuracy_vs_sparsity.png")
     plot_layer_sparsity(comparison, output / "layer_sparsity.png")
+
+
+def write_recipes(results: Sequence[MethodResult], folder: Path, env_id: str, bn_recalibration_batches: int) -> None:
+    """Each row's per-layer sparsities as ``<folder>/<method>-<target>.json``, a recipe that
+    ``prune-gym export --recipe`` and ``apply_recipe`` accept, with the env's post-pruning step
+    (``bn_recalibration_batches``) so the exported model scores what the row says."""
+    for row in results:
+        recipe = Recipe(
+            layers=row.layer_sparsities, overall_sparsity=row.param_sparsity,
+            meta={"env_id": env_id, "method": row.method, "target_sparsity": row.target_sparsity,
+                  "bn_recalibration_batches": bn_recalibration_batches, "test_accuracy": row.test_accuracy,
+                  "reward_accuracy": row.reward_accuracy},
+        )
+        atomic_write_json(folder / f"{method_slug(row.method)}-{row.target_sparsity:.2f}.json", recipe.to_json())
 
 
 def method_slug(method: str) -> str:
@@ -169,7 +176,7 @@ def method_slug(method: str) -> str:
     return method.lower().replace(" + ", "-").replace("(", "").replace(")", "").replace(" ", "-")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: works without a display
@@ -180,7 +187,7 @@ def _pyplot():
 
 def plot_accuracy(comparison: Comparison, path: Path) -> None:
     """Test accuracy against target sparsity, one line per method (and after fine-tuning)."""
-    plt = _pyplot()
+    plt = pyplot()
     methods = list(dict.fromkeys(row.method for row in comparison.results))
     finetuned = any(row.finetuned_test_accuracy is not None for row in comparison.results)
     panels = [("test accuracy (one-shot)", "test_accuracy")]
@@ -208,7 +215,7 @@ def plot_accuracy(comparison: Comparison, path: Path) -> None:
 
 def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
     """Per-layer sparsity of the agent against Global MP, one panel per target."""
-    plt = _pyplot()
+    plt = pyplot()
     agent_label = next(row.method for row in comparison.results if row.method.endswith("(greedy)"))
     best_label = agent_label.replace("(greedy)", "(best found)")
     targets = list(dict.fromkeys(row.target_sparsity for row in comparison.results))
@@ -226,7 +233,7 @@ def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
         axis.set_ylim(0, 100)
         axis.set_title(
             f"target {100 * target:.0f}%: test accuracy "
-            + ", ".join(f"{row.method} {_percent(row.test_accuracy)}%" for row in bars), fontsize=9,
+            + ", ".join(f"{row.method} {percent(row.test_accuracy)}%" for row in bars), fontsize=9,
         )
         axis.set_xticks(list(positions))
         axis.set_xticklabels(names, rotation=60, ha="right", fontsize=7)

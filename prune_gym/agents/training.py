@@ -245,6 +245,7 @@ def train_agent(
     resumable: bool = True,
     n_envs: int | None = None,
     log: Callable[[str], None] | None = None,
+    on_episode: Callable[[EpisodeRecorder], None] | None = None,
 ) -> TrainResult:
     """Train ``algo`` on ``env_id`` for ``timesteps`` steps in total, with checkpoints.
 
@@ -276,6 +277,8 @@ def train_agent(
             ``n_envs``, else 1); ignored when ``env`` is given. The envs built here are closed
             when training ends.
         log: where the note on what is trained goes (None: the ``prune_gym`` logger).
+        on_episode: called with the :class:`EpisodeRecorder` after every finished episode
+            (``prune-gym sweep`` reports its metrics to Ray Tune from there).
 
     Returns:
         A :class:`TrainResult`; the final agent is also saved as ``<output_dir>/model.zip``,
@@ -313,7 +316,7 @@ def train_agent(
 
     run_record = _run_record(env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed)
     atomic_write_json(output / "run.json", {**run_record, "status": "running"})
-    recorder = EpisodeRecorder(output / "episodes.jsonl", tensorboard=tensorboard)
+    recorder = EpisodeRecorder(output / "episodes.jsonl", tensorboard=tensorboard, on_episode=on_episode)
     started = time.perf_counter()
     remaining = max(timesteps - model.num_timesteps, 0)
     if remaining:
