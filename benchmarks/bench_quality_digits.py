@@ -67,7 +67,9 @@ from prune_gym.agents.compare import (
     run_episode,
 )
 from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
+from prune_gym.agents.report import pyplot
 from prune_gym.agents.search import local_search
+from prune_gym.agents.sweep_report import mean_std
 from prune_gym.agents.training import agent_env_kwargs_for, make_training_env
 from prune_gym.finetune import recipe_for
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
@@ -252,11 +254,6 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
 # Aggregation, tables and plots
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def aggregate(runs: list[dict[str, Any]], methods: list[str], targets: list[float]) -> list[dict[str, Any]]:
     summary = []
     for method in methods:
@@ -387,18 +384,9 @@ def _seeds_text(record: dict[str, Any]) -> str:
     return f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: works without a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_accuracy(record: dict[str, Any], path: Path) -> None:
     """Test accuracy vs sparsity, mean ± std band per method, before and after fine-tuning."""
-    plt = _pyplot()
+    plt = pyplot()
     targets, summary = record["config"]["sparsities"], record["summary"]
     panels = [("before fine-tuning", "test_accuracy")]
     if record["config"]["finetune_epochs"]:
@@ -442,7 +430,7 @@ def plot_learning_curve(record: dict[str, Any], path: Path) -> None:
     search's best so far at the same number of env steps."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     targets, runs = [str(t) for t in record["config"]["sparsities"]], record["runs"]
     figure, axes = plt.subplots(2, len(targets), figsize=(3.6 * len(targets), 6.6), squeeze=False, sharey="col")
     for column, target in enumerate(targets):

@@ -3,7 +3,8 @@
 Order: Global MP vs ``torch.nn.utils.prune`` (+ reset time), env steps per second, the
 1,000-episode soak, the README's main command (``prune-gym compare``), masked fine-tuning on
 digits (after the comparison: it fine-tunes the DQN agent's best-found recipes the comparison
-recorded), quality on digits (agents vs Global MP over seeds), and the action
+recorded), quality on digits (agents vs Global MP over seeds), a digits sweep on Ray Tune
+(trials two at a time vs one after another; needs the ``[ray]`` extra), and the action
 parametrisations measured with random episodes.
 
 One convention: ``--output DIR`` is the folder a script writes into, its files named after the
@@ -117,6 +118,12 @@ BENCHMARKS: list[Benchmark] = [
         "quality", "bench_quality_digits.py", "Quality on digits: agents vs Global MP over seeds",
         full=lambda out, cuda: [["--output", str(out)]],
         quick=lambda out: [["--quick", "--output", str(out)]],
+    ),
+    Benchmark(
+        "sweep", "bench_sweep_digits.py", "A digits sweep on Ray Tune: concurrent vs sequential trials",
+        full=lambda out, cuda: [["--output", str(out)]],
+        quick=lambda out: [["--algos", "dqn", "--seeds", "0", "1", "--sparsity", "0.9", "--timesteps", "100",
+                            "--output", str(out)]],
     ),
     Benchmark(
         "action_modes", "bench_action_modes.py", "Action parametrisations: random episodes",
@@ -245,6 +252,16 @@ def table_quality(results: Path, link: str) -> str | None:
     return text
 
 
+def table_sweep(results: Path, link: str) -> str | None:
+    path = results / "sweep_digits.md"
+    if not path.is_file():
+        return None
+    images = [f"![accuracy vs sparsity, mean ± std over seeds]({link}sweep_digits_accuracy_vs_sparsity.png)",
+              f"![the agents' learning curves]({link}sweep_digits_learning_curves.png)"]
+    return (_without_title(path.read_text()) + f"\n\nRecord: [`sweep_digits.json`]({link}sweep_digits.json).\n\n"
+            + "\n\n".join(images))
+
+
 def table_action_modes(results: Path, link: str) -> str | None:
     path = results / "action_modes_digits.md"
     if not path.is_file():
@@ -256,7 +273,7 @@ def _date_and_machine(name: str, results: Path) -> tuple[str, str] | None:
     """When and where the recorded results of benchmark ``name`` were measured."""
     json_files = {"global_mp": "global_mp_cpu.json", "env_steps": "env_steps_cpu.json", "soak": "soak_digits.json",
                   "compare": "compare_digits.json", "quality": "quality_digits.json",
-                  "action_modes": "action_modes_digits.json"}
+                  "action_modes": "action_modes_digits.json", "sweep": "sweep_digits.json"}
     if name in json_files:
         record = _read_json(results / json_files[name])
         if record is None:
@@ -292,6 +309,7 @@ TABLES: dict[str, Callable[[Path, str], str | None]] = {
     "finetune": table_finetune,
     "compare": table_compare,
     "quality": table_quality,
+    "sweep": table_sweep,
     "action_modes": table_action_modes,
 }
 

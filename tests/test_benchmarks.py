@@ -72,6 +72,10 @@ def test_run_all_quick_smoke(tmp_path, digits_model_state):
     assert gmp["test_accuracy"] > 0.9
     for name in ("quality_digits_accuracy.png", "quality_digits_learning_curve.png", "quality_digits.md"):
         assert (output / name).stat().st_size > 0
+    sweep_record = json.loads((output / "sweep_digits.json").read_text())
+    for run in sweep_record["runs"].values():
+        assert run["finished"] == run["trials"] == 5  # two DQN seeds, two searches, the reference
+    assert sweep_record["speedup"] > 0 and sweep_record["same_aggregate"], sweep_record["largest_accuracy_difference"]
     # --quick never writes the recorded results: every script wrote into --output only.
     assert not (BENCHMARKS / "results" / "SUMMARY.md").exists()
     assert {path: path.stat().st_mtime_ns for path in (BENCHMARKS / "results").rglob("*") if path.is_file()} == recorded

@@ -178,6 +178,25 @@ def test_the_python_api_runs_the_same_sweep(tmp_path, digits_model_state):
     assert result.table == (tmp_path / "api" / "table.txt").read_text().rstrip("\n")
 
 
+def test_asha_stops_trailing_agent_trials_which_the_aggregate_leaves_out(tmp_path, digits_model_state):
+    output = tmp_path / "asha"
+    code, log = finish(run_cli(ENV, "--algo", "dqn", "--seeds", "0", "1", "2", "--timesteps", "300", "--n-envs", "1",
+                               "--sparsity", "0.9", "--no-search", "--scheduler", "asha", "--output", str(output)))
+    assert code == 0, log  # a trial the scheduler stops is its decision, not a failure
+    record = json.loads((output / "results.json").read_text())
+    agents = [t for t in record["trials"] if t["kind"] == "agent"]
+    assert {t["status"] for t in agents} <= {"finished", "stopped"}
+    for trial in agents:
+        # Every agent trial reported as it learned; a stopped one ended before its budget.
+        steps = trial["metrics"]["agent_timesteps"]
+        assert steps == 300 if trial["status"] == "finished" else steps < 300
+        if trial["status"] == "stopped":
+            assert f"trial {trial['name']}: stopped by the asha scheduler after {steps:,} steps" in log
+    finished = sorted(t["name"] for t in agents if t["status"] == "finished")
+    (best,) = [r for r in record["aggregate"] if r["method"] == "DQN (best found)"]
+    assert best["n"] == len(finished) and sorted(best["trials"]) == finished
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -126,7 +126,10 @@ def format_sweep_table(settings: Mapping[str, Any], trials: Sequence[TrialOutcom
             lines.append("  ".join("-" * w for w in widths))
     lines.append("")
     for trial in trials:
-        if trial.status != "finished":
+        if trial.status == "stopped":
+            lines.append(f"trial {trial.name}: stopped by the {settings['scheduler']} scheduler after "
+                         f"{trial.metrics.get('agent_timesteps', '?'):,} steps (not averaged in)")
+        elif trial.status != "finished":
             lines.append(f"trial {trial.name}: {trial.status}" + (f" ({trial.error})" if trial.error else ""))
     busy = sum(t.record["seconds"] for t in finished)
     lines.append(f"{len(finished)} of {len(trials)} trials finished; wall time {seconds:.0f} s, trials' own time "
