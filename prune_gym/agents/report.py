@@ -27,6 +27,7 @@ __all__ = [
     "method_slug",
     "plot_accuracy",
     "plot_layer_sparsity",
+    "text_table",
     "write_recipes",
     "write_results",
 ]
@@ -115,16 +116,23 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
             cells.insert(3, percent(row.finetuned_test_accuracy))
         rows.append(cells)
         previous = row.target_sparsity
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    numeric = set(range(2, len(header)))
-    for index, cells in enumerate(rows):
-        text = "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-        lines.append(text.rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += text_table(rows, text_columns=2)
     lines.append("")
     lines.append(f"accuracies and sparsities in %; time = one pruning episode; total {metadata['total_seconds']:.0f} s")
     return "\n".join(lines)
+
+
+def text_table(rows: Sequence[Sequence[str]], text_columns: int) -> list[str]:
+    """``rows`` (the first is the header) as aligned lines with a rule under the header: the
+    first ``text_columns`` columns left-aligned, the numbers after them right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for index, cells in enumerate(rows):
+        lines.append("  ".join(c.rjust(w) if i >= text_columns else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
 
 
 _CSV_FIELDS = (

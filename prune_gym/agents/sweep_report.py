@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prune_gym.agents.report import percent, pyplot
+from prune_gym.agents.report import percent, pyplot, text_table
 from prune_gym.io import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
@@ -119,11 +119,7 @@ def format_sweep_table(settings: Mapping[str, Any], trials: Sequence[TrialOutcom
             cells.insert(4, _cell(row.finetuned_test_accuracy_mean, row.finetuned_test_accuracy_std, row.n))
         table.append(cells)
         previous = row.target_sparsity
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for index, cells in enumerate(table):
-        lines.append("  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += text_table(table, text_columns=2)
     lines.append("")
     for trial in trials:
         if trial.status == "stopped":
