@@ -10,6 +10,9 @@ Timed (median over ``--repeats`` runs each):
 - ``prune_gym apply``: ``PruningState.set_masks(masks)``, the in-place mask multiply;
 - ``torch global_unstructured``: ``global_unstructured(params, L1Unstructured, amount=s)``, which
   computes the masks and the pruned weights (so it compares with masks + apply);
+- the two paths of the exact selection under Global MP's masks
+  (``prune_gym.selection``): ``remove_smallest_part_by_part`` (what the CPU uses) and
+  ``remove_smallest_concatenated`` (what CUDA uses), on the same scores, masks checked equal;
 - ``PruningState.restore()`` of the whole network (the cost of an environment reset), with
   ``model.load_state_dict`` from a copy kept in memory for reference.
 
@@ -41,6 +44,7 @@ from machine import cpu_model  # benchmarks/machine.py, beside this script
 from torch.nn.utils import prune as torch_prune
 
 from prune_gym.pruning import PruningState, find_prunable_layers, global_magnitude_masks
+from prune_gym.selection import remove_smallest_concatenated, remove_smallest_part_by_part
 
 
 def machine_info(device: torch.device) -> dict:
@@ -148,6 +152,27 @@ def bench_device(device: torch.device, sparsities: list[float], repeats: int) ->
         print(f"  sparsity {sparsity}: prune_gym {total_s:.3f} s, torch {torch_s:.3f} s, "
               f"x{torch_s / total_s:.2f}, masks equal: {masks_equal}", flush=True)
 
+    # The selection's two paths, side by side on the same scores (global_magnitude_masks's own).
+    scores = [w.detach().abs().flatten().float() for w in weights]
+    selection_rows = []
+    for sparsity in sparsities:
+        count = round(sparsity * total)
+        paths: dict[str, list[float]] = {"part_by_part": [], "concatenated": []}
+        same = True
+        for _ in range(repeats):
+            seconds, by_part = timed(lambda c=count: remove_smallest_part_by_part(scores, c), device)
+            paths["part_by_part"].append(seconds)
+            seconds, concatenated = timed(lambda c=count: remove_smallest_concatenated(scores, c), device)
+            paths["concatenated"].append(seconds)
+            same &= all(torch.equal(a, b) for a, b in zip(by_part, concatenated, strict=True))
+            del by_part, concatenated
+        part_s, concatenated_s = statistics.median(paths["part_by_part"]), statistics.median(paths["concatenated"])
+        selection_rows.append({"sparsity": sparsity, "part_by_part_s": part_s, "concatenated_s": concatenated_s,
+                               "concatenated_speedup": part_s / concatenated_s, "masks_equal": bool(same),
+                               "runs_s": paths})
+        print(f"  selection at {sparsity}: part by part {part_s:.4f} s, concatenated {concatenated_s:.4f} s, "
+              f"masks equal: {same}", flush=True)
+
     pruned_masks = global_magnitude_masks(weights, 0.9)
     restore_runs = []
     for _ in range(max(repeats, 5)):
@@ -173,6 +198,8 @@ def bench_device(device: torch.device, sparsities: list[float], repeats: int) ->
         "prunable_weights": total,
         "repeats": repeats,
         "results": rows,
+        "selection_path_used": "concatenated" if device.type == "cuda" else "part_by_part",
+        "selection_paths": selection_rows,
         "restore_s": statistics.median(restore_runs),
         "restore_runs_s": restore_runs,
         "load_state_dict_s": statistics.median(load_runs),
@@ -206,6 +233,17 @@ def markdown(result: dict) -> str:
             f"| {row['torch_global_unstructured_s']:.3f} | {row['speedup_vs_masks_and_apply']:.2f}x "
             f"| {row['speedup_vs_masks_only']:.2f}x {cpu_columns}| {'yes' if row['masks_equal'] else 'NO'} |"
         )
+    used = result["selection_path_used"].replace("_", " ")
+    lines += [
+        "",
+        f"The exact selection's two paths on the same scores (Global MP on {result['device']} uses the {used} one):",
+        "",
+        "| sparsity | part by part (s) | concatenated (s) | concatenated speed-up | masks equal |",
+        "|---:|---:|---:|---:|:---:|",
+        *[f"| {row['sparsity']} | {row['part_by_part_s']:.4f} | {row['concatenated_s']:.4f} "
+          f"| {row['concatenated_speedup']:.2f}x | {'yes' if row['masks_equal'] else 'NO'} |"
+          for row in result["selection_paths"]],
+    ]
     lines += [
         "",
         f"`PruningState.restore()` of all {result['prunable_layers']} layers (environment reset): "
@@ -244,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             (args.output / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
             (args.output / f"{stem}.md").write_text(table + "\n")
         print(table, flush=True)
-        failed |= not all(row["masks_equal"] for row in result["results"])
+        failed |= not all(row["masks_equal"] for row in [*result["results"], *result["selection_paths"]])
     return 1 if failed else 0
 
 

@@ -2,8 +2,11 @@
 
 Ties are broken by index (the earlier element goes first), everywhere in prune-gym, so the same
 scores always give the same mask. :func:`remove_smallest_in_parts` selects across many tensors
-(Global MP's one threshold over a whole network) without concatenating them: a sampled bracket
-narrows the threshold, and only the scores inside it are sorted.
+(Global MP's one threshold over a whole network): a sampled bracket narrows the threshold, and
+only the scores inside it are sorted. On the CPU it works part by part without concatenating
+them; on a GPU, where each of those per-part steps waits for the device, it concatenates and
+needs a handful of waits in all (:func:`remove_smallest_concatenated`; both measured in
+``benchmarks/README.md``, Global MP section).
 """
 
 from __future__ import annotations
@@ -38,14 +41,34 @@ def remove_smallest(scores: Tensor, count: int) -> Tensor:
 _SAMPLE = 1 << 16
 
 
+def _bracket(sample: Tensor, count: int, total: int) -> tuple[Tensor | None, Tensor | None]:
+    """Values of ``sample`` (strided from all ``total`` scores) below and above which the
+    ``count``-th smallest score almost surely lies (None: no bound on that side)."""
+    rank = count / total * len(sample)
+    margin = 8.0 * math.sqrt(max(rank * (1 - count / total), 1.0)) + 32  # binomial spread, generously
+    low_rank, high_rank = int(rank - margin), int(rank + margin) + 1
+    low = torch.kthvalue(sample, low_rank).values if low_rank >= 1 else None
+    high = torch.kthvalue(sample, high_rank).values if high_rank <= len(sample) else None
+    return low, high
+
+
 def remove_smallest_in_parts(parts: Sequence[Tensor], count: int) -> list[Tensor]:
-    """:func:`remove_smallest` over the concatenation of ``parts``, without concatenating them.
+    """:func:`remove_smallest` over the concatenation of ``parts``, one keep-mask per part.
 
     Same result, bit for bit (ties broken by index in the concatenated order), but no sort or
-    ``kthvalue`` over all values: a strided sample brackets the threshold, one pass counts the
-    values below the bracket and gathers those inside it, and ``kthvalue`` runs on that small
-    set only. If the bracket misses (unusual data), it falls back to the full ``kthvalue``.
+    ``kthvalue`` over all values: a strided sample brackets the threshold, the values below the
+    bracket are counted and those inside it gathered, and ``kthvalue`` runs on that small set
+    only. If the bracket misses (unusual data), it falls back to the full ``kthvalue``. CUDA
+    tensors go to :func:`remove_smallest_concatenated`, others to
+    :func:`remove_smallest_part_by_part`.
     """
+    if parts and parts[0].is_cuda:
+        return remove_smallest_concatenated(parts, count)
+    return remove_smallest_part_by_part(parts, count)
+
+
+def remove_smallest_part_by_part(parts: Sequence[Tensor], count: int) -> list[Tensor]:
+    """The CPU path of :func:`remove_smallest_in_parts`: one pass per part, no copy of all scores."""
     sizes = [part.numel() for part in parts]
     total = sum(sizes)
     if count <= 0:
@@ -53,12 +76,7 @@ def remove_smallest_in_parts(parts: Sequence[Tensor], count: int) -> list[Tensor
     if count >= total:
         return [torch.zeros(n, dtype=torch.bool, device=part.device) for n, part in zip(sizes, parts)]
     stride = max(1, total // _SAMPLE)
-    sample = torch.cat([part[::stride] for part in parts])
-    rank = count / total * len(sample)
-    margin = 8.0 * math.sqrt(max(rank * (1 - count / total), 1.0)) + 32  # binomial spread, generously
-    low_rank, high_rank = int(rank - margin), int(rank + margin) + 1
-    low = torch.kthvalue(sample, low_rank).values if low_rank >= 1 else None
-    high = torch.kthvalue(sample, high_rank).values if high_rank <= len(sample) else None
+    low, high = _bracket(torch.cat([part[::stride] for part in parts]), count, total)
     # One pass per part: how many values lie below the bracket, and where the ones inside are.
     below, outside_high, positions, candidates = 0, [], [], []
     for part in parts:
@@ -87,6 +105,31 @@ def remove_smallest_in_parts(parts: Sequence[Tensor], count: int) -> list[Tensor
             to_remove = max(0, to_remove - len(tied))
         keeps.append(keep)
     return keeps
+
+
+def remove_smallest_concatenated(parts: Sequence[Tensor], count: int) -> list[Tensor]:
+    """The GPU path of :func:`remove_smallest_in_parts`: the same bracket, then whole-tensor
+    operations on a copy of all scores, waiting for the device three or four times in all where
+    the part-by-part path waits a few times per part. On the CPU it is slower than that path.
+    Same masks, bit for bit."""
+    sizes = [part.numel() for part in parts]
+    scores = torch.cat(list(parts))
+    total = scores.numel()
+    if count <= 0 or count >= total:
+        return list(remove_smallest(scores, count).split(sizes))
+    low, high = _bracket(scores[:: max(1, total // _SAMPLE)], count, total)
+    under = scores < low if low is not None else torch.zeros_like(scores, dtype=torch.bool)
+    within_high = scores <= high if high is not None else torch.ones_like(scores, dtype=torch.bool)
+    needed = count - int(torch.count_nonzero(under))
+    pool = scores[within_high & ~under]
+    if not 1 <= needed <= len(pool):  # the bracket missed the count-th value (unusual data)
+        return remove_smallest_in_parts_plainly(parts, count)
+    threshold = torch.kthvalue(pool, needed).values
+    remove = scores < threshold
+    missing = count - int(torch.count_nonzero(remove))
+    if missing > 0:  # ties at the threshold: the first ones in concatenated order go
+        remove[torch.nonzero(scores == threshold).flatten()[:missing]] = True
+    return list((~remove).split(sizes))
 
 
 def remove_smallest_in_parts_plainly(parts: Sequence[Tensor], count: int) -> list[Tensor]:

@@ -587,12 +587,17 @@ def test_accounting_after_a_known_mask():
     assert flops_removed(flops, [None, 0.75]) == pytest.approx(2 * 320 * 0.75 / 4096)
 
 
+@pytest.mark.parametrize("path", ["part_by_part", "concatenated"])
 @pytest.mark.parametrize("kind", ["uniform", "ties", "zeros", "heavy-tailed"])
-def test_bracketed_selection_equals_one_kthvalue_over_everything(kind):
+def test_bracketed_selection_equals_one_kthvalue_over_everything(kind, path):
     """Global MP's threshold comes from a sampled bracket and a kthvalue over the values inside
     it; the masks must equal the plain selection over the concatenation, ties (broken by index
-    in concatenated order) included, for every count."""
-    from prune_gym.selection import remove_smallest, remove_smallest_in_parts
+    in concatenated order) included, for every count. Both paths (the CPU's part by part, the
+    GPU's concatenated) are checked here on the CPU; tests/test_cuda.py checks them on a GPU."""
+    from prune_gym import selection
+    from prune_gym.selection import remove_smallest
+
+    select = getattr(selection, f"remove_smallest_{path}")
 
     generator = torch.Generator().manual_seed(7)
     for trial in range(40):
@@ -609,9 +614,26 @@ def test_bracketed_selection_equals_one_kthvalue_over_everything(kind):
         total = sum(part.numel() for part in parts)
         for count in (0, 1, total // 3, total // 2, total - 1, total, int(torch.randint(0, total + 1, (1,), generator=generator))):
             expected = remove_smallest(torch.cat(parts), count)
-            got = torch.cat(remove_smallest_in_parts(parts, count))
+            got = torch.cat(select(parts, count))
             assert torch.equal(got, expected), (trial, count)
             assert int((~got).sum()) == count
+
+
+@pytest.mark.parametrize("path", ["part_by_part", "concatenated"])
+def test_bracketed_selection_from_a_strided_sample_is_exact(path):
+    """Past 65,536 scores the bracket comes from a strided sample (here every 6th score): still
+    the plain selection's masks, with heavy ties at the threshold."""
+    from prune_gym import selection
+
+    generator = torch.Generator().manual_seed(3)
+    sizes = (1728, 147_456, 9, 250_000, 36_864)
+    parts = [torch.randint(0, 2000, (n,), generator=generator).float() / 2000 for n in sizes]
+    total = sum(sizes)
+    for count in (1, total // 10, total // 2, round(0.9 * total), total - 1):
+        expected = selection.remove_smallest(torch.cat(parts), count)
+        got = getattr(selection, f"remove_smallest_{path}")(parts, count)
+        assert [m.numel() for m in got] == list(sizes)
+        assert torch.equal(torch.cat(got), expected), count
 
 
 def test_non_finite_weights_are_refused_wherever_they_are():
