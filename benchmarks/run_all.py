@@ -4,8 +4,9 @@ Order: Global MP vs ``torch.nn.utils.prune`` (+ reset time), env steps per secon
 1,000-episode soak, the README's main command (``prune-gym compare``), masked fine-tuning on
 digits (after the comparison: it fine-tunes the DQN agent's best-found recipes the comparison
 recorded), quality on digits (agents vs Global MP over seeds), a digits sweep on Ray Tune
-(trials two at a time vs one after another; needs the ``[ray]`` extra), and the action
-parametrisations measured with random episodes.
+(trials two at a time vs one after another; needs the ``[ray]`` extra), the action
+parametrisations measured with random episodes, and the cost of a ResNet-50 sweep trial from
+measured parts (GPU only in the full run).
 
 One convention: ``--output DIR`` is the folder a script writes into, its files named after the
 benchmark (``DIR/quality_digits.json`` ...); without it a script only prints (the quality and
@@ -27,7 +28,8 @@ Usage, from the repository root::
 Every script runs in its own process with ``OMP_NUM_THREADS=1`` (``--omp-threads``): the
 recorded CPU figures were taken that way, since two threads per process on a busy 2-core
 machine are slower and noisier than one. With a visible GPU the full run also records the
-CUDA figures (Global MP on cuda; env steps at 224x224 with and without AMP).
+CUDA figures (Global MP on cuda; env steps at 224x224 with and without AMP; the ResNet-50
+trial cost).
 """
 
 from __future__ import annotations
@@ -129,6 +131,12 @@ BENCHMARKS: list[Benchmark] = [
         "action_modes", "bench_action_modes.py", "Action parametrisations: random episodes",
         full=lambda out, cuda: [["--output", str(out)]],
         quick=lambda out: [["--episodes", "2", "--sparsities", "0.9", "--output", str(out)]],
+    ),
+    Benchmark(
+        "resnet50_cost", "bench_resnet50_cost.py", "ResNet-50 sweep trial cost, from measured parts",
+        full=lambda out, cuda: [["--device", "cuda", "--output", str(out)]] if cuda else [],
+        quick=lambda out: [["--device", "cpu", "--size", "32", "--samples", "16", "--episodes", "1",
+                            "--output", str(out)]],
     ),
 ]
 NAMES = [benchmark.name for benchmark in BENCHMARKS]
@@ -269,11 +277,19 @@ def table_action_modes(results: Path, link: str) -> str | None:
     return path.read_text().strip() + f"\n\nRecord: [`action_modes_digits.json`]({link}action_modes_digits.json)."
 
 
+def table_resnet50_cost(results: Path, link: str) -> str | None:
+    parts = [f"**{device.upper()}** ([JSON]({link}resnet50_cost_{device}.json)): "
+             + (results / f"resnet50_cost_{device}.md").read_text().strip()
+             for device in ("cuda", "cpu") if (results / f"resnet50_cost_{device}.md").is_file()]
+    return "\n\n".join(parts) or None
+
+
 def _date_and_machine(name: str, results: Path) -> tuple[str, str] | None:
     """When and where the recorded results of benchmark ``name`` were measured."""
     json_files = {"global_mp": "global_mp_cpu.json", "env_steps": "env_steps_cpu.json", "soak": "soak_digits.json",
                   "compare": "compare_digits.json", "quality": "quality_digits.json",
-                  "action_modes": "action_modes_digits.json", "sweep": "sweep_digits.json"}
+                  "action_modes": "action_modes_digits.json", "sweep": "sweep_digits.json",
+                  "resnet50_cost": "resnet50_cost_cuda.json"}
     if name in json_files:
         record = _read_json(results / json_files[name])
         if record is None:
@@ -311,6 +327,7 @@ TABLES: dict[str, Callable[[Path, str], str | None]] = {
     "quality": table_quality,
     "sweep": table_sweep,
     "action_modes": table_action_modes,
+    "resnet50_cost": table_resnet50_cost,
 }
 
 

@@ -207,6 +207,11 @@ class Evaluator:
         self._cached_stage: int | None = None
         self._cache: list[Tensor] = []
 
+    @property
+    def resident(self) -> bool:
+        """Whether the split is held on the device as tensors (else a loader reads it per pass)."""
+        return self.loader is None
+
     def check(self, split: str = "split") -> int:
         """Run the model on two samples and check its output against the labels; returns the
         number of classes. Raises ValueError naming the model and ``split`` when the model

@@ -284,3 +284,22 @@ def test_progress_is_a_plain_line_in_a_log_and_a_bar_on_a_terminal(tmp_path, cap
     agent.learn(44, callback=[recorder, TrainingProgress(recorder, stream=stream)])
     assert "44/44" in stream.getvalue() and "best reward acc 0.5: " in stream.getvalue()
     assert len(recorder.records) == 2 and np.isfinite(recorder.best_reward_accuracy())
+
+
+def test_training_envs_leave_a_test_split_read_by_a_loader_unscored(monkeypatch):
+    """Training never reads the test split: where a pass would decode it again (ImageNet's
+    validation JPEGs) the training env skips it, unless the caller asks for it."""
+    from prune_gym import evaluation
+    from prune_gym.agents.training import make_training_env
+
+    monkeypatch.setattr(evaluation, "MAX_RESIDENT_SAMPLES", 4)  # the 8-sample synthetic splits: "large"
+    env = make_training_env(ENV_ID, targets=[0.5], **SYNTHETIC)
+    assert not env.unwrapped.engine.test_evaluator.resident and not env.unwrapped.evaluate_test_at_end
+    env.reset(seed=0)
+    terminated = False
+    while not terminated:
+        _, _, terminated, _, info = env.step(env.action_space.sample())
+    assert "test_accuracy" not in info and "reward_accuracy" in info
+    asked = make_training_env(ENV_ID, targets=[0.5], evaluate_test=True, **SYNTHETIC)
+    assert asked.unwrapped.evaluate_test_at_end
+    assert gym.make(ENV_ID, **SYNTHETIC).unwrapped.evaluate_test_at_end  # gym.make's default: scored

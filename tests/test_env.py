@@ -212,9 +212,11 @@ def test_reset_option_changes_the_target(env):
 def test_global_mp_played_through_the_env_equals_global_mp_applied_directly(
     digits_model, digits_model_state, bn_recalibration_batches
 ):
+    # On the CPU, as the direct application below: the comparison is exact (a GPU's bf16 autocast
+    # moves accuracies by an image or two; tests/test_cuda.py compares the two devices).
     env = gym.make(
         DIGITS, action_type="continuous", action_mode="absolute", target_sparsity=0.8,
-        bn_recalibration_batches=bn_recalibration_batches,
+        bn_recalibration_batches=bn_recalibration_batches, device="cpu",
     )
     unwrapped = env.unwrapped
     sparsities = unwrapped.global_mp_sparsities()
@@ -360,6 +362,7 @@ def test_stepping_after_the_episode_or_before_reset_is_an_error(digits_model_sta
         ({"reward": "nope"}, "unknown reward"),
         ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "tpu"}, "device"),
         ({"render_mode": "human"}, "render_mode"),
+        ({"evaluate_test": "yes"}, "evaluate_test"),
     ],
 )
 def test_bad_kwargs_are_clear_errors(digits_model_state, kwargs, message):
@@ -439,6 +442,40 @@ def test_custom_model_with_conv1d_and_linear():
     assert "test_accuracy" in infos[-1]
     with pytest.raises(ValueError, match="model="):
         PruneEnv(reward_data=(x, y))
+
+
+def test_the_test_split_is_scored_at_the_end_only_where_it_is_on_the_device(monkeypatch):
+    """evaluate_test=None (the agents' training envs) scores a resident test split at each
+    episode's end and leaves one read by a loader (ImageNet's validation JPEGs) to whoever
+    reports; the default (True) always scores it; compare's episodes score it either way, with
+    the same number."""
+    from torch.utils.data import TensorDataset
+
+    from prune_gym import evaluation
+    from prune_gym.agents.compare import run_episode
+    from prune_gym.agents.policies import GlobalMagnitudePolicy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(90, 12), torch.randint(0, 3, (90,))
+    monkeypatch.setattr(evaluation, "MAX_RESIDENT_SAMPLES", 50)  # a 60-sample Dataset is now "large"
+    split = {"reward_data": (x[:30], y[:30]), "target_sparsity": 0.5, "device": "cpu"}
+
+    def last_info(**kwargs):
+        env = PruneEnv(model=copy.deepcopy(model), **split, **kwargs)
+        return env, rollout(env, actions=[5, 5])[2][-1]
+
+    env, info = last_info(test_data=TensorDataset(x[30:], y[30:]), evaluate_test=None)  # a loader's: not scored
+    assert not env.engine.test_evaluator.resident and "test_accuracy" not in info and env.dense_test_accuracy is None
+    expected = env.evaluate_test()
+    played = run_episode(GlobalMagnitudePolicy(env), env, 0.5, deterministic=True, method="Global MP")
+    assert played.test_accuracy == env.evaluate_test() and not np.isnan(played.test_accuracy)
+    env, info = last_info(test_data=TensorDataset(x[30:], y[30:]))  # the default: always scored
+    assert info["test_accuracy"] == expected and "dense_test_accuracy" in info
+    env, info = last_info(test_data=(x[30:], y[30:]), evaluate_test=None)  # tensors: on the device, scored
+    assert env.engine.test_evaluator.resident and info["test_accuracy"] == expected
+    env, info = last_info(test_data=(x[30:], y[30:]), evaluate_test=False)
+    assert "test_accuracy" not in info
 
 
 # -- BatchNorm re-calibration ------------------------------------------------------------------------

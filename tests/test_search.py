@@ -46,3 +46,22 @@ def test_search_is_reproducible_and_needs_continuous_actions(env, digits_model_s
         local_search(gym.make(ENV_ID, device="cpu"), 0.9, 3)
     with pytest.raises(ValueError, match="episodes must be a whole number"):
         local_search(env, 0.9, 0)
+
+
+def test_the_search_never_scores_a_test_split_read_by_a_loader(monkeypatch):
+    """The search's candidates select on the reward split: on the reference env (evaluate_test
+    None) none of its episodes decodes the test split; the row compare reports scores it once."""
+    from prune_gym import evaluation
+    from prune_gym.agents.compare import make_reference_env, run_episode
+    from prune_gym.agents.policies import RecipePolicy
+    from prune_gym.envs.engine import PruningEngine
+
+    monkeypatch.setattr(evaluation, "MAX_RESIDENT_SAMPLES", 4)  # the 8-sample synthetic test split: "large"
+    reference_env, _, _ = make_reference_env(ENV_ID, [0.5], {"synthetic": True, "synthetic_samples": 8, "device": "cpu"}, None)
+    calls = []
+    original = PruningEngine.test_accuracy
+    monkeypatch.setattr(PruningEngine, "test_accuracy", lambda self: calls.append(1) or original(self))
+    result = local_search(reference_env, 0.5, episodes=4, seed=0)
+    assert calls == []
+    row = run_episode(RecipePolicy(reference_env, result.layer_sparsities), reference_env, 0.5, method="local search")
+    assert len(calls) == 1 and 0.0 <= row.test_accuracy <= 1.0

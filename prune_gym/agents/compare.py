@@ -73,7 +73,10 @@ DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 MAX_SPARSITY_CEILING = 0.999
 
 
-def run_episode(policy: Any, env: gym.Env, target: float | None, deterministic: bool = True, method: str = "") -> MethodResult:
+def run_episode(
+    policy: Any, env: gym.Env, target: float | None, deterministic: bool = True, method: str = "",
+    score_test: bool = True,
+) -> MethodResult:
     """Prune with ``policy`` (anything with SB3's ``predict``) for one episode of ``env``.
 
     A loop of its own rather than SB3's ``evaluate_policy``, which can neither reset with
@@ -86,6 +89,9 @@ def run_episode(policy: Any, env: gym.Env, target: float | None, deterministic: 
         target: the episode's target sparsity (None keeps the env's).
         deterministic: passed to ``predict`` (greedy actions for trained agents).
         method: the label of the result.
+        score_test: score the test split when the env's last step did not (its ``evaluate_test``
+            is off for this split); False leaves ``test_accuracy`` NaN then (the search's
+            candidates, which select on the reward split).
     """
     options = {"target_sparsity": target} if target is not None else None
     started = time.perf_counter()
@@ -96,8 +102,10 @@ def run_episode(policy: Any, env: gym.Env, target: float | None, deterministic: 
         observation, reward, terminated, truncated, info = env.step(action)
         episode_return += float(reward)
         done = terminated or truncated
-    seconds = time.perf_counter() - started
     prune_env = prune_env_of(env)
+    if score_test and "test_accuracy" not in info and prune_env.test_data is not None:  # a report needs it
+        info = {**info, "test_accuracy": prune_env.evaluate_test()}
+    seconds = time.perf_counter() - started
     return MethodResult(
         method=method,
         target_sparsity=float(target if target is not None else prune_env.target_sparsity or 0.0),
@@ -170,8 +178,11 @@ def make_reference_env(
 
 
 def _reference_kwargs(shared: Mapping[str, Any], target: float) -> dict[str, Any]:
-    """The reference policies play exact sparsities: continuous actions, absolute mode."""
-    return {**shared, "action_type": "continuous", "action_mode": "absolute", "target_sparsity": target}
+    """The reference policies play exact sparsities: continuous actions, absolute mode. The test
+    split is scored by ``run_episode`` for the rows reported, not at the end of every search
+    episode (``evaluate_test=None``, unless ``shared`` says otherwise)."""
+    return {"evaluate_test": None, **shared, "action_type": "continuous", "action_mode": "absolute",
+            "target_sparsity": target}
 
 
 def compare(
@@ -413,7 +424,7 @@ def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_thresh
 
 def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwargs, agent_action_type, shared,
               min_threshold, max_sparsity_note, finetune_epochs) -> dict[str, Any]:
-    dense_test = reference.dense_test_accuracy if reference.dense_test_accuracy is not None else float("nan")
+    dense_test = reference.measure_dense_test_accuracy() if reference.test_data is not None else float("nan")
     levels = prune_env_of(agent_env).levels
     return {
         "env_id": env_id,

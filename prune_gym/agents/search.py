@@ -71,7 +71,8 @@ def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: fl
     rng = np.random.default_rng(seed)
 
     def play(sparsities: np.ndarray) -> tuple[float, np.ndarray]:
-        row = run_episode(RecipePolicy(env, dict(zip(names, sparsities.tolist(), strict=True))), env, target)
+        policy = RecipePolicy(env, dict(zip(names, sparsities.tolist(), strict=True)))
+        row = run_episode(policy, env, target, score_test=False)  # selects on the reward split
         return row.reward_accuracy, np.array([row.layer_sparsities[name] for name in names])
 
     best_accuracy, best = play(np.asarray(prune_env.global_mp_sparsities(target), dtype=np.float64))

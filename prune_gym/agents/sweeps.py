@@ -484,7 +484,7 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
                     reference_entries(reference_env, spec["seed"], settings["min_threshold"]), t,
                     settings["finetune_epochs"], spec["seed"])]
                 extra = {}
-            dense = reference.dense_test_accuracy
+            dense = reference.measure_dense_test_accuracy() if reference.test_data is not None else None
             record = {
                 "sweep_id": settings["sweep_id"], "trial": dict(spec), "name": trial_label(spec), **extra,
                 "rows": [asdict(row) for row in rows],

@@ -95,10 +95,15 @@ def make_training_env(
 ) -> gym.Env | VecEnv:
     """``gym.make(env_id, **env_kwargs)``, with a target drawn per episode when several are given.
 
+    Training envs score the test split at an episode's end only where it is held on the device
+    (``evaluate_test=None`` unless ``env_kwargs`` says otherwise): training never reads it, and
+    ImageNet's 50,000 validation JPEGs would cost about 260 s per episode (``benchmarks/README.md``).
+
     With ``n_envs > 1``: a ``SubprocVecEnv`` of that many such envs, one process each (seeds
     ``seed``, ``seed + 1``, ...; each with this process's torch thread count), so that the
     evaluations of the pruned networks, which dominate the cost of a step, run in parallel.
     """
+    env_kwargs = {"evaluate_test": None, **env_kwargs}
     if int(n_envs) > 1:
         factories = [
             partial(_worker_env, env_id, targets, None if seed is None else seed + index, torch.get_num_threads(), env_kwargs)

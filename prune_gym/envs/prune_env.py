@@ -116,7 +116,8 @@ class PruneEnv(gym.Env):
     ## Episode End
 
     Terminates after the last prunable layer (episode length = number of prunable layers); the
-    last step's ``info`` holds the per-layer sparsities and the test accuracy. The env itself
+    last step's ``info`` holds the per-layer sparsities and the test accuracy (``evaluate_test``
+    says when; ``evaluate_test()`` scores the test split at any time). The env itself
     never truncates; ``gym.make`` adds a ``TimeLimit`` of the same length, which also reports
     ``truncated=True`` on that last step (``terminated`` is True there too: treat the episode
     as ended, not cut off).
@@ -159,6 +160,15 @@ class PruneEnv(gym.Env):
       train batches) after each pruning step, the PuRL-style schedule (0 = off). Later layers
       are then pruned by the magnitude of their retrained weights. Reset restores every
       parameter and buffer from a device copy.
+    - ``evaluate_test``: score the test split at the end of each episode (``info["test_accuracy"]``
+      and ``info["dense_test_accuracy"]``; default True). None: only where the test split is
+      held on the device (up to 20,000 samples: digits, HAR-2, CIFAR-10), not ImageNet's 50,000
+      validation JPEGs, which every pass decodes again: about 260 s per episode against 4 s for
+      the episode's 54 reward-split steps on an H100 (``benchmarks/README.md``). Training never
+      reads the test split, so the agents' training envs use None
+      (``prune_gym.agents.training.make_training_env``); pass None or False when you train your
+      own agent on an ImageNet env, and call ``env.unwrapped.evaluate_test()`` at the end of the
+      episodes you report (``prune-gym compare`` and ``sweep`` do).
     - ``render_mode``: ``"ansi"`` (a per-layer table) or ``"rgb_array"`` (a bar chart).
 
     ## Version History
@@ -174,7 +184,9 @@ class PruneEnv(gym.Env):
       release of v1: the spread bounds count each later layer's cap (until then, at targets
       where Global MP takes large layers close to ``max_sparsity``, e.g. 0.95 on the digits
       model, a deficit those layers could not absorb still emptied the classifier); results
-      recorded before that date differ at such targets.
+      recorded before that date differ at such targets. Also on 2026-11-22: ``evaluate_test``
+      (False, or None where the test split is not held on the device, leaves the test accuracy
+      out of the last step's ``info``; the default, True, keeps it).
     - v0: initial release.
     """
 
@@ -212,6 +224,7 @@ class PruneEnv(gym.Env):
         bn_recalibration_batches: int | None = None,
         finetune_steps: int = 0,
         finetune_lr: float = 0.01,
+        evaluate_test: bool | None = True,
         render_mode: str | None = None,
     ) -> None:
         super().__init__()
@@ -225,6 +238,9 @@ class PruneEnv(gym.Env):
         if bn_recalibration_batches is None:
             bn_recalibration_batches = self._task_default(task, "bn_recalibration_batches", 0)
         self._check_settings(sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps, finetune_lr)
+        if evaluate_test not in (None, True, False):
+            raise ValueError(f"evaluate_test must be True, False or None (only where the test split is on the "
+                             f"device), got {evaluate_test!r}")
         self.reward_fn = get_reward(reward)
         self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
         self.render_mode = render_mode
@@ -264,6 +280,10 @@ class PruneEnv(gym.Env):
         # The engine's parts a user reads (see "Episode state").
         self.layers, self.state, self.evaluator = self.engine.layers, self.engine.state, self.engine.evaluator
         self.train_data, self.test_data = train_data, test_data
+        test_evaluator = self.engine.test_evaluator
+        #: Whether each episode's last step scores the test split (see ``evaluate_test``).
+        self.evaluate_test_at_end = test_evaluator is not None and (
+            evaluate_test if evaluate_test is not None else test_evaluator.resident)
         self.num_layers, self.layer_flops = len(self.layers), self.engine.layer_flops
         self._static = static_features(self.layers, self.state.dense, self.layer_flops)
         self._global_mp_cache: dict[tuple[float, float | None], list[float]] = {}
@@ -482,7 +502,7 @@ class PruneEnv(gym.Env):
             info["layer_sparsities"] = dict(zip(self.layer_names(), self.applied))
             info["dense_reward_accuracy"] = self.dense_reward_accuracy
             info["synthetic"] = self.synthetic
-            if self.test_data is not None:
+            if self.evaluate_test_at_end:
                 info["test_accuracy"] = self.evaluate_test()
                 info["dense_test_accuracy"] = self.measure_dense_test_accuracy()
         return self._observation(), reward, terminated, False, info
