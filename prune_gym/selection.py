@@ -28,7 +28,12 @@ def remove_smallest(scores: Tensor, count: int) -> Tensor:
         return torch.ones(total, dtype=torch.bool, device=scores.device)
     if count >= total:
         return torch.zeros(total, dtype=torch.bool, device=scores.device)
-    threshold = torch.kthvalue(scores, count).values
+    return _keep_above(scores, torch.kthvalue(scores, count).values, count)
+
+
+def _keep_above(scores: Tensor, threshold: Tensor, count: int) -> Tensor:
+    """Keep-mask removing the ``count`` smallest ``scores``, ``threshold`` being the count-th
+    smallest: every score below it, then the first scores equal to it (by flat index)."""
     remove = scores < threshold
     missing = count - int(remove.sum())
     if missing > 0:
@@ -123,13 +128,8 @@ def remove_smallest_concatenated(parts: Sequence[Tensor], count: int) -> list[Te
     needed = count - int(torch.count_nonzero(under))
     pool = scores[within_high & ~under]
     if not 1 <= needed <= len(pool):  # the bracket missed the count-th value (unusual data)
-        return remove_smallest_in_parts_plainly(parts, count)
-    threshold = torch.kthvalue(pool, needed).values
-    remove = scores < threshold
-    missing = count - int(torch.count_nonzero(remove))
-    if missing > 0:  # ties at the threshold: the first ones in concatenated order go
-        remove[torch.nonzero(scores == threshold).flatten()[:missing]] = True
-    return list((~remove).split(sizes))
+        return list(remove_smallest(scores, count).split(sizes))
+    return list(_keep_above(scores, torch.kthvalue(pool, needed).values, count).split(sizes))
 
 
 def remove_smallest_in_parts_plainly(parts: Sequence[Tensor], count: int) -> list[Tensor]:
