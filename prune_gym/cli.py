@@ -17,8 +17,8 @@ from collections.abc import Sequence
 # prune_gym.envs.actions.ACTION_MODES, spelt out so `--help` need not import torch (a test
 # checks that the two agree).
 ACTION_MODE_CHOICES = ("relative", "absolute")
-# prune_gym.agents.policies.REFERENCE_POLICIES, likewise.
-POLICY_CHOICES = ("global-mp", "uniform", "random")
+# prune_gym.allocation.ALLOCATION_METHODS (= agents.policies.REFERENCE_POLICIES), likewise.
+POLICY_CHOICES = ("global-mp", "global-mp+mt", "lamp", "erk", "uniform", "uniform+", "random")
 
 
 def _add_envs(subparsers) -> None:
@@ -92,14 +92,14 @@ def _add_export(subparsers) -> None:
         "export",
         help="prune a task's trained model, optionally fine-tune it, and save checkpoint + recipe",
         description=(
-            "Load TASK's trained model, prune it (Global MP, uniform magnitude, or a recipe of "
-            "per-layer sparsities such as an agent's), optionally fine-tune it with its masks, "
+            "Load TASK's trained model, prune it (an allocation method: Global MP, LAMP, ERK, uniform, "
+            "uniform+..., or a recipe of per-layer sparsities such as an agent's), optionally fine-tune it with its masks, "
             "report test accuracy before and after, and write the checkpoint to --output and the "
             "per-layer sparsity recipe to <output>.recipe.json."
         ),
     )
     parser.add_argument("task", metavar="ENV_OR_TASK", help="task name or env id, e.g. resnet20-digits (see `prune-gym envs`)")
-    parser.add_argument("--policy", choices=("global-mp", "uniform"), help="pruning method (default: global-mp)")
+    parser.add_argument("--policy", choices=POLICY_CHOICES, help="allocation method (default: global-mp): " + ", ".join(POLICY_CHOICES))
     parser.add_argument("--sparsity", type=float, metavar="S", help="target fraction of prunable weights removed, e.g. 0.8")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Global MP Minimum Threshold, e.g. 0.0005 (0.05%% of all weights per layer)")
     parser.add_argument("--recipe", metavar="JSON", help="prune with this recipe of per-layer sparsities instead of a policy")
@@ -205,6 +205,8 @@ def _env_kwargs(args: argparse.Namespace) -> dict:
         kwargs["action_mode"] = args.action_mode
     if getattr(args, "reward", None):
         kwargs["reward"] = args.reward
+    if getattr(args, "reference", None):
+        kwargs["reference"] = args.reference
     if getattr(args, "max_sparsity", None) is not None:
         kwargs["max_sparsity"] = args.max_sparsity
     return kwargs
@@ -223,7 +225,8 @@ def _add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timesteps", type=_count_arg, metavar="N", help="training steps in total (default: the hyperparameters' n_timesteps)")
     parser.add_argument("--hyperparams", metavar="YAML", help="rl-zoo3 style hyperparameter file (default: the shipped one for --algo)")
     parser.add_argument("--action-type", choices=("discrete", "continuous"), help="the agent's action type (default: the first --algo allows)")
-    parser.add_argument("--action-mode", choices=ACTION_MODE_CHOICES, help="relative: steps around Global MP's allocation (the env's default); absolute: sparsity levels (v0's)")
+    parser.add_argument("--action-mode", choices=ACTION_MODE_CHOICES, help="relative: steps around the reference allocation (the env's default); absolute: sparsity levels (v0's)")
+    parser.add_argument("--reference", choices=POLICY_CHOICES, help="the allocation the agent's relative actions step around and the local search starts from (default: the hyperparameters' env_kwargs, else the env's: global-mp)")
     parser.add_argument("--reward", help="reward function: purl (default), terminal, accuracy-sparsity, flops")
     parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
     parser.add_argument("--device", default="auto", help="where the pruned model runs: auto (CUDA if present), cpu, cuda (default: auto)")
@@ -277,16 +280,16 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_baseline(subparsers) -> None:
     parser = subparsers.add_parser(
         "baseline",
-        help="run a reference policy (Global MP, uniform, random) through an env at one sparsity",
+        help="run an allocation method (Global MP, LAMP, ERK, uniform+, ...) through an env at one sparsity",
         description=(
-            "Prune ENV's model with a reference policy through the environment, exactly as an "
+            "Prune ENV's model with an allocation method through the environment, exactly as an "
             "agent would, and report test and reward-split accuracy, parameter and FLOPs "
             "sparsity and the per-layer sparsities. Continuous actions by default, so Global "
             "MP's per-layer sparsities are applied exactly."
         ),
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
-    parser.add_argument("--policy", default="global-mp", choices=POLICY_CHOICES, help="reference policy (default: global-mp)")
+    parser.add_argument("--policy", default="global-mp", choices=POLICY_CHOICES, help="allocation method (default: global-mp): " + ", ".join(POLICY_CHOICES))
     parser.add_argument("--sparsity", type=_sparsity_arg, required=True, metavar="S", help="overall target sparsity, e.g. 0.8")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Global MP Minimum Threshold, e.g. 0.0005 (0.05%% of all weights per layer)")
     parser.add_argument("--action-type", default="continuous", choices=("discrete", "continuous"), help="env action type (default: continuous, exact)")
@@ -300,15 +303,14 @@ def _add_baseline(subparsers) -> None:
 
 
 def _run_baseline(args: argparse.Namespace) -> int:
-    import dataclasses
 
     import gymnasium as gym
 
     from prune_gym.agents.compare import run_episode
     from prune_gym.agents.policies import reference_policy
 
-    if args.min_threshold is not None and args.policy != "global-mp":
-        raise ValueError("--min-threshold applies to --policy global-mp only")
+    if args.min_threshold is not None and args.policy not in ("global-mp", "global-mp+mt"):
+        raise ValueError("--min-threshold applies to --policy global-mp / global-mp+mt only")
     env = gym.make(args.env, target_sparsity=args.sparsity, **_env_kwargs(args))
     label, policy, deterministic = reference_policy(args.policy, env, seed=args.seed, min_threshold=args.min_threshold)
     result = run_episode(policy, env, args.sparsity, deterministic=deterministic, method=label)
@@ -324,7 +326,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
     if args.json:
         from prune_gym.io import atomic_write_json
 
-        record = {"env_id": args.env, "dense_test_accuracy": prune_env.dense_test_accuracy, **dataclasses.asdict(result)}
+        record = {"env_id": args.env, "dense_test_accuracy": prune_env.dense_test_accuracy, **result.record()}
         atomic_write_json(args.json, record)
         print(f"wrote {args.json}")
     env.close()

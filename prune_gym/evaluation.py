@@ -296,18 +296,26 @@ class Evaluator:
             return torch.cat([self._logits(x.to(self.device)).float() for x, _ in self.loader])
         return torch.cat([self._logits(x).float() for x, _ in self.batches])
 
+    @torch.inference_mode()
+    def correct(self) -> Tensor:
+        """Whether each sample of the split is classified right: a bool CPU tensor in split
+        order, from a full forward pass (for paired tests between two pruned models)."""
+        if self.loader is None:
+            return torch.cat([(self._logits(x).argmax(1) == y).cpu() for x, y in self.batches])
+        parts = []
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            parts.append(self._logits(x).argmax(1).cpu() == torch.as_tensor(y))
+        return torch.cat(parts)
+
     def _count(self, logits_iter) -> float:
         correct = sum(int((logits.argmax(1) == y).sum()) for logits, (_, y) in zip(logits_iter, self.batches))
         return correct / self.num_samples
 
     def _accuracy_streamed(self) -> float:
-        correct = 0
-        for x, y in self.loader:
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            correct += int((self._logits(x).argmax(1).cpu() == y).sum())
-        return correct / self.num_samples
+        return int(self.correct().sum()) / self.num_samples
 
     def _logits(self, x: Tensor) -> Tensor:
         with self._autocast():

@@ -25,11 +25,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
+from prune_gym.allocation import ALLOCATION_METHODS, allocation_counts
 from prune_gym.io import atomic_save, atomic_write_text, check_writable_path
 from prune_gym.pruning import (
+    DEFAULT_MIN_THRESHOLD,
     PrunableLayer,
     check_mask,
     find_prunable_layers,
+    keep_top_mask,
     overall_sparsity,
 )
 from prune_gym.recipes import (
@@ -193,8 +196,8 @@ def from_torch_prune(
 # --------------------------------------------------------------------------------------------
 # One call from a task to a pruned checkpoint (the `prune-gym export` command)
 
-#: Methods ``export_task`` prunes with (a recipe file is the third way in).
-EXPORT_POLICIES = ("global-mp", "uniform")
+#: Methods ``export_task`` prunes with: every allocation method (a recipe file is the other way in).
+EXPORT_POLICIES = tuple(ALLOCATION_METHODS)
 
 
 @dataclass
@@ -237,11 +240,12 @@ def export_task(
     Args:
         task: task name or env id (see ``prune-gym envs``).
         output: checkpoint path; the recipe goes to ``<output>.recipe.json``.
-        policy: ``"global-mp"`` (default) or ``"uniform"`` (magnitude pruning, the same sparsity
-            in every layer); not together with ``recipe``.
+        policy: an allocation method of ``prune_gym.allocation`` (``"global-mp"``, the default,
+            ``"global-mp+mt"``, ``"lamp"``, ``"erk"``, ``"uniform"``, ``"uniform+"``, ``"random"``),
+            then magnitude pruning within each layer; not together with ``recipe``.
         sparsity: target fraction of prunable weights removed (needed unless ``recipe``).
         min_threshold: Global MP's Minimum Threshold (fraction of all prunable weights each layer
-            keeps, e.g. 0.0005); global-mp only.
+            keeps, e.g. 0.0005); global-mp / global-mp+mt only (global-mp with it is global-mp+mt).
         recipe: a recipe (file) of per-layer sparsities, e.g. an agent's, applied with
             per-layer magnitude pruning.
         finetune_epochs: masked fine-tuning epochs with the task family's recipe (0: none);
@@ -265,7 +269,7 @@ def export_task(
     from prune_gym.tasks import get_task
 
     # Validate everything, then load and prune.
-    policy, sparsity, recipe, output = _check_export_options(
+    policy, sparsity, recipe, output, min_threshold = _check_export_options(
         policy, sparsity, recipe, output, min_threshold, finetune_epochs, gradual_steps
     )
     task_obj = get_task(task)
@@ -344,8 +348,9 @@ def _export_meta(task_obj: Any, pruned: _Pruned, target: float | None, options: 
 def _check_export_options(
     policy: str | None, sparsity: float | None, recipe: Any, output: str | os.PathLike, min_threshold: float | None,
     finetune_epochs: int, gradual_steps: int,
-) -> tuple[str | None, float | None, Recipe | None, Path]:
-    """``export_task``'s options checked together: (policy, sparsity, recipe, output path)."""
+) -> tuple[str | None, float | None, Recipe | None, Path, float | None]:
+    """``export_task``'s options checked together: (policy, sparsity, recipe, output path, the
+    Minimum Threshold: ``global-mp`` with one is ``global-mp+mt``, which has the paper's by default)."""
     from prune_gym.pruning import check_sparsity
 
     if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
@@ -365,15 +370,19 @@ def _check_export_options(
         if sparsity is None:
             raise ValueError(f"policy {policy!r} needs a target sparsity (--sparsity, e.g. 0.8)")
         sparsity = check_sparsity(sparsity)
-    if min_threshold is not None and policy != "global-mp":
-        raise ValueError("--min-threshold applies to --policy global-mp only")
-    if gradual_steps > 1 and policy != "global-mp":
+    if min_threshold is not None and policy not in ("global-mp", "global-mp+mt"):
+        raise ValueError("--min-threshold applies to --policy global-mp / global-mp+mt only")
+    if policy == "global-mp" and min_threshold:
+        policy = "global-mp+mt"
+    if policy == "global-mp+mt" and min_threshold is None:
+        min_threshold = DEFAULT_MIN_THRESHOLD
+    if gradual_steps > 1 and policy not in ("global-mp", "global-mp+mt"):
         raise ValueError("gradual pruning (--gradual-steps > 1) is a form of Global MP: use --policy global-mp")
     output = Path(output)
     if output.suffix == ".json":
         raise ValueError(f"the checkpoint path {output} ends in .json: give a .pt path (the recipe goes next to it)")
     check_writable_path(output, "--output")
-    return policy, sparsity, recipe, output
+    return policy, sparsity, recipe, output, min_threshold
 
 
 @dataclass
@@ -411,20 +420,18 @@ def _prune_once(
     model, layers, task_obj, splits, policy, sparsity, recipe, min_threshold, finetune_epochs, bn_batches, device,
     progress, seed, resume, output: Path,
 ) -> _Pruned:
-    """One-shot masks (a recipe, Global MP or uniform), re-calibration as the env does, then the
+    """One-shot masks (a recipe or an allocation method), re-calibration as the env does, then the
     optional masked fine-tuning (resumable from ``<output>.finetune.partial``)."""
     from prune_gym.evaluation import evaluate_accuracy
     from prune_gym.finetune import apply_masks, finetune_pruned
-    from prune_gym.pruning import global_magnitude_masks, uniform_magnitude_masks
-
     weights_now = [layer.weight for layer in layers]
     if recipe is not None:
         method = str(recipe.meta.get("method", "recipe"))
         masks = apply_recipe(model, recipe, layers)
-    elif policy == "global-mp":
-        method, masks = "global-mp", global_magnitude_masks(weights_now, sparsity, min_threshold)
     else:
-        method, masks = "uniform", uniform_magnitude_masks(weights_now, sparsity)
+        method = policy
+        counts = allocation_counts(policy, weights_now, sparsity, min_threshold=min_threshold or None, seed=seed)
+        masks = [keep_top_mask(w, w.numel() - count) for w, count in zip(weights_now, counts, strict=True)]
     apply_masks(layers, masks)
     _recalibrate(model, splits.train, bn_batches, device)
     accuracy_pruned = evaluate_accuracy(model, splits.test, device=device)

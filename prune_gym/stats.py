@@ -40,7 +40,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("weight_mean_abs", "mean absolute weight of the dense layer / the largest over layers"),
     Feature("weight_std", "std of w of the dense layer / the largest over layers"),
     Feature("global_mp_sparsity", "sparsity Global MP gives this layer at the target (at 0.5 with no target)"),
-    Feature("reference_sparsity", "Global MP's sparsity for the layer with the budget earlier layers left spread (the relative centre action)"),
+    Feature("reference_sparsity", "the reference allocation's sparsity for the layer (Global MP's by default) with the budget earlier layers left spread (the relative centre action)"),
     Feature("sparsity_so_far", "overall sparsity of all prunable weights before this step"),
     Feature("budget_left", "sparsity the remaining layers (this one included) need on average to reach the target; 0 with no target"),
     Feature("accuracy_ratio", "reward-split accuracy after the previous step / dense accuracy (clipped to [0, 2])", 2.0),

@@ -14,6 +14,7 @@ from prune_gym.agents import GlobalMagnitudePolicy, RandomPolicy
 from prune_gym.agents.policies import REFERENCE_POLICIES
 from prune_gym.cli import ACTION_MODE_CHOICES, POLICY_CHOICES
 from prune_gym.envs.actions import ACTION_MODES, ActionMap, feasible_counts, reference_sparsity
+from prune_gym.stats import FEATURE_INDEX
 
 ENV_ID = "PruneResNet20Digits-v1"
 
@@ -69,6 +70,37 @@ def test_the_centre_action_is_global_mp_exactly_and_global_mp_policy_takes_it(re
         actions, again = play(relative, lambda obs, env, policy=policy: policy(obs), target)
         assert [int(a) for a in actions] == [centre] * prune_env.num_layers
         assert again["reward_accuracy"] == info["reward_accuracy"]
+
+
+@pytest.mark.parametrize("reference", ["lamp", "erk", "uniform+"])
+def test_the_centre_action_reproduces_any_chosen_reference_and_the_feature_follows_it(digits_model_state, reference):
+    env = gym.make(ENV_ID, device="cpu", reference=reference)
+    prune_env = env.unwrapped
+    centre = prune_env.action_space.n // 2
+    target = 0.9
+    observation, _ = env.reset(options={"target_sparsity": target})
+    reference_index = FEATURE_INDEX["reference_sparsity"]
+    expected = prune_env.allocation_sparsities(reference, target)
+    assert observation[reference_index] == pytest.approx(expected[0], abs=1e-6)
+    assert expected != prune_env.global_mp_sparsities(target)
+    _, info = play(env, lambda obs, env: centre, target)
+    numels = prune_env.state.numels
+    applied = [round(info["layer_sparsities"][name] * n) for name, n in zip(prune_env.layer_names(), numels)]
+    assert applied == [round(s * n) for s, n in zip(expected, numels)]  # weight for weight
+    # The spread follows the reference's keep shares: an under-pruned first layer is paid back
+    # by the later layers in proportion to what the reference keeps there.
+    env.reset(options={"target_sparsity": target})
+    env.step(0)
+    pruned = prune_env.state.pruned_count()
+    counts = [round(s * n) for s, n in zip(expected, numels)]
+    assert prune_env.reference_sparsity() == pytest.approx(
+        reference_sparsity(1, numels, counts, pruned, round(target * prune_env.state.total)))
+    env.close()
+
+
+def test_an_unknown_reference_names_the_methods(digits_model_state):
+    with pytest.raises(ValueError, match="unknown allocation method 'best': choose one of global-mp"):
+        gym.make(ENV_ID, device="cpu", reference="best")
 
 
 def test_an_under_pruned_start_is_paid_back_by_every_remaining_layer(relative):

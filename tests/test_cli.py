@@ -74,13 +74,14 @@ def test_compare_prints_the_table_writes_files_and_finetunes(tmp_path, capsys):
     assert "local search at 0.7:" in captured.err and f"wrote {output}/" in captured.err
     assert "local search at" not in out
     assert any((output / "agent" / "tensorboard").rglob("events.out.tfevents.*"))
-    for method in ("DQN (greedy)", "Global MP", "Global MP + MT", "uniform", "random"):
+    methods = ["DQN (greedy)", "DQN (best found)", "local search", "Global MP", "Global MP + MT", "LAMP", "ERK",
+               "uniform", "uniform+", "random"]
+    for method in methods:
         assert method in out
+    assert "paired tests on the same test images, against the strongest rule" in out
     assert (output / "results.json").is_file() and (output / "layer_sparsity.png").is_file()
     rows = json.loads((output / "results.json").read_text())["results"]
-    assert {row["method"]: round(row["param_sparsity"], 4) for row in rows} == dict.fromkeys(
-        ["DQN (greedy)", "DQN (best found)", "local search", "Global MP", "Global MP + MT", "uniform", "random"], 0.7
-    )
+    assert {row["method"]: round(row["param_sparsity"], 4) for row in rows} == dict.fromkeys(methods, 0.7)
     # --finetune-epochs: every method is fine-tuned with its masks, reported next to one-shot.
     assert "after FT (1 ep)" in out
     random = next(row for row in rows if row["method"] == "random")

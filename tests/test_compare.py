@@ -14,7 +14,8 @@ from prune_gym.agents.compare import compare
 
 ENV_ID = "PruneResNet20Digits-v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-METHODS = ["DQN (greedy)", "DQN (best found)", "local search", "Global MP", "Global MP + MT", "uniform", "random"]
+RULES = ["Global MP", "Global MP + MT", "LAMP", "ERK", "uniform", "uniform+"]
+METHODS = ["DQN (greedy)", "DQN (best found)", "local search", *RULES, "random"]
 
 
 
@@ -85,6 +86,35 @@ def test_every_method_meets_the_target_and_global_mp_is_exact(comparison):
     env.close()
 
 
+def test_the_strongest_rule_is_chosen_on_the_reward_split_and_the_margins_are_tested_on_paired_images(comparison):
+    from prune_gym.significance import mcnemar
+
+    result, output = comparison
+    record = json.loads((output / "results.json").read_text())
+    for target in (0.5, 0.8):
+        rules = [result.result(rule, target) for rule in RULES]
+        strongest = record["strongest_heuristic"][f"{target:.6g}"]
+        assert result.result(strongest, target).reward_accuracy == max(row.reward_accuracy for row in rules)
+        # The first in registry order among equals: the test split never breaks a tie.
+        assert strongest == next(row.method for row in rules if row.reward_accuracy == max(r.reward_accuracy for r in rules))
+        assert f"{strongest} *" in result.table
+        tested = [test for test in record["paired_tests"] if test["target_sparsity"] == target]
+        assert {test["method"] for test in tested} >= {"DQN (greedy)", "local search"}
+        for test in tested:
+            row = result.result(test["method"], target)
+            assert test["against"] == strongest
+            # Recomputed from the rows' own per-image correctness on the same test images.
+            again = mcnemar(row.test_correct, result.result(strongest, target).test_correct)
+            assert test["p_value"] == again.p_value and test["only_first"] == again.only_first
+            assert test["difference"] == pytest.approx(row.test_accuracy - result.result(strongest, target).test_accuracy)
+            assert test["summary"] in result.table
+    # What choosing each allocation cost: the agent's training, the search's episodes, nothing for a rule.
+    assert result.result("DQN (greedy)", 0.8).evaluations == 66
+    assert result.result("local search", 0.8).evaluations == record["search"]["episodes_per_target"] * 22
+    assert all(result.result(rule, 0.8).evaluations == 0 for rule in RULES)
+    assert "test_correct" not in record["results"][0]
+
+
 def test_a_saved_agent_is_loaded_instead_of_trained(comparison):
     _, output = comparison
     again = compare(
@@ -97,7 +127,8 @@ def test_a_saved_agent_is_loaded_instead_of_trained(comparison):
     # The run's best_found.json beside the agent brings its best-found recipe along.
     best = json.loads((output / "agent" / "best_found.json").read_text())["best_per_target"]
     assert [row.method for row in again.results] == (
-        ["DQN (greedy)"] + (["DQN (best found)"] if "0.8" in best else []) + ["local search", "Global MP", "uniform", "random"]
+        ["DQN (greedy)"] + (["DQN (best found)"] if "0.8" in best else [])
+        + ["local search", *[rule for rule in RULES if rule != "Global MP + MT"], "random"]
     )
     assert again.metadata["search"]["episodes_per_target"] == 3  # the run's 3 training episodes, one target
     assert again.output_dir is None

@@ -310,7 +310,7 @@ def test_cli_export_gradual_global_mp(digits_model_state, fresh_digits_model, tm
         (["--sparsity", "1.5"], "sparsity must be in"),
         (["--sparsity", "0.5", "--finetune-epochs", "-1"], "finetune_epochs must be a whole number"),
         (["--policy", "uniform", "--recipe", "r.json"], "either a policy"),
-        (["--policy", "uniform", "--sparsity", "0.5", "--min-threshold", "0.001"], "global-mp only"),
+        (["--policy", "uniform", "--sparsity", "0.5", "--min-threshold", "0.001"], "global-mp / global-mp+mt only"),
         ([], "needs a target sparsity"),
         (["--recipe", "missing.json"], "no recipe file"),
     ],

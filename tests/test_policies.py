@@ -223,12 +223,16 @@ def test_a_non_prune_gym_env_is_a_clear_error():
 def test_reference_policies_by_name_in_table_order(envs):
     env = envs["continuous"]
     methods = reference_policies(env, seed=3, min_threshold=0.0005)
-    assert [label for label, _, _ in methods] == ["Global MP", "Global MP + MT", "uniform", "random"]
-    assert [deterministic for _, _, deterministic in methods] == [True, True, True, False]
-    assert methods[1][1].min_threshold == 0.0005 and methods[3][1].seed == 3
-    assert [label for label, _, _ in reference_policies(env, min_threshold=None)] == ["Global MP", "uniform", "random"]
-    assert [reference_policy(name, env)[0] for name in REFERENCE_POLICIES] == ["Global MP", "uniform", "random"]
-    with pytest.raises(ValueError, match="choose one of global-mp, uniform, random"):
+    labels = ["Global MP", "Global MP + MT", "LAMP", "ERK", "uniform", "uniform+", "random"]
+    assert [label for label, _, _ in methods] == labels
+    assert all(deterministic for _, _, deterministic in methods)  # random is a seeded draw
+    assert methods[1][1].min_threshold == 0.0005 and methods[6][1].seed == 3
+    assert [label for label, _, _ in reference_policies(env, min_threshold=None)] == [
+        label for label in labels if label != "Global MP + MT"]
+    assert [reference_policy(name, env)[0] for name in REFERENCE_POLICIES] == labels
+    # `baseline --policy global-mp --min-threshold M` is Global MP + MT.
+    assert reference_policy("global-mp", env, min_threshold=0.001)[0] == "Global MP + MT"
+    with pytest.raises(ValueError, match="choose one of global-mp, global-mp\\+mt, lamp, erk, uniform, uniform\\+, random"):
         reference_policy("magnitude", env)
-    with pytest.raises(ValueError, match="global-mp only"):
+    with pytest.raises(ValueError, match="global-mp / global-mp\\+mt only"):
         reference_policy("uniform", env, min_threshold=0.0005)

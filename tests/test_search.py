@@ -65,3 +65,15 @@ def test_the_search_never_scores_a_test_split_read_by_a_loader(monkeypatch):
     assert calls == []
     row = run_episode(RecipePolicy(reference_env, result.layer_sparsities), reference_env, 0.5, method="local search")
     assert len(calls) == 1 and 0.0 <= row.test_accuracy <= 1.0
+
+
+def test_search_starts_from_the_allocation_it_is_given(env):
+    from prune_gym.agents.compare import run_episode
+    from prune_gym.agents.policies import RecipePolicy
+
+    prune_env = env.unwrapped
+    result = local_search(env, 0.9, episodes=2, seed=0, start="lamp")
+    lamp = dict(zip(prune_env.layer_names(), prune_env.allocation_sparsities("lamp", 0.9), strict=True))
+    assert run_episode(RecipePolicy(env, lamp), env, 0.9).reward_accuracy == result.best_so_far[0]
+    with pytest.raises(ValueError, match="unknown allocation method 'best'"):
+        local_search(env, 0.9, episodes=2, start="best")

@@ -1,14 +1,16 @@
 """Agents for prune-gym envs: reference policies, the SB3 agent factory, training, comparison.
 
-- :class:`GlobalMagnitudePolicy` (optionally with Minimum Threshold),
-  :class:`UniformMagnitudePolicy`, :class:`RandomPolicy`: reference policies with SB3's
-  ``predict`` protocol, so ``evaluate_policy`` treats them like trained agents.
+- :class:`AllocationPolicy` (any method of ``prune_gym.allocation``: Global MP with or
+  without Minimum Threshold, LAMP, ERK, uniform, uniform+, random), with the shorthands
+  :class:`GlobalMagnitudePolicy` and :class:`UniformMagnitudePolicy`, and
+  :class:`RandomPolicy` (random actions): reference policies with SB3's ``predict``
+  protocol, so ``evaluate_policy`` treats them like trained agents.
 - :func:`make_agent`: a Stable-Baselines3 agent (DQN by default, PuRL-style) with
   hyperparameters from rl-zoo3 style YAML files.
 - :func:`train_agent`: training with a progress bar, TensorBoard logs, checkpoints, Ctrl-C
   saving and resuming.
-- :func:`prune_gym.agents.compare.compare`: the agent against Global MP, Global MP with MT,
-  uniform and random at matched sparsities (``prune-gym compare``).
+- :func:`prune_gym.agents.compare.compare`: the agent against every allocation method and
+  the search at equal cost, at matched sparsities (``prune-gym compare``).
 - :func:`sweep` / :func:`resume_sweep`: the comparison over algorithms and seeds as Ray Tune
   trials, aggregated (``prune-gym sweep``; needs the ``[ray]`` extra only when called).
 """
@@ -21,6 +23,7 @@ from prune_gym.agents.factory import (
     make_agent,
 )
 from prune_gym.agents.policies import (
+    AllocationPolicy,
     GlobalMagnitudePolicy,
     RandomPolicy,
     ReferencePolicy,
@@ -31,6 +34,7 @@ from prune_gym.agents.training import TargetSamplingWrapper, load_agent, train_a
 
 __all__ = [
     "ALGORITHMS",
+    "AllocationPolicy",
     "GlobalMagnitudePolicy",
     "RandomPolicy",
     "ReferencePolicy",

@@ -42,16 +42,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
 
 from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo
-from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
+from prune_gym.agents.policies import (
+    AllocationPolicy,
+    RecipePolicy,
+    prune_env_of,
+    reference_policies,
+)
 from prune_gym.agents.report import Comparison, MethodResult, format_table, write_results
 from prune_gym.agents.search import DEFAULT_STEP, local_search
 from prune_gym.agents.training import agent_env_kwargs_for, load_agent, train_agent
+from prune_gym.allocation import ALLOCATION_METHODS, HEURISTICS
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, PrunableLayer, check_sparsity
+from prune_gym.significance import mcnemar
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +113,7 @@ def run_episode(
     if score_test and "test_accuracy" not in info and prune_env.test_data is not None:  # a report needs it
         info = {**info, "test_accuracy": prune_env.evaluate_test()}
     seconds = time.perf_counter() - started
+    correct = prune_env.engine.last_test_correct if "test_accuracy" in info else None
     return MethodResult(
         method=method,
         target_sparsity=float(target if target is not None else prune_env.target_sparsity or 0.0),
@@ -117,6 +125,7 @@ def run_episode(
         episode_return=episode_return,
         action_type=prune_env.action_type,
         layer_sparsities={name: float(value) for name, value in info["layer_sparsities"].items()},
+        test_correct=None if correct is None else correct.numpy().copy(),
     )
 
 
@@ -140,12 +149,12 @@ def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> tuple[float, floa
 
 
 def _required_max_sparsity(reference_env: gym.Env, sparsities: Sequence[float], min_threshold: float | None) -> float:
-    prune_env = prune_env_of(reference_env)
+    """The highest layer sparsity any zero-cost rule asks for at any of ``sparsities`` (the random
+    control may be clipped: it would otherwise push every method's range to the ceiling)."""
     needed = 0.0
-    for target in sparsities:
-        needed = max(needed, *prune_env.global_mp_sparsities(target))
-        if min_threshold:
-            needed = max(needed, *prune_env.global_mp_sparsities(target, min_threshold))
+    for _, policy, _ in reference_policies(reference_env, min_threshold=min_threshold, methods=HEURISTICS):
+        for target in sparsities:
+            needed = max(needed, *policy.allocation(target))
     return needed
 
 
@@ -155,22 +164,23 @@ def make_reference_env(
     """The reference policies' env (continuous absolute actions) at ``targets[0]``, the shared kwargs and
     a note on ``max_sparsity``.
 
-    Where Global MP (with or without the Minimum Threshold) needs a layer sparser than the env's
-    ``max_sparsity`` at some target, ``max_sparsity`` is raised to cover it (and set in the
-    returned kwargs, so the agent's env gets it too), unless the caller chose ``max_sparsity``
-    or the need exceeds ``MAX_SPARSITY_CEILING``; then the note says that Global MP is clipped.
+    Where a zero-cost rule (Global MP with or without the Minimum Threshold, LAMP, ERK...)
+    needs a layer sparser than the env's ``max_sparsity`` at some target, ``max_sparsity`` is
+    raised to cover it (and set in the returned kwargs, so the agent's env gets it too), unless
+    the caller chose ``max_sparsity`` or the need exceeds ``MAX_SPARSITY_CEILING``; then the
+    note says that the methods are clipped.
     """
     shared = dict(shared)
     reference_env = gym.make(env_id, **_reference_kwargs(shared, targets[0]))
     max_sparsity = prune_env_of(reference_env).max_sparsity
     needed = _required_max_sparsity(reference_env, targets, min_threshold)
-    note = f"Global MP needs at most {needed:.4f} per layer; env max_sparsity {max_sparsity}"
+    note = f"the allocation methods need at most {needed:.4f} per layer; env max_sparsity {max_sparsity}"
     if needed > max_sparsity:
         if "max_sparsity" in shared or needed > MAX_SPARSITY_CEILING:
-            note += f": Global MP's per-layer sparsities above {max_sparsity} are clipped by the env"
+            note += f": per-layer sparsities above {max_sparsity} are clipped by the env"
         else:
             max_sparsity = math.ceil(needed * 1000) / 1000
-            note += f", raised to {max_sparsity} so Global MP is not clipped"
+            note += f", raised to {max_sparsity} so no method is clipped"
             shared["max_sparsity"] = max_sparsity
             reference_env.close()
             reference_env = gym.make(env_id, **_reference_kwargs(shared, targets[0]))
@@ -260,12 +270,17 @@ def compare(
                                     search_episodes, say)
         metadata = _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwargs, agent_action_type,
                              shared, min_threshold, max_sparsity_note, finetune_epochs)
+        search_start = prune_env_of(agent_env).reference
         metadata["search"] = {
-            "method": "local search around Global MP's per-layer sparsities (logit-space Gaussian steps, "
+            "method": f"local search around {search_start}'s per-layer sparsities (logit-space Gaussian steps, "
                       f"sd {DEFAULT_STEP}), best on the reward split, replayed",
+            "start": search_start,
             "episodes_per_target": search_episodes,
             "budget": "the agent's training episodes, split evenly over the targets" if search_episodes else "off",
         }
+        metadata["strongest_heuristic"] = {
+            f"{t:.6g}": getattr(strongest_heuristic(results, t), "method", None) for t in targets}
+        metadata["paired_tests"] = paired_tests(results, targets)
         metadata["total_seconds"] = time.perf_counter() - started
         comparison = Comparison(env_id, results, metadata, output if write_files else None, format_table(results, metadata))
         if write_files:
@@ -366,56 +381,105 @@ def train_or_load_agent(
                   run.model_path if run_dir is not None else None, best, len(run.episodes.records))
 
 
-#: One method to play at a target: (label, policy, env, deterministic).
-Entry = tuple[str, Any, gym.Env, bool]
+class Entry(NamedTuple):
+    """One method to play at a target, and what choosing its allocation cost."""
+
+    label: str
+    policy: Any
+    env: gym.Env
+    deterministic: bool
+    #: Network evaluations spent choosing the allocation (0 for a zero-cost rule).
+    evaluations: int = 0
+    cost_seconds: float = 0.0
 
 
 def agent_entries(algo: str, agent: ComparedAgent, target: float, agent_env: gym.Env, reference_env: gym.Env) -> list[Entry]:
     """The agent's methods at ``target``: its greedy policy (in its own env) and, when training
     recorded an episode at this target, its best found (the best episode on the reward split,
-    replayed exactly through the reference env)."""
+    replayed exactly through the reference env). Their cost is the agent's training."""
     name = algo.upper()
-    entries: list[Entry] = [(f"{name} (greedy)", agent.model, agent_env, True)]
+    cost = {"evaluations": agent.timesteps, "cost_seconds": agent.seconds}
+    entries = [Entry(f"{name} (greedy)", agent.model, agent_env, True, **cost)]
     best = agent.best_found.get(f"{target:.6g}")
     if best is not None:
-        entries.append((f"{name} (best found)", RecipePolicy(reference_env, best["layer_sparsities"]), reference_env, True))
+        policy = RecipePolicy(reference_env, best["layer_sparsities"])
+        entries.append(Entry(f"{name} (best found)", policy, reference_env, True, **cost))
     return entries
 
 
-def search_entry(reference_env: gym.Env, target: float, episodes: int, seed: int, say: Callable[[str], None]) -> Entry:
-    """Run the local search at ``target`` for ``episodes`` env episodes; its best allocation, to replay."""
-    found = local_search(reference_env, target, episodes, seed=seed)
-    say(f"local search at {target}: {episodes} episodes, best reward-split accuracy "
-        f"{100 * found.reward_accuracy:.1f}% (Global MP's allocation: {100 * found.best_so_far[0]:.1f}%)")
-    return ("local search", RecipePolicy(reference_env, found.layer_sparsities), reference_env, True)
+def search_entry(reference_env: gym.Env, target: float, episodes: int, seed: int, say: Callable[[str], None],
+                 start: str = "global-mp") -> Entry:
+    """Run the local search at ``target`` for ``episodes`` env episodes from the allocation method
+    ``start``; its best allocation, to replay."""
+    started = time.perf_counter()
+    found = local_search(reference_env, target, episodes, seed=seed, start=start)
+    seconds = time.perf_counter() - started
+    say(f"local search at {target}: {episodes} episodes from {start}, best reward-split accuracy "
+        f"{100 * found.reward_accuracy:.1f}% (the start's: {100 * found.best_so_far[0]:.1f}%)")
+    policy = RecipePolicy(reference_env, found.layer_sparsities)
+    return Entry("local search", policy, reference_env, True, episodes * prune_env_of(reference_env).num_layers, seconds)
 
 
 def reference_entries(reference_env: gym.Env, seed: int, min_threshold: float | None) -> list[Entry]:
-    """Global MP (+ MT), uniform and random, through the reference env."""
-    return [(label, policy, reference_env, deterministic)
+    """Every allocation method of the registry (Global MP, + MT, LAMP, ERK, uniform, uniform+,
+    random), through the reference env; zero-cost rules: no evaluation chooses them."""
+    return [Entry(label, policy, reference_env, deterministic)
             for label, policy, deterministic in reference_policies(reference_env, seed=seed, min_threshold=min_threshold)]
 
 
 def play(entries: Sequence[Entry], target: float, finetune_epochs: int = 0, seed: int = 0) -> list[MethodResult]:
     """One episode of each method at ``target`` (and its fine-tuned test accuracy when asked)."""
     results = []
-    for label, policy, env, deterministic in entries:
-        row = run_episode(policy, env, target, deterministic=deterministic, method=label)
+    for entry in entries:
+        cost_seconds = entry.cost_seconds
+        if isinstance(entry.policy, AllocationPolicy):  # a rule's cost: computing its allocation
+            started = time.perf_counter()
+            entry.policy.allocation(target)
+            cost_seconds = time.perf_counter() - started
+        row = run_episode(entry.policy, entry.env, target, deterministic=entry.deterministic, method=entry.label)
+        row.evaluations, row.cost_seconds = entry.evaluations, cost_seconds
         if finetune_epochs:
-            row.finetuned_test_accuracy, row.finetune_seconds = finetune_and_test(env, int(finetune_epochs), seed)
+            row.finetuned_test_accuracy, row.finetune_seconds = finetune_and_test(entry.env, int(finetune_epochs), seed)
         results.append(row)
     return results
+
+
+def strongest_heuristic(rows: Sequence[MethodResult], target: float) -> MethodResult | None:
+    """The zero-cost rule (``prune_gym.allocation.HEURISTICS``; not the random control) with the
+    highest reward-split accuracy at ``target``; ties go to the first in registry order. The
+    test split is not read."""
+    labels = [ALLOCATION_METHODS[name].label for name in HEURISTICS]
+    candidates = [row for label in labels for row in rows
+                  if row.method == label and math.isclose(row.target_sparsity, target)]
+    return max(candidates, key=lambda row: row.reward_accuracy, default=None)
+
+
+def paired_tests(rows: Sequence[MethodResult], targets: Sequence[float]) -> list[dict[str, Any]]:
+    """At each target, every method that spent evaluations (agent, search) against the strongest
+    heuristic on the same test images (McNemar's exact test, ``prune_gym.significance``)."""
+    tests = []
+    for target in targets:
+        best = strongest_heuristic(rows, target)
+        if best is None or best.test_correct is None:
+            continue
+        for row in rows:
+            if math.isclose(row.target_sparsity, target) and row.evaluations and row.test_correct is not None:
+                test = mcnemar(row.test_correct, best.test_correct)
+                tests.append({"target_sparsity": target, "method": row.method, "against": best.method,
+                              **test.record(), "summary": test.describe(row.method, best.method)})
+    return tests
 
 
 def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs,
                       search_episodes, say) -> list[MethodResult]:
     """Every method at every target: the agent greedy, its best-found recipe, the search at
-    equal cost, the reference policies."""
+    equal cost (from the agent's reference allocation), every allocation method."""
     results: list[MethodResult] = []
+    start = prune_env_of(agent_env).reference
     for target in targets:
         entries = agent_entries(algo, agent, target, agent_env, reference_env)
         if search_episodes:
-            entries.append(search_entry(reference_env, target, search_episodes, seed, say))
+            entries.append(search_entry(reference_env, target, search_episodes, seed, say, start=start))
         entries += reference_entries(reference_env, seed, min_threshold)
         results += play(entries, target, finetune_epochs, seed)
         say(f"evaluated every method at sparsity {target}")

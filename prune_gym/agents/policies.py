@@ -26,16 +26,19 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from prune_gym.allocation import ALLOCATION_METHODS, allocation_method, allocation_sparsities
 from prune_gym.envs.prune_env import PruneEnv
 from prune_gym.pruning import check_sparsity
 from prune_gym.stats import FEATURE_INDEX, FEATURES, layer_index_from_observation
 
 __all__ = [
+    "AllocationPolicy",
     "GlobalMagnitudePolicy",
     "RandomPolicy",
     "RecipePolicy",
@@ -47,8 +50,9 @@ __all__ = [
     "reference_policy",
 ]
 
-#: The reference policies by name (``prune-gym baseline --policy``).
-REFERENCE_POLICIES = ("global-mp", "uniform", "random")
+#: The reference policies by name (``prune-gym baseline --policy``, ``export --policy``,
+#: ``compare``'s rows): the allocation methods of ``prune_gym.allocation``, in table order.
+REFERENCE_POLICIES = tuple(ALLOCATION_METHODS)
 
 
 def prune_env_of(env: Any) -> PruneEnv:
@@ -161,7 +165,50 @@ class ReferencePolicy:
         return targets
 
 
-class GlobalMagnitudePolicy(ReferencePolicy):
+class AllocationPolicy(ReferencePolicy):
+    """An allocation method of ``prune_gym.allocation`` as a policy: each layer gets the
+    sparsity the method gives it on the dense model at the target (Global MP, LAMP, ERK,
+    uniform, uniform+, random...).
+
+    Args:
+        env: the prune-gym env (or a wrapper / ``DummyVecEnv`` of it) the policy will act in.
+        method: a name of ``prune_gym.allocation.ALLOCATION_METHODS``.
+        min_threshold: the Minimum Threshold of ``"global-mp+mt"`` (None: the paper's 0.05%).
+        sparsity: the overall sparsity to prune to when the env has no target (otherwise the
+            target is read from each observation).
+        seed: the draw of ``"random"``.
+    """
+
+    def __init__(self, env: Any, method: str = "global-mp", min_threshold: float | None = None,
+                 sparsity: float | None = None, seed: int = 0) -> None:
+        super().__init__(env)
+        self.method = allocation_method(method).name
+        if min_threshold is not None:
+            if self.method != "global-mp+mt":
+                raise ValueError(f"min_threshold applies to global-mp+mt only, not to {self.method!r}")
+            if not (0.0 <= float(min_threshold) < 1.0):
+                raise ValueError(f"min_threshold must be a fraction in [0, 1) (0.0005 = 0.05%), got {min_threshold!r}")
+            min_threshold = float(min_threshold)
+        self.min_threshold = min_threshold
+        self.sparsity = None if sparsity is None else check_sparsity(sparsity, "sparsity")
+        self.seed = int(seed)
+
+    def allocation(self, target: float) -> list[float]:
+        """The method's per-layer sparsities at ``target`` (cached by the env)."""
+        if self.method == "random":
+            return allocation_sparsities("random", self.env.state.dense, target, seed=self.seed)
+        return self.env.allocation_sparsities(self.method, target, self.min_threshold)
+
+    def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
+        indices = self.layer_indices(observations)
+        targets = self.targets(observations, self.sparsity)
+        return np.array([self.allocation(float(target))[index] for target, index in zip(targets, indices, strict=True)])
+
+    def __repr__(self) -> str:
+        return f"AllocationPolicy({self.method!r}, min_threshold={self.min_threshold}, sparsity={self.sparsity})"
+
+
+class GlobalMagnitudePolicy(AllocationPolicy):
     """Global Magnitude Pruning as a policy: each layer gets the sparsity that one global
     magnitude threshold (over all prunable weights of the dense model) gives it at the target.
 
@@ -175,28 +222,17 @@ class GlobalMagnitudePolicy(ReferencePolicy):
     """
 
     def __init__(self, env: Any, min_threshold: float | None = None, sparsity: float | None = None) -> None:
-        super().__init__(env)
         if min_threshold is not None and not (0.0 <= float(min_threshold) < 1.0):
             raise ValueError(f"min_threshold must be a fraction in [0, 1) (0.0005 = 0.05%), got {min_threshold!r}")
-        self.min_threshold = float(min_threshold) if min_threshold else None
-        self.sparsity = None if sparsity is None else check_sparsity(sparsity, "sparsity")
-
-    def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
-        indices = self.layer_indices(observations)
-        targets = self.targets(observations, self.sparsity)
-        return np.array(
-            [
-                self.env.global_mp_sparsities(float(target), self.min_threshold)[index]
-                for target, index in zip(targets, indices, strict=True)
-            ]
-        )
+        method = "global-mp+mt" if min_threshold else "global-mp"
+        super().__init__(env, method, float(min_threshold) if min_threshold else None, sparsity)
 
     def __repr__(self) -> str:
         return f"GlobalMagnitudePolicy(min_threshold={self.min_threshold}, sparsity={self.sparsity})"
 
 
-class UniformMagnitudePolicy(ReferencePolicy):
-    """Uniform magnitude pruning: every layer requests the target sparsity.
+class UniformMagnitudePolicy(AllocationPolicy):
+    """Uniform magnitude pruning: every layer at the target sparsity.
 
     With discrete actions the nearest level is requested and the env's projection absorbs the
     difference in the last layers, so the overall sparsity is still the target.
@@ -208,11 +244,7 @@ class UniformMagnitudePolicy(ReferencePolicy):
     """
 
     def __init__(self, env: Any, sparsity: float | None = None) -> None:
-        super().__init__(env)
-        self.sparsity = None if sparsity is None else check_sparsity(sparsity, "sparsity")
-
-    def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
-        return self.targets(observations, self.sparsity)
+        super().__init__(env, "uniform", sparsity=sparsity)
 
     def __repr__(self) -> str:
         return f"UniformMagnitudePolicy(sparsity={self.sparsity})"
@@ -278,25 +310,32 @@ def reference_policy(
     name: str, env: Any, *, seed: int = 0, min_threshold: float | None = None
 ) -> tuple[str, ReferencePolicy, bool]:
     """``(label, policy, deterministic)`` for a name of :data:`REFERENCE_POLICIES`: the label
-    is the method's name in tables ("Global MP", "Global MP + MT", "uniform", "random");
-    ``deterministic`` is False for the random policy, whose actions are sampled."""
-    if name == "global-mp":
-        return ("Global MP + MT" if min_threshold else "Global MP"), GlobalMagnitudePolicy(env, min_threshold=min_threshold), True
-    if min_threshold is not None:
-        raise ValueError("--min-threshold applies to --policy global-mp only")
-    if name == "uniform":
-        return "uniform", UniformMagnitudePolicy(env), True
-    if name == "random":
-        return "random", RandomPolicy(env, seed=seed), False
-    raise ValueError(f"unknown reference policy {name!r}: choose one of {', '.join(REFERENCE_POLICIES)}")
+    is the method's name in tables ("Global MP", "Global MP + MT", "LAMP", ...); every
+    allocation is deterministic (``random`` is a seeded draw, ``seed``). ``min_threshold``
+    applies to ``global-mp+mt`` (None: the paper's 0.05%); ``"global-mp"`` with a
+    ``min_threshold`` is Global MP + MT, as ``prune-gym baseline --min-threshold`` says."""
+    method = allocation_method(name).name
+    if method == "global-mp" and min_threshold:
+        method = "global-mp+mt"
+    elif min_threshold is not None and method != "global-mp+mt":
+        raise ValueError(f"--min-threshold applies to --policy global-mp / global-mp+mt only, not {name!r}")
+    policy = AllocationPolicy(env, method, min_threshold=min_threshold or None, seed=seed)
+    return ALLOCATION_METHODS[method].label, policy, True
 
 
 def reference_policies(
-    env: Any, *, seed: int = 0, min_threshold: float | None = None
+    env: Any, *, seed: int = 0, min_threshold: float | None = None, methods: Sequence[str] | None = None,
 ) -> list[tuple[str, ReferencePolicy, bool]]:
-    """Every reference method of a comparison, in table order: Global MP, Global MP + MT
-    (unless ``min_threshold`` is None or 0), uniform, random (seeded with ``seed``)."""
-    methods = [reference_policy("global-mp", env)]
-    if min_threshold:
-        methods.append(reference_policy("global-mp", env, min_threshold=min_threshold))
-    return methods + [reference_policy("uniform", env), reference_policy("random", env, seed=seed)]
+    """Every allocation method of a comparison, in table order (``methods``: all of the
+    registry); ``min_threshold`` is Global MP + MT's (None or 0 leaves that method out);
+    ``random`` is drawn with ``seed``."""
+    names = list(REFERENCE_POLICIES if methods is None else methods)
+    chosen = []
+    for name in names:
+        if name == "global-mp+mt":
+            if not min_threshold:
+                continue
+            chosen.append(reference_policy(name, env, min_threshold=min_threshold))
+        else:
+            chosen.append(reference_policy(name, env, seed=seed))
+    return chosen

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from prune_gym.agents.policies import prune_env_of
 from prune_gym.io import atomic_write_json, atomic_write_text
 from prune_gym.recipes import Recipe
@@ -49,6 +51,18 @@ class MethodResult:
     layer_sparsities: dict[str, float] = field(default_factory=dict)
     finetuned_test_accuracy: float | None = None
     finetune_seconds: float | None = None
+    #: What choosing the allocation cost: network evaluations on the reward split (an agent's
+    #: training steps, the search's episodes x layers; 0 for a zero-cost rule) and seconds.
+    evaluations: int | None = None
+    cost_seconds: float | None = None
+    #: Whether each test image was classified right (for paired tests; not written to files).
+    test_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def record(self) -> dict[str, Any]:
+        """The row as written to JSON (everything but ``test_correct``)."""
+        values = asdict(self)
+        values.pop("test_correct")
+        return values
 
 
 @dataclass
@@ -91,26 +105,31 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
     ]
     search = metadata.get("search") or {}
     if search.get("episodes_per_target"):
-        lines.append(f"local search: around Global MP, {search['episodes_per_target']:,} env episodes per target "
-                     "(the agent's training episodes, split over the targets), best on the reward split")
+        lines.append(f"local search: around {search.get('start', 'global-mp')}, {search['episodes_per_target']:,} env "
+                     "episodes per target (the agent's training episodes, split over the targets), best on the reward split")
+    strongest = metadata.get("strongest_heuristic") or {}
     lines += [
         "",
     ]
     finetuned = any(row.finetuned_test_accuracy is not None for row in results)
-    header = ["target", "method", "test acc", "reward acc", "param sparsity", "FLOPs sparsity", "time (s)"]
+    header = ["target", "method", "test acc", "reward acc", "param sparsity", "FLOPs sparsity", "time (s)", "evals",
+              "cost (s)"]
     if finetuned:
         header.insert(3, f"after FT ({metadata['finetune_epochs']} ep)")
     rows = [header]
     previous = None
     for row in results:
+        marked = strongest.get(f"{row.target_sparsity:.6g}") == row.method
         cells = [
             percent(row.target_sparsity, 0) + "%" if row.target_sparsity != previous else "",
-            row.method,
+            row.method + (" *" if marked else ""),
             percent(row.test_accuracy),
             percent(row.reward_accuracy),
             percent(row.param_sparsity, 2),
             percent(row.flops_sparsity, 2),
             f"{row.seconds:.2f}",
+            "-" if row.evaluations is None else f"{row.evaluations:,}",
+            "-" if row.cost_seconds is None else f"{row.cost_seconds:.2f}",
         ]
         if finetuned:
             cells.insert(3, percent(row.finetuned_test_accuracy))
@@ -118,7 +137,15 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
         previous = row.target_sparsity
     lines += text_table(rows, text_columns=2)
     lines.append("")
-    lines.append(f"accuracies and sparsities in %; time = one pruning episode; total {metadata['total_seconds']:.0f} s")
+    lines.append(f"accuracies and sparsities in %; time = one pruning episode; evals, cost = network evaluations "
+                 "and seconds spent choosing the allocation (0 for a zero-cost rule); "
+                 f"total {metadata['total_seconds']:.0f} s")
+    if strongest:
+        lines.append("* the strongest zero-cost rule at the target on the reward split (the random control excluded)")
+    tests = metadata.get("paired_tests") or []
+    if tests:
+        lines += ["", "paired tests on the same test images, against the strongest rule (McNemar's exact test):"]
+        lines += [f"  {100 * test['target_sparsity']:.0f}%: {test['summary']}" for test in tests]
     return "\n".join(lines)
 
 
@@ -137,7 +164,8 @@ def text_table(rows: Sequence[Sequence[str]], text_columns: int) -> list[str]:
 
 _CSV_FIELDS = (
     "target_sparsity", "method", "test_accuracy", "reward_accuracy", "param_sparsity", "flops_sparsity",
-    "seconds", "episode_return", "action_type", "finetuned_test_accuracy", "finetune_seconds",
+    "seconds", "episode_return", "action_type", "finetuned_test_accuracy", "finetune_seconds", "evaluations",
+    "cost_seconds",
 )
 
 
@@ -149,13 +177,13 @@ def write_results(comparison: Comparison, output: Path, env: Any | None = None) 
     what the table says; ``env`` is the env the methods ran through (for that record).
     """
     output.mkdir(parents=True, exist_ok=True)
-    record = {**comparison.metadata, "results": [asdict(row) for row in comparison.results]}
+    record = {**comparison.metadata, "results": [row.record() for row in comparison.results]}
     atomic_write_json(output / "results.json", record)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS)
     writer.writeheader()
     for row in comparison.results:
-        values = asdict(row)
+        values = row.record()
         writer.writerow({key: values[key] for key in _CSV_FIELDS})
     atomic_write_text(output / "results.csv", buffer.getvalue())
     atomic_write_text(output / "table.txt", comparison.table + "\n")
@@ -222,14 +250,19 @@ def plot_accuracy(comparison: Comparison, path: Path) -> None:
 
 
 def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
-    """Per-layer sparsity of the agent against Global MP, one panel per target."""
+    """Per-layer sparsity of the agent against Global MP and the strongest zero-cost rule at each
+    target (when it is another), one panel per target."""
     plt = pyplot()
     agent_label = next(row.method for row in comparison.results if row.method.endswith("(greedy)"))
     best_label = agent_label.replace("(greedy)", "(best found)")
     targets = list(dict.fromkeys(row.target_sparsity for row in comparison.results))
     figure, axes = plt.subplots(len(targets), 1, figsize=(10, 2.4 * len(targets) + 0.6), squeeze=False)
     for axis, target in zip(axes[:, 0], targets, strict=True):
-        bars = [comparison.result("Global MP", target), comparison.result(agent_label, target)]
+        strongest = (comparison.metadata.get("strongest_heuristic") or {}).get(f"{target:.6g}")
+        bars = [comparison.result("Global MP", target)]
+        if strongest not in (None, "Global MP"):
+            bars.append(comparison.result(strongest, target))
+        bars.append(comparison.result(agent_label, target))
         bars += [row for row in comparison.results if row.method == best_label and row.target_sparsity == target]
         names = list(bars[0].layer_sparsities)
         positions = range(len(names))
@@ -246,7 +279,7 @@ def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
         axis.set_xticks(list(positions))
         axis.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
         axis.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize=8, loc="upper left")
+    axes[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     figure.suptitle(f"{comparison.env_id}: per-layer sparsity")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -1,8 +1,10 @@
-"""Search at equal cost: a black-box local search around Global MP's per-layer sparsities.
+"""Search at equal cost: a black-box local search around an allocation method's per-layer sparsities.
 
 The first question a reviewer asks of a learned pruning policy is whether plain search, given
 the same budget, would have done as well. :func:`local_search` is that reference: it starts
-from Global MP's per-layer sparsities at the target, and each episode perturbs the best
+from an allocation method's per-layer sparsities at the target (Global MP's by default; the
+comparison starts it where the agent's actions are centred, the env's ``reference``), and each
+episode perturbs the best
 allocation so far with Gaussian noise in logit space, plays it through the env (which projects
 it onto the exact target and re-calibrates BatchNorm as for any policy) and keeps it if its
 reward-split accuracy is higher. The test split is never read. Its budget is counted in env
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from prune_gym.agents.policies import RecipePolicy, prune_env_of
+from prune_gym.allocation import allocation_method
 
 __all__ = ["DEFAULT_STEP", "SearchResult", "local_search"]
 
@@ -47,9 +50,11 @@ def _sigmoid(values: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-values))
 
 
-def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: float = DEFAULT_STEP) -> SearchResult:
+def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: float = DEFAULT_STEP,
+                 start: str = "global-mp") -> SearchResult:
     """Search ``episodes`` env episodes for the per-layer sparsities with the best reward-split
-    accuracy at ``target``, starting from Global MP's (the first episode plays Global MP itself).
+    accuracy at ``target``, starting from the allocation method ``start`` (the first episode
+    plays it as it is).
 
     Args:
         env: a prune-gym env with continuous absolute actions (every allocation is played exactly).
@@ -57,12 +62,14 @@ def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: fl
         episodes: the budget in env episodes (>= 1).
         seed: seeds the perturbations.
         step: standard deviation of the perturbation in logit space.
+        start: a name of ``prune_gym.allocation.ALLOCATION_METHODS`` (Global MP by default).
     """
     prune_env = prune_env_of(env)
     if prune_env.action_type != "continuous" or prune_env.action_mode != "absolute":
         raise ValueError(
             "local_search plays exact allocations: give it an env with action_type='continuous' and action_mode='absolute'"
         )
+    allocation_method(start)  # an unknown name fails here, before any episode
     if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes < 1:
         raise ValueError(f"episodes must be a whole number >= 1, got {episodes!r}")
     from prune_gym.agents.compare import run_episode  # the comparison's episode runner
@@ -75,7 +82,7 @@ def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: fl
         row = run_episode(policy, env, target, score_test=False)  # selects on the reward split
         return row.reward_accuracy, np.array([row.layer_sparsities[name] for name in names])
 
-    best_accuracy, best = play(np.asarray(prune_env.global_mp_sparsities(target), dtype=np.float64))
+    best_accuracy, best = play(np.asarray(prune_env.allocation_sparsities(start, target), dtype=np.float64))
     history = [best_accuracy]
     for _ in range(int(episodes) - 1):
         candidate = _sigmoid(_logit(best) + step * rng.standard_normal(len(names)))

@@ -166,7 +166,7 @@ def write_sweep(settings: Mapping[str, Any], trials: Sequence[TrialOutcome], out
     }
     atomic_write_json(output / "results.json", record)
     atomic_write_text(output / "results.csv", _csv(_CSV_FIELDS, [asdict(r) for r in rows]))
-    per_trial = [{"trial": t.name, "kind": t.kind, "algo": t.algo, "seed": t.seed, **asdict(row)}
+    per_trial = [{"trial": t.name, "kind": t.kind, "algo": t.algo, "seed": t.seed, **row.record()}
                  for t in trials if t.status == "finished" for row in t.rows()]
     atomic_write_text(output / "trials.csv", _csv(_TRIAL_FIELDS, per_trial))
     atomic_write_text(output / "table.txt", table + "\n")

@@ -46,7 +46,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -487,7 +487,7 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
             dense = reference.measure_dense_test_accuracy() if reference.test_data is not None else None
             record = {
                 "sweep_id": settings["sweep_id"], "trial": dict(spec), "name": trial_label(spec), **extra,
-                "rows": [asdict(row) for row in rows],
+                "rows": [row.record() for row in rows],
                 "dense_test_accuracy": float("nan") if dense is None else dense,
                 "dense_reward_accuracy": reference.dense_reward_accuracy,
                 "max_sparsity": reference.max_sparsity, "max_sparsity_note": note,

@@ -94,6 +94,8 @@ class PruningEngine:
         self._generator = torch.Generator().manual_seed(seed)
         #: Test accuracy of the dense network, once :meth:`measure_dense_test_accuracy` ran.
         self.dense_test_accuracy: float | None = None
+        #: Per-sample correctness (bool, CPU) of the last :meth:`test_accuracy`, for paired tests.
+        self.last_test_correct: Tensor | None = None
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -157,6 +159,7 @@ class PruningEngine:
         """The dense trained network, bit for bit, from the device copies (masks, and
         parameters or statistics); ``seed`` re-seeds the fine-tuning generator."""
         self.state.restore()
+        self.last_test_correct = None
         if self._full_snapshot is not None:
             restore_state(self.model, self._full_snapshot)
         if self._norm_snapshot is not None:
@@ -169,15 +172,18 @@ class PruningEngine:
         """Test-split accuracy of the network as it is now (pruned or dense)."""
         if self.test_evaluator is None:
             raise ValueError("no test split: pass test_data= (or use a task) to get test accuracy")
-        return self.test_evaluator.accuracy()
+        self.last_test_correct = self.test_evaluator.correct()
+        return int(self.last_test_correct.sum()) / len(self.last_test_correct)
 
     def measure_dense_test_accuracy(self) -> float:
         """Test accuracy of the dense network (measured once, then the pruned state is put back)."""
         if self.dense_test_accuracy is None:
             pruned = capture_state(self.model)
             masks = [mask.clone() for mask in self.state.masks]
+            last_test_correct = self.last_test_correct  # the pruned model's, kept for paired tests
             self.restore_dense()
             self.dense_test_accuracy = self.test_accuracy()
+            self.last_test_correct = last_test_correct
             restore_state(self.model, pruned)
             for own, mask in zip(self.state.masks, masks, strict=True):
                 own.copy_(mask)

@@ -13,6 +13,7 @@ from gymnasium import spaces
 from torch import nn
 
 from prune_gym.accounting import flops_removed
+from prune_gym.allocation import allocation_method, allocation_sparsities
 from prune_gym.envs.actions import (
     DEFAULT_RELATIVE_RANGE,
     ActionMap,
@@ -25,10 +26,7 @@ from prune_gym.evaluation import (
     DataLike,
     resolve_device,
 )
-from prune_gym.pruning import (
-    check_sparsity,
-    global_magnitude_sparsities,
-)
+from prune_gym.pruning import check_sparsity
 from prune_gym.stats import observation, observation_bounds, static_features
 
 
@@ -51,11 +49,14 @@ class PruneEnv(gym.Env):
     (``prune_gym.envs.actions``):
 
     - ``action_mode="relative"`` (default): a step in logit space away from the layer's
-      *reference sparsity*, Global MP's sparsity for the layer with the keep budget earlier
-      layers left spread over the remaining ones in proportion to what Global MP keeps there.
+      *reference sparsity*, the reference allocation's sparsity for the layer (``reference``:
+      Global MP by default, or any method of ``prune_gym.allocation``: LAMP, ERK, uniform+...)
+      with the keep budget earlier layers left spread over the remaining ones in proportion to
+      what the reference keeps there.
       Discrete: ``Discrete(n_actions)`` (default 11, odd) steps evenly spaced in
       ``[-relative_range, relative_range]`` (default 1.0); the centre action ``n_actions // 2``
-      takes the reference exactly, so playing it at every step *is* Global MP. Continuous:
+      takes the reference exactly, so playing it at every step *is* the reference allocation
+      (Global MP by default), weight for weight. Continuous:
       ``Box(-1, 1, (1,))`` times ``relative_range``; 0 takes the reference.
     - ``action_mode="absolute"`` (v0's): the sparsity itself, ``Discrete(n_actions)`` (default
       12) evenly spaced levels ``0, 0.09, ..., 0.99``, or ``Box(-1, 1, (1,))`` mapped linearly
@@ -66,7 +67,7 @@ class PruneEnv(gym.Env):
     ``[min_sparsity, max_sparsity]``), so every finished episode ends at the target exactly
     (``round(target * weights)`` weights pruned). In the relative mode the interval is narrowed,
     where the target allows, so that every layer after this one can still keep between
-    ``exp(-relative_range)`` and ``exp(relative_range)`` times what Global MP keeps in it, within
+    ``exp(-relative_range)`` and ``exp(relative_range)`` times what the reference keeps in it, within
     its own cap: no choice can leave the last, small layers to be emptied
     (``actions.spread_bounds``). ``info`` reports both the requested and the applied sparsity;
     the ``reference_sparsity`` feature tells the agent where the spread budget stands.
@@ -92,7 +93,7 @@ class PruneEnv(gym.Env):
     - 11. ``weight_mean_abs``: mean absolute weight of the dense layer / the largest over layers
     - 12. ``weight_std``: std of w of the dense layer / the largest over layers
     - 13. ``global_mp_sparsity``: sparsity Global MP gives this layer at the target (at 0.5 with no target)
-    - 14. ``reference_sparsity``: Global MP's sparsity for the layer with the budget earlier layers left spread (the relative centre action)
+    - 14. ``reference_sparsity``: the reference allocation's sparsity for the layer (Global MP's by default) with the budget earlier layers left spread (the relative centre action)
     - 15. ``sparsity_so_far``: overall sparsity of all prunable weights before this step
     - 16. ``budget_left``: sparsity the remaining layers (this one included) need on average to reach the target; 0 with no target
     - 17. ``accuracy_ratio``: reward-split accuracy after the previous step / dense accuracy (clipped to [0, 2])
@@ -141,6 +142,9 @@ class PruneEnv(gym.Env):
     - ``action_type`` (``"discrete"``, ``"continuous"``), ``action_mode`` (``"relative"``,
       ``"absolute"``), ``n_actions`` (None = 11 relative / 12 absolute), ``relative_range``,
       ``min_sparsity``, ``max_sparsity``: the action space (see above).
+    - ``reference``: the allocation the relative actions step around and the spread follows
+      (``"global-mp"``, the default; ``"lamp"``, ``"erk"``, ``"uniform+"``... any name of
+      ``prune_gym.allocation.ALLOCATION_METHODS``).
     - ``reward``, ``sparsity_weight``: the reward function and its ``beta``.
     - ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``; ``amp``,
       ``channels_last``: bf16/fp16 autocast on CUDA, and the channels-last memory format for
@@ -186,7 +190,9 @@ class PruneEnv(gym.Env):
       model, a deficit those layers could not absorb still emptied the classifier); results
       recorded before that date differ at such targets. Also on 2026-11-22: ``evaluate_test``
       (False, or None where the test split is not held on the device, leaves the test accuracy
-      out of the last step's ``info``; the default, True, keeps it).
+      out of the last step's ``info``; the default, True, keeps it). On 2026-12-04:
+      ``reference`` (any allocation method as the centre of the relative actions; the default,
+      ``"global-mp"``, keeps v1's dynamics).
     - v0: initial release.
     """
 
@@ -205,6 +211,7 @@ class PruneEnv(gym.Env):
         action_mode: str = "relative",
         n_actions: int | None = None,
         relative_range: float = DEFAULT_RELATIVE_RANGE,
+        reference: str = "global-mp",
         min_sparsity: float = 0.0,
         max_sparsity: float = 0.99,
         reward: str | RewardFunction = "purl",
@@ -235,6 +242,8 @@ class PruneEnv(gym.Env):
             raise ValueError(f"min_sparsity ({min_sparsity}) must be below max_sparsity ({max_sparsity})")
         self.actions = ActionMap(action_type, action_mode, n_actions, self.min_sparsity, self.max_sparsity, relative_range)
         self.target_sparsity = self._check_target(target_sparsity)
+        #: The allocation method the relative actions step around (``prune_gym.allocation``).
+        self.reference = allocation_method(reference).name
         if bn_recalibration_batches is None:
             bn_recalibration_batches = self._task_default(task, "bn_recalibration_batches", 0)
         self._check_settings(sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps, finetune_lr)
@@ -286,13 +295,14 @@ class PruneEnv(gym.Env):
             evaluate_test if evaluate_test is not None else test_evaluator.resident)
         self.num_layers, self.layer_flops = len(self.layers), self.engine.layer_flops
         self._static = static_features(self.layers, self.state.dense, self.layer_flops)
-        self._global_mp_cache: dict[tuple[float, float | None], list[float]] = {}
+        self._allocation_cache: dict[tuple[str, float, float | None], list[float]] = {}
 
         self.levels = self.actions.levels  # sparsities (absolute) or logit steps (relative)
         self.action_space = self.actions.space()
         low, high = observation_bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
-        self.global_mp_sparsities()  # an observation feature: computed here, not on the first reset
+        self.global_mp_sparsities()  # observation features: computed here, not on the first reset
+        self._reference_counts()
         self.dense_reward_accuracy = self.evaluator.accuracy()
         self._t: int | None = None
         self._reset_episode_state()
@@ -381,29 +391,44 @@ class PruneEnv(gym.Env):
         return int(action) if self.action_type == "discrete" else action
 
     def reference_sparsity(self) -> float:
-        """The current layer's reference sparsity: Global MP's, with the keep budget the earlier
-        layers left spread over the remaining ones (``prune_gym.envs.actions.reference_sparsity``).
-        The centre action of ``action_mode="relative"`` takes it; an observation feature."""
+        """The current layer's reference sparsity: the reference allocation's (``reference``,
+        Global MP by default), with the keep budget the earlier layers left spread over the
+        remaining ones (``prune_gym.envs.actions.reference_sparsity``). The centre action of
+        ``action_mode="relative"`` takes it; an observation feature."""
         index = min(self._t or 0, self.num_layers - 1)
-        counts = self._global_mp_counts()
+        counts = self._reference_counts()
         target_count = round(self.target_sparsity * self.state.total) if self.target_sparsity is not None else None
         pruned = self._pruned
         if self._t == self.num_layers:  # after the last step: the state before it
             pruned -= round(self.applied[index] * self.state.numels[index])
         return reference_sparsity(index, self.state.numels, counts, pruned, target_count)
 
-    def global_mp_sparsities(self, target: float | None = None, min_threshold: float | None = None) -> list[float]:
-        """Per-layer sparsities of Global MP on the dense model (cached per target and MT)."""
+    def allocation_sparsities(self, method: str, target: float | None = None,
+                              min_threshold: float | None = None) -> list[float]:
+        """Per-layer sparsities of an allocation method (``prune_gym.allocation``) on the dense
+        model at ``target`` (the env's, else 0.5), cached per method, target and Minimum Threshold."""
         target = target if target is not None else (self.target_sparsity if self.target_sparsity is not None else 0.5)
-        key = (float(target), min_threshold or None)
-        if key not in self._global_mp_cache:
-            self._global_mp_cache[key] = global_magnitude_sparsities(self.state.dense, target, min_threshold)
-        return self._global_mp_cache[key]
+        key = (method, float(target), min_threshold)
+        if key not in self._allocation_cache:
+            self._allocation_cache[key] = allocation_sparsities(
+                method, self.state.dense, float(target), min_threshold=min_threshold
+            )
+        return self._allocation_cache[key]
 
-    def _global_mp_counts(self) -> list[int]:
-        """Weights Global MP prunes in each layer at the target (at 0.5 with no target)."""
-        target = self.target_sparsity if self.target_sparsity is not None else 0.5
-        return [round(s * n) for s, n in zip(self.global_mp_sparsities(target), self.state.numels, strict=True)]
+    def global_mp_sparsities(self, target: float | None = None, min_threshold: float | None = None) -> list[float]:
+        """Per-layer sparsities of Global MP on the dense model (with the Minimum Threshold
+        ``min_threshold`` when given), cached per target."""
+        if min_threshold:
+            return self.allocation_sparsities("global-mp+mt", target, float(min_threshold))
+        return self.allocation_sparsities("global-mp", target)
+
+    def reference_sparsities(self, target: float | None = None) -> list[float]:
+        """Per-layer sparsities of the reference allocation (``reference``) at ``target``."""
+        return self.allocation_sparsities(self.reference, target)
+
+    def _reference_counts(self) -> list[int]:
+        """Weights the reference allocation prunes in each layer at the target (0.5 with none)."""
+        return [round(s * n) for s, n in zip(self.reference_sparsities(), self.state.numels, strict=True)]
 
     def evaluate_test(self) -> float:
         """Test-split accuracy of the model as it is now (pruned or dense)."""
@@ -523,7 +548,7 @@ class PruneEnv(gym.Env):
     def _feasible_pruned_counts(self, index: int) -> tuple[int, int]:
         """Bounds on how many weights layer ``index`` may lose (``actions.feasible_counts``)."""
         target_count = round(self.target_sparsity * self.state.total) if self.target_sparsity is not None else None
-        spread = (self._global_mp_counts(), self.actions.relative_range) if self.action_mode == "relative" else None
+        spread = (self._reference_counts(), self.actions.relative_range) if self.action_mode == "relative" else None
         return feasible_counts(
             index, self.state.numels, self._pruned, target_count, self.min_sparsity, self.max_sparsity, spread
         )
