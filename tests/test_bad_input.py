@@ -283,3 +283,73 @@ def test_the_help_warns_that_agent_files_are_unpickled(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     assert "unpickles" in capsys.readouterr().out
+
+
+# -- a step or reset that fails never leaves the episode half-changed ------------------------------
+
+
+def _snapshot(env: PruneEnv):
+    return (env.current_layer, [w.detach().clone() for w in (layer.weight for layer in env.layers)],
+            [m.clone() for m in env.state.masks], env.state.pruned_count(), list(env.applied))
+
+
+def _same(before, after) -> bool:
+    return (before[0] == after[0] and before[3:] == after[3:]
+            and all(torch.equal(a, b) for a, b in zip(before[1], after[1], strict=True))
+            and all(torch.equal(a, b) for a, b in zip(before[2], after[2], strict=True)))
+
+
+@pytest.mark.parametrize("reward, message", [
+    (lambda context: None, "returned None, not a number"),
+    (lambda context: float("nan"), "returned nan, not a finite number"),
+    (lambda context: float("inf"), "returned inf, not a finite number"),
+    (lambda: 0.0, "positional argument"),
+])
+def test_a_failing_reward_takes_the_step_back(reward, message):
+    env = tiny_env(reward=reward, target_sparsity=0.5)
+    env.reset(seed=0)
+    before = _snapshot(env)
+    with pytest.raises((ValueError, TypeError), match=message):
+        env.step(3)
+    assert _same(before, _snapshot(env))  # the layer is not pruned, not counted, not advanced
+    env.reward_fn = lambda context: 0.0  # a fixed reward: the same step now goes through
+    _, _, _, _, info = env.step(3)
+    assert info["layer_index"] == 0
+
+
+def test_a_failing_test_evaluation_at_the_last_step_takes_the_step_back(monkeypatch):
+    env = tiny_env(target_sparsity=0.5)
+    env.reset(seed=0)
+    for _ in range(env.num_layers - 1):
+        env.step(5)
+    before = _snapshot(env)
+
+    def unreadable(*args, **kwargs):
+        raise OSError("test split unreadable")
+
+    monkeypatch.setattr(env.engine, "test_accuracy", unreadable)
+    with pytest.raises(OSError, match="unreadable"):
+        env.step(5)
+    assert _same(before, _snapshot(env))
+    monkeypatch.undo()
+    _, _, terminated, _, info = env.step(5)
+    assert terminated and "test_accuracy" in info and info["overall_sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("seed, options, message", [
+    (2**64, None, "seed must be None or a whole number"),
+    (-1, None, "seed must be None or a whole number"),
+    (True, None, "seed must be None or a whole number"),
+    (None, "x", "options must be a dict"),
+])
+def test_a_bad_reset_changes_nothing(seed, options, message):
+    env = tiny_env(target_sparsity=0.5)
+    env.reset(seed=0)
+    env.step(3)
+    before = _snapshot(env)
+    with pytest.raises(ValueError, match=message):
+        env.reset(seed=seed, options=options)
+    assert _same(before, _snapshot(env))  # the episode goes on where it was
+    _, _, _, _, info = env.step(3)
+    assert info["layer_index"] == 1
+    assert info["overall_sparsity"] == pytest.approx(env.state.overall_sparsity())

@@ -63,6 +63,8 @@ from prune_gym.agents.compare import (
 from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo, load_hyperparams
 from prune_gym.agents.policies import prune_env_of
 from prune_gym.agents.report import MethodResult, write_recipes
+from prune_gym.agents.training import agent_env_kwargs_for
+from prune_gym.allocation import allocation_method
 from prune_gym.io import atomic_write_json
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, check_sparsity
 
@@ -241,7 +243,9 @@ def _check_sweep_options(
         resolved = load_hyperparams(algo, env_id, hyperparams.get(algo))  # reads and checks the file here
         budget = _whole(timesteps if timesteps is not None else resolved.get("n_timesteps", 0), "timesteps")
         envs = _whole(n_envs if n_envs is not None else resolved.get("n_envs", 1), "n_envs", minimum=1)
-        agents[algo] = {"hyperparams": {env_id: resolved}, "timesteps": budget, "n_envs": envs, "action_type": action_type}
+        kwargs = agent_env_kwargs_for(algo, env_id, shared, action_type, {env_id: resolved})
+        agents[algo] = {"hyperparams": {env_id: resolved}, "timesteps": budget, "n_envs": envs, "action_type": action_type,
+                        "reference": allocation_method(kwargs.get("reference", "global-mp")).name}
     shared.pop("action_type", None)
     output = Path(output_dir) if output_dir is not None else Path("results") / f"{env_id}-sweep-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -264,6 +268,8 @@ def _check_sweep_options(
         "env_kwargs": shared,
         "min_threshold": min_threshold,
         "search_episodes_per_target": episodes if search else 0,
+        # The search starts where the (first) agent's relative actions are centred.
+        "search_start": agents[algos[0]]["reference"],
         "finetune_epochs": _whole(finetune_epochs, "finetune_epochs"),
         "cpus_per_trial": cpus_per_trial,
         "gpus_per_trial": float(gpus_per_trial or 0.0),
@@ -477,7 +483,8 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
             elif spec["kind"] == "search":
                 episodes = settings["search_episodes_per_target"]
                 rows = [row for t in targets for row in play(
-                    [search_entry(reference_env, t, episodes, spec["seed"], say)], t, settings["finetune_epochs"], spec["seed"])]
+                    [search_entry(reference_env, t, episodes, spec["seed"], say, start=settings.get("search_start", "global-mp"))],
+                    t, settings["finetune_epochs"], spec["seed"])]
                 extra = {"episodes_per_target": episodes}
             else:
                 rows = [row for t in targets for row in play(
@@ -509,8 +516,6 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
 def _agent_trial(spec, settings, shared, reference_env, folder: Path, say) -> tuple[list[MethodResult], dict[str, Any]]:
     """``compare``'s agent part: train across the targets, then greedy and best found at each."""
     import gymnasium as gym
-
-    from prune_gym.agents.training import agent_env_kwargs_for
 
     algo, seed, targets = spec["algo"], spec["seed"], settings["sparsities"]
     agent_settings = settings["agents"][algo]

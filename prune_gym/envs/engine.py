@@ -96,19 +96,24 @@ class PruningEngine:
         self.dense_test_accuracy: float | None = None
         #: Per-sample correctness (bool, CPU) of the last :meth:`test_accuracy`, for paired tests.
         self.last_test_correct: Tensor | None = None
+        #: What :meth:`rollback` restores: the last pruning step's previous state.
+        self._undo: tuple | None = None
 
     # -- one step ------------------------------------------------------------------------------
 
     def prune(self, index: int, count: int) -> float:
         """Prune the ``count`` smallest weights of layer ``index`` (of the dense weights, or of
         the retrained ones when fine-tuning), re-calibrate / fine-tune as configured, and return
-        the reward-split accuracy. A step that fails leaves the network as it was before it."""
+        the reward-split accuracy. A step that fails leaves the network as it was before it; a
+        step that succeeded can still be taken back with :meth:`rollback` (the env does when
+        what follows the pruning, its reward or the test evaluation, fails)."""
         numel = self.state.numels[index]
-        previous_mask = self.state.masks[index].clone()
-        # What the step may change besides the mask, for the rollback of a failed step.
+        # What the step may change besides the mask, for the rollback.
         before_step = capture_state(self.model) if self._full_snapshot is not None else None
-        norms_before = (
-            self.calibrator.capture(self.layer_stage[index]) if self.calibrator is not None and before_step is None else None
+        self._undo = (
+            index, self.state.masks[index].clone(), before_step,
+            self.calibrator.capture(self.layer_stage[index]) if self.calibrator is not None and before_step is None else None,
+            self._generator.get_state(),
         )
         try:
             if self.finetune_steps:
@@ -119,15 +124,25 @@ class PruningEngine:
             self._after_weights_changed(index)
             return self.evaluator.accuracy(keep_stage=self._next_stage(index))
         except BaseException:
-            if before_step is not None:
-                restore_state(self.model, before_step)
-                self.state.masks[index].copy_(previous_mask)
-            else:
-                self.state.set_mask(index, previous_mask)
-            if norms_before is not None:
-                BatchNormCalibrator.restore(norms_before)
-            self._mark_changed(0)
+            self.rollback()
             raise
+
+    def rollback(self) -> None:
+        """Put the network back as it was before the last :meth:`prune` (mask, parameters or
+        BatchNorm statistics, the fine-tuning generator); a no-op when there is nothing to undo."""
+        if self._undo is None:
+            return
+        index, previous_mask, before_step, norms_before, generator_state = self._undo
+        self._undo = None
+        if before_step is not None:
+            restore_state(self.model, before_step)
+            self.state.masks[index].copy_(previous_mask)
+        else:
+            self.state.set_mask(index, previous_mask)
+        if norms_before is not None:
+            BatchNormCalibrator.restore(norms_before)
+        self._generator.set_state(generator_state)
+        self._mark_changed(0)
 
     def _next_stage(self, index: int) -> int | None:
         return self.layer_stage[index + 1] if index + 1 < len(self.layers) else None
@@ -160,6 +175,7 @@ class PruningEngine:
         parameters or statistics); ``seed`` re-seeds the fine-tuning generator."""
         self.state.restore()
         self.last_test_correct = None
+        self._undo = None
         if self._full_snapshot is not None:
             restore_state(self.model, self._full_snapshot)
         if self._norm_snapshot is not None:
@@ -180,10 +196,11 @@ class PruningEngine:
         if self.dense_test_accuracy is None:
             pruned = capture_state(self.model)
             masks = [mask.clone() for mask in self.state.masks]
-            last_test_correct = self.last_test_correct  # the pruned model's, kept for paired tests
+            # The pruned model's correctness (for paired tests) and undo record survive the detour.
+            last_test_correct, undo = self.last_test_correct, self._undo
             self.restore_dense()
             self.dense_test_accuracy = self.test_accuracy()
-            self.last_test_correct = last_test_correct
+            self.last_test_correct, self._undo = last_test_correct, undo
             restore_state(self.model, pruned)
             for own, mask in zip(self.state.masks, masks, strict=True):
                 own.copy_(mask)

@@ -456,6 +456,10 @@ class PruneEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         # Validate everything first, then change state: a rejected reset leaves the env as it was.
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64):
+            raise ValueError(f"seed must be None or a whole number in [0, 2**64), got {seed!r}")
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"options must be a dict such as {{'target_sparsity': 0.9}}, got {options!r}")
         options = dict(options or {})
         unknown = sorted(set(options) - {"target_sparsity"})
         if unknown:
@@ -493,44 +497,67 @@ class PruneEnv(gym.Env):
         low, high = self._feasible_pruned_counts(index)
         count = int(np.clip(round(requested * numel), low, high))
         accuracy = self.engine.prune(index, count)  # a failed step leaves the network as it was
-
-        previous_sparsity = self._pruned / self.state.total
-        previous_flops = self._flops_removed
-        self._pruned += count
-        applied = count / numel
+        # Everything the step reports is computed before the episode state changes: a reward
+        # function or a test evaluation that fails takes the pruning back, so the step never
+        # happened and may be retried.
+        try:
+            pruned = self._pruned + count
+            applied = count / numel
+            applied_now = [*self.applied[:index], applied, *self.applied[index + 1:]]
+            flops = flops_removed(self.layer_flops, applied_now)
+            terminated = index + 1 == self.num_layers
+            sparsity = pruned / self.state.total
+            context = RewardContext(
+                accuracy=accuracy, previous_accuracy=self._accuracy, dense_accuracy=self.dense_reward_accuracy,
+                sparsity=sparsity, previous_sparsity=self._pruned / self.state.total, flops_reduction=flops,
+                previous_flops_reduction=self._flops_removed, target_sparsity=self.target_sparsity,
+                sparsity_weight=self.sparsity_weight, step=index, num_layers=self.num_layers, terminal=terminated,
+            )
+            reward = self._reward(context)
+            info: dict[str, Any] = {
+                "layer": self.layers[index].name,
+                "layer_index": index,
+                "target_sparsity": self.target_sparsity,
+                "requested_sparsity": requested,
+                "applied_sparsity": applied,
+                "overall_sparsity": sparsity,
+                "flops_reduction": flops,
+                "reward_accuracy": accuracy,
+            }
+            if terminated:
+                info["layer_sparsities"] = dict(zip(self.layer_names(), applied_now))
+                info["dense_reward_accuracy"] = self.dense_reward_accuracy
+                info["synthetic"] = self.synthetic
+                if self.evaluate_test_at_end:
+                    info["test_accuracy"] = self.evaluate_test()
+                    info["dense_test_accuracy"] = self.measure_dense_test_accuracy()
+        except BaseException:
+            self.engine.rollback()
+            raise
+        self._pruned = pruned
         self.requested[index], self.applied[index], self.accuracies[index] = requested, applied, accuracy
-        self._flops_removed = flops_removed(self.layer_flops, self.applied)
-        previous_accuracy = self._accuracy
+        self._flops_removed = flops
         self._accuracy = accuracy
         self._previous_sparsity_applied = applied
         self._t += 1
-        terminated = self._t == self.num_layers
-        sparsity = self._pruned / self.state.total
-        context = RewardContext(
-            accuracy=accuracy, previous_accuracy=previous_accuracy, dense_accuracy=self.dense_reward_accuracy,
-            sparsity=sparsity, previous_sparsity=previous_sparsity, flops_reduction=self._flops_removed,
-            previous_flops_reduction=previous_flops, target_sparsity=self.target_sparsity,
-            sparsity_weight=self.sparsity_weight, step=index, num_layers=self.num_layers, terminal=terminated,
-        )
-        reward = float(self.reward_fn(context))
-        info: dict[str, Any] = {
-            "layer": self.layers[index].name,
-            "layer_index": index,
-            "target_sparsity": self.target_sparsity,
-            "requested_sparsity": requested,
-            "applied_sparsity": applied,
-            "overall_sparsity": sparsity,
-            "flops_reduction": self._flops_removed,
-            "reward_accuracy": accuracy,
-        }
-        if terminated:
-            info["layer_sparsities"] = dict(zip(self.layer_names(), self.applied))
-            info["dense_reward_accuracy"] = self.dense_reward_accuracy
-            info["synthetic"] = self.synthetic
-            if self.evaluate_test_at_end:
-                info["test_accuracy"] = self.evaluate_test()
-                info["dense_test_accuracy"] = self.measure_dense_test_accuracy()
         return self._observation(), reward, terminated, False, info
+
+    def _reward(self, context: RewardContext) -> float:
+        """The reward function's value as a finite float, or ValueError naming the reward."""
+        value = self.reward_fn(context)
+        try:
+            reward = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"the reward function {self.reward_name!r} returned {value!r}, not a number: it must return a finite "
+                "float for a RewardContext (the step was taken back)"
+            ) from None
+        if not math.isfinite(reward):
+            raise ValueError(
+                f"the reward function {self.reward_name!r} returned {reward}, not a finite number: an agent cannot "
+                "learn from it (the step was taken back)"
+            )
+        return reward
 
     def render(self):
         if self.render_mode is None:
