@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 from prune_gym import PruneEnv
 from prune_gym.cli import main
@@ -353,3 +354,29 @@ def test_a_bad_reset_changes_nothing(seed, options, message):
     _, _, _, _, info = env.step(3)
     assert info["layer_index"] == 1
     assert info["overall_sparsity"] == pytest.approx(env.state.overall_sparsity())
+
+
+def test_the_users_model_keeps_its_weights_and_memory_format():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 3, (32,))
+    env = PruneEnv(model=model, reward_data=(x, y), test_data=(x, y), target_sparsity=0.8, device="cpu")
+    env.reset(seed=0)
+    for _ in range(env.num_layers):
+        env.step(0)
+    assert env.state.overall_sparsity() == pytest.approx(0.8, abs=1e-3)  # the env's copy is pruned ...
+    for name, value in model.state_dict().items():  # ... the user's model is not
+        assert torch.equal(value, before[name]), name
+    assert model[0].weight.is_contiguous()  # not switched to channels_last
+    torch_prune.global_unstructured(  # and torch's own pruning still works on it
+        [(model[0], "weight"), (model[3], "weight")], pruning_method=torch_prune.L1Unstructured, amount=0.5)
+
+
+def test_a_model_pruned_with_torch_is_refused_with_the_fix():
+    model = tiny_model()
+    torch_prune.l1_unstructured(model[0], "weight", amount=0.5)
+    with pytest.raises(ValueError, match=r"already pruned with torch.nn.utils.prune \(layers \['0'\]\).*prune.remove"):
+        PruneEnv(model=model, reward_data=tiny_data(), test_data=tiny_data(), device="cpu")
+    torch_prune.remove(model[0], "weight")
+    env = PruneEnv(model=model, reward_data=tiny_data(), test_data=tiny_data(), device="cpu")
+    assert env.num_layers == 2

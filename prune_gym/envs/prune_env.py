@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,21 @@ from prune_gym.evaluation import (
 )
 from prune_gym.pruning import check_sparsity
 from prune_gym.stats import observation, observation_bounds, static_features
+
+
+def _refuse_torch_pruned(model: nn.Module) -> None:
+    """ValueError naming the layers if ``model`` holds ``torch.nn.utils.prune`` reparametrisations:
+    their ``weight`` is recomputed from ``weight_orig * weight_mask`` in every forward pass, so
+    masks the env writes into ``weight`` would never reach the network."""
+    pruned = [name for name, module in model.named_modules()
+              if any(hasattr(module, f"{param}_orig") and hasattr(module, f"{param}_mask") for param in ("weight", "bias"))]
+    if pruned:
+        raise ValueError(
+            f"the model is already pruned with torch.nn.utils.prune (layers {pruned[:5]}"
+            + (f" and {len(pruned) - 5} more" if len(pruned) > 5 else "") + "): the env's masks would never reach its "
+            "forward pass. Make the masks permanent first: torch.nn.utils.prune.remove(module, 'weight') on each "
+            "pruned layer, or prune_gym.export.from_torch_prune(model, remove=True)"
+        )
 
 
 class PruneEnv(gym.Env):
@@ -137,7 +153,9 @@ class PruneEnv(gym.Env):
     - ``task``: a task name or env id from ``prune_gym.tasks`` (set by the registered ids).
     - ``model``, ``reward_data``, ``test_data``: your own network and splits instead of a task
       (tensors ``(x, y)``, a Dataset or a DataLoader). ``train_data`` is only needed for BN
-      re-calibration.
+      re-calibration. The env prunes a copy of ``model`` (``env.model``); the model you pass keeps
+      its weights and memory format. A model already pruned with ``torch.nn.utils.prune``
+      (``weight_orig`` and ``weight_mask``) is refused: make its masks permanent first.
     - ``target_sparsity``: overall sparsity every episode ends at (default 0.8), or None.
     - ``action_type`` (``"discrete"``, ``"continuous"``), ``action_mode`` (``"relative"``,
       ``"absolute"``), ``n_actions`` (None = 11 relative / 12 absolute), ``relative_range``,
@@ -276,6 +294,9 @@ class PruneEnv(gym.Env):
             )
         elif not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        else:
+            _refuse_torch_pruned(model)
+            model = copy.deepcopy(model)  # the user's model stays as it was given
         if (self.bn_recalibration_batches or self.finetune_steps) and train_data is None:
             raise ValueError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
         self.model = model.to(self.device).eval()
