@@ -122,24 +122,51 @@ def load_pruned(
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a prune-gym pruned checkpoint (written by export_pruned)")
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as error:
-        raise ValueError(f"checkpoint {path} does not fit this model: {error}") from None
+    state, saved, meta = checkpoint.get("state_dict"), checkpoint.get("masks"), checkpoint.get("meta") or {}
+    if not isinstance(state, dict) or not isinstance(saved, dict) or not isinstance(meta, dict):
+        raise ValueError(f"checkpoint {path} lacks its state_dict, masks or meta: write it again with `prune-gym export`")
+    # Everything is checked against the checkpoint itself before the model is touched.
+    _check_fits(path, model, state)
     layers = list(layers) if layers is not None else find_prunable_layers(model)
-    saved = checkpoint["masks"]
     unknown = sorted(set(saved) - {layer.name for layer in layers})
     if unknown:
         raise ValueError(f"checkpoint {path} has masks for layers this model does not have: {unknown}")
     masks = []
     for layer in layers:
         mask = saved.get(layer.name)
-        masks.append(
-            torch.ones_like(layer.weight, dtype=torch.bool)
-            if mask is None
-            else check_mask(mask, layer.weight, layer.name)
-        )
-    return masks, dict(checkpoint.get("meta") or {})
+        weight = state[f"{layer.name}.weight" if layer.name else "weight"]
+        mask = torch.ones_like(weight, dtype=torch.bool) if mask is None else check_mask(mask, weight, layer.name)
+        contradictions = int(((weight != 0) & ~mask).sum())
+        if contradictions:
+            raise ValueError(
+                f"checkpoint {path}: {contradictions} weights of layer {layer.name!r} are marked pruned but are not "
+                "zero, so its masks and weights disagree (a damaged or edited file): export the model again"
+            )
+        masks.append(mask)
+    recorded = meta.get("overall_sparsity")
+    if isinstance(recorded, int | float) and masks:
+        measured = overall_sparsity(masks)
+        if abs(measured - float(recorded)) * sum(m.numel() for m in masks) > 1.0:
+            raise ValueError(
+                f"checkpoint {path}: its masks prune {measured:.4f} of the weights, its metadata says {recorded:.4f} "
+                "(a damaged or edited file): export the model again"
+            )
+    model.load_state_dict(state)
+    return [mask.to(layer.weight.device) for mask, layer in zip(masks, layers, strict=True)], dict(meta)
+
+
+def _check_fits(path: Path, model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """ValueError naming the differences if ``state`` is not a state dict of ``model``'s architecture."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{key}: {tuple(state[key].shape)} in the file, {tuple(own[key].shape)} in the model"
+              for key in own if key in state and tuple(state[key].shape) != tuple(own[key].shape)]
+    if missing or unexpected or shapes:
+        details = "; ".join(part for part in (
+            f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+            f"shapes differ: {shapes[:3]}" if shapes else "") if part)
+        raise ValueError(f"checkpoint {path} does not fit this model ({details}): load it into the architecture it was "
+                         "exported from (task.build_model())")
 
 
 # --------------------------------------------------------------------------------------------

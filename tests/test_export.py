@@ -131,6 +131,39 @@ def test_load_pruned_restores_weights_and_masks(fresh_digits_model, tmp_path):
         assert torch.equal(other(x), model(x))
 
 
+def test_load_pruned_refuses_masks_that_contradict_the_weights_before_touching_the_model(fresh_digits_model, tmp_path):
+    model = fresh_digits_model()
+    layers, masks = global_mp(model, 0.5)
+    apply_masks(layers, masks)
+    path, _ = export_pruned(model, layers, masks, tmp_path / "pruned.pt", meta={"task": "resnet20-digits"})
+    checkpoint = torch.load(path, weights_only=True)
+    name = layers[2].name
+    checkpoint["masks"][name] = ~checkpoint["masks"][name]  # kept <-> pruned: the weights say otherwise
+    torch.save(checkpoint, tmp_path / "tampered.pt")
+    target = fresh_digits_model()
+    before = {key: value.clone() for key, value in target.state_dict().items()}
+    with pytest.raises(ValueError, match=f"weights of layer '{name}' are marked pruned but are not zero"):
+        load_pruned(tmp_path / "tampered.pt", target)
+    assert all(torch.equal(value, before[key]) for key, value in target.state_dict().items())
+    # Masks that agree with the weights but not with the recorded sparsity are refused too.
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["meta"]["overall_sparsity"] = 0.9
+    torch.save(checkpoint, tmp_path / "mislabelled.pt")
+    with pytest.raises(ValueError, match="its masks prune 0.5000 of the weights, its metadata says 0.9000"):
+        load_pruned(tmp_path / "mislabelled.pt", target)
+
+
+def test_load_pruned_checks_the_architecture_first(fresh_digits_model, tmp_path):
+    model = fresh_digits_model()
+    layers, masks = global_mp(model, 0.5)
+    path, _ = export_pruned(model, layers, masks, tmp_path / "pruned.pt")
+    other = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 6))
+    before = {key: value.clone() for key, value in other.state_dict().items()}
+    with pytest.raises(ValueError, match="does not fit this model \\(missing \\['0.bias', '0.weight'"):
+        load_pruned(path, other)
+    assert all(torch.equal(value, before[key]) for key, value in other.state_dict().items())
+
+
 # --------------------------------------------------------------------------------------------
 # torch.nn.utils.prune
 
