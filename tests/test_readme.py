@@ -21,3 +21,21 @@ def test_readme_python_block_runs(index, digits_model_state, capsys, tmp_path, m
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {"__name__": f"readme_block_{index}"})
     # Each example shows what it computed.
     assert capsys.readouterr().out.strip(), f"README.md block {index} prints nothing"
+
+
+def test_the_hand_written_agent_starts_from_global_mp_as_its_text_says(digits_model_state, capsys):
+    """Its start actions, played through the env, are Global MP's allocation weight for weight."""
+    import gymnasium as gym
+
+    block = next(block for block in BLOCKS if "preferences" in block)
+    namespace: dict = {"__name__": "readme_reinforce"}
+    exec(compile(block, "README.md REINFORCE block", "exec"), namespace)
+    env = gym.make("PruneResNet20Digits-v1", target_sparsity=0.8)
+    prune_env = env.unwrapped
+    env.reset(seed=0)
+    for action in namespace["start"]:
+        _, _, _, _, info = env.step(int(action))
+    numels = prune_env.state.numels
+    applied = [round(info["layer_sparsities"][name] * n) for name, n in zip(prune_env.layer_names(), numels, strict=True)]
+    assert applied == [round(s * n) for s, n in zip(prune_env.global_mp_sparsities(0.8), numels, strict=True)]
+    assert "best so far" in capsys.readouterr().out
