@@ -212,3 +212,25 @@ def test_an_exported_agent_recipe_scores_what_the_table_said(comparison, tmp_pat
                            device="cpu")
     assert exported.bn_recalibration_batches == 1  # read from the recipe
     assert abs(exported.accuracy_exported - row.test_accuracy) <= 0.01
+
+
+class _Planted:
+    """A pickle that leaves a marker file when it is unpickled (as a malicious one would run code)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_compare_unpickles_only_the_agent_file_it_was_given(comparison, tmp_path):
+    import pickle
+    import shutil
+
+    agent = tmp_path / "model.zip"
+    shutil.copy(comparison[1] / "agent" / "model.zip", agent)
+    marker = tmp_path / "ran"
+    (tmp_path / "model_replay_buffer.pkl").write_bytes(pickle.dumps(_Planted(marker)))
+    compare(ENV_ID, [0.5], "dqn", agent_path=agent, search=False, env_kwargs={"device": "cpu"}, write_files=False, log=None)
+    assert not marker.exists()

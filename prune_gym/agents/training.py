@@ -180,9 +180,12 @@ def save_agent(model: BaseAlgorithm, path: str | os.PathLike, replay_buffer: boo
     return path
 
 
-def load_agent(path: str | os.PathLike, env: Any | None = None, algo: str | None = None, device: str = "cpu") -> BaseAlgorithm:
+def load_agent(path: str | os.PathLike, env: Any | None = None, algo: str | None = None, device: str = "cpu",
+               replay_buffer: bool = False) -> BaseAlgorithm:
     """Load an agent saved by ``train_agent``/``compare`` (the algorithm is read from the file name
-    when ``algo`` is None); its replay buffer is restored too when it was saved next to it."""
+    when ``algo`` is None). Only ``path`` is unpickled unless ``replay_buffer=True`` (resuming a
+    run, which needs it): then the replay buffer saved next to it is restored too. Both are
+    pickles that can run code: load only files you made or trust."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no agent file at {path}: train one with `prune-gym train ENV` first")
@@ -194,7 +197,7 @@ def load_agent(path: str | os.PathLike, env: Any | None = None, algo: str | None
     cls = ALGORITHMS[algo.lower()][0]
     model = cls.load(path, env=env, device=device)
     buffer = _replay_buffer_path(path)
-    if isinstance(model, OffPolicyAlgorithm) and buffer.is_file():
+    if replay_buffer and isinstance(model, OffPolicyAlgorithm) and buffer.is_file():
         model.load_replay_buffer(buffer)
     return model
 
@@ -451,7 +454,7 @@ def _load_newest_readable(candidates: list[Path], env, algo: str, output: Path) 
     unreadable = (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, KeyError, OSError)
     for index, path in enumerate(candidates):
         try:
-            return load_agent(path, env=env, algo=algo), path
+            return load_agent(path, env=env, algo=algo, replay_buffer=True), path
         except ValueError as error:
             raise ValueError(
                 f"cannot resume from {path}: {error}. Resume with the env kwargs of the run "
