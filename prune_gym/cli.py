@@ -19,6 +19,8 @@ from collections.abc import Sequence
 ACTION_MODE_CHOICES = ("relative", "absolute")
 # prune_gym.allocation.ALLOCATION_METHODS (= agents.policies.REFERENCE_POLICIES), likewise.
 POLICY_CHOICES = ("global-mp", "global-mp+mt", "lamp", "erk", "uniform", "uniform+", "random")
+# prune_gym.agents.compare.DEFAULT_SPARSITIES, likewise.
+DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def _add_envs(subparsers) -> None:
@@ -346,7 +348,7 @@ def _add_compare(subparsers) -> None:
         ),
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
-    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", default=[0.5, 0.7, 0.8, 0.9], metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9)")
+    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", default=list(DEFAULT_SPARSITIES), metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9 0.95)")
     _add_agent_arguments(parser)
     parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one (an SB3 zip file, which unpickles Python objects: load only files you trust)")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: the paper's 0.05%%, pruning.DEFAULT_MIN_THRESHOLD; 0 leaves the method out)")
@@ -387,7 +389,7 @@ def _add_sweep(subparsers) -> None:
     parser.add_argument("env", metavar="ENV", nargs="?", help="env id, e.g. PruneResNet20Digits-v1 (not with --resume)")
     parser.add_argument("--algo", nargs="+", metavar="ALGO", help="algorithms, one trial per seed each (default: dqn)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="N", help="seeds (default: 0)")
-    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9)")
+    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9 0.95)")
     parser.add_argument("--timesteps", type=_count_arg, metavar="N", help="each agent's training steps (default: its hyperparameters' n_timesteps)")
     parser.add_argument("--hyperparams", nargs="+", metavar="ALGO=YAML", help="an rl-zoo3 style file per algorithm, e.g. dqn=my_dqn.yml (default: the shipped ones)")
     parser.add_argument("--action-type", choices=("discrete", "continuous"), help="the agents' action type (default: the first each algorithm allows)")
@@ -437,7 +439,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         min_threshold = DEFAULT_MIN_THRESHOLD if args.min_threshold is None else args.min_threshold
         result = sweep(
             args.env, args.algo or ["dqn"], args.seeds if args.seeds is not None else [0],
-            args.sparsity or [0.5, 0.7, 0.8, 0.9], timesteps=args.timesteps, hyperparams=hyperparams,
+            args.sparsity or list(DEFAULT_SPARSITIES), timesteps=args.timesteps, hyperparams=hyperparams,
             env_kwargs=env_kwargs, min_threshold=min_threshold or None, search=args.search is not False,
             finetune_epochs=args.finetune_epochs or 0, n_envs=args.n_envs, cpus_per_trial=args.cpus_per_trial,
             gpus_per_trial=args.gpus_per_trial or 0.0, max_concurrent=args.max_concurrent,

@@ -11,8 +11,10 @@ import pytest
 
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents import GlobalMagnitudePolicy, RandomPolicy
+from prune_gym.agents.compare import DEFAULT_SPARSITIES
 from prune_gym.agents.policies import REFERENCE_POLICIES
 from prune_gym.cli import ACTION_MODE_CHOICES, POLICY_CHOICES
+from prune_gym.cli import DEFAULT_SPARSITIES as CLI_SPARSITIES
 from prune_gym.envs.actions import ACTION_MODES, ActionMap, feasible_counts, reference_sparsity
 from prune_gym.stats import FEATURE_INDEX
 
@@ -159,6 +161,7 @@ def test_bad_action_settings_name_the_fix():
     assert ActionMap("discrete", "absolute", 12).n_actions == 12
     assert ACTION_MODE_CHOICES == ACTION_MODES  # the CLI's copies (kept so --help is fast)
     assert POLICY_CHOICES == REFERENCE_POLICIES
+    assert CLI_SPARSITIES == DEFAULT_SPARSITIES
 
 
 def test_v0_keeps_absolute_levels(digits_model_state):

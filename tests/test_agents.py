@@ -303,3 +303,19 @@ def test_training_envs_leave_a_test_split_read_by_a_loader_unscored(monkeypatch)
     asked = make_training_env(ENV_ID, targets=[0.5], evaluate_test=True, **SYNTHETIC)
     assert asked.unwrapped.evaluate_test_at_end
     assert gym.make(ENV_ID, **SYNTHETIC).unwrapped.evaluate_test_at_end  # gym.make's default: scored
+
+
+def test_a_second_training_into_a_held_run_folder_refuses_naming_the_holder(tmp_path):
+    import os
+
+    from prune_gym.agents.training import run_lock
+
+    folder = tmp_path / "run"
+    with run_lock(folder):  # another training holds the folder
+        with pytest.raises(ValueError, match=f"is being trained into by process {os.getpid()}"):
+            train_agent("PruneResNet20Digits-v1", "dqn", 22, output_dir=folder, env_kwargs={"device": "cpu"},
+                        progress_bar=False, tensorboard=False, n_envs=1)
+        assert not (folder / "run.json").exists()  # refused before anything was written
+    # Released: the folder can be trained into again.
+    with run_lock(folder):
+        pass

@@ -75,7 +75,7 @@ __all__ = [
     "run_episode",
 ]
 
-DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9)
+DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 #: The highest max_sparsity the workflow raises the env's range to (a layer is never emptied).
 MAX_SPARSITY_CEILING = 0.999
 

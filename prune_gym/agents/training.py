@@ -20,6 +20,7 @@ mix.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -27,7 +28,8 @@ import pickle
 import re
 import time
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -301,44 +303,79 @@ def train_agent(
     output = Path(output_dir) if output_dir is not None else Path("runs") / f"{env_id}-{algo}"
     if isinstance(checkpoint_freq, bool) or not isinstance(checkpoint_freq, int) or checkpoint_freq < 0:
         raise ValueError(f"checkpoint_freq must be a whole number >= 0 (0: only at the end), got {checkpoint_freq!r}")
-    # Find the checkpoint (or refuse to overwrite a run) before building anything.
-    candidates = _checkpoints_to_resume(output, algo, resume) if resume else _refuse_existing_run(output)
-    owned_env = env is None
-    if env is None:
-        env, env_kwargs = _build_training_env(env_id, algo, hyperparams, env_kwargs, targets, seed, n_envs)
-    if timesteps is None:
-        timesteps = default_timesteps(algo, env, hyperparams)
-    if int(timesteps) < 0:
-        raise ValueError(f"timesteps must be >= 0, got {timesteps}")
-    timesteps = int(timesteps)
-    tensorboard_dir = output / "tensorboard" if tensorboard else None
-    count = getattr(env, "num_envs", 1)
-    (log or logger.info)(
-        f"training {algo.upper()} for {timesteps:,} steps ({env_kwargs.get('action_type', 'discrete')} actions, "
-        f"{count} env{'s in parallel' if count > 1 else ''}), "
-        + (f"one target per episode drawn from {list(targets)}" if targets and len(targets) > 1 else f"targets {targets}")
-    )
-    model, resumed_from = _build_or_resume_agent(
-        env, algo, hyperparams, seed, tensorboard_dir, verbose, output, candidates if resume else None
-    )
+    if not resume:
+        _refuse_existing_run(output)  # before the lock, which writes into the folder
+    # One training per run folder at a time: a second one refuses at once, naming the holder.
+    with run_lock(output):
+        # Find the checkpoint (or refuse to overwrite a run) before building anything.
+        candidates = _checkpoints_to_resume(output, algo, resume) if resume else _refuse_existing_run(output)
+        owned_env = env is None
+        if env is None:
+            env, env_kwargs = _build_training_env(env_id, algo, hyperparams, env_kwargs, targets, seed, n_envs)
+        if timesteps is None:
+            timesteps = default_timesteps(algo, env, hyperparams)
+        if int(timesteps) < 0:
+            raise ValueError(f"timesteps must be >= 0, got {timesteps}")
+        timesteps = int(timesteps)
+        tensorboard_dir = output / "tensorboard" if tensorboard else None
+        count = getattr(env, "num_envs", 1)
+        (log or logger.info)(
+            f"training {algo.upper()} for {timesteps:,} steps ({env_kwargs.get('action_type', 'discrete')} actions, "
+            f"{count} env{'s in parallel' if count > 1 else ''}), "
+            + (f"one target per episode drawn from {list(targets)}" if targets and len(targets) > 1 else f"targets {targets}")
+        )
+        model, resumed_from = _build_or_resume_agent(
+            env, algo, hyperparams, seed, tensorboard_dir, verbose, output, candidates if resume else None
+        )
 
-    run_record = _run_record(env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed)
-    atomic_write_json(output / "run.json", {**run_record, "status": "running"})
-    recorder = EpisodeRecorder(output / "episodes.jsonl", tensorboard=tensorboard, on_episode=on_episode)
-    started = time.perf_counter()
-    remaining = max(timesteps - model.num_timesteps, 0)
-    if remaining:
-        callbacks = _callbacks(model, algo, recorder, progress_bar, checkpoint_freq, output / "checkpoints")
-        _learn(model, remaining, callbacks, algo, resumed_from is None, output, run_record, recorder)
-    seconds = time.perf_counter() - started
-    if resumable:
-        save_agent(model, output / "checkpoints" / f"{algo}_{model.num_timesteps}_steps.zip")
-    model_path = save_agent(model, output / "model.zip", replay_buffer=resumable)
-    write_best_found(recorder, output / "best_found.json")
-    atomic_write_json(output / "run.json", {**run_record, "status": "finished", "num_timesteps": int(model.num_timesteps)})
-    if owned_env:
-        env.close()
-    return TrainResult(model, model_path, output, model.num_timesteps, seconds, resumed_from, recorder)
+        run_record = _run_record(env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed)
+        atomic_write_json(output / "run.json", {**run_record, "status": "running"})
+        recorder = EpisodeRecorder(output / "episodes.jsonl", tensorboard=tensorboard, on_episode=on_episode)
+        started = time.perf_counter()
+        remaining = max(timesteps - model.num_timesteps, 0)
+        if remaining:
+            callbacks = _callbacks(model, algo, recorder, progress_bar, checkpoint_freq, output / "checkpoints")
+            _learn(model, remaining, callbacks, algo, resumed_from is None, output, run_record, recorder)
+        seconds = time.perf_counter() - started
+        if resumable:
+            save_agent(model, output / "checkpoints" / f"{algo}_{model.num_timesteps}_steps.zip")
+        model_path = save_agent(model, output / "model.zip", replay_buffer=resumable)
+        write_best_found(recorder, output / "best_found.json")
+        atomic_write_json(output / "run.json", {**run_record, "status": "finished", "num_timesteps": int(model.num_timesteps)})
+        if owned_env:
+            env.close()
+        return TrainResult(model, model_path, output, model.num_timesteps, seconds, resumed_from, recorder)
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a run folder while a training writes into it (``fcntl.flock`` on
+    ``<folder>/.lock``, released when the training ends, however its process ends).
+
+    Raises:
+        ValueError: naming the holder's process id, if another training holds the folder.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a+")  # noqa: SIM115  (held open for the whole training)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(
+            f"{folder} is being trained into by process {holder}: wait for it to finish, or pass another --output "
+            "(output_dir=)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def _refuse_existing_run(output: Path) -> None:
