@@ -3,7 +3,7 @@
 Order: Global MP vs ``torch.nn.utils.prune`` (+ reset time), env steps per second, the
 1,000-episode soak, the README's main command (``prune-gym compare``), masked fine-tuning on
 digits (after the comparison: it fine-tunes the DQN agent's best-found recipes the comparison
-recorded), quality on digits (agents vs Global MP over seeds), a digits sweep on Ray Tune
+recorded), quality on digits (agents vs every allocation rule over seeds), a digits sweep on Ray Tune
 (trials two at a time vs one after another; needs the ``[ray]`` extra), the action
 parametrisations measured with random episodes, and the cost of a ResNet-50 sweep trial from
 measured parts (GPU only in the full run).
@@ -117,7 +117,7 @@ BENCHMARKS: list[Benchmark] = [
                             "--output", str(out)]],
     ),
     Benchmark(
-        "quality", "bench_quality_digits.py", "Quality on digits: agents vs Global MP over seeds",
+        "quality", "bench_quality_digits.py", "Quality on digits: agents vs every allocation rule over seeds",
         full=lambda out, cuda: [["--output", str(out)]],
         quick=lambda out: [["--quick", "--output", str(out)]],
     ),

@@ -160,6 +160,8 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     """Return ``sparsity`` as a float, or raise ValueError unless it is a number in [0, 1)."""
+    if isinstance(sparsity, bool):  # False would pass as 0.0: a typo for None, not a target
+        raise ValueError(f"{name} must be a number in [0, 1), got {sparsity!r}")
     try:
         value = float(sparsity)
     except (TypeError, ValueError):

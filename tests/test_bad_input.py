@@ -380,3 +380,34 @@ def test_a_model_pruned_with_torch_is_refused_with_the_fix():
     torch_prune.remove(model[0], "weight")
     env = PruneEnv(model=model, reward_data=tiny_data(), test_data=tiny_data(), device="cpu")
     assert env.num_layers == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"target_sparsity": False}, "target_sparsity must be a number in \\[0, 1\\), got False"),
+    ({"amp": "false"}, "amp must be True or False, got 'false'"),
+    ({"channels_last": "false"}, "channels_last must be True or False"),
+    ({"cache_activations": 0}, "cache_activations must be True or False"),
+    ({"finetune_lr": float("inf")}, "finetune_lr must be a finite number > 0"),
+    ({"relative_range": 1000}, "relative_range must be a number in \\(0, 5\\]"),
+])
+def test_settings_that_were_silently_accepted_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_env(**kwargs)
+
+
+def test_synthetic_settings_that_were_silently_ignored_are_refused():
+    from prune_gym.envs.prune_env import PruneEnv as Env
+
+    with pytest.raises(ValueError, match="synthetic_samples must be a whole number >= 1, got 1.5"):
+        Env("resnet20-digits", synthetic=True, synthetic_samples=1.5, device="cpu")
+    with pytest.raises(ValueError, match="weights= has no effect with synthetic=True"):
+        Env("resnet20-digits", synthetic=True, weights="model.pt", device="cpu")
+
+
+def test_a_repeated_target_is_refused_before_anything_runs(tmp_path):
+    from prune_gym.agents.compare import compare
+
+    with pytest.raises(ValueError, match="sparsity 0.5 given more than once"):
+        compare(ENV_ID, [0.5, 0.5], timesteps=22, hyperparams={"learning_starts": 1000}, n_envs=1, search=False,
+                env_kwargs={"device": "cpu"}, output_dir=tmp_path / "out", progress_bar=False, tensorboard=False, log=None)
+    assert not (tmp_path / "out").exists()

@@ -306,6 +306,10 @@ def _check_compare_options(
     targets = [check_sparsity(s, "sparsity") for s in sparsities]
     if not targets:
         raise ValueError("give at least one sparsity to compare at")
+    repeated = sorted({t for t in targets if targets.count(t) > 1})
+    if repeated:
+        raise ValueError(f"sparsity {', '.join(f'{t:g}' for t in repeated)} given more than once: each target is compared "
+                         "once (its recipes would overwrite each other)")
     if int(finetune_epochs) < 0:
         raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     algo = algo_name(algo)

@@ -217,6 +217,8 @@ def _check_sweep_options(
     targets = [check_sparsity(s, "sparsity") for s in sparsities]
     if not targets:
         raise ValueError("give at least one sparsity to sweep over")
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"sparsities must differ, got {targets}")
     algos = list(dict.fromkeys(algo_name(a) for a in algos))
     seeds = [_whole(s, "seed", minimum=None) for s in seeds]
     if not algos or not seeds:

@@ -322,7 +322,8 @@ def train_agent(
         (log or logger.info)(
             f"training {algo.upper()} for {timesteps:,} steps ({env_kwargs.get('action_type', 'discrete')} actions, "
             f"{count} env{'s in parallel' if count > 1 else ''}), "
-            + (f"one target per episode drawn from {list(targets)}" if targets and len(targets) > 1 else f"targets {targets}")
+            + (f"one target per episode drawn from {list(targets)}" if targets and len(targets) > 1
+           else f"target {targets[0]}" if targets else "the env's own target")
         )
         model, resumed_from = _build_or_resume_agent(
             env, algo, hyperparams, seed, tensorboard_dir, verbose, output, candidates if resume else None

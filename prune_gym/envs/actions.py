@@ -33,6 +33,8 @@ ACTION_TYPES = ("discrete", "continuous")
 ACTION_MODES = ("relative", "absolute")
 #: Largest step away from the reference, in logit space (discrete levels span [-R, R]).
 DEFAULT_RELATIVE_RANGE = 1.0
+#: The widest range accepted: a step of 5 in logit space already moves a layer's keep ~150-fold.
+MAX_RELATIVE_RANGE = 5.0
 #: Default number of discrete actions per mode (odd for "relative": one action is the reference).
 DEFAULT_N_ACTIONS = {"relative": 11, "absolute": 12}
 # The logit of a reference of 0 (a layer Global MP leaves dense) or 1 is infinite: steps start
@@ -178,8 +180,9 @@ class ActionMap:
                     f"sparsity exactly), got {n}: use {n + 1} or {n - 1}, or action_mode='absolute'"
                 )
         r = self.relative_range
-        if isinstance(r, bool) or not isinstance(r, int | float | np.number) or not (math.isfinite(r) and r > 0):
-            raise ValueError(f"relative_range must be a finite number > 0 (the largest logit step), got {r!r}")
+        if isinstance(r, bool) or not isinstance(r, int | float | np.number) or not (math.isfinite(r) and 0 < r <= MAX_RELATIVE_RANGE):
+            raise ValueError(f"relative_range must be a number in (0, {MAX_RELATIVE_RANGE:g}] (the largest logit step; "
+                             f"{MAX_RELATIVE_RANGE:g} already moves a layer's keep ~150-fold), got {r!r}")
 
     @property
     def levels(self) -> np.ndarray | None:

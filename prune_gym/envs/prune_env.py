@@ -265,6 +265,14 @@ class PruneEnv(gym.Env):
         if bn_recalibration_batches is None:
             bn_recalibration_batches = self._task_default(task, "bn_recalibration_batches", 0)
         self._check_settings(sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps, finetune_lr)
+        for name, value in (("amp", amp), ("channels_last", channels_last), ("cache_activations", cache_activations),
+                            ("synthetic", synthetic)):
+            if not isinstance(value, bool | np.bool_):  # "false" would pass as True
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        if isinstance(synthetic_samples, bool) or not isinstance(synthetic_samples, int | np.integer) or synthetic_samples < 1:
+            raise ValueError(f"synthetic_samples must be a whole number >= 1, got {synthetic_samples!r}")
+        if synthetic and weights is not None:
+            raise ValueError("weights= has no effect with synthetic=True (random weights): pass one or the other")
         if evaluate_test not in (None, True, False):
             raise ValueError(f"evaluate_test must be True, False or None (only where the test split is on the "
                              f"device), got {evaluate_test!r}")
@@ -342,8 +350,9 @@ class PruneEnv(gym.Env):
         for name, value in (("bn_recalibration_batches", bn_recalibration_batches), ("finetune_steps", finetune_steps)):
             if not isinstance(value, int | np.integer) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if not (float(finetune_lr) > 0):
-            raise ValueError(f"finetune_lr must be > 0, got {finetune_lr!r}")
+        if isinstance(finetune_lr, bool) or not isinstance(finetune_lr, int | float | np.number) \
+                or not (math.isfinite(finetune_lr) and finetune_lr > 0):
+            raise ValueError(f"finetune_lr must be a finite number > 0, got {finetune_lr!r}")
 
     @staticmethod
     def _task_default(task: str | None, name: str, fallback: Any) -> Any:
@@ -373,8 +382,6 @@ class PruneEnv(gym.Env):
         self.task = get_task(task)
         if synthetic:
             model = self.task.synthetic_model(seed=split_seed)
-            if int(synthetic_samples) < 1:
-                raise ValueError(f"synthetic_samples must be a positive integer, got {synthetic_samples}")
             splits = self.task.synthetic_splits(
                 input_shape=tuple(input_shape) if input_shape else None,
                 sizes=(int(synthetic_samples),) * 3,
