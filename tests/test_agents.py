@@ -319,3 +319,25 @@ def test_a_second_training_into_a_held_run_folder_refuses_naming_the_holder(tmp_
     # Released: the folder can be trained into again.
     with run_lock(folder):
         pass
+
+
+def test_resume_continues_one_record_cut_at_the_checkpoint_and_best_found_covers_all_of_it(tmp_path):
+    output = tmp_path / "run"
+    train_agent(ENV_ID, "dqn", 120, output_dir=output, hyperparams={**QUICK["dqn"], "n_envs": 1}, env_kwargs=SYNTHETIC,
+                targets=[0.5, 0.8], checkpoint_freq=50, progress_bar=False, tensorboard=False)
+    first = [json.loads(line) for line in (output / "episodes.jsonl").read_text().splitlines()]
+    assert [r["timesteps"] for r in first] == [22, 44, 66, 88, 110]
+    # As after a kill at step 120 whose last checkpoint was at 50: resume from that checkpoint.
+    resumed = train_agent(ENV_ID, "dqn", 150, output_dir=output, env_kwargs=SYNTHETIC, targets=[0.5, 0.8], n_envs=1,
+                          checkpoint_freq=0, progress_bar=False, tensorboard=False,
+                          resume=output / "checkpoints" / "dqn_50_steps.zip")
+    records = [json.loads(line) for line in (output / "episodes.jsonl").read_text().splitlines()]
+    steps = [r["timesteps"] for r in records]
+    assert steps[:2] == [22, 44] and steps == sorted(set(steps))  # no episode twice, none out of order
+    assert records[:2] == first[:2]
+    assert len(resumed.episodes.records) == len(records)  # the recorder holds the whole run ...
+    best = json.loads((output / "best_found.json").read_text())
+    assert best["episodes"] == len(records)  # ... and so does best_found.json
+    for target, chosen in best["best_per_target"].items():
+        at_target = [r for r in records if f"{r['target_sparsity']:.6g}" == target]
+        assert chosen["reward_accuracy"] == max(r["reward_accuracy"] for r in at_target)

@@ -146,6 +146,27 @@ class EpisodeRecorder(BaseCallback):
             exclude=("stdout", "log", "json", "csv"),
         )
 
+    def restore(self, timesteps: int) -> None:
+        """Continue the record of a resumed run: the episodes of ``path`` that finished by the
+        checkpoint's ``timesteps`` are kept (and become this recorder's, so the best found
+        covers the whole run); those recorded after it are dropped from the file, since the
+        resumed training plays those steps again."""
+        if self.path is None or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = EpisodeRecord(**json.loads(line))
+            except (ValueError, TypeError):
+                break  # a line cut off when the run was killed: nothing after it is whole
+            if record.timesteps > timesteps:
+                break
+            kept.append(record)
+        self.records = kept
+        atomic_write_text(self.path, "".join(json.dumps(asdict(record)) + "\n" for record in kept))
+
     def best(self) -> dict[str, EpisodeRecord]:
         """The best episode per target so far (see :func:`best_per_target`)."""
         return best_per_target(self.records)

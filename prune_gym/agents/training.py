@@ -332,6 +332,8 @@ def train_agent(
         run_record = _run_record(env_id, algo, env_kwargs, targets, hyperparams, timesteps, seed)
         atomic_write_json(output / "run.json", {**run_record, "status": "running"})
         recorder = EpisodeRecorder(output / "episodes.jsonl", tensorboard=tensorboard, on_episode=on_episode)
+        if resumed_from is not None:
+            recorder.restore(int(model.num_timesteps))  # one record of the whole run, cut at the checkpoint
         started = time.perf_counter()
         remaining = max(timesteps - model.num_timesteps, 0)
         if remaining:
