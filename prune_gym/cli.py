@@ -255,7 +255,7 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="target sparsity; several: one drawn per episode (default: the env's, 0.8)")
     parser.add_argument("--output", metavar="DIR", help="run folder (default: runs/<ENV>-<algo>)")
     parser.add_argument("--checkpoint-freq", type=_count_arg, default=5000, metavar="N", help="save a checkpoint every N steps (default: 5000; 0: only at the end)")
-    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="continue from the newest complete checkpoint in the run folder (or from CHECKPOINT). Checkpoints are SB3 zip files, which unpickle Python objects: resume only from files you trust")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="continue from the newest complete checkpoint in the run folder named by --output (or from CHECKPOINT). Unpickles that checkpoint (an SB3 zip) and its replay buffer (.pkl) beside it, which can run code: resume only from files you trust")
     parser.set_defaults(handler=_run_train)
 
 
@@ -264,6 +264,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from prune_gym.agents.training import train_agent
 
     algo = algo_name(args.algo)
+    if args.resume is True and args.output is None:
+        # Checkpoints are pickles: load only from a folder the user names, never one found here.
+        raise ValueError("--resume continues the run in the folder you name: add --output DIR (or give --resume CHECKPOINT)")
     env_kwargs = _env_kwargs(args)
     env_kwargs.setdefault("action_type", ALGORITHMS[algo][1][0])
     result = train_agent(
@@ -350,7 +353,7 @@ def _add_compare(subparsers) -> None:
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
     parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", default=list(DEFAULT_SPARSITIES), metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9 0.95)")
     _add_agent_arguments(parser)
-    parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one (an SB3 zip file, which unpickles Python objects: load only files you trust)")
+    parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one: unpickles this file only (an SB3 zip, which can run code: load only files you trust); the best_found.json beside it (JSON) brings its best-found recipes")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: the paper's 0.05%%, pruning.DEFAULT_MIN_THRESHOLD; 0 leaves the method out)")
     parser.add_argument("--finetune-epochs", type=_count_arg, default=0, metavar="N", help="also fine-tune every method's pruned model for N epochs with its masks (default: 0)")
     parser.add_argument("--no-search", dest="search", action="store_false", help="leave out the search baseline at equal cost (local search around Global MP with as many env episodes as the agent trained)")

@@ -110,3 +110,10 @@ def test_a_closed_pipe_is_not_a_traceback(monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "_run_envs", closed)
     assert main(["envs"]) == 0
+
+
+def test_train_resume_needs_the_run_folder_named(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a ./runs/ folder here is never searched for pickles
+    code = main(["train", ENV_ID, "--resume", "--timesteps", "22"])
+    assert code == 2
+    assert "--resume continues the run in the folder you name: add --output DIR" in capsys.readouterr().err
