@@ -500,12 +500,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as error:
+        fault = _machine_fault(error)
+        if fault is not None:
+            # The machine's fault, not the user's input: exit 1, one line naming the path.
+            print(f"prune-gym {args.command}: error: {fault}", file=sys.stderr)
+            return 1
         message = _user_error(error)
         if message is None:
             raise
         # Bad input, missing or unreadable files are the user's to fix: say what, not a traceback.
         print(f"prune-gym {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _machine_fault(error: Exception) -> str | None:
+    """The one-line message for a fault of the machine (a full disk, a read-only file system, an
+    I/O error), naming the path; None for anything else."""
+    import errno
+
+    if not isinstance(error, OSError) or error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+        return None
+    path = error.filename or "a file"
+    return f"{error.strerror or error} while writing {path}: free space or choose another folder (--output); " \
+        "files written before stay whole"
 
 
 def _user_error(error: Exception) -> str | None:

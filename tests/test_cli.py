@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -117,3 +118,19 @@ def test_train_resume_needs_the_run_folder_named(tmp_path, capsys, monkeypatch):
     code = main(["train", ENV_ID, "--resume", "--timesteps", "22"])
     assert code == 2
     assert "--resume continues the run in the folder you name: add --output DIR" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EROFS"])
+def test_a_full_or_read_only_disk_is_one_line_naming_the_path_with_exit_1(tmp_path, capsys, monkeypatch, code):
+    import errno
+
+    import prune_gym.io as io_module
+
+    def fail(*args, **kwargs):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(tmp_path / "out.json"))
+
+    monkeypatch.setattr(io_module, "atomic_write_json", fail)
+    status = main(["baseline", ENV_ID, "--sparsity", "0.5", "--device", "cpu", "--json", str(tmp_path / "out.json")])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.count("\n") == 1 and f"while writing {tmp_path / 'out.json'}" in err and "Traceback" not in err
