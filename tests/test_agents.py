@@ -341,3 +341,11 @@ def test_resume_continues_one_record_cut_at_the_checkpoint_and_best_found_covers
     for target, chosen in best["best_per_target"].items():
         at_target = [r for r in records if f"{r['target_sparsity']:.6g}" == target]
         assert chosen["reward_accuracy"] == max(r["reward_accuracy"] for r in at_target)
+
+
+def test_an_agent_file_of_another_algorithm_names_the_one_to_pass(tmp_path):
+    env = gym.make(ENV_ID, **SYNTHETIC)
+    make_agent(env, "ppo").save(tmp_path / "my_ppo.zip")
+    with pytest.raises(ValueError, match=r"does not load as a DQN agent .*ActorCriticPolicy \(trained with ppo or a2c\)"):
+        load_agent(tmp_path / "my_ppo.zip", env=env, algo="dqn")
+    assert load_agent(tmp_path / "my_ppo.zip", env=env, algo="ppo").num_timesteps == 0

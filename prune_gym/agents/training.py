@@ -197,11 +197,36 @@ def load_agent(path: str | os.PathLike, env: Any | None = None, algo: str | None
     if algo is None or algo.lower() not in ALGORITHMS:
         raise ValueError(f"cannot tell the algorithm of {path}: pass algo= (one of {', '.join(ALGORITHMS)})")
     cls = ALGORITHMS[algo.lower()][0]
-    model = cls.load(path, env=env, device=device)
+    try:
+        model = cls.load(path, env=env, device=device)
+    except (TypeError, AttributeError, KeyError) as error:  # the file holds another algorithm's agent
+        saved = _saved_policy(path)
+        raise ValueError(
+            f"{path} does not load as a {algo.upper()} agent ({type(error).__name__}: {error})"
+            + (f"; the file holds an {saved}" if saved else "")
+            + f": pass the algorithm it was trained with (--algo / algo=, one of {', '.join(ALGORITHMS)})"
+        ) from None
     buffer = _replay_buffer_path(path)
     if replay_buffer and isinstance(model, OffPolicyAlgorithm) and buffer.is_file():
         model.load_replay_buffer(buffer)
     return model
+
+
+#: Which algorithms save a policy of each SB3 module.
+_POLICY_ALGOS = {"dqn": "dqn", "sac": "sac", "td3": "td3 or ddpg", "common": "ppo or a2c"}
+
+
+def _saved_policy(path: Path) -> str | None:
+    """What an SB3 zip's ``data`` entry (plain JSON) says of its policy: ``"ActorCriticPolicy
+    (trained with ppo or a2c)"``; None if unreadable."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            policy = json.loads(archive.read("data"))["policy_class"]
+        name = re.match(r"<function (\w+)\.", policy.get("__init__", ""))
+        family = policy["__module__"].split(".")[1]
+    except (OSError, KeyError, IndexError, ValueError, TypeError, AttributeError, zipfile.BadZipFile):
+        return None
+    return f"{name.group(1) if name else 'policy'} (trained with {_POLICY_ALGOS.get(family, family)})"
 
 
 def _algo_from_run_json(path: Path) -> str | None:
