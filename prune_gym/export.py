@@ -387,9 +387,11 @@ def _check_export_options(
     if recipe is not None and policy is not None:
         raise ValueError("pass either a policy (--policy) or a recipe (--recipe), not both")
     if recipe is not None:
-        recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-        if sparsity is not None:
+        # A training run's best_found.json holds one recipe per target: --sparsity picks it.
+        recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, target=sparsity)
+        if sparsity is not None and recipe.meta.get("selected_from") != "best_found":
             raise ValueError("a recipe fixes every layer's sparsity: drop --sparsity when passing --recipe")
+        sparsity = None
     else:
         policy = policy or "global-mp"
         if policy not in EXPORT_POLICIES:

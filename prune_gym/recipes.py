@@ -86,12 +86,15 @@ def masks_to_recipe(
     )
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read a recipe JSON (the exported format, or a plain ``{layer_name: sparsity}`` mapping).
+def load_recipe(path: str | os.PathLike, target: float | None = None) -> Recipe:
+    """Read a recipe JSON (the exported format, a plain ``{layer_name: sparsity}`` mapping, or a
+    training run's ``best_found.json``, whose best episode at ``target`` is the recipe; ``target``
+    may be left out when the run trained at one target only).
 
     Raises:
         FileNotFoundError: if there is no file at ``path``.
-        ValueError: if it is not valid JSON or a sparsity is not a number in [0, 1).
+        ValueError: if it is not valid JSON, a sparsity is not a number in [0, 1), or a
+            ``best_found.json`` has no episode at ``target`` (the message lists its targets).
     """
     path = Path(path)
     if not path.is_file():
@@ -103,7 +106,25 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"recipe {path} is not valid JSON: {error}") from None
+    if isinstance(data, dict) and isinstance(data.get("best_per_target"), dict):
+        return _best_found_recipe(data["best_per_target"], target, str(path))
     return recipe_from_json(data, source=str(path))
+
+
+def _best_found_recipe(best: Mapping[str, Any], target: float | None, source: str) -> Recipe:
+    """The best episode of a training run (``best_found.json``) at ``target`` as a recipe."""
+    targets = sorted(best)
+    if target is None and len(targets) != 1:
+        raise ValueError(f"{source} holds the best episode of each of the targets {targets}: choose one with "
+                         "--sparsity (target=)")
+    key = targets[0] if target is None else f"{float(target):.6g}"
+    if key not in best or not isinstance(best[key], dict):
+        raise ValueError(f"{source} has no episode at target {key}: its targets are {targets}")
+    episode = best[key]
+    meta = {"method": "best found", "selected_from": "best_found", "target_sparsity": episode.get("target_sparsity"),
+            "reward_accuracy": episode.get("reward_accuracy"), "selected_on": "reward split"}
+    return Recipe(layers=_check_layer_sparsities(episode.get("layer_sparsities") or {}, source),
+                  overall_sparsity=episode.get("overall_sparsity"), meta=meta)
 
 
 def recipe_from_json(data: Any, source: str = "recipe") -> Recipe:

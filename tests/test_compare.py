@@ -234,3 +234,20 @@ def test_compare_unpickles_only_the_agent_file_it_was_given(comparison, tmp_path
     (tmp_path / "model_replay_buffer.pkl").write_bytes(pickle.dumps(_Planted(marker)))
     compare(ENV_ID, [0.5], "dqn", agent_path=agent, search=False, env_kwargs={"device": "cpu"}, write_files=False, log=None)
     assert not marker.exists()
+
+
+def test_a_training_runs_best_found_exports_directly_and_scores_what_the_table_said(comparison, tmp_path):
+    from prune_gym.export import export_task
+
+    result, output = comparison
+    best_file = output / "agent" / "best_found.json"
+    targets = sorted(json.loads(best_file.read_text())["best_per_target"])
+    target = float(targets[-1])
+    exported = export_task("resnet20-digits", tmp_path / "best.pt", recipe=best_file, sparsity=target, device="cpu")
+    assert abs(exported.accuracy_exported - result.result("DQN (best found)", target).test_accuracy) <= 0.01
+    assert exported.meta["method"] == "best found"
+    with pytest.raises(ValueError, match="has no episode at target 0.33"):
+        export_task("resnet20-digits", tmp_path / "x.pt", recipe=best_file, sparsity=0.33, device="cpu")
+    if len(targets) > 1:
+        with pytest.raises(ValueError, match="choose one with --sparsity"):
+            export_task("resnet20-digits", tmp_path / "x.pt", recipe=best_file, device="cpu")
