@@ -251,3 +251,13 @@ def test_a_training_runs_best_found_exports_directly_and_scores_what_the_table_s
     if len(targets) > 1:
         with pytest.raises(ValueError, match="choose one with --sparsity"):
             export_task("resnet20-digits", tmp_path / "x.pt", recipe=best_file, device="cpu")
+
+
+def test_the_table_says_why_the_search_is_off_for_an_agent_without_its_run(comparison, tmp_path):
+    import shutil
+
+    agent = tmp_path / "model.zip"
+    shutil.copy(comparison[1] / "agent" / "model.zip", agent)  # no best_found.json beside it
+    result = compare(ENV_ID, [0.5], "dqn", agent_path=agent, env_kwargs={"device": "cpu"}, write_files=False, log=None)
+    assert "local search" not in [row.method for row in result.results]
+    assert "local search: off: the agent's run records no training episodes" in result.table

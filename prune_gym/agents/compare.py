@@ -266,6 +266,11 @@ def compare(
             staging / "agent" if write_files else None, progress_bar, tensorboard and write_files, say,
         )
         search_episodes = max(agent.episodes // len(targets), 1) if search and agent.episodes else 0
+        search_off = None if search_episodes else (
+            "off (search=False)" if not search else
+            "off: the agent's run records no training episodes (no best_found.json beside --agent), so no equal cost")
+        if search and not search_episodes:
+            say(f"local search {search_off}")
         results = _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs,
                                     search_episodes, say)
         metadata = _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwargs, agent_action_type,
@@ -276,7 +281,7 @@ def compare(
                       f"sd {DEFAULT_STEP}), best on the reward split, replayed",
             "start": search_start,
             "episodes_per_target": search_episodes,
-            "budget": "the agent's training episodes, split evenly over the targets" if search_episodes else "off",
+            "budget": "the agent's training episodes, split evenly over the targets" if search_episodes else search_off,
         }
         metadata["strongest_heuristic"] = {
             f"{t:.6g}": getattr(strongest_heuristic(results, t), "method", None) for t in targets}

@@ -107,6 +107,8 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
     if search.get("episodes_per_target"):
         lines.append(f"local search: around {search.get('start', 'global-mp')}, {search['episodes_per_target']:,} env "
                      "episodes per target (the agent's training episodes, split over the targets), best on the reward split")
+    elif str(search.get("budget", "")).startswith("off:"):
+        lines.append(f"local search: {search['budget']}")
     strongest = metadata.get("strongest_heuristic") or {}
     lines += [
         "",

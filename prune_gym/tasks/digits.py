@@ -10,6 +10,7 @@ reward and test, so no seed ever evaluates the model on its own training images.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -31,6 +32,8 @@ from prune_gym.tasks.base import (
     split_indices,
 )
 from prune_gym.tasks.models.cifar_resnet import resnet20
+
+logger = logging.getLogger(__name__)
 
 #: Bump when the data, split or training recipe changes: a new file name invalidates old caches.
 CACHE_VERSION = 2
@@ -103,6 +106,7 @@ class DigitsTask(Task):
                 return load_state_dict_file(self.build_model(), path, "digits cache")
             except (ValueError, RuntimeError, EOFError, OSError, pickle.UnpicklingError):
                 pass  # a stale or unreadable cache is rebuilt below
+        logger.info(f"training the digits ResNet-20 on first use (about a minute on a CPU), cached in {path}")
         model = self.train(progress=progress)
         atomic_save({"state_dict": model.state_dict(), "recipe": vars(TRAIN_RECIPE)}, path)
         return model
