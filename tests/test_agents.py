@@ -349,3 +349,15 @@ def test_an_agent_file_of_another_algorithm_names_the_one_to_pass(tmp_path):
     with pytest.raises(ValueError, match=r"does not load as a DQN agent .*ActorCriticPolicy \(trained with ppo or a2c\)"):
         load_agent(tmp_path / "my_ppo.zip", env=env, algo="dqn")
     assert load_agent(tmp_path / "my_ppo.zip", env=env, algo="ppo").num_timesteps == 0
+
+
+def test_training_without_tensorboard_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    train_agent(ENV_ID, "dqn", 44, output_dir=tmp_path / "run", hyperparams={**QUICK["dqn"], "n_envs": 1},
+                env_kwargs=SYNTHETIC, checkpoint_freq=0, progress_bar=False, tensorboard=False)
+    assert not [path.name for path in scratch.iterdir() if path.name.startswith("SB3-")]

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CheckpointCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
@@ -439,11 +440,16 @@ def _build_or_resume_agent(
     output.mkdir(parents=True, exist_ok=True)
     try:
         if candidates is None:
-            model = make_agent(env, algo, hyperparams, seed=seed, tensorboard_log=tensorboard_dir, verbose=verbose)
-            return model, None
-        model, resumed_from = _load_newest_readable(candidates, env, algo, output)
-        if tensorboard_dir is not None:
-            model.tensorboard_log = str(tensorboard_dir)
+            model, resumed_from = make_agent(env, algo, hyperparams, seed=seed, tensorboard_log=tensorboard_dir,
+                                             verbose=verbose), None
+        else:
+            model, resumed_from = _load_newest_readable(candidates, env, algo, output)
+            if tensorboard_dir is not None:
+                model.tensorboard_log = str(tensorboard_dir)
+        if tensorboard_dir is None and not verbose:
+            # Without a logger of its own SB3 makes an empty SB3-<time> folder in the system's
+            # temporary folder at every learn(): give it one that writes nowhere.
+            model.set_logger(Logger(folder=None, output_formats=[]))
         return model, resumed_from
     except BaseException:
         if created and not any(output.iterdir()):
