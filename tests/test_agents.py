@@ -286,6 +286,17 @@ def test_progress_is_a_plain_line_in_a_log_and_a_bar_on_a_terminal(tmp_path, cap
     assert len(recorder.records) == 2 and np.isfinite(recorder.best_reward_accuracy())
 
 
+def test_a_resumed_runs_progress_counts_from_where_the_run_stands(tmp_path, capsys):
+    output = tmp_path / "run"
+    train_agent(ENV_ID, "dqn", 44, output_dir=output, hyperparams={**QUICK["dqn"], "n_envs": 1}, env_kwargs=SYNTHETIC,
+                checkpoint_freq=0, tensorboard=False)
+    capsys.readouterr()
+    train_agent(ENV_ID, "dqn", 88, output_dir=output, env_kwargs=SYNTHETIC, n_envs=1, checkpoint_freq=0,
+                tensorboard=False, resume=True)
+    err = capsys.readouterr().err
+    assert "[train] steps 44/88 (50%)" in err and "[train] steps 88/88 (100%)" in err
+
+
 def test_training_envs_leave_a_test_split_read_by_a_loader_unscored(monkeypatch):
     """Training never reads the test split: where a pass would decode it again (ImageNet's
     validation JPEGs) the training env skips it, unless the caller asks for it."""

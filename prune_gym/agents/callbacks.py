@@ -221,13 +221,15 @@ class TrainingProgress(BaseCallback):
         if use_bar:
             from tqdm.auto import tqdm
 
-            self._pbar = tqdm(total=self._total, unit="step", file=self._out(), dynamic_ncols=True)
+            # A resumed run's bar starts where the run stands, out of the run's total.
+            self._pbar = tqdm(total=self._start_steps + self._total, initial=self._start_steps, unit="step",
+                              file=self._out(), dynamic_ncols=True)
         else:
             self._line()
 
     def _on_step(self) -> bool:
         if self._pbar is not None:
-            self._pbar.update(self.model.num_timesteps - self._start_steps - self._pbar.n)
+            self._pbar.update(self.model.num_timesteps - self._pbar.n)
             best = self.recorder.best_text() if self.recorder is not None else None
             if best is not None:
                 self._pbar.set_postfix_str(best, refresh=False)
@@ -237,7 +239,7 @@ class TrainingProgress(BaseCallback):
 
     def _on_training_end(self) -> None:
         if self._pbar is not None:
-            self._pbar.update(self.model.num_timesteps - self._start_steps - self._pbar.n)
+            self._pbar.update(self.model.num_timesteps - self._pbar.n)
             self._pbar.close()
             self._pbar = None
         else:
@@ -249,8 +251,9 @@ class TrainingProgress(BaseCallback):
         done = int(self.model.num_timesteps) - self._start_steps
         elapsed = now - self._started
         rate = done / elapsed if elapsed > 0 and done else 0.0
-        parts = [f"steps {int(self.model.num_timesteps):,}/{self._start_steps + self._total:,}"
-                 f" ({100 * done / max(self._total, 1):.0f}%)", f"{rate:.1f} steps/s"]
+        run_total = self._start_steps + self._total  # of the whole run, a resumed one included
+        parts = [f"steps {int(self.model.num_timesteps):,}/{run_total:,}"
+                 f" ({100 * int(self.model.num_timesteps) / max(run_total, 1):.0f}%)", f"{rate:.1f} steps/s"]
         if self.recorder is not None:
             parts.append(f"episodes {len(self.recorder.records):,}")
             best = self.recorder.best_text()
