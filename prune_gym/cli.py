@@ -420,13 +420,13 @@ def _run_sweep(args: argparse.Namespace) -> int:
 
     settings = ("env", "algo", "seeds", "sparsity", "timesteps", "hyperparams", "action_type", "action_mode", "reward",
                 "max_sparsity", "min_threshold", "finetune_epochs", "search", "n_envs", "cpus_per_trial",
-                "gpus_per_trial", "max_concurrent", "scheduler", "storage", "output")
+                "gpus_per_trial", "max_concurrent", "scheduler", "output")
     if args.resume is not None:
         given = [name for name in settings if getattr(args, name) is not None]
         if given:
             raise ValueError(f"--resume takes the sweep's own settings (its sweep.json): leave out "
                              f"{', '.join(('ENV' if n == 'env' else '--' + n.replace('_', '-')) for n in given)}")
-        result = resume_sweep(args.resume, address=args.address)
+        result = resume_sweep(args.resume, address=args.address, storage=args.storage)
     else:
         if args.env is None:
             raise ValueError("give the env id (e.g. PruneResNet20Digits-v1), or --resume DIR")

@@ -411,3 +411,18 @@ def test_a_repeated_target_is_refused_before_anything_runs(tmp_path):
         compare(ENV_ID, [0.5, 0.5], timesteps=22, hyperparams={"learning_starts": 1000}, n_envs=1, search=False,
                 env_kwargs={"device": "cpu"}, output_dir=tmp_path / "out", progress_bar=False, tensorboard=False, log=None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_recipe_file_without_layers_says_so():
+    from prune_gym.recipes import recipe_from_json
+
+    with pytest.raises(ValueError, match="names its layers under 'layers', and this one has none"):
+        recipe_from_json({"format": "prune-gym-recipe", "meta": {"method": "x"}})
+
+
+def test_a_training_target_the_env_cannot_reach_fails_before_training():
+    from prune_gym.agents import TargetSamplingWrapper
+
+    env = tiny_env(max_sparsity=0.9)
+    with pytest.raises(ValueError, match="target_sparsity 0.95 is outside \\[min_sparsity, max_sparsity\\]"):
+        TargetSamplingWrapper(env, [0.5, 0.95])

@@ -135,6 +135,20 @@ def test_resume_refuses_an_experiment_whose_trials_belong_to_another_sweep(finis
     assert sorted(p.name for p in (copy / "trials").iterdir()) == sorted(p.name for p in (output / "trials").iterdir())
 
 
+def test_resume_restores_tune_state_only_from_a_folder_the_user_named(finished_sweep, tmp_path):
+    output, _ = finished_sweep
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    settings = json.loads((output / "sweep.json").read_text())
+    settings["experiment"] = str(output / "tune")  # outside the folder given to --resume
+    (planted / "sweep.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="outside .*planted.*--storage FOLDER"):
+        resume_sweep(planted)
+    (planted / "sweep.json").write_text("{not json")
+    with pytest.raises(ValueError, match="sweep.json is damaged"):
+        resume_sweep(planted)
+
+
 def test_a_killed_trial_is_reported_the_others_finish_and_resume_reruns_only_it(tmp_path, digits_model_state):
     output = tmp_path / "sweep"
     process = run_cli(ENV, "--algo", "dqn", "--seeds", "0", "1", *TINY, "--no-search", "--output", str(output))

@@ -176,11 +176,16 @@ def sweep(
 
 
 def resume_sweep(
-    output_dir: str | os.PathLike, address: str | None = None, log: Callable[[str], None] | None = None
+    output_dir: str | os.PathLike, address: str | None = None, log: Callable[[str], None] | None = None,
+    storage: str | os.PathLike | None = None,
 ) -> SweepResult:
     """Go on with the sweep in ``output_dir`` (cut off, or with failed trials): Tune restores
     its experiment and re-runs only the trials that did not finish; the settings are the
-    sweep's own (``sweep.json``), so the aggregate never mixes two sweeps."""
+    sweep's own (``sweep.json``), so the aggregate never mixes two sweeps.
+
+    Tune's experiment state is pickled, so it is restored only from inside ``output_dir`` or
+    from the ``storage`` the caller names again (a sweep run with ``--storage``), never from a
+    path that only ``sweep.json`` names."""
     import json
 
     say = log or logger.info
@@ -188,7 +193,19 @@ def resume_sweep(
     record = output / "sweep.json"
     if not record.is_file():
         raise FileNotFoundError(f"--resume {output}: no sweep.json there; give the folder a sweep wrote")
-    settings = json.loads(record.read_text())
+    try:
+        settings = json.loads(record.read_text())
+        experiment = str(settings["experiment"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--resume {output}: {record} is damaged ({type(error).__name__}: {error}); a sweep "
+                         "cannot be resumed without its settings") from None
+    if "://" not in experiment:
+        allowed = [output.resolve()] + ([Path(storage).resolve()] if storage is not None and "://" not in str(storage) else [])
+        if not any(Path(experiment).resolve().is_relative_to(root) for root in allowed):
+            raise ValueError(
+                f"--resume {output}: sweep.json names Tune's experiment at {experiment}, outside {output}; Tune's state "
+                "is pickled (it can run code), so name that storage yourself: --storage FOLDER (the one the sweep used)"
+            )
     tune = _import_tune()
     if not tune.Tuner.can_restore(settings["experiment"]):
         raise ValueError(f"--resume {output}: Tune has no experiment state at {settings['experiment']} to restore")

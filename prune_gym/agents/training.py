@@ -80,6 +80,9 @@ class TargetSamplingWrapper(gym.Wrapper):
         if not targets:
             raise ValueError("targets must hold at least one target sparsity")
         self.targets = [check_sparsity(t, "target sparsity") for t in targets]
+        check_target = getattr(env.unwrapped, "_check_target", None)
+        for target in self.targets if check_target is not None else ():
+            check_target(target)  # a target the env cannot reach fails now, not when an episode draws it
         self._rng = np.random.default_rng(seed)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
