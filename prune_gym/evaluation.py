@@ -58,6 +58,10 @@ def as_tensors(data: DataLike, batch_size: int = 512, num_workers: int = 0) -> t
         )
     xs, ys = [], []
     for batch in data:
+        if isinstance(batch, dict) or not isinstance(batch, tuple | list) or len(batch) != 2:
+            what = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else type(batch).__name__
+            raise ValueError(f"each sample of the split must be an (input, label) pair, got {what}: wrap the dataset "
+                             "so that it returns (input, label)")
         xs.append(torch.as_tensor(batch[0]))
         ys.append(torch.as_tensor(batch[1]))
     if not xs:

@@ -82,7 +82,11 @@ def find_prunable_layers(
             prunable layer (a typo would silently exclude nothing), or if two layers share one
             weight tensor (tied weights: pruning one would rewrite the other).
     """
-    # A single string is one pattern, not a sequence of one-letter patterns.
+    # A single string is one pattern, not a sequence of one-letter patterns; None excludes nothing.
+    if exclude_names is None:
+        exclude_names = ()
+    if not isinstance(exclude_names, str | Iterable):
+        raise ValueError(f"exclude_names (exclude_layers) must be name patterns, e.g. ['fc', 'layer4.*'], got {exclude_names!r}")
     patterns = [exclude_names] if isinstance(exclude_names, str) else list(exclude_names)
     for pattern in patterns:
         if not isinstance(pattern, str):

@@ -135,6 +135,8 @@ def recipe_from_json(data: Any, source: str = "recipe") -> Recipe:
         layers, overall, meta = data["layers"], data.get("overall_sparsity"), data.get("meta") or {}
         if not isinstance(layers, dict):
             raise ValueError(f"{source}: 'layers' must map layer names to sparsities")
+        if not isinstance(meta, dict):
+            raise ValueError(f"{source}: 'meta' must be a JSON object (what made the recipe), got {type(meta).__name__}")
     elif "format" in data or "meta" in data:
         raise ValueError(f"{source}: a recipe file names its layers under 'layers', and this one has none: "
                          "export it again (`prune-gym export ... --output model.pt` writes model.pt.recipe.json)")

@@ -426,3 +426,39 @@ def test_a_training_target_the_env_cannot_reach_fails_before_training():
     env = tiny_env(max_sparsity=0.9)
     with pytest.raises(ValueError, match="target_sparsity 0.95 is outside \\[min_sparsity, max_sparsity\\]"):
         TargetSamplingWrapper(env, [0.5, 0.95])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"split_seed": "a"}, "split_seed must be a whole number"),
+    ({"exclude_layers": 3}, "exclude_names \\(exclude_layers\\) must be name patterns"),
+])
+def test_raw_errors_from_deep_inside_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_env(**kwargs)
+    assert tiny_env(exclude_layers=None).num_layers == 2  # None: nothing excluded
+
+
+def test_a_dataset_of_dicts_and_a_bad_synthetic_shape_are_named():
+    class Dicts(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return {"x": torch.zeros(3, 16), "y": 0}
+
+    with pytest.raises(ValueError, match="must be an \\(input, label\\) pair, got a dict with keys \\['x', 'y'\\]"):
+        PruneEnv(model=tiny_model(), reward_data=Dicts(), device="cpu")
+    with pytest.raises(ValueError, match="input_shape must be positive whole numbers"):
+        PruneEnv("resnet20-digits", synthetic=True, input_shape=(-1, 8, 8), device="cpu")
+
+
+def test_a_corrupt_weights_file_and_a_recipe_with_a_list_as_meta_are_named(tmp_path):
+    from prune_gym.recipes import recipe_from_json
+    from prune_gym.tasks import get_task
+
+    corrupt = tmp_path / "w.pt"
+    corrupt.write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    with pytest.raises(ValueError, match="cannot read the checkpoint"):
+        get_task("resnet20-digits").load_model(corrupt)
+    with pytest.raises(ValueError, match="'meta' must be a JSON object"):
+        recipe_from_json({"layers": {"conv1": 0.5}, "meta": [1, 2]})

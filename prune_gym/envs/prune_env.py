@@ -271,6 +271,11 @@ class PruneEnv(gym.Env):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         if isinstance(synthetic_samples, bool) or not isinstance(synthetic_samples, int | np.integer) or synthetic_samples < 1:
             raise ValueError(f"synthetic_samples must be a whole number >= 1, got {synthetic_samples!r}")
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer):
+            raise ValueError(f"split_seed must be a whole number (it fixes the data splits), got {split_seed!r}")
+        if input_shape is not None and (isinstance(input_shape, str) or not all(
+                isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0 for d in input_shape)):
+            raise ValueError(f"input_shape must be positive whole numbers, e.g. (3, 32, 32), got {input_shape!r}")
         if synthetic and weights is not None:
             raise ValueError("weights= has no effect with synthetic=True (random weights): pass one or the other")
         if evaluate_test not in (None, True, False):

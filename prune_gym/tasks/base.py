@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,7 +186,7 @@ def load_state_dict_file(model: nn.Module, path: Path, what: str) -> nn.Module:
         raise MissingResourceError(f"{what}: no checkpoint file at {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as error:
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, struct.error, UnicodeDecodeError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(
             f"{what}: cannot read the checkpoint {path} ({first_line}); it is truncated, empty or not a "
@@ -196,6 +197,9 @@ def load_state_dict_file(model: nn.Module, path: Path, what: str) -> nn.Module:
             if isinstance(checkpoint.get(key), dict):
                 checkpoint = checkpoint[key]
                 break
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{what}: {path} holds a {type(checkpoint).__name__}, not a state dict: pass a weights file "
+                         "written by torch.save(model.state_dict(), path)")
     try:
         model.load_state_dict(checkpoint)
     except RuntimeError as error:
