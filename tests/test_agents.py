@@ -372,3 +372,17 @@ def test_training_without_tensorboard_leaves_nothing_in_the_temporary_folder(tmp
     train_agent(ENV_ID, "dqn", 44, output_dir=tmp_path / "run", hyperparams={**QUICK["dqn"], "n_envs": 1},
                 env_kwargs=SYNTHETIC, checkpoint_freq=0, progress_bar=False, tensorboard=False)
     assert not [path.name for path in scratch.iterdir() if path.name.startswith("SB3-")]
+
+
+def test_a_truncated_replay_buffer_makes_its_checkpoint_incomplete(tmp_path):
+    from prune_gym.agents.training import is_complete_checkpoint
+
+    output = tmp_path / "run"
+    train_agent(ENV_ID, "dqn", 50, output_dir=output, hyperparams={**QUICK["dqn"], "n_envs": 1}, env_kwargs=SYNTHETIC,
+                checkpoint_freq=0, progress_bar=False, tensorboard=False)
+    checkpoint = output / "checkpoints" / "dqn_50_steps.zip"
+    buffer = output / "checkpoints" / "dqn_replay_buffer_50_steps.pkl"
+    assert is_complete_checkpoint(checkpoint)
+    data = buffer.read_bytes()
+    buffer.write_bytes(data[: len(data) // 3])  # as a full disk leaves it
+    assert not is_complete_checkpoint(checkpoint)

@@ -158,7 +158,15 @@ def is_complete_checkpoint(path: Path) -> bool:
     algo = match["algo"] if match else None
     off_policy = algo in ALGORITHMS and issubclass(ALGORITHMS[algo][0], OffPolicyAlgorithm)
     buffer = _replay_buffer_path(path)
-    return not off_policy or (buffer.is_file() and buffer.stat().st_size > 0)
+    return not off_policy or (buffer.is_file() and buffer.stat().st_size > 0 and _ends_like_a_pickle(buffer))
+
+
+def _ends_like_a_pickle(path: Path) -> bool:
+    """Whether the file ends with pickle's STOP opcode, as every whole pickle does: a buffer cut
+    off by a kill or a full disk does not (checked without unpickling anything)."""
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == pickle.STOP
 
 
 def latest_checkpoint(output_dir: str | os.PathLike, algo: str | None = None) -> Path | None:
