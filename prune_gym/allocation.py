@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from prune_gym.errors import ConfigError
 from prune_gym.pruning import (
     DEFAULT_MIN_THRESHOLD,
     check_finite,
@@ -166,7 +167,7 @@ def _uniform_plus_counts(weights: Sequence[Tensor], sparsity: float, min_thresho
     middle = sum(numels[1:])
     fraction = to_prune / middle  # the first layer is dense: the others share the target
     if fraction > 1.0 or (numels[-1] - last_keep) + sum(numels[1:-1]) < to_prune:
-        raise ValueError(
+        raise ConfigError(
             f"uniform+ cannot reach sparsity {sparsity}: with the first layer dense and the last keeping "
             f"{UNIFORM_PLUS_LAST_LAYER_KEEP:.0%}, at most {((numels[-1] - last_keep) + sum(numels[1:-1])) / sum(numels):.4f} "
             "is possible; lower the target or use another method"
@@ -208,7 +209,7 @@ def allocation_method(name: str) -> AllocationMethod:
     try:
         return ALLOCATION_METHODS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown allocation method {name!r}: choose one of {', '.join(ALLOCATION_METHODS)}") from None
+        raise ConfigError(f"unknown allocation method {name!r}: choose one of {', '.join(ALLOCATION_METHODS)}") from None
 
 
 def method_label(name: str) -> str:
@@ -236,11 +237,11 @@ def allocation_counts(
     method = allocation_method(name)
     sparsity = check_sparsity(sparsity)
     if not weights:
-        raise ValueError("an allocation needs at least one weight tensor")
+        raise ConfigError("an allocation needs at least one weight tensor")
     for index, weight in enumerate(weights):
         check_finite(weight, f"#{index}")
     if min_threshold is not None and name != "global-mp+mt":
-        raise ValueError(f"min_threshold applies to global-mp+mt only, not to {name!r}")
+        raise ConfigError(f"min_threshold applies to global-mp+mt only, not to {name!r}")
     return method.counts(weights, sparsity, min_threshold, int(seed))
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from prune_gym.errors import ConfigError
 from prune_gym.evaluation import sample_tensors
 
 #: Samples per BatchNorm re-calibration batch: enough for stable statistics, far cheaper than a
@@ -56,7 +57,7 @@ def recalibrate_batchnorm(model: nn.Module, inputs: Tensor, batch_size: int = 25
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return model.eval()
     if len(inputs) == 0:
-        raise ValueError("recalibrate_batchnorm needs at least one input")
+        raise ConfigError("recalibrate_batchnorm needs at least one input")
     # A full re-calibration is the calibrator without stages (one mechanism for both).
     BatchNormCalibrator(model, inputs, stages=None, batch_size=batch_size).recalibrate()
     return model.eval()
@@ -83,7 +84,7 @@ class BatchNormCalibrator:
 
     def __init__(self, model: nn.Module, inputs: Tensor, stages: Sequence[nn.Module] | None, batch_size: int = BN_RECALIBRATION_BATCH) -> None:
         if len(inputs) == 0:
-            raise ValueError("BatchNorm re-calibration needs at least one input")
+            raise ConfigError("BatchNorm re-calibration needs at least one input")
         self.model = model
         self.batches = list(inputs.split(batch_size))
         self.stages = list(stages) if stages else None
@@ -186,6 +187,6 @@ def restore_state(model: nn.Module, state: dict[str, Tensor]) -> None:
     """Copy ``state`` (from :func:`capture_state`) back into ``model``'s tensors, bit for bit."""
     current = model.state_dict(keep_vars=True)
     if current.keys() != state.keys():
-        raise ValueError("state does not belong to this model: capture it with capture_state(model)")
+        raise ConfigError("state does not belong to this model: capture it with capture_state(model)")
     for name, tensor in current.items():
         tensor.copy_(state[name])

@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from prune_gym.errors import ConfigError, Error
+
 # prune_gym.envs.actions.ACTION_MODES, spelt out so `--help` need not import torch (a test
 # checks that the two agree).
 ACTION_MODE_CHOICES = ("relative", "absolute")
@@ -194,7 +196,7 @@ def _set_threads(args: argparse.Namespace) -> None:
 
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
 
 
@@ -266,7 +268,7 @@ def _run_train(args: argparse.Namespace) -> int:
     algo = algo_name(args.algo)
     if args.resume is True and args.output is None:
         # Checkpoints are pickles: load only from a folder the user names, never one found here.
-        raise ValueError("--resume continues the run in the folder you name: add --output DIR (or give --resume CHECKPOINT)")
+        raise ConfigError("--resume continues the run in the folder you name: add --output DIR (or give --resume CHECKPOINT)")
     env_kwargs = _env_kwargs(args)
     env_kwargs.setdefault("action_type", ALGORITHMS[algo][1][0])
     result = train_agent(
@@ -315,7 +317,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
     from prune_gym.agents.policies import reference_policy
 
     if args.min_threshold is not None and args.policy not in ("global-mp", "global-mp+mt"):
-        raise ValueError("--min-threshold applies to --policy global-mp / global-mp+mt only")
+        raise ConfigError("--min-threshold applies to --policy global-mp / global-mp+mt only")
     env = gym.make(args.env, target_sparsity=args.sparsity, **_env_kwargs(args))
     label, policy, deterministic = reference_policy(args.policy, env, seed=args.seed, min_threshold=args.min_threshold)
     result = run_episode(policy, env, args.sparsity, deterministic=deterministic, method=label)
@@ -424,17 +426,17 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if args.resume is not None:
         given = [name for name in settings if getattr(args, name) is not None]
         if given:
-            raise ValueError(f"--resume takes the sweep's own settings (its sweep.json): leave out "
+            raise ConfigError(f"--resume takes the sweep's own settings (its sweep.json): leave out "
                              f"{', '.join(('ENV' if n == 'env' else '--' + n.replace('_', '-')) for n in given)}")
         result = resume_sweep(args.resume, address=args.address, storage=args.storage)
     else:
         if args.env is None:
-            raise ValueError("give the env id (e.g. PruneResNet20Digits-v1), or --resume DIR")
+            raise ConfigError("give the env id (e.g. PruneResNet20Digits-v1), or --resume DIR")
         hyperparams = {}
         for item in args.hyperparams or []:
             algo, sep, path = item.partition("=")
             if not sep or not algo or not path:
-                raise ValueError(f"--hyperparams takes ALGO=YAML, e.g. dqn=my_dqn.yml; got {item!r}")
+                raise ConfigError(f"--hyperparams takes ALGO=YAML, e.g. dqn=my_dqn.yml; got {item!r}")
             hyperparams[algo.lower()] = path
         env_kwargs = {key: value for key, value in (
             ("action_type", args.action_type), ("action_mode", args.action_mode), ("reward", args.reward),
@@ -545,9 +547,11 @@ def _user_error(error: Exception) -> str | None:
         return f"{first_line}: choose a path you can write to (e.g. --output)"
     if isinstance(error, ImportError) and "optional extra" in str(error):
         return str(error)  # an extra that is not installed (prune-gym sweep without ray)
-    if isinstance(error, ValueError | FileNotFoundError):
+    if isinstance(error, Error):  # prune-gym's own: the message names the argument or path and the fix
         return str(error)
-    return None
+    if isinstance(error, FileNotFoundError):  # a path the user gave that the system could not open
+        return f"{error}: check the path"
+    return None  # anything else is a bug: its traceback is shown
 
 
 if __name__ == "__main__":

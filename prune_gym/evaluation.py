@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from prune_gym.errors import ConfigError
+
 #: A split given as ready tensors, a dataset of (input, label) pairs, or a DataLoader.
 DataLike = tuple[Tensor, Tensor] | Dataset | DataLoader
 
@@ -36,9 +38,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for CUDA, but no GPU is visible: use device='cpu' or 'auto'")
+        raise ConfigError(f"device={device!r} asked for CUDA, but no GPU is visible: use device='cpu' or 'auto'")
     return resolved
 
 
@@ -47,12 +49,12 @@ def as_tensors(data: DataLike, batch_size: int = 512, num_workers: int = 0) -> t
     if isinstance(data, tuple | list) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         inputs, labels = data
         if len(inputs) != len(labels):
-            raise ValueError(f"inputs and labels differ in length: {len(inputs)} vs {len(labels)}")
+            raise ConfigError(f"inputs and labels differ in length: {len(inputs)} vs {len(labels)}")
         return inputs, check_labels(labels)
     if isinstance(data, Dataset):
         data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     if not isinstance(data, DataLoader):
-        raise ValueError(
+        raise ConfigError(
             "data must be an (inputs, labels) tuple of tensors, a Dataset of (input, label) pairs "
             f"or a DataLoader, got {type(data).__name__}"
         )
@@ -60,12 +62,12 @@ def as_tensors(data: DataLike, batch_size: int = 512, num_workers: int = 0) -> t
     for batch in data:
         if isinstance(batch, dict) or not isinstance(batch, tuple | list) or len(batch) != 2:
             what = f"a dict with keys {sorted(batch)}" if isinstance(batch, dict) else type(batch).__name__
-            raise ValueError(f"each sample of the split must be an (input, label) pair, got {what}: wrap the dataset "
+            raise ConfigError(f"each sample of the split must be an (input, label) pair, got {what}: wrap the dataset "
                              "so that it returns (input, label)")
         xs.append(torch.as_tensor(batch[0]))
         ys.append(torch.as_tensor(batch[1]))
     if not xs:
-        raise ValueError("the split is empty: it needs at least one sample")
+        raise ConfigError("the split is empty: it needs at least one sample")
     return torch.cat(xs), check_labels(torch.cat(ys))
 
 
@@ -79,16 +81,16 @@ def check_labels(labels: Tensor, num_classes: int | None = None) -> Tensor:
     """
     if labels.dim() != 1:
         hint = "squeeze the label tensor" if labels.dim() == 2 and labels.shape[1] == 1 else "give class indices (e.g. one_hot.argmax(1))"
-        raise ValueError(f"labels must be a 1-D tensor of class indices, got shape {tuple(labels.shape)}: {hint}")
+        raise ConfigError(f"labels must be a 1-D tensor of class indices, got shape {tuple(labels.shape)}: {hint}")
     if labels.dtype == torch.bool or labels.is_complex():
-        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        raise ConfigError(f"labels must be integer class indices, got dtype {labels.dtype}")
     if labels.is_floating_point() and not torch.equal(labels, labels.round()):
-        raise ValueError("labels must be integer class indices, got fractional values (soft labels?)")
+        raise ConfigError("labels must be integer class indices, got fractional values (soft labels?)")
     labels = labels.long()
     if len(labels) and int(labels.min()) < 0:
-        raise ValueError(f"labels must be class indices >= 0, got {int(labels.min())}")
+        raise ConfigError(f"labels must be class indices >= 0, got {int(labels.min())}")
     if num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"a label is {int(labels.max())} but the model has {num_classes} outputs: do the labels and the "
             f"model's classes match?"
         )
@@ -133,7 +135,7 @@ def stage_of_modules(stages: Sequence[nn.Module], modules: Sequence[nn.Module]) 
             owner.setdefault(id(sub), index)
     missing = [m for m in modules if id(m) not in owner]
     if missing:
-        raise ValueError(f"{len(missing)} prunable module(s) are not inside any stage")
+        raise ConfigError(f"{len(missing)} prunable module(s) are not inside any stage")
     return [owner[id(m)] for m in modules]
 
 
@@ -173,7 +175,7 @@ class Evaluator:
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
         on_cuda = self.device.type == "cuda"
         self.amp_dtype: torch.dtype | None = None
         if amp and on_cuda:
@@ -202,7 +204,7 @@ class Evaluator:
             self.sample_shape = tuple(torch.as_tensor(dataset[0][0]).shape) if self.num_samples else ()
             self.channels_last = channels_last and len(self.sample_shape) == 3
         if self.num_samples == 0:
-            raise ValueError("the split is empty: it needs at least one sample")
+            raise ConfigError("the split is empty: it needs at least one sample")
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if stages is None:
@@ -231,12 +233,12 @@ class Evaluator:
             with torch.inference_mode():
                 logits = self._logits(x)
         except (RuntimeError, TypeError, ValueError, IndexError) as error:
-            raise ValueError(
+            raise ConfigError(
                 f"{name} fails on the {split}'s inputs (shape {tuple(x.shape)}, dtype {x.dtype}): {error}"
             ) from None
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != len(x):
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(
+            raise ConfigError(
                 f"{name} must return logits of shape (batch, classes) on the {split}; got {shape} "
                 f"for a batch of {len(x)} (wrap the model so that forward returns one logits tensor)"
             )
@@ -245,7 +247,7 @@ class Evaluator:
         try:
             check_labels(labels, num_classes)
         except ValueError as error:
-            raise ValueError(f"{split}: {error}") from None
+            raise ConfigError(f"{split}: {error}") from None
         return num_classes
 
     # -- cache bookkeeping -----------------------------------------------------------------

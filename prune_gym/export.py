@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from prune_gym.allocation import ALLOCATION_METHODS, allocation_counts
+from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.io import atomic_save, atomic_write_text, check_writable_path
 from prune_gym.pruning import (
     DEFAULT_MIN_THRESHOLD,
@@ -74,13 +75,13 @@ def export_pruned(
     masks = check_layers_and_masks(layers, masks)
     path = Path(path)
     if path.suffix == ".json":
-        raise ValueError(f"the checkpoint path {path} ends in .json: give a .pt path (the recipe goes next to it)")
+        raise ConfigError(f"the checkpoint path {path} ends in .json: give a .pt path (the recipe goes next to it)")
     recipe = masks_to_recipe(layers, masks, meta)
     state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     for layer, mask in zip(layers, masks, strict=True):
         key = f"{layer.name}.weight" if layer.name else "weight"
         if key not in state:
-            raise ValueError(
+            raise ConfigError(
                 f"layer {layer.name!r} has no {key!r} entry in the model's state dict: pass the "
                 "layers of this model (find_prunable_layers(model)), not of another one"
             )
@@ -118,19 +119,19 @@ def load_pruned(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no pruned checkpoint at {path}: write one with `prune-gym export`")
+        raise MissingResourceError(f"no pruned checkpoint at {path}: write one with `prune-gym export`")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a prune-gym pruned checkpoint (written by export_pruned)")
+        raise ConfigError(f"{path} is not a prune-gym pruned checkpoint (written by export_pruned)")
     state, saved, meta = checkpoint.get("state_dict"), checkpoint.get("masks"), checkpoint.get("meta") or {}
     if not isinstance(state, dict) or not isinstance(saved, dict) or not isinstance(meta, dict):
-        raise ValueError(f"checkpoint {path} lacks its state_dict, masks or meta: write it again with `prune-gym export`")
+        raise ConfigError(f"checkpoint {path} lacks its state_dict, masks or meta: write it again with `prune-gym export`")
     # Everything is checked against the checkpoint itself before the model is touched.
     _check_fits(path, model, state)
     layers = list(layers) if layers is not None else find_prunable_layers(model)
     unknown = sorted(set(saved) - {layer.name for layer in layers})
     if unknown:
-        raise ValueError(f"checkpoint {path} has masks for layers this model does not have: {unknown}")
+        raise ConfigError(f"checkpoint {path} has masks for layers this model does not have: {unknown}")
     masks = []
     for layer in layers:
         mask = saved.get(layer.name)
@@ -138,7 +139,7 @@ def load_pruned(
         mask = torch.ones_like(weight, dtype=torch.bool) if mask is None else check_mask(mask, weight, layer.name)
         contradictions = int(((weight != 0) & ~mask).sum())
         if contradictions:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint {path}: {contradictions} weights of layer {layer.name!r} are marked pruned but are not "
                 "zero, so its masks and weights disagree (a damaged or edited file): export the model again"
             )
@@ -147,7 +148,7 @@ def load_pruned(
     if isinstance(recorded, int | float) and masks:
         measured = overall_sparsity(masks)
         if abs(measured - float(recorded)) * sum(m.numel() for m in masks) > 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint {path}: its masks prune {measured:.4f} of the weights, its metadata says {recorded:.4f} "
                 "(a damaged or edited file): export the model again"
             )
@@ -165,7 +166,7 @@ def _check_fits(path: Path, model: nn.Module, state: Mapping[str, Tensor]) -> No
         details = "; ".join(part for part in (
             f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
             f"shapes differ: {shapes[:3]}" if shapes else "") if part)
-        raise ValueError(f"checkpoint {path} does not fit this model ({details}): load it into the architecture it was "
+        raise ConfigError(f"checkpoint {path} does not fit this model ({details}): load it into the architecture it was "
                          "exported from (task.build_model())")
 
 
@@ -304,7 +305,7 @@ def export_task(
         recorded = recipe.meta.get("bn_recalibration_batches") if recipe is not None else None
         bn_recalibration_batches = recorded if recorded is not None else task_obj.env_defaults.get("bn_recalibration_batches", 0)
     if isinstance(bn_recalibration_batches, bool) or not isinstance(bn_recalibration_batches, int) or bn_recalibration_batches < 0:
-        raise ValueError(f"bn_recalibration_batches must be a whole number >= 0, got {bn_recalibration_batches!r}")
+        raise ConfigError(f"bn_recalibration_batches must be a whole number >= 0, got {bn_recalibration_batches!r}")
 
     torch_device = resolve_device(device)
     model = task_obj.load_model(weights).to(torch_device)
@@ -381,35 +382,35 @@ def _check_export_options(
     from prune_gym.pruning import check_sparsity
 
     if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
-        raise ValueError(f"finetune_epochs must be a whole number >= 0, got {finetune_epochs!r}")
+        raise ConfigError(f"finetune_epochs must be a whole number >= 0, got {finetune_epochs!r}")
     if isinstance(gradual_steps, bool) or not isinstance(gradual_steps, int) or gradual_steps < 1:
-        raise ValueError(f"gradual_steps must be a whole number >= 1, got {gradual_steps!r}")
+        raise ConfigError(f"gradual_steps must be a whole number >= 1, got {gradual_steps!r}")
     if recipe is not None and policy is not None:
-        raise ValueError("pass either a policy (--policy) or a recipe (--recipe), not both")
+        raise ConfigError("pass either a policy (--policy) or a recipe (--recipe), not both")
     if recipe is not None:
         # A training run's best_found.json holds one recipe per target: --sparsity picks it.
         recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, target=sparsity)
         if sparsity is not None and recipe.meta.get("selected_from") != "best_found":
-            raise ValueError("a recipe fixes every layer's sparsity: drop --sparsity when passing --recipe")
+            raise ConfigError("a recipe fixes every layer's sparsity: drop --sparsity when passing --recipe")
         sparsity = None
     else:
         policy = policy or "global-mp"
         if policy not in EXPORT_POLICIES:
-            raise ValueError(f"unknown policy {policy!r}: choose one of {', '.join(EXPORT_POLICIES)}, or pass --recipe")
+            raise ConfigError(f"unknown policy {policy!r}: choose one of {', '.join(EXPORT_POLICIES)}, or pass --recipe")
         if sparsity is None:
-            raise ValueError(f"policy {policy!r} needs a target sparsity (--sparsity, e.g. 0.8)")
+            raise ConfigError(f"policy {policy!r} needs a target sparsity (--sparsity, e.g. 0.8)")
         sparsity = check_sparsity(sparsity)
     if min_threshold is not None and policy not in ("global-mp", "global-mp+mt"):
-        raise ValueError("--min-threshold applies to --policy global-mp / global-mp+mt only")
+        raise ConfigError("--min-threshold applies to --policy global-mp / global-mp+mt only")
     if policy == "global-mp" and min_threshold:
         policy = "global-mp+mt"
     if policy == "global-mp+mt" and min_threshold is None:
         min_threshold = DEFAULT_MIN_THRESHOLD
     if gradual_steps > 1 and policy not in ("global-mp", "global-mp+mt"):
-        raise ValueError("gradual pruning (--gradual-steps > 1) is a form of Global MP: use --policy global-mp")
+        raise ConfigError("gradual pruning (--gradual-steps > 1) is a form of Global MP: use --policy global-mp")
     output = Path(output)
     if output.suffix == ".json":
-        raise ValueError(f"the checkpoint path {output} ends in .json: give a .pt path (the recipe goes next to it)")
+        raise ConfigError(f"the checkpoint path {output} ends in .json: give a .pt path (the recipe goes next to it)")
     check_writable_path(output, "--output")
     return policy, sparsity, recipe, output, min_threshold
 

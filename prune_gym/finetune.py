@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from prune_gym.errors import ConfigError
 from prune_gym.io import atomic_save
 from prune_gym.pruning import (
     PrunableLayer,
@@ -91,9 +92,9 @@ def recipe_for(family: str, purpose: str = "finetune") -> TrainConfig:
     """
     recipes = {"finetune": FINETUNE_RECIPES, "pretrain": PRETRAIN_RECIPES}.get(purpose)
     if recipes is None:
-        raise ValueError(f"purpose must be 'finetune' or 'pretrain', got {purpose!r}")
+        raise ConfigError(f"purpose must be 'finetune' or 'pretrain', got {purpose!r}")
     if family not in recipes:
-        raise ValueError(f"no {purpose} recipe for task family {family!r}; known families: {', '.join(recipes)}")
+        raise ConfigError(f"no {purpose} recipe for task family {family!r}; known families: {', '.join(recipes)}")
     return dataclasses.replace(recipes[family])
 
 
@@ -122,13 +123,13 @@ def _checked_masks(
     layers: Sequence[PrunableLayer], masks: Sequence[Tensor], device: torch.device
 ) -> list[Tensor]:
     if len(masks) != len(layers):
-        raise ValueError(f"expected one mask per prunable layer ({len(layers)}), got {len(masks)}")
+        raise ConfigError(f"expected one mask per prunable layer ({len(layers)}), got {len(masks)}")
     return [check_mask(m, layer.weight, layer.name).to(device) for m, layer in zip(masks, layers, strict=True)]
 
 
 def check_epochs(epochs: object, name: str = "epochs") -> int:
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"{name} must be a whole number >= 0, got {epochs!r}")
+        raise ConfigError(f"{name} must be a whole number >= 0, got {epochs!r}")
     return epochs
 
 
@@ -182,9 +183,9 @@ def train_classifier(
     config = config or TrainConfig()
     check_epochs(config.epochs, "config.epochs")
     if config.batch_size < 1:
-        raise ValueError(f"config.batch_size must be >= 1, got {config.batch_size}")
+        raise ConfigError(f"config.batch_size must be >= 1, got {config.batch_size}")
     if (masks is None) != (layers is None):
-        raise ValueError("pass masks and layers together (one mask per prunable layer)")
+        raise ConfigError("pass masks and layers together (one mask per prunable layer)")
     if isinstance(data, tuple):
         data = TensorDataset(*data)
     device = torch.device(device)
@@ -198,7 +199,7 @@ def train_classifier(
         num_workers=num_workers, pin_memory=device.type == "cuda",
     )
     if len(loader) == 0:
-        raise ValueError("the training data is empty: it needs at least one sample")
+        raise ConfigError("the training data is empty: it needs at least one sample")
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
         nesterov=config.momentum > 0,  # Nesterov needs momentum; plain SGD without it
@@ -292,16 +293,16 @@ def _resume(
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # a truncated or foreign file: say which and how to recover
-        raise ValueError(
+        raise ConfigError(
             f"cannot read the training checkpoint {path} ({error}); delete it to train from scratch"
         ) from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
+        raise ConfigError(
             f"{path} is not a prune-gym training checkpoint (version {CHECKPOINT_VERSION}); "
             "delete it or pass another checkpoint_path"
         )
     if state["fingerprint"] != fingerprint:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint {path} was written by another run ({state['fingerprint']}), not this "
             f"one ({fingerprint}): delete it to train from scratch, or pass another checkpoint_path"
         )
@@ -422,14 +423,14 @@ def finetune_steps(
     """
     steps = check_epochs(steps, "steps")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if not (isinstance(data, tuple | list) and len(data) == 2):
-        raise ValueError("data must be an (inputs, labels) tuple of tensors, ideally on the model's device")
+        raise ConfigError("data must be an (inputs, labels) tuple of tensors, ideally on the model's device")
     inputs, labels = data
     if len(inputs) == 0 or len(inputs) != len(labels):
-        raise ValueError(f"inputs and labels must be non-empty and of equal length, got {len(inputs)} and {len(labels)}")
+        raise ConfigError(f"inputs and labels must be non-empty and of equal length, got {len(inputs)} and {len(labels)}")
     if not layers:
-        raise ValueError("finetune_steps needs the model's prunable layers (find_prunable_layers(model))")
+        raise ConfigError("finetune_steps needs the model's prunable layers (find_prunable_layers(model))")
     if steps == 0:
         return math.nan
     device = layers[0].weight.device

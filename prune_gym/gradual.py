@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from prune_gym.errors import ConfigError
 from prune_gym.finetune import (
     DEFAULT_FINETUNE_RECIPE,
     Augment,
@@ -42,9 +43,9 @@ def cubic_sparsity_schedule(final_sparsity: float, steps: int, initial: float = 
     final_sparsity = check_sparsity(final_sparsity, "final_sparsity")
     initial = check_sparsity(initial, "initial")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+        raise ConfigError(f"steps must be a whole number >= 1, got {steps!r}")
     if initial > final_sparsity:
-        raise ValueError(f"initial sparsity {initial} exceeds final_sparsity {final_sparsity}")
+        raise ConfigError(f"initial sparsity {initial} exceeds final_sparsity {final_sparsity}")
     schedule = [final_sparsity + (initial - final_sparsity) * (1 - t / steps) ** 3 for t in range(1, steps + 1)]
     schedule[-1] = final_sparsity  # exact, not up to round-off
     return schedule

@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import torch
 
+from prune_gym.errors import ConfigError
+
 __all__ = ["atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text", "check_writable_path"]
 
 
@@ -24,14 +26,14 @@ def check_writable_path(path: str | os.PathLike, what: str = "output") -> Path:
     file, and the nearest existing folder is writable. Returns ``path``; ValueError otherwise."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"the {what} path {path} is a folder: give a file path")
+        raise ConfigError(f"the {what} path {path} is a folder: give a file path")
     parent = path.parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise ValueError(f"the {what} path {path} lies under {parent}, which is a file: choose another path")
+        raise ConfigError(f"the {what} path {path} lies under {parent}, which is a file: choose another path")
     if not os.access(parent, os.W_OK):
-        raise ValueError(f"cannot write under {parent} (permission denied): choose another {what} path")
+        raise ConfigError(f"cannot write under {parent} (permission denied): choose another {what} path")
     return path
 
 

@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from prune_gym.errors import ConfigError
 from prune_gym.selection import remove_smallest, remove_smallest_in_parts
 
 LayerKind = Literal["conv", "depthwise", "linear"]
@@ -86,16 +87,16 @@ def find_prunable_layers(
     if exclude_names is None:
         exclude_names = ()
     if not isinstance(exclude_names, str | Iterable):
-        raise ValueError(f"exclude_names (exclude_layers) must be name patterns, e.g. ['fc', 'layer4.*'], got {exclude_names!r}")
+        raise ConfigError(f"exclude_names (exclude_layers) must be name patterns, e.g. ['fc', 'layer4.*'], got {exclude_names!r}")
     patterns = [exclude_names] if isinstance(exclude_names, str) else list(exclude_names)
     for pattern in patterns:
         if not isinstance(pattern, str):
-            raise ValueError(f"exclude_names must be name patterns (strings), got {pattern!r}")
+            raise ConfigError(f"exclude_names must be name patterns (strings), got {pattern!r}")
     skip_types = tuple(exclude_types)
     candidates = [(name, module) for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name, _ in candidates)]
     if unmatched:
-        raise ValueError(
+        raise ConfigError(
             f"exclude pattern(s) {unmatched} match no prunable layer; the prunable layers are "
             f"{[name for name, _ in candidates]} (patterns are fnmatch-style, e.g. 'fc' or 'layer4.*')"
         )
@@ -109,13 +110,13 @@ def find_prunable_layers(
     for layer in layers:
         other = owners.setdefault(id(layer.module.weight), layer.name)
         if other != layer.name:
-            raise ValueError(
+            raise ConfigError(
                 f"layers {other!r} and {layer.name!r} share one weight tensor (tied weights): pruning "
                 f"one would rewrite the other. Exclude one of them (exclude_layers=[{layer.name!r}]) "
                 f"to prune the shared tensor once"
             )
     if not layers:
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} has no prunable layer (Conv1d/Conv2d/Conv3d/Linear)"
             + (f" left after excluding names {patterns} and types {skip_types}" if patterns or skip_types else "")
             + ": pass a model that has one, or exclude fewer layers."
@@ -165,13 +166,13 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 def check_sparsity(sparsity: float, name: str = "sparsity") -> float:
     """Return ``sparsity`` as a float, or raise ValueError unless it is a number in [0, 1)."""
     if isinstance(sparsity, bool):  # False would pass as 0.0: a typo for None, not a target
-        raise ValueError(f"{name} must be a number in [0, 1), got {sparsity!r}")
+        raise ConfigError(f"{name} must be a number in [0, 1), got {sparsity!r}")
     try:
         value = float(sparsity)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1), got {sparsity!r}") from None
+        raise ConfigError(f"{name} must be a number in [0, 1), got {sparsity!r}") from None
     if not (0.0 <= value < 1.0):  # also rejects NaN
-        raise ValueError(
+        raise ConfigError(
             f"{name} must be in [0, 1) (1.0 would empty a layer), got {sparsity!r}"
         )
     return value
@@ -183,7 +184,7 @@ def check_finite(weight: Tensor, name: str) -> None:
     # in one pass without a boolean tensor; only a non-finite sum (which huge finite weights
     # could also give) needs the element-wise check.
     if not math.isfinite(float(weight.detach().sum())) and not torch.isfinite(weight).all():
-        raise ValueError(
+        raise ConfigError(
             f"layer {name!r} has NaN or inf weights: load a trained, finite checkpoint before pruning."
         )
 
@@ -191,9 +192,9 @@ def check_finite(weight: Tensor, name: str) -> None:
 def check_mask(mask: Tensor, weight: Tensor, name: str) -> Tensor:
     """Return ``mask`` as a bool tensor on ``weight``'s device, or raise a ValueError naming the layer."""
     if not isinstance(mask, Tensor):
-        raise ValueError(f"mask for layer {name!r} must be a tensor, got {type(mask).__name__}")
+        raise ConfigError(f"mask for layer {name!r} must be a tensor, got {type(mask).__name__}")
     if mask.shape != weight.shape:
-        raise ValueError(
+        raise ConfigError(
             f"mask for layer {name!r} has shape {tuple(mask.shape)}, but the weight has shape "
             f"{tuple(weight.shape)}"
         )
@@ -232,7 +233,7 @@ def minimum_keep(weights: Sequence[Tensor], min_threshold: float) -> int:
     paper's default); as in the official code the count is rounded down.
     """
     if not (0.0 <= float(min_threshold) < 1.0):
-        raise ValueError(f"min_threshold must be a fraction in [0, 1), got {min_threshold!r}")
+        raise ConfigError(f"min_threshold must be a fraction in [0, 1), got {min_threshold!r}")
     return int(float(min_threshold) * sum(w.numel() for w in weights))
 
 
@@ -261,7 +262,7 @@ def minimum_threshold_sparsities(
     floors = [min(n, minimum) for n in numels]
     if sum(floors) > total - round(sparsity * total):
         reachable = 1.0 - sum(floors) / total
-        raise ValueError(
+        raise ConfigError(
             f"target sparsity {sparsity} is unreachable with a Minimum Threshold of {minimum} weights per "
             f"layer: at most {reachable:.4f} sparsity is possible. Lower the target or the min_threshold."
         )
@@ -311,7 +312,7 @@ def sparsities_to_counts(numels: Sequence[int], sparsities: Sequence[float], spa
                 missing -= 1
                 progressed = True
         if not progressed:
-            raise ValueError("the per-layer caps leave too few weights to reach the target sparsity")
+            raise ConfigError("the per-layer caps leave too few weights to reach the target sparsity")
     while missing < 0:
         for i in reversed(order):
             if missing == 0:
@@ -344,7 +345,7 @@ def global_magnitude_masks(
     """
     sparsity = check_sparsity(sparsity)
     if not weights:
-        raise ValueError("global_magnitude_masks needs at least one weight tensor")
+        raise ConfigError("global_magnitude_masks needs at least one weight tensor")
     for index, weight in enumerate(weights):
         check_finite(weight, f"#{index}")
     total = sum(w.numel() for w in weights)
@@ -410,7 +411,7 @@ class PruningState:
         self.model = model
         self.layers: list[PrunableLayer] = list(layers) if layers is not None else find_prunable_layers(model)
         if not self.layers:
-            raise ValueError("PruningState needs at least one prunable layer, got layers=[]")
+            raise ConfigError("PruningState needs at least one prunable layer, got layers=[]")
         for layer in self.layers:
             check_finite(layer.weight, layer.name)
         self.dense: list[Tensor] = [layer.weight.detach().clone() for layer in self.layers]
@@ -445,7 +446,7 @@ class PruningState:
     def set_masks(self, masks: Sequence[Tensor]) -> None:
         """Prune every layer; all masks are validated before any weight changes."""
         if len(masks) != len(self.layers):
-            raise ValueError(f"expected {len(self.layers)} masks (one per prunable layer), got {len(masks)}")
+            raise ConfigError(f"expected {len(self.layers)} masks (one per prunable layer), got {len(masks)}")
         checked = [check_mask(m, w, layer.name) for m, w, layer in zip(masks, self.dense, self.layers)]
         for i, mask in enumerate(checked):
             self.set_mask(i, mask)

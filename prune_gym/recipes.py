@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.pruning import (
     PrunableLayer,
     check_mask,
@@ -70,7 +71,7 @@ def recipe_path(checkpoint_path: str | os.PathLike) -> Path:
 def check_layers_and_masks(layers: Sequence[PrunableLayer], masks: Sequence[Tensor]) -> list[Tensor]:
     """The masks, checked: one per layer, each of its layer's shape (ValueError naming the layer)."""
     if len(masks) != len(layers):
-        raise ValueError(f"expected one mask per prunable layer ({len(layers)}), got {len(masks)}")
+        raise ConfigError(f"expected one mask per prunable layer ({len(layers)}), got {len(masks)}")
     return [check_mask(mask, layer.weight, layer.name) for layer, mask in zip(layers, masks, strict=True)]
 
 
@@ -98,14 +99,14 @@ def load_recipe(path: str | os.PathLike, target: float | None = None) -> Recipe:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingResourceError(
             f"no recipe file at {path}: export one with `prune-gym export ... --output model.pt` "
             "(it writes model.pt.recipe.json)"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(f"recipe {path} is not valid JSON: {error}") from None
+        raise ConfigError(f"recipe {path} is not valid JSON: {error}") from None
     if isinstance(data, dict) and isinstance(data.get("best_per_target"), dict):
         return _best_found_recipe(data["best_per_target"], target, str(path))
     return recipe_from_json(data, source=str(path))
@@ -115,11 +116,11 @@ def _best_found_recipe(best: Mapping[str, Any], target: float | None, source: st
     """The best episode of a training run (``best_found.json``) at ``target`` as a recipe."""
     targets = sorted(best)
     if target is None and len(targets) != 1:
-        raise ValueError(f"{source} holds the best episode of each of the targets {targets}: choose one with "
+        raise ConfigError(f"{source} holds the best episode of each of the targets {targets}: choose one with "
                          "--sparsity (target=)")
     key = targets[0] if target is None else f"{float(target):.6g}"
     if key not in best or not isinstance(best[key], dict):
-        raise ValueError(f"{source} has no episode at target {key}: its targets are {targets}")
+        raise ConfigError(f"{source} has no episode at target {key}: its targets are {targets}")
     episode = best[key]
     meta = {"method": "best found", "selected_from": "best_found", "target_sparsity": episode.get("target_sparsity"),
             "reward_accuracy": episode.get("reward_accuracy"), "selected_on": "reward split"}
@@ -130,20 +131,20 @@ def _best_found_recipe(best: Mapping[str, Any], target: float | None, source: st
 def recipe_from_json(data: Any, source: str = "recipe") -> Recipe:
     """A :class:`Recipe` from its JSON form (see :func:`load_recipe`), validated."""
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: a recipe is a JSON object, got {type(data).__name__}")
+        raise ConfigError(f"{source}: a recipe is a JSON object, got {type(data).__name__}")
     if "layers" in data:
         layers, overall, meta = data["layers"], data.get("overall_sparsity"), data.get("meta") or {}
         if not isinstance(layers, dict):
-            raise ValueError(f"{source}: 'layers' must map layer names to sparsities")
+            raise ConfigError(f"{source}: 'layers' must map layer names to sparsities")
         if not isinstance(meta, dict):
-            raise ValueError(f"{source}: 'meta' must be a JSON object (what made the recipe), got {type(meta).__name__}")
+            raise ConfigError(f"{source}: 'meta' must be a JSON object (what made the recipe), got {type(meta).__name__}")
     elif "format" in data or "meta" in data:
-        raise ValueError(f"{source}: a recipe file names its layers under 'layers', and this one has none: "
+        raise ConfigError(f"{source}: a recipe file names its layers under 'layers', and this one has none: "
                          "export it again (`prune-gym export ... --output model.pt` writes model.pt.recipe.json)")
     else:
         layers, overall, meta = data, None, {}
     if not layers:
-        raise ValueError(f"{source}: the recipe names no layer, so it would export the dense model; "
+        raise ConfigError(f"{source}: the recipe names no layer, so it would export the dense model; "
                          "give each layer's sparsity ({\"layer_name\": 0.8, ...})")
     return Recipe(layers=_check_layer_sparsities(layers, source), overall_sparsity=overall, meta=dict(meta))
 
@@ -152,7 +153,7 @@ def _check_layer_sparsities(layers: Mapping[str, Any], source: str) -> dict[str,
     checked = {}
     for name, value in layers.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not (0.0 <= value < 1.0):
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: layer {name!r} has sparsity {value!r}; a sparsity is a number in [0, 1) "
                 "(1.0 would empty the layer)"
             )
@@ -191,12 +192,12 @@ def apply_recipe(
     elif isinstance(recipe, Mapping):
         sparsities = _check_layer_sparsities(recipe, "recipe")
     else:
-        raise ValueError(f"recipe must be a Recipe, a mapping or a path, got {type(recipe).__name__}")
+        raise ConfigError(f"recipe must be a Recipe, a mapping or a path, got {type(recipe).__name__}")
     layers = list(layers) if layers is not None else find_prunable_layers(model)
     names = {layer.name for layer in layers}
     unknown = [name for name in sparsities if name not in names]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"the recipe names layers this model does not have: {unknown}. The model's prunable "
             f"layers are: {[layer.name for layer in layers]}. Was the recipe made for another model?"
         )

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from prune_gym.errors import ConfigError
+
 __all__ = ["PairedTest", "mcnemar"]
 
 
@@ -68,7 +70,7 @@ def mcnemar(first: Sequence[bool] | np.ndarray, second: Sequence[bool] | np.ndar
     a = np.asarray(first, dtype=bool).reshape(-1)
     b = np.asarray(second, dtype=bool).reshape(-1)
     if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"a paired test needs two equally long, non-empty correctness vectors, got {a.size} and {b.size}")
+        raise ConfigError(f"a paired test needs two equally long, non-empty correctness vectors, got {a.size} and {b.size}")
     n = int(a.size)
     only_first, only_second = int(np.sum(a & ~b)), int(np.sum(~a & b))
     discordant = only_first + only_second

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
+from prune_gym.errors import ConfigError
 from prune_gym.pruning import PrunableLayer
 
 
@@ -114,7 +115,7 @@ def observation(static: np.ndarray, **dynamic: float) -> np.ndarray:
     name (each clipped to its bounds; a dynamic feature not given is 0)."""
     unknown = sorted(set(dynamic) - {feature.name for feature in FEATURES[NUM_STATIC:]})
     if unknown:
-        raise ValueError(f"unknown dynamic features {unknown}: see prune_gym.stats.FEATURES")
+        raise ConfigError(f"unknown dynamic features {unknown}: see prune_gym.stats.FEATURES")
     values = np.zeros(len(FEATURES), dtype=np.float32)
     values[:NUM_STATIC] = static
     for name, value in dynamic.items():

@@ -191,7 +191,7 @@ def test_resume_skips_an_incomplete_newest_checkpoint(tmp_path, caplog):
     # A complete-looking newest checkpoint that cannot be read: fall back to the next one, and say so.
     train_agent(ENV_ID, "dqn", 88, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
                 checkpoint_freq=0, progress_bar=False, tensorboard=False, resume=True)  # writes dqn_88
-    (checkpoints / "dqn_replay_buffer_88_steps.pkl").write_bytes(b"not a pickle")
+    (checkpoints / "dqn_replay_buffer_88_steps.pkl").write_bytes(b"not a pickle.")  # ends like one
     caplog.clear()
     again = train_agent(ENV_ID, "dqn", 110, output_dir=output, hyperparams=quick, env_kwargs=synthetic, n_envs=1,
                         checkpoint_freq=0, progress_bar=False, tensorboard=False, resume=True)

@@ -134,3 +134,23 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_path_with_exit_1(tmp_pa
     err = capsys.readouterr().err
     assert status == 1
     assert err.count("\n") == 1 and f"while writing {tmp_path / 'out.json'}" in err and "Traceback" not in err
+
+
+def test_only_prune_gyms_own_errors_become_one_line_messages(capsys, monkeypatch):
+    import prune_gym.agents.compare as compare_module
+    from prune_gym.errors import ConfigError
+
+    def bad_input(*args, **kwargs):
+        raise ConfigError("--sparsity 1.5 is not a fraction: give e.g. 0.8")
+
+    monkeypatch.setattr(compare_module, "run_episode", bad_input)
+    assert main(["baseline", ENV_ID, "--sparsity", "0.5", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "prune-gym baseline: error: --sparsity 1.5 is not a fraction: give e.g. 0.8")
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal shape mismatch")  # not the user's to fix: keep the traceback
+
+    monkeypatch.setattr(compare_module, "run_episode", bug)
+    with pytest.raises(ValueError, match="internal shape mismatch"):
+        main(["baseline", ENV_ID, "--sparsity", "0.5", "--device", "cpu"])

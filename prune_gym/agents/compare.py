@@ -57,6 +57,7 @@ from prune_gym.agents.report import Comparison, MethodResult, format_table, writ
 from prune_gym.agents.search import DEFAULT_STEP, local_search
 from prune_gym.agents.training import agent_env_kwargs_for, load_agent, train_agent
 from prune_gym.allocation import ALLOCATION_METHODS, HEURISTICS
+from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, PrunableLayer, check_sparsity
 from prune_gym.significance import mcnemar
 
@@ -137,7 +138,7 @@ def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> tuple[float, floa
     prune_env = prune_env_of(env)
     train_data, test_data = prune_env.train_data, prune_env.test_data
     if train_data is None or test_data is None:
-        raise ValueError("--finetune-epochs needs an env with train and test splits (a task env)")
+        raise ConfigError("--finetune-epochs needs an env with train and test splits (a task env)")
     started = time.perf_counter()
     model = copy.deepcopy(prune_env.model)
     layers = [PrunableLayer(layer.name, model.get_submodule(layer.name)) for layer in prune_env.layers]
@@ -310,26 +311,26 @@ def _check_compare_options(
     type, the env kwargs shared by all methods, the output folder)."""
     targets = [check_sparsity(s, "sparsity") for s in sparsities]
     if not targets:
-        raise ValueError("give at least one sparsity to compare at")
+        raise ConfigError("give at least one sparsity to compare at")
     repeated = sorted({t for t in targets if targets.count(t) > 1})
     if repeated:
-        raise ValueError(f"sparsity {', '.join(f'{t:g}' for t in repeated)} given more than once: each target is compared "
+        raise ConfigError(f"sparsity {', '.join(f'{t:g}' for t in repeated)} given more than once: each target is compared "
                          "once (its recipes would overwrite each other)")
     if int(finetune_epochs) < 0:
-        raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+        raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     algo = algo_name(algo)
     shared = dict(env_kwargs or {})
     agent_action_type = shared.pop("action_type", ALGORITHMS[algo][1][0])
     check_algo(algo, agent_action_type)
     shared.pop("target_sparsity", None)
     if agent_path is not None and not Path(agent_path).is_file():
-        raise FileNotFoundError(f"no agent file at {agent_path}: train one with `prune-gym train ENV` first")
+        raise MissingResourceError(f"no agent file at {agent_path}: train one with `prune-gym train ENV` first")
     if output_dir is None:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         output_dir = Path("results") / f"{env_id}-{stamp}"
     output = Path(output_dir)
     if write_files and output.exists() and any(output.iterdir()):
-        raise ValueError(f"{output} exists and is not empty: pass another --output (output_dir=) so results never mix")
+        raise ConfigError(f"{output} exists and is not empty: pass another --output (output_dir=) so results never mix")
     return targets, algo, agent_action_type, shared, output
 
 

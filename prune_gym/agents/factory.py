@@ -35,6 +35,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from prune_gym.agents.policies import prune_env_of
+from prune_gym.errors import ConfigError, MissingResourceError
 
 __all__ = [
     "ALGORITHMS",
@@ -76,7 +77,7 @@ def algo_name(algo: str) -> str:
     """The algorithm's name as ``ALGORITHMS`` keys it (lower case); ValueError naming the choices."""
     name = str(algo).lower()
     if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
+        raise ConfigError(f"unknown algorithm {algo!r}: choose one of {', '.join(ALGORITHMS)}")
     return name
 
 
@@ -85,7 +86,7 @@ def check_algo(algo: str, action_type: str) -> type[BaseAlgorithm]:
     cls, types = ALGORITHMS[name]
     if action_type not in types:
         needed = types[0]
-        raise ValueError(
+        raise ConfigError(
             f"{name.upper()} needs {' or '.join(types)} actions but the env has action_type={action_type!r}: "
             f"make the env with action_type={needed!r} (gym.make(..., action_type={needed!r}) or "
             f"--action-type {needed}), or pick one of {', '.join(algorithms_for(action_type))}"
@@ -120,11 +121,11 @@ def _hyperparams_file(algo: str) -> Path:
 def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"hyperparameter file {path} does not exist (pass an rl-zoo3 style YAML file)")
+        raise MissingResourceError(f"hyperparameter file {path} does not exist (pass an rl-zoo3 style YAML file)")
     with path.open() as handle:
         data = yaml.safe_load(handle)
     if not isinstance(data, dict):
-        raise ValueError(f"hyperparameter file {path} must map env ids (or 'default') to settings")
+        raise ConfigError(f"hyperparameter file {path} must map env ids (or 'default') to settings")
     return data
 
 
@@ -137,9 +138,9 @@ def _entry(data: Mapping[str, Any], env_id: str | None, source: str) -> dict[str
     elif len(data) == 1:
         entry = next(iter(data.values()))
     else:
-        raise ValueError(f"{source} has no entry for {env_id!r} and no 'default' entry; keys: {sorted(data)}")
+        raise ConfigError(f"{source} has no entry for {env_id!r} and no 'default' entry; keys: {sorted(data)}")
     if not isinstance(entry, dict):
-        raise ValueError(f"{source}: the entry for {env_id!r} must be a mapping of settings")
+        raise ConfigError(f"{source}: the entry for {env_id!r} must be a mapping of settings")
     return dict(entry)
 
 
@@ -164,7 +165,7 @@ def load_hyperparams(
     if isinstance(hyperparams, str | os.PathLike):
         return _entry(_read_yaml(hyperparams), env_id, str(hyperparams))
     if not isinstance(hyperparams, Mapping):
-        raise ValueError(f"hyperparams must be None, a YAML path or a dict, got {type(hyperparams).__name__}")
+        raise ConfigError(f"hyperparams must be None, a YAML path or a dict, got {type(hyperparams).__name__}")
     nested = hyperparams and all(isinstance(v, Mapping) for v in hyperparams.values()) and "policy_kwargs" not in hyperparams
     if nested:
         return _entry(hyperparams, env_id, "the hyperparams dict")
@@ -177,7 +178,7 @@ def default_timesteps(algo: str = "dqn", env: Any = None, hyperparams: Any = Non
     """``n_timesteps`` of the settings ``make_agent`` would use (the training budget)."""
     settings = load_hyperparams(algo, env_id_of(env) if env is not None else None, hyperparams)
     if "n_timesteps" not in settings:
-        raise ValueError(f"the {algo} settings have no n_timesteps: add one or pass the number of timesteps")
+        raise ConfigError(f"the {algo} settings have no n_timesteps: add one or pass the number of timesteps")
     return int(float(settings["n_timesteps"]))
 
 
@@ -185,7 +186,7 @@ def env_kwargs_from_hyperparams(algo: str = "dqn", env_id: str | None = None, hy
     """The ``env_kwargs`` of the settings (the agent's env as they were tuned), or ``{}``."""
     env_kwargs = load_hyperparams(algo, env_id, hyperparams).get("env_kwargs") or {}
     if not isinstance(env_kwargs, Mapping):
-        raise ValueError(f"env_kwargs in the {algo} settings must be a mapping of gym.make kwargs, got {env_kwargs!r}")
+        raise ConfigError(f"env_kwargs in the {algo} settings must be a mapping of gym.make kwargs, got {env_kwargs!r}")
     return dict(env_kwargs)
 
 
@@ -205,14 +206,14 @@ def parse_policy_kwargs(value: str | Mapping[str, Any] | None) -> dict[str, Any]
     if isinstance(value, Mapping):
         return dict(value)
     if not isinstance(value, str):
-        raise ValueError(f"policy_kwargs must be a dict or a string, got {type(value).__name__}")
+        raise ConfigError(f"policy_kwargs must be a dict or a string, got {type(value).__name__}")
     try:
         tree = ast.parse(value.strip(), mode="eval")
     except SyntaxError as error:
-        raise ValueError(f"policy_kwargs {value!r} is not a valid expression: {error.msg}") from None
+        raise ConfigError(f"policy_kwargs {value!r} is not a valid expression: {error.msg}") from None
     result = _literal(tree.body, value)
     if not isinstance(result, dict):
-        raise ValueError(f"policy_kwargs {value!r} must describe a dict, e.g. \"dict(net_arch=[64, 64])\"")
+        raise ConfigError(f"policy_kwargs {value!r} must describe a dict, e.g. \"dict(net_arch=[64, 64])\"")
     return result
 
 
@@ -242,7 +243,7 @@ def _literal(node: ast.AST, source: str) -> Any:
             module = getattr(nn, attr, None)
             if prefix in _MODULE_PREFIXES and isinstance(module, type) and issubclass(module, nn.Module):
                 return module
-    raise ValueError(
+    raise ConfigError(
         f"policy_kwargs {source!r}: unsupported expression {ast.unparse(node)!r} (use dict(...), lists, "
         f"numbers, strings and nn.<Module> names only)"
     )
@@ -262,7 +263,7 @@ def _schedule(value: Any, key: str) -> Any:
         try:
             return float(value)
         except ValueError:
-            raise ValueError(f"{key} {value!r}: give a number or 'lin_<number>' for a linear decay") from None
+            raise ConfigError(f"{key} {value!r}: give a number or 'lin_<number>' for a linear decay") from None
     return value
 
 
@@ -274,7 +275,7 @@ def _algorithm_kwargs(settings: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     settings.pop("n_envs", None)
     refused = [key for key in _ZOO_ONLY_KEYS if key in settings]
     if refused:
-        raise ValueError(
+        raise ConfigError(
             f"hyperparameters {refused} configure rl-zoo3's training script, which prune-gym does not use: "
             f"remove them (wrap or vectorise the env yourself before make_agent)"
         )
@@ -304,7 +305,7 @@ def _action_noise(settings: dict[str, Any], env: Any) -> None:
     elif noise_type == "ornstein-uhlenbeck":
         settings["action_noise"] = OrnsteinUhlenbeckActionNoise(np.zeros(size), noise_std * np.ones(size))
     else:
-        raise ValueError(f"noise_type {noise_type!r}: use 'normal' or 'ornstein-uhlenbeck'")
+        raise ConfigError(f"noise_type {noise_type!r}: use 'normal' or 'ornstein-uhlenbeck'")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,4 +352,4 @@ def make_agent(
         )
     except TypeError as error:
         # An unknown key in the YAML surfaces as a TypeError from the SB3 constructor.
-        raise ValueError(f"bad {algo} hyperparameters: {error}") from None
+        raise ConfigError(f"bad {algo} hyperparameters: {error}") from None

@@ -34,6 +34,7 @@ import numpy as np
 
 from prune_gym.allocation import ALLOCATION_METHODS, allocation_method, allocation_sparsities
 from prune_gym.envs.prune_env import PruneEnv
+from prune_gym.errors import ConfigError
 from prune_gym.pruning import check_sparsity
 from prune_gym.stats import FEATURE_INDEX, FEATURES, layer_index_from_observation
 
@@ -65,12 +66,12 @@ def prune_env_of(env: Any) -> PruneEnv:
     inner = env
     if hasattr(env, "envs") and not isinstance(env, gym.Env):  # DummyVecEnv and friends
         if not env.envs:
-            raise ValueError("the vectorised env has no sub-envs")
+            raise ConfigError("the vectorised env has no sub-envs")
         inner = env.envs[0]
     unwrapped = getattr(inner, "unwrapped", None)
     if isinstance(unwrapped, PruneEnv):
         return unwrapped
-    raise ValueError(
+    raise ConfigError(
         f"expected a prune-gym env (gym.make('PruneResNet20Digits-v1'), a PruneEnv, or a DummyVecEnv "
         f"of them), got {type(env).__name__}; for a SubprocVecEnv, build the policy with a local "
         f"gym.make(...) of the same env id and kwargs"
@@ -113,12 +114,12 @@ class ReferencePolicy:
         :class:`RandomPolicy`) ``deterministic`` are accepted for the protocol and unused.
         """
         if isinstance(observation, dict):
-            raise ValueError("prune-gym observations are flat vectors; got a dict observation")
+            raise ConfigError("prune-gym observations are flat vectors; got a dict observation")
         observation = np.asarray(observation, dtype=np.float32)
         single = observation.ndim == 1
         batch = observation[None] if single else observation
         if batch.ndim != 2 or batch.shape[1] != len(FEATURES):
-            raise ValueError(
+            raise ConfigError(
                 f"observation must have shape ({len(FEATURES)},) or (n_envs, {len(FEATURES)}), got {observation.shape}"
             )
         actions = self.actions_for(batch, deterministic)
@@ -158,7 +159,7 @@ class ReferencePolicy:
             return np.full(len(observations), sparsity)
         targets = np.round(observations[:, FEATURE_INDEX["target_sparsity"]].astype(np.float64), 6)
         if np.any(targets == 0.0) and self.env.target_sparsity is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} needs a target: the env has target_sparsity=None, so pass "
                 f"sparsity=... to the policy (or make the env with target_sparsity=...)"
             )
@@ -185,9 +186,9 @@ class AllocationPolicy(ReferencePolicy):
         self.method = allocation_method(method).name
         if min_threshold is not None:
             if self.method != "global-mp+mt":
-                raise ValueError(f"min_threshold applies to global-mp+mt only, not to {self.method!r}")
+                raise ConfigError(f"min_threshold applies to global-mp+mt only, not to {self.method!r}")
             if not (0.0 <= float(min_threshold) < 1.0):
-                raise ValueError(f"min_threshold must be a fraction in [0, 1) (0.0005 = 0.05%), got {min_threshold!r}")
+                raise ConfigError(f"min_threshold must be a fraction in [0, 1) (0.0005 = 0.05%), got {min_threshold!r}")
             min_threshold = float(min_threshold)
         self.min_threshold = min_threshold
         self.sparsity = None if sparsity is None else check_sparsity(sparsity, "sparsity")
@@ -223,7 +224,7 @@ class GlobalMagnitudePolicy(AllocationPolicy):
 
     def __init__(self, env: Any, min_threshold: float | None = None, sparsity: float | None = None) -> None:
         if min_threshold is not None and not (0.0 <= float(min_threshold) < 1.0):
-            raise ValueError(f"min_threshold must be a fraction in [0, 1) (0.0005 = 0.05%), got {min_threshold!r}")
+            raise ConfigError(f"min_threshold must be a fraction in [0, 1) (0.0005 = 0.05%), got {min_threshold!r}")
         method = "global-mp+mt" if min_threshold else "global-mp"
         super().__init__(env, method, float(min_threshold) if min_threshold else None, sparsity)
 
@@ -268,7 +269,7 @@ class RecipePolicy(ReferencePolicy):
         missing = [name for name in names if name not in layer_sparsities]
         unknown = [name for name in layer_sparsities if name not in names]
         if missing or unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"the recipe does not fit this env's layers (missing {missing}, unknown {unknown}): "
                 f"was it made for another model or exclude_layers?"
             )
@@ -318,7 +319,7 @@ def reference_policy(
     if method == "global-mp" and min_threshold:
         method = "global-mp+mt"
     elif min_threshold is not None and method != "global-mp+mt":
-        raise ValueError(f"--min-threshold applies to --policy global-mp / global-mp+mt only, not {name!r}")
+        raise ConfigError(f"--min-threshold applies to --policy global-mp / global-mp+mt only, not {name!r}")
     policy = AllocationPolicy(env, method, min_threshold=min_threshold or None, seed=seed)
     return ALLOCATION_METHODS[method].label, policy, True
 

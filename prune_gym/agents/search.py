@@ -21,6 +21,7 @@ import numpy as np
 
 from prune_gym.agents.policies import RecipePolicy, prune_env_of
 from prune_gym.allocation import allocation_method
+from prune_gym.errors import ConfigError
 
 __all__ = ["DEFAULT_STEP", "SearchResult", "local_search"]
 
@@ -66,12 +67,12 @@ def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: fl
     """
     prune_env = prune_env_of(env)
     if prune_env.action_type != "continuous" or prune_env.action_mode != "absolute":
-        raise ValueError(
+        raise ConfigError(
             "local_search plays exact allocations: give it an env with action_type='continuous' and action_mode='absolute'"
         )
     allocation_method(start)  # an unknown name fails here, before any episode
     if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes < 1:
-        raise ValueError(f"episodes must be a whole number >= 1, got {episodes!r}")
+        raise ConfigError(f"episodes must be a whole number >= 1, got {episodes!r}")
     from prune_gym.agents.compare import run_episode  # the comparison's episode runner
 
     names = prune_env.layer_names()

@@ -65,6 +65,7 @@ from prune_gym.agents.policies import prune_env_of
 from prune_gym.agents.report import MethodResult, write_recipes
 from prune_gym.agents.training import agent_env_kwargs_for
 from prune_gym.allocation import allocation_method
+from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.io import atomic_write_json
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, check_sparsity
 
@@ -192,23 +193,23 @@ def resume_sweep(
     output = Path(output_dir)
     record = output / "sweep.json"
     if not record.is_file():
-        raise FileNotFoundError(f"--resume {output}: no sweep.json there; give the folder a sweep wrote")
+        raise MissingResourceError(f"--resume {output}: no sweep.json there; give the folder a sweep wrote")
     try:
         settings = json.loads(record.read_text())
         experiment = str(settings["experiment"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"--resume {output}: {record} is damaged ({type(error).__name__}: {error}); a sweep "
+        raise ConfigError(f"--resume {output}: {record} is damaged ({type(error).__name__}: {error}); a sweep "
                          "cannot be resumed without its settings") from None
     if "://" not in experiment:
         allowed = [output.resolve()] + ([Path(storage).resolve()] if storage is not None and "://" not in str(storage) else [])
         if not any(Path(experiment).resolve().is_relative_to(root) for root in allowed):
-            raise ValueError(
+            raise ConfigError(
                 f"--resume {output}: sweep.json names Tune's experiment at {experiment}, outside {output}; Tune's state "
                 "is pickled (it can run code), so name that storage yourself: --storage FOLDER (the one the sweep used)"
             )
     tune = _import_tune()
     if not tune.Tuner.can_restore(settings["experiment"]):
-        raise ValueError(f"--resume {output}: Tune has no experiment state at {settings['experiment']} to restore")
+        raise ConfigError(f"--resume {output}: Tune has no experiment state at {settings['experiment']} to restore")
     say(f"resuming sweep {settings['sweep_id']} from {settings['experiment']}")
     return _run(tune, settings, output, address, restore=True, say=say)
 
@@ -233,26 +234,26 @@ def _check_sweep_options(
     spec = gym.spec(env_id)  # an unknown id raises here, naming the registry
     targets = [check_sparsity(s, "sparsity") for s in sparsities]
     if not targets:
-        raise ValueError("give at least one sparsity to sweep over")
+        raise ConfigError("give at least one sparsity to sweep over")
     if len(set(targets)) != len(targets):
-        raise ValueError(f"sparsities must differ, got {targets}")
+        raise ConfigError(f"sparsities must differ, got {targets}")
     algos = list(dict.fromkeys(algo_name(a) for a in algos))
     seeds = [_whole(s, "seed", minimum=None) for s in seeds]
     if not algos or not seeds:
-        raise ValueError("give at least one algorithm (--algo) and one seed (--seeds)")
+        raise ConfigError("give at least one algorithm (--algo) and one seed (--seeds)")
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must differ, got {seeds}")
+        raise ConfigError(f"seeds must differ, got {seeds}")
     if scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        raise ConfigError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     for value, what in ((cpus_per_trial, "cpus_per_trial"), (gpus_per_trial, "gpus_per_trial")):
         if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or math.isnan(value)):
-            raise ValueError(f"{what} must be a number >= 0, got {value!r}")
+            raise ConfigError(f"{what} must be a number >= 0, got {value!r}")
     if cpus_per_trial is not None and cpus_per_trial <= 0:
-        raise ValueError(f"cpus_per_trial must be > 0, got {cpus_per_trial}")
+        raise ConfigError(f"cpus_per_trial must be > 0, got {cpus_per_trial}")
     hyperparams = dict(hyperparams or {})
     unknown = sorted(set(hyperparams) - set(algos))
     if unknown:
-        raise ValueError(f"hyperparams given for {', '.join(unknown)}, which the sweep does not run ({', '.join(algos)})")
+        raise ConfigError(f"hyperparams given for {', '.join(unknown)}, which the sweep does not run ({', '.join(algos)})")
     shared = dict(env_kwargs or {})
     shared.pop("target_sparsity", None)
     agents = {}
@@ -268,7 +269,7 @@ def _check_sweep_options(
     shared.pop("action_type", None)
     output = Path(output_dir) if output_dir is not None else Path("results") / f"{env_id}-sweep-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ValueError(f"{output} exists and is not empty: pass another --output, or --resume {output} to go on with its sweep")
+        raise ConfigError(f"{output} exists and is not empty: pass another --output, or --resume {output} to go on with its sweep")
     sweep_id = uuid.uuid4().hex[:12]
     if storage is None:
         storage_path, name = str(output.resolve()), "tune"
@@ -303,9 +304,9 @@ def _check_sweep_options(
 
 def _whole(value: Any, what: str, minimum: int | None = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
+        raise ConfigError(f"{what} must be a whole number, got {value!r}")
     if minimum is not None and value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {value}")
+        raise ConfigError(f"{what} must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -404,7 +405,7 @@ def _check_cluster(ray, settings: Mapping[str, Any], local: bool) -> None:
     if problems:
         message = "; ".join(problems)
         if local:
-            raise ValueError(message)
+            raise ConfigError(message)
         logger.warning(f"{message}: trials wait until an autoscaler adds them")
 
 
@@ -449,7 +450,7 @@ def _collect(grid, settings: Mapping[str, Any], output: Path) -> list[TrialOutco
             with result.checkpoint.as_directory() as folder:
                 record = json.loads((Path(folder) / "trial.json").read_text())
             if record.get("sweep_id") != settings["sweep_id"]:
-                raise ValueError(f"trial {name} in {settings['experiment']} belongs to sweep {record.get('sweep_id')}, "
+                raise ConfigError(f"trial {name} in {settings['experiment']} belongs to sweep {record.get('sweep_id')}, "
                                  f"not {settings['sweep_id']}: the aggregate never mixes two sweeps")
             outcome.status, outcome.record, outcome.folder = "finished", record, output / "trials" / name
             finished.append((outcome, result.checkpoint))

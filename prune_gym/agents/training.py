@@ -54,6 +54,7 @@ from prune_gym.agents.factory import (
     load_hyperparams,
     make_agent,
 )
+from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.io import atomic_write_json
 from prune_gym.pruning import check_sparsity
 
@@ -78,7 +79,7 @@ class TargetSamplingWrapper(gym.Wrapper):
     def __init__(self, env: gym.Env, targets: Sequence[float], seed: int | None = 0) -> None:
         super().__init__(env)
         if not targets:
-            raise ValueError("targets must hold at least one target sparsity")
+            raise ConfigError("targets must hold at least one target sparsity")
         self.targets = [check_sparsity(t, "target sparsity") for t in targets]
         check_target = getattr(env.unwrapped, "_check_target", None)
         for target in self.targets if check_target is not None else ():
@@ -202,18 +203,18 @@ def load_agent(path: str | os.PathLike, env: Any | None = None, algo: str | None
     pickles that can run code: load only files you made or trust."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no agent file at {path}: train one with `prune-gym train ENV` first")
+        raise MissingResourceError(f"no agent file at {path}: train one with `prune-gym train ENV` first")
     if algo is None:
         match = _CHECKPOINT_NAME.match(path.name)
         algo = match["algo"] if match else _algo_from_run_json(path)
     if algo is None or algo.lower() not in ALGORITHMS:
-        raise ValueError(f"cannot tell the algorithm of {path}: pass algo= (one of {', '.join(ALGORITHMS)})")
+        raise ConfigError(f"cannot tell the algorithm of {path}: pass algo= (one of {', '.join(ALGORITHMS)})")
     cls = ALGORITHMS[algo.lower()][0]
     try:
         model = cls.load(path, env=env, device=device)
     except (TypeError, AttributeError, KeyError) as error:  # the file holds another algorithm's agent
         saved = _saved_policy(path)
-        raise ValueError(
+        raise ConfigError(
             f"{path} does not load as a {algo.upper()} agent ({type(error).__name__}: {error})"
             + (f"; the file holds an {saved}" if saved else "")
             + f": pass the algorithm it was trained with (--algo / algo=, one of {', '.join(ALGORITHMS)})"
@@ -339,7 +340,7 @@ def train_agent(
     env_kwargs = dict(env_kwargs or {})
     output = Path(output_dir) if output_dir is not None else Path("runs") / f"{env_id}-{algo}"
     if isinstance(checkpoint_freq, bool) or not isinstance(checkpoint_freq, int) or checkpoint_freq < 0:
-        raise ValueError(f"checkpoint_freq must be a whole number >= 0 (0: only at the end), got {checkpoint_freq!r}")
+        raise ConfigError(f"checkpoint_freq must be a whole number >= 0 (0: only at the end), got {checkpoint_freq!r}")
     if not resume:
         _refuse_existing_run(output)  # before the lock, which writes into the folder
     # One training per run folder at a time: a second one refuses at once, naming the holder.
@@ -352,7 +353,7 @@ def train_agent(
         if timesteps is None:
             timesteps = default_timesteps(algo, env, hyperparams)
         if int(timesteps) < 0:
-            raise ValueError(f"timesteps must be >= 0, got {timesteps}")
+            raise ConfigError(f"timesteps must be >= 0, got {timesteps}")
         timesteps = int(timesteps)
         tensorboard_dir = output / "tensorboard" if tensorboard else None
         count = getattr(env, "num_envs", 1)
@@ -403,7 +404,7 @@ def run_lock(folder: Path) -> Iterator[None]:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise ValueError(
+        raise ConfigError(
             f"{folder} is being trained into by process {holder}: wait for it to finish, or pass another --output "
             "(output_dir=)"
         ) from None
@@ -420,7 +421,7 @@ def run_lock(folder: Path) -> Iterator[None]:
 
 def _refuse_existing_run(output: Path) -> None:
     if holds_run(output):
-        raise ValueError(
+        raise ConfigError(
             f"{output} already holds a training run ({', '.join(holds_run(output))}): pass --resume "
             f"(resume=True) to continue it, or another --output (output_dir=) to start a new run"
         )
@@ -513,14 +514,14 @@ def _checkpoints_to_resume(output: Path, algo: str, resume: bool | str | os.Path
     if resume is not True:
         path = Path(resume)
         if not path.is_file():
-            raise FileNotFoundError(f"--resume {path}: no such checkpoint file")
+            raise MissingResourceError(f"--resume {path}: no such checkpoint file")
         if not is_complete_checkpoint(path):
-            raise ValueError(f"--resume {path}: the checkpoint is incomplete (a damaged zip, or its replay buffer is missing)")
+            raise ConfigError(f"--resume {path}: the checkpoint is incomplete (a damaged zip, or its replay buffer is missing)")
         return [path]
     found = checkpoints_newest_first(output, algo)
     complete = [path for path in found if is_complete_checkpoint(path)]
     if not complete:
-        raise FileNotFoundError(
+        raise MissingResourceError(
             f"--resume: no complete {algo} checkpoint in {output / 'checkpoints'}"
             + (f" ({len(found)} incomplete: a damaged zip or a missing replay buffer)" if found else "")
             + "; train without --resume into a new --output (or pass a checkpoint's path)"
@@ -538,18 +539,18 @@ def _load_newest_readable(candidates: list[Path], env, algo: str, output: Path) 
         try:
             return load_agent(path, env=env, algo=algo, replay_buffer=True), path
         except ValueError as error:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot resume from {path}: {error}. Resume with the env kwargs of the run "
                 f"(see {output / 'run.json'})"
             ) from None
         except unreadable as error:
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             if index + 1 == len(candidates):
-                raise ValueError(f"cannot read the checkpoint {path} ({type(error).__name__}: {reason}); "
+                raise ConfigError(f"cannot read the checkpoint {path} ({type(error).__name__}: {reason}); "
                                  "no older complete checkpoint is left to resume from") from None
             logger.warning(f"resume: cannot read {path.name} ({type(error).__name__}: {reason}); trying "
                            f"{candidates[index + 1].name}")
-    raise FileNotFoundError("no checkpoint to resume from")
+    raise MissingResourceError("no checkpoint to resume from")
 
 
 #: Files whose presence marks a folder as holding a training run.

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from gymnasium import spaces
 
+from prune_gym.errors import ConfigError
+
 ACTION_TYPES = ("discrete", "continuous")
 ACTION_MODES = ("relative", "absolute")
 #: Largest step away from the reference, in logit space (discrete levels span [-R, R]).
@@ -165,23 +167,23 @@ class ActionMap:
 
     def __post_init__(self) -> None:
         if self.action_type not in ACTION_TYPES:
-            raise ValueError(f"action_type must be one of {ACTION_TYPES}, got {self.action_type!r}")
+            raise ConfigError(f"action_type must be one of {ACTION_TYPES}, got {self.action_type!r}")
         if self.mode not in ACTION_MODES:
-            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {self.mode!r}")
+            raise ConfigError(f"action_mode must be one of {ACTION_MODES}, got {self.mode!r}")
         n = self.n_actions
         if self.action_type == "discrete":
             if n is None:
                 object.__setattr__(self, "n_actions", DEFAULT_N_ACTIONS[self.mode])
             elif isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
-                raise ValueError(f"n_actions must be an integer >= 2 for discrete actions, got {n!r}")
+                raise ConfigError(f"n_actions must be an integer >= 2 for discrete actions, got {n!r}")
             elif self.mode == "relative" and n % 2 == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"n_actions must be odd with action_mode='relative' (the centre action takes Global MP's "
                     f"sparsity exactly), got {n}: use {n + 1} or {n - 1}, or action_mode='absolute'"
                 )
         r = self.relative_range
         if isinstance(r, bool) or not isinstance(r, int | float | np.number) or not (math.isfinite(r) and 0 < r <= MAX_RELATIVE_RANGE):
-            raise ValueError(f"relative_range must be a number in (0, {MAX_RELATIVE_RANGE:g}] (the largest logit step; "
+            raise ConfigError(f"relative_range must be a number in (0, {MAX_RELATIVE_RANGE:g}] (the largest logit step; "
                              f"{MAX_RELATIVE_RANGE:g} already moves a layer's keep ~150-fold), got {r!r}")
 
     @property
@@ -207,7 +209,7 @@ class ActionMap:
             if isinstance(action, np.ndarray) and action.shape in ((1,), ()) and np.issubdtype(action.dtype, np.integer):
                 action = action.reshape(-1)[0]
             if isinstance(action, bool | np.bool_) or not isinstance(action, int | np.integer) or not 0 <= int(action) < self.n_actions:
-                raise ValueError(
+                raise ConfigError(
                     f"action {action!r} is not in {self.space()}: give an integer in [0, {self.n_actions - 1}]"
                 )
             return float(self.levels[int(action)])
@@ -218,7 +220,7 @@ class ActionMap:
             and not np.issubdtype(action.dtype, np.complexfloating)
         value = np.asarray(action, dtype=np.float64).reshape(-1) if is_number or is_array else None
         if value is None or not np.isfinite(value).all() or not -1.0 <= float(value[0]) <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"action {action!r} is not in {self.space()}: give one finite real number in [-1, 1] "
                 "(a float or an array of shape (1,))"
             )

@@ -24,6 +24,7 @@ from prune_gym.calibration import (
     capture_state,
     restore_state,
 )
+from prune_gym.errors import ConfigError
 from prune_gym.evaluation import DataLike, Evaluator, sample_tensors, stage_of_modules
 from prune_gym.finetune import finetune_steps
 from prune_gym.pruning import PruningState, find_prunable_layers, keep_top_mask
@@ -69,7 +70,7 @@ class PruningEngine:
         if test_data is not None:
             self.test_evaluator = Evaluator(model, test_data, device, cache_activations=False, **options)
             if self.test_evaluator.sample_shape != self.evaluator.sample_shape:
-                raise ValueError(
+                raise ConfigError(
                     f"the test split's inputs have shape {self.test_evaluator.sample_shape} per sample, the reward "
                     f"split's {self.evaluator.sample_shape}: give both splits in the model's input shape"
                 )
@@ -187,7 +188,7 @@ class PruningEngine:
     def test_accuracy(self) -> float:
         """Test-split accuracy of the network as it is now (pruned or dense)."""
         if self.test_evaluator is None:
-            raise ValueError("no test split: pass test_data= (or use a task) to get test accuracy")
+            raise ConfigError("no test split: pass test_data= (or use a task) to get test accuracy")
         self.last_test_correct = self.test_evaluator.correct()
         return int(self.last_test_correct.sum()) / len(self.last_test_correct)
 

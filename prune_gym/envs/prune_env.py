@@ -23,6 +23,7 @@ from prune_gym.envs.actions import (
 )
 from prune_gym.envs.engine import PruningEngine
 from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
+from prune_gym.errors import ConfigError
 from prune_gym.evaluation import (
     DataLike,
     resolve_device,
@@ -38,7 +39,7 @@ def _refuse_torch_pruned(model: nn.Module) -> None:
     pruned = [name for name, module in model.named_modules()
               if any(hasattr(module, f"{param}_orig") and hasattr(module, f"{param}_mask") for param in ("weight", "bias"))]
     if pruned:
-        raise ValueError(
+        raise ConfigError(
             f"the model is already pruned with torch.nn.utils.prune (layers {pruned[:5]}"
             + (f" and {len(pruned) - 5} more" if len(pruned) > 5 else "") + "): the env's masks would never reach its "
             "forward pass. Make the masks permanent first: torch.nn.utils.prune.remove(module, 'weight') on each "
@@ -257,7 +258,7 @@ class PruneEnv(gym.Env):
         self.min_sparsity = check_sparsity(min_sparsity, "min_sparsity")
         self.max_sparsity = check_sparsity(max_sparsity, "max_sparsity")
         if self.min_sparsity >= self.max_sparsity:
-            raise ValueError(f"min_sparsity ({min_sparsity}) must be below max_sparsity ({max_sparsity})")
+            raise ConfigError(f"min_sparsity ({min_sparsity}) must be below max_sparsity ({max_sparsity})")
         self.actions = ActionMap(action_type, action_mode, n_actions, self.min_sparsity, self.max_sparsity, relative_range)
         self.target_sparsity = self._check_target(target_sparsity)
         #: The allocation method the relative actions step around (``prune_gym.allocation``).
@@ -268,18 +269,18 @@ class PruneEnv(gym.Env):
         for name, value in (("amp", amp), ("channels_last", channels_last), ("cache_activations", cache_activations),
                             ("synthetic", synthetic)):
             if not isinstance(value, bool | np.bool_):  # "false" would pass as True
-                raise ValueError(f"{name} must be True or False, got {value!r}")
+                raise ConfigError(f"{name} must be True or False, got {value!r}")
         if isinstance(synthetic_samples, bool) or not isinstance(synthetic_samples, int | np.integer) or synthetic_samples < 1:
-            raise ValueError(f"synthetic_samples must be a whole number >= 1, got {synthetic_samples!r}")
+            raise ConfigError(f"synthetic_samples must be a whole number >= 1, got {synthetic_samples!r}")
         if isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer):
-            raise ValueError(f"split_seed must be a whole number (it fixes the data splits), got {split_seed!r}")
+            raise ConfigError(f"split_seed must be a whole number (it fixes the data splits), got {split_seed!r}")
         if input_shape is not None and (isinstance(input_shape, str) or not all(
                 isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0 for d in input_shape)):
-            raise ValueError(f"input_shape must be positive whole numbers, e.g. (3, 32, 32), got {input_shape!r}")
+            raise ConfigError(f"input_shape must be positive whole numbers, e.g. (3, 32, 32), got {input_shape!r}")
         if synthetic and weights is not None:
-            raise ValueError("weights= has no effect with synthetic=True (random weights): pass one or the other")
+            raise ConfigError("weights= has no effect with synthetic=True (random weights): pass one or the other")
         if evaluate_test not in (None, True, False):
-            raise ValueError(f"evaluate_test must be True, False or None (only where the test split is on the "
+            raise ConfigError(f"evaluate_test must be True, False or None (only where the test split is on the "
                              f"device), got {evaluate_test!r}")
         self.reward_fn = get_reward(reward)
         self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
@@ -296,22 +297,22 @@ class PruneEnv(gym.Env):
         self.synthetic = bool(synthetic)
         if task is not None:
             if model is not None or reward_data is not None or test_data is not None:
-                raise ValueError("pass either task=... or model=/reward_data=/test_data=, not both")
+                raise ConfigError("pass either task=... or model=/reward_data=/test_data=, not both")
             model, splits = self._load_task(task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples)
             reward_data, test_data = splits.reward, splits.test
             train_data = train_data if train_data is not None else splits.train
         elif model is None or reward_data is None:
-            raise ValueError(
+            raise ConfigError(
                 "PruneEnv needs task=<name> (see prune_gym.tasks.TASKS) or model= and reward_data= "
                 "(plus test_data= for the final test accuracy)"
             )
         elif not isinstance(model, nn.Module):
-            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         else:
             _refuse_torch_pruned(model)
             model = copy.deepcopy(model)  # the user's model stays as it was given
         if (self.bn_recalibration_batches or self.finetune_steps) and train_data is None:
-            raise ValueError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
+            raise ConfigError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
         self.model = model.to(self.device).eval()
         self.engine = PruningEngine(
             self.model, reward_data, test_data, train_data, self.device,
@@ -347,17 +348,17 @@ class PruneEnv(gym.Env):
     def _check_settings(self, sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps,
                         finetune_lr) -> None:
         if isinstance(sparsity_weight, bool) or not isinstance(sparsity_weight, int | float | np.number) or not math.isfinite(sparsity_weight):
-            raise ValueError(f"sparsity_weight must be a finite number (the reward's beta), got {sparsity_weight!r}")
+            raise ConfigError(f"sparsity_weight must be a finite number (the reward's beta), got {sparsity_weight!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+            raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         for name, value in (("bn_recalibration_batches", bn_recalibration_batches), ("finetune_steps", finetune_steps)):
             if not isinstance(value, int | np.integer) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if isinstance(finetune_lr, bool) or not isinstance(finetune_lr, int | float | np.number) \
                 or not (math.isfinite(finetune_lr) and finetune_lr > 0):
-            raise ValueError(f"finetune_lr must be a finite number > 0, got {finetune_lr!r}")
+            raise ConfigError(f"finetune_lr must be a finite number > 0, got {finetune_lr!r}")
 
     @staticmethod
     def _task_default(task: str | None, name: str, fallback: Any) -> Any:
@@ -373,7 +374,7 @@ class PruneEnv(gym.Env):
             return None
         target = check_sparsity(target_sparsity, "target_sparsity")
         if not self.min_sparsity <= target <= self.max_sparsity:
-            raise ValueError(
+            raise ConfigError(
                 f"target_sparsity {target} is outside [min_sparsity, max_sparsity] = "
                 f"[{self.min_sparsity}, {self.max_sparsity}]: every layer's sparsity lies in that range, so "
                 f"the episode could not end at the target; "
@@ -394,7 +395,7 @@ class PruneEnv(gym.Env):
             )
             return model, splits
         if input_shape is not None:
-            raise ValueError("input_shape only applies with synthetic=True")
+            raise ConfigError("input_shape only applies with synthetic=True")
         model = self.task.load_model(weights) if weights is not None else self.task.load_model()
         splits = self.task.load_splits(data_dir, seed=split_seed) if data_dir is not None else self.task.load_splits(seed=split_seed)
         return model, splits
@@ -490,13 +491,13 @@ class PruneEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         # Validate everything first, then change state: a rejected reset leaves the env as it was.
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64):
-            raise ValueError(f"seed must be None or a whole number in [0, 2**64), got {seed!r}")
+            raise ConfigError(f"seed must be None or a whole number in [0, 2**64), got {seed!r}")
         if options is not None and not isinstance(options, dict):
-            raise ValueError(f"options must be a dict such as {{'target_sparsity': 0.9}}, got {options!r}")
+            raise ConfigError(f"options must be a dict such as {{'target_sparsity': 0.9}}, got {options!r}")
         options = dict(options or {})
         unknown = sorted(set(options) - {"target_sparsity"})
         if unknown:
-            raise ValueError(f"unknown reset options {unknown}: only 'target_sparsity' is accepted")
+            raise ConfigError(f"unknown reset options {unknown}: only 'target_sparsity' is accepted")
         target = self._check_target(options["target_sparsity"]) if "target_sparsity" in options else self.target_sparsity
         super().reset(seed=seed)
         self.target_sparsity = target
@@ -581,12 +582,12 @@ class PruneEnv(gym.Env):
         try:
             reward = float(value)
         except (TypeError, ValueError):
-            raise ValueError(
+            raise ConfigError(
                 f"the reward function {self.reward_name!r} returned {value!r}, not a number: it must return a finite "
                 "float for a RewardContext (the step was taken back)"
             ) from None
         if not math.isfinite(reward):
-            raise ValueError(
+            raise ConfigError(
                 f"the reward function {self.reward_name!r} returned {reward}, not a finite number: an agent cannot "
                 "learn from it (the step was taken back)"
             )

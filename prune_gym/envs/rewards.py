@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prune_gym.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class RewardContext:
@@ -101,6 +103,6 @@ def get_reward(reward: str | RewardFunction) -> RewardFunction:
         return reward
     if isinstance(reward, str) and reward in REWARDS:
         return REWARDS[reward]
-    raise ValueError(
+    raise ConfigError(
         f"unknown reward {reward!r}: use one of {sorted(REWARDS)} or pass a callable f(RewardContext) -> float"
     )

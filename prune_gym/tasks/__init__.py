@@ -6,6 +6,7 @@ env id.
 
 from __future__ import annotations
 
+from prune_gym.errors import ConfigError
 from prune_gym.io import atomic_save
 from prune_gym.tasks.base import (
     Availability,
@@ -25,7 +26,7 @@ TASKS: dict[str, Task] = {}
 def register_task(task: Task) -> Task:
     """Add ``task`` to ``TASKS`` (its name and env id must be new)."""
     if task.name in TASKS or any(t.env_id == task.env_id for t in TASKS.values()):
-        raise ValueError(f"task {task.name!r} / {task.env_id!r} is already registered")
+        raise ConfigError(f"task {task.name!r} / {task.env_id!r} is already registered")
     TASKS[task.name] = task
     return task
 
@@ -38,7 +39,7 @@ def get_task(name: str) -> Task:
         if name == task.env_id or name == task.env_id.rsplit("-v", 1)[0]:
             return task
     known = ", ".join(sorted(TASKS))
-    raise ValueError(f"unknown task {name!r}; known tasks: {known}")
+    raise ConfigError(f"unknown task {name!r}; known tasks: {known}")
 
 
 def list_tasks() -> list[Task]:

@@ -18,9 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-
-class MissingResourceError(FileNotFoundError):
-    """A dataset or weights file a task needs is not on this machine."""
+from prune_gym.errors import ConfigError, MissingResourceError
 
 
 @dataclass
@@ -188,7 +186,7 @@ def load_state_dict_file(model: nn.Module, path: Path, what: str) -> nn.Module:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, struct.error, UnicodeDecodeError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(
+        raise ConfigError(
             f"{what}: cannot read the checkpoint {path} ({first_line}); it is truncated, empty or not a "
             f"torch checkpoint: pass another weights file, or re-create it (`prune-gym pretrain`)"
         ) from None
@@ -198,12 +196,12 @@ def load_state_dict_file(model: nn.Module, path: Path, what: str) -> nn.Module:
                 checkpoint = checkpoint[key]
                 break
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{what}: {path} holds a {type(checkpoint).__name__}, not a state dict: pass a weights file "
+        raise ConfigError(f"{what}: {path} holds a {type(checkpoint).__name__}, not a state dict: pass a weights file "
                          "written by torch.save(model.state_dict(), path)")
     try:
         model.load_state_dict(checkpoint)
     except RuntimeError as error:
-        raise ValueError(f"{what}: checkpoint {path} does not fit the architecture: {error}") from None
+        raise ConfigError(f"{what}: checkpoint {path} does not fit the architecture: {error}") from None
     return model.eval()
 
 

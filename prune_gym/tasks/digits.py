@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from prune_gym.errors import ConfigError
 from prune_gym.finetune import TrainConfig, recipe_for, train_classifier
 from prune_gym.io import atomic_save
 from prune_gym.tasks.base import (
@@ -128,7 +129,7 @@ class DigitsTask(Task):
 
     def load_splits(self, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Splits:
         if data_dir is not None:
-            raise ValueError("the digits task ships its data with scikit-learn: do not pass data_dir")
+            raise ConfigError("the digits task ships its data with scikit-learn: do not pass data_dir")
         inputs, labels = load_digits_tensors()
         train, reward, test = split_indices(len(labels), (0.6, 0.2, 0.2), seed=0)
         if seed != 0:

@@ -50,6 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from prune_gym.errors import ConfigError
 from prune_gym.tasks.base import (
     Availability,
     MissingResourceError,
@@ -79,7 +80,7 @@ PRETRAIN_COMMAND = "prune-gym pretrain fastgrnn-har2 --data-dir DIR"
 def binarize_activities(activities: Tensor) -> Tensor:
     """UCI activity ids 1..6 -> HAR-2 classes (1 for Walking_Upstairs/Sitting/Laying, else 0)."""
     if activities.numel() and (int(activities.min()) < 1 or int(activities.max()) > 6):
-        raise ValueError(
+        raise ConfigError(
             f"UCI HAR activity labels must be 1..6, got values from {int(activities.min())} "
             f"to {int(activities.max())}"
         )
@@ -115,9 +116,9 @@ def _read_table(path: Path, columns: int | None) -> np.ndarray:
     try:
         table = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as error:
-        raise ValueError(f"UCI HAR data: {path} is not a table of whitespace-separated numbers: {error}") from None
+        raise ConfigError(f"UCI HAR data: {path} is not a table of whitespace-separated numbers: {error}") from None
     if columns is not None and table.shape[1] != columns:
-        raise ValueError(f"UCI HAR data: {path} has {table.shape[1]} columns per line, expected {columns}")
+        raise ConfigError(f"UCI HAR data: {path} has {table.shape[1]} columns per line, expected {columns}")
     return table
 
 
@@ -133,15 +134,15 @@ def _load_part_cached(
     subjects = _read_table(base / f"subject_{part}.txt", 1)[:, 0]
     for name, ids in (("y", activities), ("subject", subjects)):
         if not np.array_equal(ids, np.round(ids)):
-            raise ValueError(f"UCI HAR data: {base / f'{name}_{part}.txt'} must hold whole numbers, one per line")
+            raise ConfigError(f"UCI HAR data: {base / f'{name}_{part}.txt'} must hold whole numbers, one per line")
     counts = {len(table) for table in signals} | {len(activities), len(subjects)}
     if len(counts) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"UCI HAR data: the files of {base} disagree in their number of windows "
             f"({sorted(counts)}); re-extract the archive."
         )
     if len(activities) == 0:
-        raise ValueError(f"UCI HAR data: {base} has no windows")
+        raise ConfigError(f"UCI HAR data: {base} has no windows")
     inputs = torch.from_numpy(np.stack(signals, axis=-1).astype(np.float32))
     return inputs, torch.from_numpy(activities.astype(np.int64)), torch.from_numpy(subjects.astype(np.int64))
 
@@ -161,7 +162,7 @@ def load_uci_har_part(root: str | os.PathLike, part: str) -> tuple[Tensor, Tenso
     Parsed parts are kept in memory while their files are unchanged.
     """
     if part not in ("train", "test"):
-        raise ValueError(f"part must be 'train' or 'test', got {part!r}")
+        raise ConfigError(f"part must be 'train' or 'test', got {part!r}")
     root = find_archive_root(root)
     files = _part_files(root, part)
     # Keyed by modification time and size, so edited files are read again.
@@ -174,7 +175,7 @@ def held_out_subjects(subjects: Tensor, count: int = REWARD_SUBJECTS, seed: int 
     """The ``count`` training subjects whose windows form the reward split (fixed by ``seed``)."""
     unique = torch.unique(subjects)
     if len(unique) <= count:
-        raise ValueError(
+        raise ConfigError(
             f"UCI HAR data: the training part has {len(unique)} subject(s); at least {count + 1} are "
             f"needed to hold {count} out for the reward split"
         )

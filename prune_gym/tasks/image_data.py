@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from prune_gym.errors import ConfigError
 from prune_gym.tasks.base import MissingResourceError, Task, resolve_path
 
 
@@ -40,7 +41,7 @@ def held_out_split(n: int, reward_size: int, seed: int) -> tuple[Tensor, Tensor]
     fixed by ``seed``, go to the reward split and the rest to train. Both come sorted (reads
     in file order)."""
     if reward_size < 1:
-        raise ValueError(f"reward_size must be a positive number of images, got {reward_size}")
+        raise ConfigError(f"reward_size must be a positive number of images, got {reward_size}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     reward_size = min(reward_size, n)
     reward, train = order[:reward_size], order[reward_size:]

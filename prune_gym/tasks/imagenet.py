@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 from torch import nn
 from torch.utils.data import Dataset
 
+from prune_gym.errors import ConfigError
 from prune_gym.tasks.base import (
     Availability,
     MissingResourceError,
@@ -131,7 +132,7 @@ class ImageNetTask(Task):
         reward_size: int = DEFAULT_REWARD_SIZE,
     ) -> None:
         if image_size < 1:
-            raise ValueError(f"image_size must be a positive number of pixels, got {image_size}")
+            raise ConfigError(f"image_size must be a positive number of pixels, got {image_size}")
         super().__init__(
             name=name,
             env_id=env_id,

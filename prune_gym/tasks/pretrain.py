@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from prune_gym.errors import ConfigError
 from prune_gym.evaluation import Evaluator, as_tensors, resolve_device
 from prune_gym.finetune import Augment, TrainConfig, recipe_for, train_classifier
 from prune_gym.io import atomic_save
@@ -54,7 +55,7 @@ def crop_flip(images: Tensor, padding: int = CROP_PADDING) -> Tensor:
     up to a shift.
     """
     if images.dim() != 4:
-        raise ValueError(f"crop_flip expects (N, C, H, W) images, got shape {tuple(images.shape)}")
+        raise ConfigError(f"crop_flip expects (N, C, H, W) images, got shape {tuple(images.shape)}")
     n, _, height, width = images.shape
     padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
     # Offsets and flips are drawn on the CPU so the stream does not depend on the device.
@@ -120,7 +121,7 @@ def pretrain(
     """
     task = get_task(task_name)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-        raise ValueError(f"epochs must be a whole number >= 1, got {epochs!r}")
+        raise ConfigError(f"epochs must be a whole number >= 1, got {epochs!r}")
     torch_device = resolve_device(device)
     config = dataclasses.replace(pretrain_recipe(task), seed=seed)
     if epochs is not None:

@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from prune_gym.errors import ConfigError
+
 
 class FastGRNN(nn.Module):
     """FastGRNN classifier on the last hidden state.
@@ -53,10 +55,10 @@ class FastGRNN(nn.Module):
         super().__init__()
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_classes", num_classes)):
             if int(value) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         for name, value in (("w_rank", w_rank), ("u_rank", u_rank)):
             if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be a positive integer or None (full rank), got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer or None (full rank), got {value!r}")
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)
         self.w_rank = w_rank
@@ -95,7 +97,7 @@ class FastGRNN(nn.Module):
     def input_projection(self, x: Tensor) -> Tensor:
         """``W x_t`` for every time step: ``(batch, time, features) -> (batch, time, hidden)``."""
         if x.dim() != 3 or x.shape[-1] != self.input_size:
-            raise ValueError(
+            raise ConfigError(
                 f"FastGRNN expects inputs of shape (batch, time, {self.input_size}), got {tuple(x.shape)}"
             )
         if self.w_rank is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from prune_gym.errors import ConfigError
+
 #: (output channels, stride) of the 13 depthwise-separable blocks, at width multiplier 1.
 CIFAR_BLOCKS: tuple[tuple[int, int], ...] = (
     (64, 1),
@@ -62,7 +64,7 @@ class MobileNetV1(nn.Module):
     def __init__(self, num_classes: int = 10, width_multiplier: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
         if not width_multiplier > 0:
-            raise ValueError(f"width_multiplier must be > 0 (e.g. 1.0, 0.75, 0.5, 0.25), got {width_multiplier}")
+            raise ConfigError(f"width_multiplier must be > 0 (e.g. 1.0, 0.75, 0.5, 0.25), got {width_multiplier}")
 
         def scaled(channels: int) -> int:
             return max(8, int(channels * width_multiplier))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from prune_gym.errors import ConfigError
+
 
 class WideBasicBlock(nn.Module):
     """A pre-activation wide basic block."""
@@ -64,11 +66,11 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40), got {depth}")
+            raise ConfigError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40), got {depth}")
         if widen_factor < 1:
-            raise ValueError(f"widen_factor must be a positive integer, got {widen_factor}")
+            raise ConfigError(f"widen_factor must be a positive integer, got {widen_factor}")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         blocks_per_group = (depth - 4) // 6
         widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         self.stem = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
