@@ -374,7 +374,11 @@ def train_or_load_agent(
         say(f"loading the agent from {agent_path} (an SB3 file: load only files you trust)")
         model = load_agent(agent_path, env=agent_env, algo=algo)
         best_file = Path(agent_path).parent / "best_found.json"
-        record = json.loads(best_file.read_text()) if best_file.is_file() else {}
+        try:
+            record = json.loads(best_file.read_text()) if best_file.is_file() else {}
+        except ValueError as error:
+            raise ConfigError(f"{best_file} (beside --agent) is not valid JSON ({error}): remove it to compare the "
+                              "agent without its best-found recipes, or restore the run's file") from None
         best, episodes = record.get("best_per_target", {}), int(record.get("episodes", 0))
         return ComparedAgent(model, False, int(model.num_timesteps), 0.0, None, Path(agent_path), best, episodes)
     with tempfile.TemporaryDirectory(prefix="prune-gym-agent-") as scratch:

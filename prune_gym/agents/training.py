@@ -245,7 +245,10 @@ def _saved_policy(path: Path) -> str | None:
 def _algo_from_run_json(path: Path) -> str | None:
     record = path.parent / "run.json"
     if record.is_file():
-        return json.loads(record.read_text()).get("algo")
+        try:
+            return json.loads(record.read_text()).get("algo")
+        except (ValueError, AttributeError):
+            return None  # unreadable: the caller then asks for algo=
     return None
 
 
