@@ -488,12 +488,15 @@ def plot_accuracy(record: dict[str, Any], path: Path) -> None:
         panels.append((f"after {record['config']['finetune_epochs']} epoch(s) of masked fine-tuning", "finetuned_test_accuracy"))
     figure, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False, sharey=True)
     for axis, (title, key) in zip(axes[0], panels, strict=True):
-        for method in record["methods"]:
+        colours = pyplot().get_cmap("tab20")
+        for index, method in enumerate(record["methods"]):
             entries = [next(e for e in summary if e["method"] == method and e["target_sparsity"] == t) for t in targets]
             means = [100 * e[f"{key}_mean"] for e in entries]
             stds = [100 * e[f"{key}_std"] for e in entries]
             xs = [100 * t for t in targets]
-            line, = axis.plot(xs, means, marker="o", label=method)
+            # Twelve methods: distinct colours, and the zero-cost rules dashed.
+            line, = axis.plot(xs, means, marker="o", label=method, color=colours(index % 20),
+                              linestyle="--" if method in REFERENCE_METHODS else "-")
             axis.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
                               [m + s for m, s in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.18)
         axis.axhline(100 * record["dense_test_accuracy"], color="grey", linestyle="--", linewidth=1, label="dense")
