@@ -107,7 +107,7 @@ class DigitsTask(Task):
                 return load_state_dict_file(self.build_model(), path, "digits cache")
             except (ValueError, RuntimeError, EOFError, OSError, pickle.UnpicklingError):
                 pass  # a stale or unreadable cache is rebuilt below
-        logger.info(f"training the digits ResNet-20 on first use (about a minute on a CPU), cached in {path}")
+        logger.info(f"training the digits ResNet-20 on first use (about 20 s on a 2-core CPU), cached in {path}")
         model = self.train(progress=progress)
         atomic_save({"state_dict": model.state_dict(), "recipe": vars(TRAIN_RECIPE)}, path)
         return model
