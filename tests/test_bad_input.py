@@ -462,3 +462,25 @@ def test_a_corrupt_weights_file_and_a_recipe_with_a_list_as_meta_are_named(tmp_p
         get_task("resnet20-digits").load_model(corrupt)
     with pytest.raises(ValueError, match="'meta' must be a JSON object"):
         recipe_from_json({"layers": {"conv1": 0.5}, "meta": [1, 2]})
+
+
+def test_a_failed_step_with_per_step_fine_tuning_leaves_the_rest_of_the_episode_as_a_clean_run(monkeypatch):
+    def episode(fail_at: int | None) -> list[float]:
+        env = tiny_env(target_sparsity=0.5, train_data=tiny_data(128), finetune_steps=2)
+        env.reset(seed=3)
+        accuracies = []
+        for index in range(env.num_layers):
+            if index == fail_at:
+                original = env.evaluator.accuracy
+
+                def broken(*args, **kwargs):
+                    raise RuntimeError("simulated out-of-memory")
+
+                monkeypatch.setattr(env.evaluator, "accuracy", broken)
+                with pytest.raises(RuntimeError, match="simulated"):
+                    env.step(3)
+                monkeypatch.setattr(env.evaluator, "accuracy", original)
+            accuracies.append(env.step(3)[4]["reward_accuracy"])
+        return accuracies
+
+    assert episode(fail_at=0) == episode(fail_at=None)  # the fine-tuning generator was put back too
