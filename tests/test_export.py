@@ -297,7 +297,7 @@ def test_cli_export_writes_loadable_files(digits_model_state, fresh_digits_model
 
     model = fresh_digits_model()
     masks, meta = load_pruned(output, model)
-    assert meta["method"] == "global-mp" and meta["task"] == "resnet20-digits"
+    assert meta["method"] == "global-mp+mt" and meta["task"] == "resnet20-digits"  # --min-threshold: Global MP + MT
     assert 0.0 <= meta["test_accuracy_pruned"] <= 1.0 and meta["test_accuracy_finetuned"] is None
     expected = global_mp(fresh_digits_model(), 0.8, 0.0005)[1]
     assert same_masks(masks, expected)
