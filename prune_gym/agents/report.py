@@ -259,6 +259,10 @@ def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
     best_label = agent_label.replace("(greedy)", "(best found)")
     targets = list(dict.fromkeys(row.target_sparsity for row in comparison.results))
     figure, axes = plt.subplots(len(targets), 1, figsize=(10, 2.4 * len(targets) + 0.6), squeeze=False)
+    # One colour per role in every panel (the strongest rule changes with the target), so one
+    # legend reads right for all of them.
+    colours = {"Global MP": "tab:blue", agent_label: "tab:orange", best_label: "tab:green"}
+    legend: dict[str, Any] = {}
     for axis, target in zip(axes[:, 0], targets, strict=True):
         strongest = (comparison.metadata.get("strongest_heuristic") or {}).get(f"{target:.6g}")
         bars = [comparison.result("Global MP", target)]
@@ -271,7 +275,10 @@ def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
         width = 0.8 / len(bars)
         for offset, row in enumerate(bars):
             shift = (offset - (len(bars) - 1) / 2) * width
-            axis.bar([p + shift for p in positions], [100 * row.layer_sparsities[n] for n in names], width, label=row.method)
+            role = row.method if row.method in colours else "the strongest rule"
+            label = row.method if role != "the strongest rule" else "the strongest rule at the target (reward split)"
+            legend[label] = axis.bar([p + shift for p in positions], [100 * row.layer_sparsities[n] for n in names], width,
+                                     color=colours.get(role, "tab:purple"))
         axis.set_ylabel("sparsity (%)")
         axis.set_ylim(0, 100)
         axis.set_title(
@@ -281,7 +288,7 @@ def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
         axis.set_xticks(list(positions))
         axis.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
         axis.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+    axes[0, 0].legend(list(legend.values()), list(legend), fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0))
     figure.suptitle(f"{comparison.env_id}: per-layer sparsity")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
