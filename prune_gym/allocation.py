@@ -58,7 +58,6 @@ __all__ = [
     "allocation_sparsities",
     "erk_raw_densities",
     "lamp_scores",
-    "method_label",
 ]
 
 #: uniform+ keeps at least this fraction of the last layer (the LAMP authors' code).
@@ -210,11 +209,6 @@ def allocation_method(name: str) -> AllocationMethod:
         return ALLOCATION_METHODS[name]
     except (KeyError, TypeError):
         raise ConfigError(f"unknown allocation method {name!r}: choose one of {', '.join(ALLOCATION_METHODS)}") from None
-
-
-def method_label(name: str) -> str:
-    """The table label of a method (``"global-mp+mt"`` -> ``"Global MP + MT"``)."""
-    return allocation_method(name).label
 
 
 def allocation_counts(

@@ -272,11 +272,11 @@ def compare(
             "off: the agent's run records no training episodes (no best_found.json beside --agent), so no equal cost")
         if search and not search_episodes:
             say(f"local search {search_off}")
+        search_start = prune_env_of(agent_env).reference  # where the agent's relative steps are centred
         results = _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs,
-                                    search_episodes, say)
+                                    search_episodes, search_start, say)
         metadata = _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwargs, agent_action_type,
                              shared, min_threshold, max_sparsity_note, finetune_epochs)
-        search_start = prune_env_of(agent_env).reference
         metadata["search"] = {
             "method": f"local search around {search_start}'s per-layer sparsities (logit-space Gaussian steps, "
                       f"sd {DEFAULT_STEP}), best on the reward split, replayed",
@@ -445,11 +445,9 @@ def play(entries: Sequence[Entry], target: float, finetune_epochs: int = 0, seed
     """One episode of each method at ``target`` (and its fine-tuned test accuracy when asked)."""
     results = []
     for entry in entries:
-        cost_seconds = entry.cost_seconds
-        if isinstance(entry.policy, AllocationPolicy):  # a rule's cost: computing its allocation
-            started = time.perf_counter()
-            entry.policy.allocation(target)
-            cost_seconds = time.perf_counter() - started
+        # A rule's cost: computing its allocation (measured where the env first computed it).
+        cost_seconds = entry.policy.allocation_seconds(target) if isinstance(entry.policy, AllocationPolicy) \
+            else entry.cost_seconds
         row = run_episode(entry.policy, entry.env, target, deterministic=entry.deterministic, method=entry.label)
         row.evaluations, row.cost_seconds = entry.evaluations, cost_seconds
         if finetune_epochs:
@@ -485,11 +483,10 @@ def paired_tests(rows: Sequence[MethodResult], targets: Sequence[float]) -> list
 
 
 def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs,
-                      search_episodes, say) -> list[MethodResult]:
+                      search_episodes, start, say) -> list[MethodResult]:
     """Every method at every target: the agent greedy, its best-found recipe, the search at
-    equal cost (from the agent's reference allocation), every allocation method."""
+    equal cost (from ``start``, the agent's reference allocation), every allocation method."""
     results: list[MethodResult] = []
-    start = prune_env_of(agent_env).reference
     for target in targets:
         entries = agent_entries(algo, agent, target, agent_env, reference_env)
         if search_episodes:

@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -196,9 +197,18 @@ class AllocationPolicy(ReferencePolicy):
 
     def allocation(self, target: float) -> list[float]:
         """The method's per-layer sparsities at ``target`` (cached by the env)."""
-        if self.method == "random":
+        if self.method == "random":  # seeded per policy: not the env's to cache
             return allocation_sparsities("random", self.env.state.dense, target, seed=self.seed)
         return self.env.allocation_sparsities(self.method, target, self.min_threshold)
+
+    def allocation_seconds(self, target: float) -> float:
+        """What computing the allocation at ``target`` costs: the env's first computation of it
+        (later calls hit its cache, which would time a look-up)."""
+        if self.method == "random":
+            started = time.perf_counter()
+            self.allocation(target)
+            return time.perf_counter() - started
+        return self.env.allocation_seconds(self.method, target, self.min_threshold)
 
     def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
         indices = self.layer_indices(observations)
@@ -223,10 +233,9 @@ class GlobalMagnitudePolicy(AllocationPolicy):
     """
 
     def __init__(self, env: Any, min_threshold: float | None = None, sparsity: float | None = None) -> None:
-        if min_threshold is not None and not (0.0 <= float(min_threshold) < 1.0):
-            raise ConfigError(f"min_threshold must be a fraction in [0, 1) (0.0005 = 0.05%), got {min_threshold!r}")
+        # AllocationPolicy checks the threshold (any non-zero one, valid or not, asks for + MT).
         method = "global-mp+mt" if min_threshold else "global-mp"
-        super().__init__(env, method, float(min_threshold) if min_threshold else None, sparsity)
+        super().__init__(env, method, min_threshold or None, sparsity)
 
     def __repr__(self) -> str:
         return f"GlobalMagnitudePolicy(min_threshold={self.min_threshold}, sparsity={self.sparsity})"

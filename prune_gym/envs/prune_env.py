@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -266,19 +267,8 @@ class PruneEnv(gym.Env):
         if bn_recalibration_batches is None:
             bn_recalibration_batches = self._task_default(task, "bn_recalibration_batches", 0)
         self._check_settings(sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps, finetune_lr)
-        for name, value in (("amp", amp), ("channels_last", channels_last), ("cache_activations", cache_activations),
-                            ("synthetic", synthetic)):
-            if not isinstance(value, bool | np.bool_):  # "false" would pass as True
-                raise ConfigError(f"{name} must be True or False, got {value!r}")
-        if isinstance(synthetic_samples, bool) or not isinstance(synthetic_samples, int | np.integer) or synthetic_samples < 1:
-            raise ConfigError(f"synthetic_samples must be a whole number >= 1, got {synthetic_samples!r}")
-        if isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer):
-            raise ConfigError(f"split_seed must be a whole number (it fixes the data splits), got {split_seed!r}")
-        if input_shape is not None and (isinstance(input_shape, str) or not all(
-                isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0 for d in input_shape)):
-            raise ConfigError(f"input_shape must be positive whole numbers, e.g. (3, 32, 32), got {input_shape!r}")
-        if synthetic and weights is not None:
-            raise ConfigError("weights= has no effect with synthetic=True (random weights): pass one or the other")
+        self._check_data_settings(amp, channels_last, cache_activations, synthetic, synthetic_samples, split_seed,
+                                  input_shape, weights)
         if evaluate_test not in (None, True, False):
             raise ConfigError(f"evaluate_test must be True, False or None (only where the test split is on the "
                              f"device), got {evaluate_test!r}")
@@ -330,7 +320,8 @@ class PruneEnv(gym.Env):
             evaluate_test if evaluate_test is not None else test_evaluator.resident)
         self.num_layers, self.layer_flops = len(self.layers), self.engine.layer_flops
         self._static = static_features(self.layers, self.state.dense, self.layer_flops)
-        self._allocation_cache: dict[tuple[str, float, float | None], list[float]] = {}
+        # Per (method, target, Minimum Threshold): the sparsities and the seconds computing them took.
+        self._allocation_cache: dict[tuple[str, float, float | None], tuple[list[float], float]] = {}
 
         self.levels = self.actions.levels  # sparsities (absolute) or logit steps (relative)
         self.action_space = self.actions.space()
@@ -359,6 +350,24 @@ class PruneEnv(gym.Env):
         if isinstance(finetune_lr, bool) or not isinstance(finetune_lr, int | float | np.number) \
                 or not (math.isfinite(finetune_lr) and finetune_lr > 0):
             raise ConfigError(f"finetune_lr must be a finite number > 0, got {finetune_lr!r}")
+
+    @staticmethod
+    def _check_data_settings(amp, channels_last, cache_activations, synthetic, synthetic_samples, split_seed,
+                             input_shape, weights) -> None:
+        """The switches, seeds and shapes of the data and evaluation, checked before anything loads."""
+        for name, value in (("amp", amp), ("channels_last", channels_last), ("cache_activations", cache_activations),
+                            ("synthetic", synthetic)):
+            if not isinstance(value, bool | np.bool_):  # "false" would pass as True
+                raise ConfigError(f"{name} must be True or False, got {value!r}")
+        if isinstance(synthetic_samples, bool) or not isinstance(synthetic_samples, int | np.integer) or synthetic_samples < 1:
+            raise ConfigError(f"synthetic_samples must be a whole number >= 1, got {synthetic_samples!r}")
+        if isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer):
+            raise ConfigError(f"split_seed must be a whole number (it fixes the data splits), got {split_seed!r}")
+        if input_shape is not None and (isinstance(input_shape, str) or not all(
+                isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0 for d in input_shape)):
+            raise ConfigError(f"input_shape must be positive whole numbers, e.g. (3, 32, 32), got {input_shape!r}")
+        if synthetic and weights is not None:
+            raise ConfigError("weights= has no effect with synthetic=True (random weights): pass one or the other")
 
     @staticmethod
     def _task_default(task: str | None, name: str, fallback: Any) -> Any:
@@ -441,12 +450,19 @@ class PruneEnv(gym.Env):
                               min_threshold: float | None = None) -> list[float]:
         """Per-layer sparsities of an allocation method (``prune_gym.allocation``) on the dense
         model at ``target`` (the env's, else 0.5), cached per method, target and Minimum Threshold."""
+        return self._allocation(method, target, min_threshold)[0]
+
+    def allocation_seconds(self, method: str, target: float | None = None, min_threshold: float | None = None) -> float:
+        """What computing :meth:`allocation_sparsities` took (the first time; later calls are cached)."""
+        return self._allocation(method, target, min_threshold)[1]
+
+    def _allocation(self, method: str, target: float | None, min_threshold: float | None) -> tuple[list[float], float]:
         target = target if target is not None else (self.target_sparsity if self.target_sparsity is not None else 0.5)
         key = (method, float(target), min_threshold)
         if key not in self._allocation_cache:
-            self._allocation_cache[key] = allocation_sparsities(
-                method, self.state.dense, float(target), min_threshold=min_threshold
-            )
+            started = time.perf_counter()
+            sparsities = allocation_sparsities(method, self.state.dense, float(target), min_threshold=min_threshold)
+            self._allocation_cache[key] = (sparsities, time.perf_counter() - started)
         return self._allocation_cache[key]
 
     def global_mp_sparsities(self, target: float | None = None, min_threshold: float | None = None) -> list[float]:
