@@ -68,7 +68,9 @@ from prune_gym.agents.compare import (
     MethodResult,
     finetune_and_test,
     make_reference_env,
+    paired_tests,
     run_episode,
+    strongest_heuristic,
 )
 from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
 from prune_gym.agents.report import pyplot
@@ -78,7 +80,6 @@ from prune_gym.agents.training import agent_env_kwargs_for, make_training_env
 from prune_gym.allocation import ALLOCATION_METHODS, HEURISTICS
 from prune_gym.finetune import recipe_for
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
-from prune_gym.significance import mcnemar
 
 ENV_ID = "PruneResNet20Digits-v1"
 STEM = "quality_digits"
@@ -186,13 +187,14 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
     targets = list(args.sparsities)
     rows: list[dict[str, Any]] = []
 
-    correct: dict[tuple[str, float], Any] = {}  # per-image test correctness, for the paired tests
+    results: list[MethodResult] = []  # with their per-image test correctness, for the paired tests
 
-    def record(result: MethodResult, env: gym.Env) -> None:
+    def record(result: MethodResult, env: gym.Env, evaluations: int = 0) -> None:
+        result.evaluations = evaluations  # what choosing the allocation cost (0 for a rule)
+        results.append(result)
         row = {k: getattr(result, k) for k in (
             "method", "target_sparsity", "test_accuracy", "reward_accuracy", "param_sparsity", "flops_sparsity",
             "episode_return", "action_type", "layer_sparsities")}
-        correct[(result.method, result.target_sparsity)] = result.test_correct
         if args.finetune_epochs:
             row["finetuned_test_accuracy"], row["finetune_seconds"] = finetune_and_test(
                 env, args.finetune_epochs, seed)
@@ -204,10 +206,9 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
         for label, policy, deterministic in references:
             record(run_episode(policy, reference_env, target, deterministic=deterministic, method=label), reference_env)
     global_mp_reward = {str(r["target_sparsity"]): r["reward_accuracy"] for r in rows if r["method"] == "Global MP"}
-    strongest = {str(t): max((r for r in rows if r["method"] in RULES and r["target_sparsity"] == t),
-                             key=lambda r: (r["reward_accuracy"], -RULES.index(r["method"]))) for t in targets}
+    strongest = {str(t): strongest_heuristic(results, t) for t in targets}
     log(f"seed {seed}: allocation rules done; strongest on the reward split: "
-        + ", ".join(f"{t}: {row['method']}" for t, row in strongest.items()))
+        + ", ".join(f"{t}: {row.method}" for t, row in strongest.items()))
 
     agents = {}
     for algo in args.algos:
@@ -230,14 +231,16 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
         name = algo.upper()
         best = recorder.best()
         for target in targets:
-            record(run_episode(agent, eval_env, target, deterministic=True, method=f"{name} (greedy)"), eval_env)
+            record(run_episode(agent, eval_env, target, deterministic=True, method=f"{name} (greedy)"), eval_env,
+                   int(agent.num_timesteps))
             found = best.get(f"{target:.6g}")
             if found is not None:  # replayed exactly through the reference env
                 policy = RecipePolicy(reference_env, found.layer_sparsities)
-                record(run_episode(policy, reference_env, target, method=f"{name} (best found)"), reference_env)
+                record(run_episode(policy, reference_env, target, method=f"{name} (best found)"), reference_env,
+                       int(agent.num_timesteps))
         episodes = [[r.timesteps, round(r.seconds, 2), r.target_sparsity, r.reward_accuracy] for r in recorder.records]
         beats = {str(t): first_beat(episodes, str(t), global_mp_reward[str(t)]) for t in targets}
-        beats_strongest = {str(t): first_beat(episodes, str(t), strongest[str(t)]["reward_accuracy"]) for t in targets}
+        beats_strongest = {str(t): first_beat(episodes, str(t), strongest[str(t)].reward_accuracy) for t in targets}
         agents[algo] = {
             "timesteps": int(agent.num_timesteps),
             "n_envs": args.n_envs,
@@ -262,27 +265,14 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
         found = local_search(reference_env, target, per_target, seed=seed, start=start)
         search["best_so_far"][str(target)] = found.best_so_far
         policy = RecipePolicy(reference_env, found.layer_sparsities)
-        record(run_episode(policy, reference_env, target, method="local search"), reference_env)
+        record(run_episode(policy, reference_env, target, method="local search"), reference_env,
+               per_target * prune_env_of(reference_env).num_layers)
     log(f"seed {seed}: local search done ({per_target} episodes per target, from {start})")
     return {"seed": seed, "rows": rows, "global_mp_reward_accuracy": global_mp_reward, "agents": agents,
             "search": search, "num_layers": prune_env_of(reference_env).num_layers,
-            "strongest_rule": {t: row["method"] for t, row in strongest.items()},
-            "paired_tests": paired(rows, correct, strongest, [f"{a.upper()} ({k})" for a in args.algos
-                                                             for k in ("best found", "greedy")] + ["local search"])}
-
-
-def paired(rows: list[dict[str, Any]], correct: dict[tuple[str, float], Any], strongest: dict[str, dict[str, Any]],
-           methods: list[str]) -> list[dict[str, Any]]:
-    """Each method against the strongest rule at each target, on the same test images (McNemar)."""
-    tests = []
-    for target, best in strongest.items():
-        for row in rows:
-            if row["method"] in methods and str(row["target_sparsity"]) == target:
-                test = mcnemar(correct[(row["method"], row["target_sparsity"])],
-                               correct[(best["method"], best["target_sparsity"])])
-                tests.append({"target_sparsity": row["target_sparsity"], "method": row["method"],
-                              "against": best["method"], **test.record()})
-    return tests
+            "strongest_rule": {t: row.method for t, row in strongest.items()},
+            # The agents' and the search's rows (those that spent evaluations) against the strongest rule.
+            "paired_tests": paired_tests(results, targets)}
 
 
 # ------------------------------------------------------------------------------------------------
