@@ -55,11 +55,18 @@ def test_run_all_quick_smoke(tmp_path, digits_model_state):
         "DQN (greedy)", "DQN (best found)", "PPO (greedy)", "PPO (best found)", "local search", *quality.REFERENCE_METHODS
     ]
     run = record["runs"][0]
-    # The best found policy is the best training episode on the reward split, replayed exactly.
+    # The best found policy is the best training episode on the reward split, replayed exactly,
+    # then guarded: kept, or the strongest rule's allocation in its place.
     for target in targets:
         best = max(acc for _, _, t, acc in run["agents"]["dqn"]["episodes"] if f"{t:g}" == f"{target:g}")
         (replayed,) = [r for r in run["rows"] if r["method"] == "DQN (best found)" and r["target_sparsity"] == target]
-        assert replayed["reward_accuracy"] == pytest.approx(best, abs=1e-9)
+        assert replayed["selection"]["own"]["reward_accuracy"] == pytest.approx(best, abs=1e-9)
+        (rule,) = [r for r in run["rows"] if r["method"] == run["strongest_rule"][str(target)] and r["target_sparsity"] == target]
+        if replayed["fallback"] is not None:
+            assert replayed["fallback"] == rule["method"] and replayed["layer_sparsities"] == rule["layer_sparsities"]
+            assert replayed["finetuned_test_accuracy"] == rule["finetuned_test_accuracy"]
+        else:
+            assert replayed["reward_accuracy"] == pytest.approx(best, abs=1e-9)
     assert run["search"]["episodes_per_target"] == max(run["agents"]["dqn"]["training_episodes"] // len(targets), 1)
     for entry in record["summary"]:
         for key in ("test_accuracy", "finetuned_test_accuracy"):

@@ -11,6 +11,7 @@ import pytest
 
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents.compare import compare
+from prune_gym.agents.report import method_slug
 
 ENV_ID = "PruneResNet20Digits-v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -179,10 +180,41 @@ def test_best_found_is_the_best_training_episode_on_the_reward_split_replayed(co
         at_target = [e for e in episodes if e["target_sparsity"] == target]
         best = max(at_target, key=lambda e: e["reward_accuracy"])
         row = result.result("DQN (best found)", target)
-        # Replayed through the reference env: the same per-layer sparsities, the same accuracy.
-        assert row.reward_accuracy == pytest.approx(best["reward_accuracy"], abs=1e-9)
-        for name, sparsity in best["layer_sparsities"].items():
-            assert row.layer_sparsities[name] == pytest.approx(sparsity, abs=1e-9)
+        # Replayed through the reference env: the same accuracy (its own, when the guard put the
+        # strongest rule's allocation in its place) and the same per-layer sparsities.
+        assert row.selection["own"]["reward_accuracy"] == pytest.approx(best["reward_accuracy"], abs=1e-9)
+        if row.fallback is None:
+            assert row.reward_accuracy == pytest.approx(best["reward_accuracy"], abs=1e-9)
+            for name, sparsity in best["layer_sparsities"].items():
+                assert row.layer_sparsities[name] == pytest.approx(sparsity, abs=1e-9)
+
+
+def test_the_searched_rows_pass_the_selection_guard_against_the_strongest_rule(comparison):
+    result, output = comparison
+    record = json.loads((output / "results.json").read_text())
+    searched = [row for row in result.results if row.method in ("DQN (best found)", "local search")]
+    assert searched
+    for row in result.results:
+        # Each reported row's reward-split correctness is the accuracy its episode was paid for.
+        assert row.reward_correct.mean() == pytest.approx(row.reward_accuracy, abs=1e-9)
+        assert (row.selection is not None) == (row in searched)
+    for row in searched:
+        strongest = record["strongest_heuristic"][f"{row.target_sparsity:.6g}"]
+        verdict = row.selection
+        assert verdict["against"] == strongest
+        assert verdict["kept"] == (verdict["p_better"] < 0.05 and verdict["only_own"] > verdict["only_rule"])
+        assert verdict["kept"] == (row.fallback is None)
+        recipe = json.loads((output / "recipes" / f"{method_slug(row.method)}-{row.target_sparsity:.2f}.json").read_text())
+        if row.fallback is not None:
+            # The rule's allocation and accuracies in the searched row, and in the recipe a user exports.
+            rule = result.result(strongest, row.target_sparsity)
+            assert row.fallback == strongest and row.layer_sparsities == rule.layer_sparsities
+            assert (row.test_accuracy, row.reward_accuracy) == (rule.test_accuracy, rule.reward_accuracy)
+            assert recipe["layers"] == rule.layer_sparsities and recipe["meta"]["fallback"] == strongest
+            assert f"{row.method} -> {strongest}" in result.table
+        else:
+            assert recipe["layers"] == row.layer_sparsities and "fallback" not in recipe["meta"]
+        assert f"{100 * row.target_sparsity:.0f}% {row.method}: " in result.table
 
 
 def test_a_failed_run_leaves_no_finished_looking_folder(tmp_path, monkeypatch):
@@ -247,7 +279,9 @@ def test_a_training_runs_best_found_exports_directly_and_scores_what_the_table_s
     targets = sorted(json.loads(best_file.read_text())["best_per_target"])
     target = float(targets[-1])
     exported = export_task("resnet20-digits", tmp_path / "best.pt", recipe=best_file, sparsity=target, device="cpu")
-    assert abs(exported.accuracy_exported - result.result("DQN (best found)", target).test_accuracy) <= 0.01
+    # The run's own best episode (the table's row may carry the strongest rule's allocation instead).
+    own = result.result("DQN (best found)", target).selection["own"]
+    assert abs(exported.accuracy_exported - own["test_accuracy"]) <= 0.01
     assert exported.meta["method"] == "best found"
     with pytest.raises(ValueError, match="has no episode at target 0.33"):
         export_task("resnet20-digits", tmp_path / "x.pt", recipe=best_file, sparsity=0.33, device="cpu")

@@ -17,7 +17,10 @@ within minutes on a 2-core CPU. Every finished training episode is recorded, and
 per target on the reward split (as AMC reports the best policy its search found) is replayed
 through the reference env as its own method ("DQN (best found)"). "local search" answers the
 reviewer's first question, whether search does as well at equal cost: it gets as many env
-episodes as the agent trained (``prune_gym.agents.search``). The test split only reports.
+episodes as the agent trained (``prune_gym.agents.search``). Both are the best of many on the
+reward split, so each passes a selection guard: it is kept only if it beats the strongest rule
+there by more than noise, else that rule's allocation stands in its row, marked
+(``prune_gym.agents.verdict``). The test split only reports.
 
 Outputs (``output_dir``, written to ``<output_dir>.partial`` and renamed when complete):
 ``results.json`` (everything, including per-layer sparsities), ``results.csv`` (one row per
@@ -56,10 +59,10 @@ from prune_gym.agents.policies import (
 from prune_gym.agents.report import Comparison, MethodResult, format_table, write_results
 from prune_gym.agents.search import DEFAULT_STEP, local_search
 from prune_gym.agents.training import agent_env_kwargs_for, load_agent, train_agent
-from prune_gym.allocation import ALLOCATION_METHODS, HEURISTICS
+from prune_gym.agents.verdict import guard_selection, paired_tests, strongest_heuristic
+from prune_gym.allocation import HEURISTICS
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, PrunableLayer, check_sparsity
-from prune_gym.significance import mcnemar
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +100,10 @@ def run_episode(
         target: the episode's target sparsity (None keeps the env's).
         deterministic: passed to ``predict`` (greedy actions for trained agents).
         method: the label of the result.
-        score_test: score the test split when the env's last step did not (its ``evaluate_test``
-            is off for this split); False leaves ``test_accuracy`` NaN then (the search's
-            candidates, which select on the reward split).
+        score_test: a reported row: score the test split when the env's last step did not (its
+            ``evaluate_test`` is off for this split), and keep each sample's correctness on both
+            splits (for paired tests and the selection guard). False leaves ``test_accuracy`` NaN
+            then (the search's candidates, which select on the reward split).
     """
     options = {"target_sparsity": target} if target is not None else None
     started = time.perf_counter()
@@ -115,6 +119,8 @@ def run_episode(
         info = {**info, "test_accuracy": prune_env.evaluate_test()}
     seconds = time.perf_counter() - started
     correct = prune_env.engine.last_test_correct if "test_accuracy" in info else None
+    # Reported rows keep their reward-split correctness too (for the selection guard).
+    reward_correct = prune_env.engine.reward_correct().numpy().copy() if score_test else None
     return MethodResult(
         method=method,
         target_sparsity=float(target if target is not None else prune_env.target_sparsity or 0.0),
@@ -127,6 +133,7 @@ def run_episode(
         action_type=prune_env.action_type,
         layer_sparsities={name: float(value) for name, value in info["layer_sparsities"].items()},
         test_correct=None if correct is None else correct.numpy().copy(),
+        reward_correct=reward_correct,
     )
 
 
@@ -405,6 +412,9 @@ class Entry(NamedTuple):
     #: Network evaluations spent choosing the allocation (0 for a zero-cost rule).
     evaluations: int = 0
     cost_seconds: float = 0.0
+    #: Chosen as the best of many on the reward split (kept only if it beats the strongest rule
+    #: there by more than noise: ``prune_gym.agents.verdict.guard_selection``).
+    searched: bool = False
 
 
 def agent_entries(algo: str, agent: ComparedAgent, target: float, agent_env: gym.Env, reference_env: gym.Env) -> list[Entry]:
@@ -417,7 +427,7 @@ def agent_entries(algo: str, agent: ComparedAgent, target: float, agent_env: gym
     best = agent.best_found.get(f"{target:.6g}")
     if best is not None:
         policy = RecipePolicy(reference_env, best["layer_sparsities"])
-        entries.append(Entry(f"{name} (best found)", policy, reference_env, True, **cost))
+        entries.append(Entry(f"{name} (best found)", policy, reference_env, True, **cost, searched=True))
     return entries
 
 
@@ -431,7 +441,8 @@ def search_entry(reference_env: gym.Env, target: float, episodes: int, seed: int
     say(f"local search at {target}: {episodes} episodes from {start}, best reward-split accuracy "
         f"{100 * found.reward_accuracy:.1f}% (the start's: {100 * found.best_so_far[0]:.1f}%)")
     policy = RecipePolicy(reference_env, found.layer_sparsities)
-    return Entry("local search", policy, reference_env, True, episodes * prune_env_of(reference_env).num_layers, seconds)
+    return Entry("local search", policy, reference_env, True, episodes * prune_env_of(reference_env).num_layers, seconds,
+                 searched=True)
 
 
 def reference_entries(reference_env: gym.Env, seed: int, min_threshold: float | None) -> list[Entry]:
@@ -442,7 +453,9 @@ def reference_entries(reference_env: gym.Env, seed: int, min_threshold: float | 
 
 
 def play(entries: Sequence[Entry], target: float, finetune_epochs: int = 0, seed: int = 0) -> list[MethodResult]:
-    """One episode of each method at ``target`` (and its fine-tuned test accuracy when asked)."""
+    """One episode of each method at ``target`` (and its fine-tuned test accuracy when asked),
+    in the order given; the searched entries' rows then pass the selection guard against the
+    strongest rule among the entries (rules are zero-cost, so an entry list has them all)."""
     results = []
     for entry in entries:
         # A rule's cost: computing its allocation (measured where the env first computed it).
@@ -453,33 +466,11 @@ def play(entries: Sequence[Entry], target: float, finetune_epochs: int = 0, seed
         if finetune_epochs:
             row.finetuned_test_accuracy, row.finetune_seconds = finetune_and_test(entry.env, int(finetune_epochs), seed)
         results.append(row)
+    rule = strongest_heuristic(results, target)
+    if rule is not None:
+        results = [guard_selection(row, rule) if entry.searched else row
+                   for entry, row in zip(entries, results, strict=True)]
     return results
-
-
-def strongest_heuristic(rows: Sequence[MethodResult], target: float) -> MethodResult | None:
-    """The zero-cost rule (``prune_gym.allocation.HEURISTICS``; not the random control) with the
-    highest reward-split accuracy at ``target``; ties go to the first in registry order. The
-    test split is not read."""
-    labels = [ALLOCATION_METHODS[name].label for name in HEURISTICS]
-    candidates = [row for label in labels for row in rows
-                  if row.method == label and math.isclose(row.target_sparsity, target)]
-    return max(candidates, key=lambda row: row.reward_accuracy, default=None)
-
-
-def paired_tests(rows: Sequence[MethodResult], targets: Sequence[float]) -> list[dict[str, Any]]:
-    """At each target, every method that spent evaluations (agent, search) against the strongest
-    heuristic on the same test images (McNemar's exact test, ``prune_gym.significance``)."""
-    tests = []
-    for target in targets:
-        best = strongest_heuristic(rows, target)
-        if best is None or best.test_correct is None:
-            continue
-        for row in rows:
-            if math.isclose(row.target_sparsity, target) and row.evaluations and row.test_correct is not None:
-                test = mcnemar(row.test_correct, best.test_correct)
-                tests.append({"target_sparsity": target, "method": row.method, "against": best.method,
-                              **test.record(), "summary": test.describe(row.method, best.method)})
-    return tests
 
 
 def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs,
@@ -520,7 +511,8 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
             "episodes": agent.episodes,
             "trained_on_targets": targets,
             "evaluation": "greedy: deterministic, one episode per target; best found: the training episode "
-                          "with the highest reward-split accuracy at the target, replayed",
+                          "with the highest reward-split accuracy at the target, replayed, kept only if it beats "
+                          "the strongest rule on the reward split by more than noise (else that rule's allocation)",
             "path": None if agent.path is None else str(agent.path),
         },
         "reference_policies": {

@@ -55,13 +55,22 @@ class MethodResult:
     #: training steps, the search's episodes x layers; 0 for a zero-cost rule) and seconds.
     evaluations: int | None = None
     cost_seconds: float | None = None
-    #: Whether each test image was classified right (for paired tests; not written to files).
+    #: The strongest rule whose allocation this row carries in place of its own, when its own
+    #: (chosen on the reward split) did not beat that rule there by more than noise
+    #: (``prune_gym.agents.verdict.guard_selection``); None: its own allocation.
+    fallback: str | None = None
+    #: The guard's verdict and the row's own accuracies (None: not guarded).
+    selection: dict[str, Any] | None = None
+    #: Whether each test image, and each reward-split sample, was classified right (for paired
+    #: tests; not written to files).
     test_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
+    reward_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def record(self) -> dict[str, Any]:
-        """The row as written to JSON (everything but ``test_correct``)."""
+        """The row as written to JSON (everything but the per-sample correctness)."""
         values = asdict(self)
         values.pop("test_correct")
+        values.pop("reward_correct")
         return values
 
 
@@ -100,7 +109,7 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
         + (f", trained here in {agent['train_seconds']:.0f} s, {agent['episodes']:,} episodes)"
            if agent.get("trained_here", True) else f", loaded from {agent['path']})")
         + "; greedy = its deterministic policy, best found = its best training episode on the reward "
-        "split, replayed. Reference policies act through a continuous-action env with the same task, "
+        "split, replayed (selection guard below). Reference policies act through a continuous-action env with the same task, "
         f"split, target, device and max_sparsity {metadata['matched']['max_sparsity']}",
     ]
     search = metadata.get("search") or {}
@@ -124,7 +133,7 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
         marked = strongest.get(f"{row.target_sparsity:.6g}") == row.method
         cells = [
             percent(row.target_sparsity, 0) + "%" if row.target_sparsity != previous else "",
-            row.method + (" *" if marked else ""),
+            row.method + (f" -> {row.fallback}" if row.fallback else "") + (" *" if marked else ""),
             percent(row.test_accuracy),
             percent(row.reward_accuracy),
             percent(row.param_sparsity, 2),
@@ -144,11 +153,33 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
                  f"total {metadata['total_seconds']:.0f} s")
     if strongest:
         lines.append("* the strongest zero-cost rule at the target on the reward split (the random control excluded)")
+    lines += _selection_notes(results)
     tests = metadata.get("paired_tests") or []
     if tests:
         lines += ["", "paired tests on the same test images, against the strongest rule (McNemar's exact test):"]
         lines += [f"  {100 * test['target_sparsity']:.0f}%: {test['summary']}" for test in tests]
     return "\n".join(lines)
+
+
+def _selection_notes(results: Sequence[MethodResult]) -> list[str]:
+    """What the selection guard decided for each searched row (best found, local search)."""
+    guarded = [row for row in results if row.selection is not None]
+    if not guarded:
+        return []
+    alpha = guarded[0].selection["alpha"]
+    lines = ["", f"selection guard: a searched allocation (best of many on the reward split) is kept only if it "
+                 f"beats the strongest rule there by more than noise (one-sided McNemar p < {alpha:g}); "
+                 "'-> rule': it did not, so the rule's allocation is used in its place:"]
+    for row in guarded:
+        verdict = row.selection
+        own = verdict["own"]
+        outcome = "kept" if verdict["kept"] else f"-> {verdict['against']}"
+        lines.append(
+            f"  {100 * row.target_sparsity:.0f}% {row.method}: {outcome} ({verdict['only_own']} vs "
+            f"{verdict['only_rule']} of {verdict['reward_samples']} reward-split samples differ from "
+            f"{verdict['against']}, p = {verdict['p_better']:.2g}); its own allocation: reward "
+            f"{percent(own['reward_accuracy'])}%, test {percent(own['test_accuracy'])}%")
+    return lines
 
 
 def text_table(rows: Sequence[Sequence[str]], text_columns: int) -> list[str]:
@@ -167,7 +198,7 @@ def text_table(rows: Sequence[Sequence[str]], text_columns: int) -> list[str]:
 _CSV_FIELDS = (
     "target_sparsity", "method", "test_accuracy", "reward_accuracy", "param_sparsity", "flops_sparsity",
     "seconds", "episode_return", "action_type", "finetuned_test_accuracy", "finetune_seconds", "evaluations",
-    "cost_seconds",
+    "cost_seconds", "fallback",
 )
 
 
@@ -204,7 +235,7 @@ def write_recipes(results: Sequence[MethodResult], folder: Path, env_id: str, bn
             layers=row.layer_sparsities, overall_sparsity=row.param_sparsity,
             meta={"env_id": env_id, "method": row.method, "target_sparsity": row.target_sparsity,
                   "bn_recalibration_batches": bn_recalibration_batches, "test_accuracy": row.test_accuracy,
-                  "reward_accuracy": row.reward_accuracy},
+                  "reward_accuracy": row.reward_accuracy, **({"fallback": row.fallback} if row.fallback else {})},
         )
         atomic_write_json(folder / f"{method_slug(row.method)}-{row.target_sparsity:.2f}.json", recipe.to_json())
 

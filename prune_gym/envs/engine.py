@@ -192,6 +192,10 @@ class PruningEngine:
         self.last_test_correct = self.test_evaluator.correct()
         return int(self.last_test_correct.sum()) / len(self.last_test_correct)
 
+    def reward_correct(self) -> Tensor:
+        """Per-sample correctness (bool, CPU) of the network as it is now on the reward split."""
+        return self.evaluator.correct()
+
     def measure_dense_test_accuracy(self) -> float:
         """Test accuracy of the dense network (measured once, then the pruned state is put back)."""
         if self.dense_test_accuracy is None:
