@@ -343,13 +343,17 @@ def _run_baseline(args: argparse.Namespace) -> int:
 def _add_compare(subparsers) -> None:
     parser = subparsers.add_parser(
         "compare",
-        help="train (or load) an agent and compare it with Global MP, Global MP + MT, uniform and random",
+        help="train (or load) an agent and compare it with every allocation rule and a search at equal cost",
         description=(
             "Train one agent across the given sparsities (a target drawn per episode), or load one "
-            "with --agent, then prune with the agent and with each reference policy at every "
-            "sparsity through the same env (reference policies with continuous actions, so Global "
-            "MP is exact). Prints a table and writes results.json, results.csv, "
-            "accuracy_vs_sparsity.png, layer_sparsity.png and the agent to --output."
+            "with --agent, then prune with the agent, a local search at equal cost and every "
+            "allocation rule (Global MP, Global MP + MT, LAMP, ERK, uniform, uniform+, random) at every "
+            "sparsity through the same env (continuous actions for all but the agent, so every "
+            "allocation is exact). The agent's best found and the search's best are kept only where "
+            "they beat the strongest rule on the reward split by more than noise (else that rule's "
+            "allocation, marked). Prints a table with paired tests against the strongest rule and "
+            "writes results.json, results.csv, accuracy_vs_sparsity.png, layer_sparsity.png, recipes/ "
+            "and the agent to --output."
         ),
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
@@ -358,7 +362,7 @@ def _add_compare(subparsers) -> None:
     parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one: unpickles this file only (an SB3 zip, which can run code: load only files you trust); the best_found.json beside it (JSON) brings its best-found recipes")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: the paper's 0.05%%, pruning.DEFAULT_MIN_THRESHOLD; 0 leaves the method out)")
     parser.add_argument("--finetune-epochs", type=_count_arg, default=0, metavar="N", help="also fine-tune every method's pruned model for N epochs with its masks (default: 0)")
-    parser.add_argument("--no-search", dest="search", action="store_false", help="leave out the search baseline at equal cost (local search around Global MP with as many env episodes as the agent trained)")
+    parser.add_argument("--no-search", dest="search", action="store_false", help="leave out the search baseline at equal cost (local search around the agent env's reference allocation with as many env episodes as the agent trained)")
     parser.add_argument("--output", metavar="DIR", help="output folder (default: results/<ENV>-<time>)")
     parser.set_defaults(handler=_run_compare)
 

@@ -53,6 +53,10 @@ def as_tensors(data: DataLike, batch_size: int = 512, num_workers: int = 0) -> t
         return inputs, check_labels(labels)
     if isinstance(data, Dataset):
         data = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    if isinstance(data, DataLoader) and data.drop_last and data.batch_size and len(data.dataset) % data.batch_size:
+        raise ConfigError(
+            f"a DataLoader with drop_last=True would leave {len(data.dataset) % data.batch_size} of the split's "
+            f"{len(data.dataset)} samples out of every accuracy: pass drop_last=False (or the Dataset itself)")
     if not isinstance(data, DataLoader):
         raise ConfigError(
             "data must be an (inputs, labels) tuple of tensors, a Dataset of (input, label) pairs "
@@ -97,6 +101,17 @@ def check_labels(labels: Tensor, num_classes: int | None = None) -> Tensor:
     return labels
 
 
+def check_finite_model(model: nn.Module) -> None:
+    """ValueError naming the first parameter or buffer that holds NaN or infinity: such a network
+    has no meaningful accuracy to prune from (a diverged training, a broken checkpoint)."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, tensor in named:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise ConfigError(f"the model's {kind} {name!r} holds {bad} NaN or infinite value(s): "
+                                  "load a checkpoint whose weights are finite")
+
+
 def sample_tensors(data: DataLike, count: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """The first ``count`` examples of a seeded random order of ``data``, as CPU tensors.
 
@@ -106,10 +121,12 @@ def sample_tensors(data: DataLike, count: int, seed: int = 0) -> tuple[Tensor, T
     """
     if isinstance(data, DataLoader):
         data = data.dataset
+    if isinstance(data, tuple | list) and len(data) == 2 and len(data[0]) != len(data[1]):
+        raise ConfigError(f"inputs and labels differ in length: {len(data[0])} vs {len(data[1])}")
     size = len(data[0]) if isinstance(data, tuple | list) else len(data)
     chosen = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count]
     if isinstance(data, tuple | list):
-        return data[0][chosen], data[1][chosen].long()
+        return data[0][chosen], check_labels(data[1][chosen])
     return as_tensors(torch.utils.data.Subset(data, chosen.tolist()))
 
 
@@ -224,8 +241,8 @@ class Evaluator:
         fails on the inputs, does not return ``(batch, classes)`` logits, or a label is out of
         range, so a bad split fails at construction, not at the first wrong number."""
         if self.loader is not None:
-            x, y = next(iter(self.loader))
-            x, y = x[:2].to(self.device), check_labels(torch.as_tensor(y))
+            first, y = next(iter(self.loader))
+            x, y = first[:2].to(self.device), check_labels(torch.as_tensor(y))
         else:
             x, y = self.batches[0][0][:2], self.batches[0][1]
         name = type(self.model).__name__
@@ -243,6 +260,12 @@ class Evaluator:
                 f"for a batch of {len(x)} (wrap the model so that forward returns one logits tensor)"
             )
         num_classes = int(logits.shape[1])
+        inputs = [x for x, _ in self.batches] if self.loader is None else [torch.as_tensor(first)]
+        if any(x.is_floating_point() and not bool(torch.isfinite(x).all()) for x in inputs):
+            bad = sum(int((~torch.isfinite(x)).reshape(len(x), -1).any(1).sum()) for x in inputs if x.is_floating_point())
+            where = "" if self.loader is None else " (in its first batch)"
+            raise ConfigError(f"{split}: {bad} input sample(s){where} hold NaN or infinite values: clean or drop them "
+                              "(every accuracy would count them as whatever class NaN logits argmax to)")
         labels = torch.cat([labels for _, labels in self.batches]) if self.loader is None else y
         try:
             check_labels(labels, num_classes)

@@ -386,3 +386,36 @@ def test_a_truncated_replay_buffer_makes_its_checkpoint_incomplete(tmp_path):
     data = buffer.read_bytes()
     buffer.write_bytes(data[: len(data) // 3])  # as a full disk leaves it
     assert not is_complete_checkpoint(checkpoint)
+
+
+class DiskFullAfter(InterruptAfter):
+    """Raises ENOSPC (as a full disk would, under the env's own writes) on the n-th step."""
+
+    def step(self, action):
+        import errno
+
+        self.remaining -= 1
+        if self.remaining < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.env.step(action)
+
+
+def test_a_run_that_dies_of_a_full_disk_is_marked_failed_not_left_running(tmp_path, monkeypatch):
+    import errno
+
+    import prune_gym.agents.training as training
+
+    real_write = training.atomic_write_json
+
+    def full_disk_after_start(path, data):
+        if data.get("status") != "running":  # the disk fills up after the run started
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, data)
+
+    monkeypatch.setattr(training, "atomic_write_json", full_disk_after_start)
+    output = tmp_path / "run"
+    with pytest.raises(OSError, match="No space left"):
+        train_agent(ENV_ID, "dqn", 200, output_dir=output, hyperparams=QUICK["dqn"], env=DiskFullAfter(
+            gym.make(ENV_ID, **SYNTHETIC), steps=30), checkpoint_freq=0, progress_bar=False, tensorboard=False)
+    record = json.loads((output / "run.json").read_text())
+    assert record["status"] == "failed" and record["algo"] == "dqn"

@@ -484,3 +484,38 @@ def test_a_failed_step_with_per_step_fine_tuning_leaves_the_rest_of_the_episode_
         return accuracies
 
     assert episode(fail_at=0) == episode(fail_at=None)  # the fine-tuning generator was put back too
+
+
+def test_non_finite_inputs_and_weights_are_refused_at_construction():
+    x, y = tiny_data()
+    x[5, 0, 3] = float("nan")
+    x[9, 1, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"test split: 2 input sample\(s\) hold NaN or infinite values"):
+        tiny_env(test_data=(x, y))
+    model = tiny_model()
+    with torch.no_grad():
+        model[3].bias[1] = float("nan")
+    with pytest.raises(ValueError, match=r"parameter '3.bias' holds 1 NaN or infinite value"):
+        tiny_env(model=model)
+
+
+def test_a_dataloader_that_drops_its_last_batch_is_refused():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(*tiny_data(64)), batch_size=24, drop_last=True)
+    with pytest.raises(ValueError, match="drop_last=True would leave 16 of the split's 64 samples out"):
+        tiny_env(reward_data=loader)
+    # Nothing dropped when the batches divide the split.
+    env = tiny_env(reward_data=DataLoader(TensorDataset(*tiny_data(64)), batch_size=16, drop_last=True))
+    assert env.evaluator.num_samples == 64
+
+
+@pytest.mark.parametrize("train, message", [
+    ((torch.randn(20, 3, 9), torch.randint(0, 4, (20,))), "fails on the train split's inputs"),
+    ((torch.randn(20, 3, 16), torch.randint(0, 4, (15,))), "train split: inputs and labels differ in length: 20 vs 15"),
+    ((torch.randn(20, 3, 16), torch.full((20,), 7)), "train split: a label is 7 but the model has 4 outputs"),
+])
+def test_a_train_split_that_does_not_fit_fails_at_construction(train, message):
+    # Fine-tuning reads the train split at every step: it is checked before the first one.
+    with pytest.raises(ValueError, match=message):
+        tiny_env(train_data=train, finetune_steps=1)

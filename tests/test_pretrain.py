@@ -169,3 +169,18 @@ def test_cli_pretrain_reports_missing_data(har_task, capsys):
     assert main(["pretrain", "fastgrnn-har2", "--epochs", "1", "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "prune-gym pretrain: error:" in error and "PRUNE_GYM_HAR_DIR" in error
+
+
+def test_an_output_that_cannot_be_written_fails_before_the_first_epoch(har_task, har_dir, tmp_path, capsys, monkeypatch):
+    import prune_gym.tasks.pretrain as pretrain_module
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started although the output cannot be written")
+
+    monkeypatch.setattr(pretrain_module, "train_classifier", no_training)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    argv = ["pretrain", "fastgrnn-har2", "--data-dir", str(har_dir), "--epochs", "1", "--output", str(blocker / "w.pt")]
+    assert main([*argv, "--device", "cpu", "--no-progress"]) == 2
+    assert "which is a file: choose another path" in capsys.readouterr().err
+    assert not (tmp_path / "file.partial").exists()

@@ -508,8 +508,27 @@ def _learn(
         logger.warning(f"interrupted: saved {model.num_timesteps} steps to {path}; continue with --resume")
         raise
     except BaseException:
-        atomic_write_json(output / "run.json", {**run_record, "status": "failed"})
+        _record_failure(output / "run.json", run_record)
         raise
+
+
+def _record_failure(path: Path, run_record: dict[str, Any]) -> None:
+    """Mark the run "failed" in ``run.json``, also when the failure is the machine's: on a full
+    disk the atomic write (a new file) fails, so the file is rewritten in place (its blocks are
+    already allocated, and "failed" is shorter than "running"). On a read-only disk nothing can
+    be written: say so rather than hide the training's own error."""
+    record = {**run_record, "status": "failed"}
+    try:
+        atomic_write_json(path, record)
+        return
+    except OSError:
+        pass
+    try:
+        with open(path, "r+", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, indent=2, default=str) + "\n")
+            handle.truncate()
+    except OSError as error:
+        logger.warning(f"could not mark {path} as failed ({error.strerror or error}): it still says \"running\"")
 
 
 def _checkpoints_to_resume(output: Path, algo: str, resume: bool | str | os.PathLike) -> list[Path]:

@@ -25,7 +25,14 @@ from prune_gym.calibration import (
     restore_state,
 )
 from prune_gym.errors import ConfigError
-from prune_gym.evaluation import DataLike, Evaluator, sample_tensors, stage_of_modules
+from prune_gym.evaluation import (
+    DataLike,
+    Evaluator,
+    check_finite_model,
+    check_labels,
+    sample_tensors,
+    stage_of_modules,
+)
 from prune_gym.finetune import finetune_steps
 from prune_gym.pruning import PruningState, find_prunable_layers, keep_top_mask
 
@@ -60,6 +67,7 @@ class PruningEngine:
         exclude_layers: Sequence[str] = (), bn_recalibration_batches: int = 0, finetune_steps: int = 0,
         finetune_lr: float = 0.01, seed: int = 0,
     ) -> None:
+        check_finite_model(model)
         self.model, self.device = model, device
         self.train_data, self.test_data = train_data, test_data
         self.finetune_steps, self.finetune_lr = finetune_steps, finetune_lr
@@ -87,6 +95,8 @@ class PruningEngine:
         # reset from. Re-calibration alone changes only BatchNorm statistics: keep those.
         self._full_snapshot = capture_state(model) if finetune_steps else None
         self._train_tensors: tuple[Tensor, Tensor] | None = None
+        if bn_recalibration_batches or finetune_steps:
+            self._check_train_split()
         self.calibrator: BatchNormCalibrator | None = None
         if bn_recalibration_batches:
             inputs = self.resident_train()[0][: bn_recalibration_batches * BN_RECALIBRATION_BATCH]
@@ -211,6 +221,25 @@ class PruningEngine:
                 own.copy_(mask)
             self._mark_changed(0)
         return self.dense_test_accuracy
+
+    def _check_train_split(self) -> None:
+        """The train split fits the model (re-calibration and fine-tuning read it at every step):
+        checked here, not at the first step."""
+        try:
+            inputs, labels = self.resident_train()
+        except ValueError as error:
+            raise ConfigError(f"train split: {error}") from None
+        try:
+            with torch.inference_mode():
+                logits = self.model(inputs[:2])
+        except (RuntimeError, TypeError, ValueError, IndexError) as error:
+            raise ConfigError(f"{type(self.model).__name__} fails on the train split's inputs (shape "
+                              f"{tuple(inputs.shape)}, dtype {inputs.dtype}): {error}") from None
+        if isinstance(logits, Tensor) and logits.dim() == 2:
+            try:
+                check_labels(labels, int(logits.shape[1]))
+            except ValueError as error:
+                raise ConfigError(f"train split: {error}") from None
 
     def resident_train(self) -> tuple[Tensor, Tensor]:
         """A fixed random sample of the train split, decoded once and kept on the device."""

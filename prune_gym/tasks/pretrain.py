@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import Evaluator, as_tensors, resolve_device
 from prune_gym.finetune import Augment, TrainConfig, recipe_for, train_classifier
-from prune_gym.io import atomic_save
+from prune_gym.io import atomic_save, check_writable_path
 from prune_gym.tasks import get_task
 from prune_gym.tasks.base import Splits, Task
 
@@ -126,7 +126,7 @@ def pretrain(
     config = dataclasses.replace(pretrain_recipe(task), seed=seed)
     if epochs is not None:
         config.epochs = epochs
-    output = Path(output).expanduser() if output is not None else default_output(task)
+    output = check_writable_path(Path(output).expanduser() if output is not None else default_output(task), "output")
     checkpoint = partial_path(output)
     # Data first: a missing folder must not cost the user a partial checkpoint.
     splits, train, augment, loader_workers, amp = _training_data(task, data_dir, seed, torch_device)
