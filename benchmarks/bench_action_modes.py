@@ -31,7 +31,7 @@ from machine import machine_info  # benchmarks/machine.py, beside this script
 
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents import GlobalMagnitudePolicy, RandomPolicy
-from prune_gym.agents.compare import run_episode
+from prune_gym.agents.rollout import run_episode
 
 ENV_ID = "PruneResNet20Digits-v1"
 SETTINGS = (

@@ -68,14 +68,10 @@ from prune_gym.agents import (
     make_agent,
 )
 from prune_gym.agents.callbacks import EpisodeRecorder
-from prune_gym.agents.compare import (
-    MethodResult,
-    finetune_and_test,
-    make_reference_env,
-    run_episode,
-)
+from prune_gym.agents.compare import make_reference_env
 from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
-from prune_gym.agents.report import pyplot
+from prune_gym.agents.report import MethodResult, pyplot
+from prune_gym.agents.rollout import finetune_and_test, run_episode
 from prune_gym.agents.search import local_search
 from prune_gym.agents.sweep_report import mean_std
 from prune_gym.agents.training import agent_env_kwargs_for, make_training_env

@@ -313,8 +313,8 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
     import gymnasium as gym
 
-    from prune_gym.agents.compare import run_episode
     from prune_gym.agents.policies import reference_policy
+    from prune_gym.agents.rollout import run_episode
 
     if args.min_threshold is not None and args.policy not in ("global-mp", "global-mp+mt"):
         raise ConfigError("--min-threshold applies to --policy global-mp / global-mp+mt only")

@@ -223,7 +223,7 @@ def test_a_failed_run_leaves_no_finished_looking_folder(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(compare_module, "write_results", broken)
+    monkeypatch.setattr(compare_module, "write_tables", broken)
     output = tmp_path / "cmp"
     with pytest.raises(OSError, match="disk full"):
         compare(ENV_ID, [0.5], "dqn", timesteps=22, hyperparams={"learning_starts": 1000}, min_threshold=None, n_envs=1,

@@ -452,8 +452,8 @@ def test_the_test_split_is_scored_at_the_end_only_where_it_is_on_the_device(monk
     from torch.utils.data import TensorDataset
 
     from prune_gym import evaluation
-    from prune_gym.agents.compare import run_episode
     from prune_gym.agents.policies import GlobalMagnitudePolicy
+    from prune_gym.agents.rollout import run_episode
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))

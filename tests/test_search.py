@@ -31,8 +31,8 @@ def test_search_starts_at_global_mp_and_only_improves_on_the_reward_split(env):
     numels = prune_env.state.numels
     pruned = sum(result.layer_sparsities[name] * n for name, n in zip(names, numels, strict=True))
     assert pruned == pytest.approx(0.9 * prune_env.state.total, abs=1.0)
-    from prune_gym.agents.compare import run_episode
     from prune_gym.agents.policies import RecipePolicy
+    from prune_gym.agents.rollout import run_episode
 
     replay = run_episode(RecipePolicy(env, result.layer_sparsities), env, 0.9)
     assert replay.reward_accuracy == result.reward_accuracy
@@ -52,8 +52,9 @@ def test_the_search_never_scores_a_test_split_read_by_a_loader(monkeypatch):
     """The search's candidates select on the reward split: on the reference env (evaluate_test
     None) none of its episodes decodes the test split; the row compare reports scores it once."""
     from prune_gym import evaluation
-    from prune_gym.agents.compare import make_reference_env, run_episode
+    from prune_gym.agents.compare import make_reference_env
     from prune_gym.agents.policies import RecipePolicy
+    from prune_gym.agents.rollout import run_episode
     from prune_gym.envs.engine import PruningEngine
 
     monkeypatch.setattr(evaluation, "MAX_RESIDENT_SAMPLES", 4)  # the 8-sample synthetic test split: "large"
@@ -68,8 +69,8 @@ def test_the_search_never_scores_a_test_split_read_by_a_loader(monkeypatch):
 
 
 def test_search_starts_from_the_allocation_it_is_given(env):
-    from prune_gym.agents.compare import run_episode
     from prune_gym.agents.policies import RecipePolicy
+    from prune_gym.agents.rollout import run_episode
 
     prune_env = env.unwrapped
     result = local_search(env, 0.9, episodes=2, seed=0, start="lamp")

@@ -33,7 +33,6 @@ agent vs Global MP per layer at each target), the agent's run folder (``agent/``
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import logging
@@ -56,104 +55,31 @@ from prune_gym.agents.policies import (
     prune_env_of,
     reference_policies,
 )
-from prune_gym.agents.report import Comparison, MethodResult, format_table, write_results
+from prune_gym.agents.report import (
+    Comparison,
+    MethodResult,
+    format_table,
+    write_figures,
+    write_tables,
+)
+from prune_gym.agents.rollout import finetune_and_test, run_episode
 from prune_gym.agents.search import DEFAULT_STEP, local_search
 from prune_gym.agents.training import agent_env_kwargs_for, load_agent, train_agent
 from prune_gym.agents.verdict import guard_selection, paired_tests, strongest_heuristic
 from prune_gym.allocation import HEURISTICS
 from prune_gym.errors import ConfigError, MissingResourceError
-from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, PrunableLayer, check_sparsity
+from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, check_sparsity
 
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from prune_gym.envs.prune_env import PruneEnv
 
-__all__ = [
-    "Comparison",
-    "MethodResult",
-    "compare",
-    "finetune_and_test",
-    "format_table",
-    "make_reference_env",
-    "run_episode",
-]
+__all__ = ["Comparison", "MethodResult", "compare", "format_table", "make_reference_env"]
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 #: The highest max_sparsity the workflow raises the env's range to (a layer is never emptied).
 MAX_SPARSITY_CEILING = 0.999
-
-
-def run_episode(
-    policy: Any, env: gym.Env, target: float | None, deterministic: bool = True, method: str = "",
-    score_test: bool = True,
-) -> MethodResult:
-    """Prune with ``policy`` (anything with SB3's ``predict``) for one episode of ``env``.
-
-    A loop of its own rather than SB3's ``evaluate_policy``, which can neither reset with
-    ``options`` (the target) nor hand back the last step's ``info`` (the per-layer sparsities
-    and test accuracy); the policies work with ``evaluate_policy`` too (a test runs them).
-
-    Args:
-        policy: an SB3 agent or a reference policy.
-        env: a prune-gym env (``gym.make(...)``), reset here with ``target``.
-        target: the episode's target sparsity (None keeps the env's).
-        deterministic: passed to ``predict`` (greedy actions for trained agents).
-        method: the label of the result.
-        score_test: a reported row: score the test split when the env's last step did not (its
-            ``evaluate_test`` is off for this split), and keep each sample's correctness on both
-            splits (for paired tests and the selection guard). False leaves ``test_accuracy`` NaN
-            then (the search's candidates, which select on the reward split).
-    """
-    options = {"target_sparsity": target} if target is not None else None
-    started = time.perf_counter()
-    observation, _ = env.reset(options=options)
-    episode_return, done, info = 0.0, False, {}
-    while not done:
-        action, _ = policy.predict(observation, deterministic=deterministic)
-        observation, reward, terminated, truncated, info = env.step(action)
-        episode_return += float(reward)
-        done = terminated or truncated
-    prune_env = prune_env_of(env)
-    if score_test and "test_accuracy" not in info and prune_env.test_data is not None:  # a report needs it
-        info = {**info, "test_accuracy": prune_env.evaluate_test()}
-    seconds = time.perf_counter() - started
-    correct = prune_env.engine.last_test_correct if "test_accuracy" in info else None
-    # Reported rows keep their reward-split correctness too (for the selection guard).
-    reward_correct = prune_env.engine.reward_correct().numpy().copy() if score_test else None
-    return MethodResult(
-        method=method,
-        target_sparsity=float(target if target is not None else prune_env.target_sparsity or 0.0),
-        test_accuracy=float(info.get("test_accuracy", float("nan"))),
-        reward_accuracy=float(info["reward_accuracy"]),
-        param_sparsity=float(info["overall_sparsity"]),
-        flops_sparsity=float(info["flops_reduction"]),
-        seconds=seconds,
-        episode_return=episode_return,
-        action_type=prune_env.action_type,
-        layer_sparsities={name: float(value) for name, value in info["layer_sparsities"].items()},
-        test_correct=None if correct is None else correct.numpy().copy(),
-        reward_correct=reward_correct,
-    )
-
-
-def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> tuple[float, float]:
-    """Fine-tune a copy of the env's pruned model (masks held) and return its test accuracy."""
-    from prune_gym.evaluation import evaluate_accuracy
-    from prune_gym.finetune import finetune_pruned
-
-    prune_env = prune_env_of(env)
-    train_data, test_data = prune_env.train_data, prune_env.test_data
-    if train_data is None or test_data is None:
-        raise ConfigError("--finetune-epochs needs an env with train and test splits (a task env)")
-    started = time.perf_counter()
-    model = copy.deepcopy(prune_env.model)
-    layers = [PrunableLayer(layer.name, model.get_submodule(layer.name)) for layer in prune_env.layers]
-    masks = [mask.clone() for mask in prune_env.state.masks]
-    family = prune_env.task.family if prune_env.task is not None else None
-    finetune_pruned(model, layers, masks, train_data, epochs, family=family, device=prune_env.device, seed=seed)
-    accuracy = evaluate_accuracy(model, test_data, prune_env.device)
-    return accuracy, time.perf_counter() - started
 
 
 def _required_max_sparsity(reference_env: gym.Env, sparsities: Sequence[float], min_threshold: float | None) -> float:
@@ -294,10 +220,12 @@ def compare(
         metadata["strongest_heuristic"] = {
             f"{t:.6g}": getattr(strongest_heuristic(results, t), "method", None) for t in targets}
         metadata["paired_tests"] = paired_tests(results, targets)
-        metadata["total_seconds"] = time.perf_counter() - started
-        comparison = Comparison(env_id, results, metadata, output if write_files else None, format_table(results, metadata))
-        if write_files:
+        comparison = Comparison(env_id, results, metadata, output if write_files else None, table="")
+        if write_files:  # the table says the total time, the plots included: formatted there
             _write_comparison(comparison, agent, reference, staging, output, started)
+        else:
+            metadata["total_seconds"] = time.perf_counter() - started
+            comparison.table = format_table(results, metadata)
             say(f"wrote {output}/: results.json, results.csv, table.txt, accuracy_vs_sparsity.png, "
                 f"layer_sparsity.png, recipes/, agent/")
     except BaseException:
@@ -350,10 +278,10 @@ def _write_comparison(
         # Keep a copy of the compared agent next to the results.
         (staging / "agent").mkdir(exist_ok=True)
         agent.model.save(staging / "agent" / "model.zip")
-    write_results(comparison, staging, reference)
-    comparison.metadata["total_seconds"] = time.perf_counter() - started
+    write_figures(comparison, staging, reference)
+    comparison.metadata["total_seconds"] = time.perf_counter() - started  # the plots included
     comparison.table = format_table(comparison.results, comparison.metadata)
-    write_results(comparison, staging, reference)  # again, with the total time including the plots
+    write_tables(comparison, staging)
     staging.rename(output)
 
 

@@ -30,8 +30,10 @@ __all__ = [
     "plot_accuracy",
     "plot_layer_sparsity",
     "text_table",
+    "write_figures",
     "write_recipes",
     "write_results",
+    "write_tables",
 ]
 
 
@@ -203,12 +205,28 @@ _CSV_FIELDS = (
 
 
 def write_results(comparison: Comparison, output: Path, env: Any | None = None) -> None:
-    """Write ``results.json``, ``results.csv``, ``table.txt``, the recipes and the two plots.
+    """Write ``results.json``, ``results.csv``, ``table.txt``, the recipes and the two plots
+    (:func:`write_figures`, then :func:`write_tables`)."""
+    write_figures(comparison, output, env)
+    write_tables(comparison, output)
+
+
+def write_figures(comparison: Comparison, output: Path, env: Any | None = None) -> None:
+    """Write the recipes and the two plots.
 
     Each recipe (``recipes/<method>-<target>.json``) records the env's post-pruning steps
     (BatchNorm re-calibration), so ``prune-gym export --recipe`` writes a model that scores
     what the table says; ``env`` is the env the methods ran through (for that record).
     """
+    output.mkdir(parents=True, exist_ok=True)
+    bn_batches = prune_env_of(env).bn_recalibration_batches if env is not None else comparison.metadata["matched"].get("bn_recalibration_batches", 0)
+    write_recipes(comparison.results, output / "recipes", comparison.env_id, bn_batches)
+    plot_accuracy(comparison, output / "accuracy_vs_sparsity.png")
+    plot_layer_sparsity(comparison, output / "layer_sparsity.png")
+
+
+def write_tables(comparison: Comparison, output: Path) -> None:
+    """Write ``results.json``, ``results.csv`` and ``table.txt``."""
     output.mkdir(parents=True, exist_ok=True)
     record = {**comparison.metadata, "results": [row.record() for row in comparison.results]}
     atomic_write_json(output / "results.json", record)
@@ -220,10 +238,6 @@ def write_results(comparison: Comparison, output: Path, env: Any | None = None) 
         writer.writerow({key: values[key] for key in _CSV_FIELDS})
     atomic_write_text(output / "results.csv", buffer.getvalue())
     atomic_write_text(output / "table.txt", comparison.table + "\n")
-    bn_batches = prune_env_of(env).bn_recalibration_batches if env is not None else comparison.metadata["matched"].get("bn_recalibration_batches", 0)
-    write_recipes(comparison.results, output / "recipes", comparison.env_id, bn_batches)
-    plot_accuracy(comparison, output / "accuracy_vs_sparsity.png")
-    plot_layer_sparsity(comparison, output / "layer_sparsity.png")
 
 
 def write_recipes(results: Sequence[MethodResult], folder: Path, env_id: str, bn_recalibration_batches: int) -> None:

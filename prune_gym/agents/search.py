@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from prune_gym.agents.policies import RecipePolicy, prune_env_of
+from prune_gym.agents.rollout import run_episode
 from prune_gym.allocation import allocation_method
 from prune_gym.errors import ConfigError
 
@@ -73,8 +74,6 @@ def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: fl
     allocation_method(start)  # an unknown name fails here, before any episode
     if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes < 1:
         raise ConfigError(f"episodes must be a whole number >= 1, got {episodes!r}")
-    from prune_gym.agents.compare import run_episode  # the comparison's episode runner
-
     names = prune_env.layer_names()
     rng = np.random.default_rng(seed)
 

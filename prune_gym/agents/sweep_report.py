@@ -19,15 +19,49 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prune_gym.agents.report import percent, pyplot, text_table
+from prune_gym.agents.report import MethodResult, percent, pyplot, text_table
 from prune_gym.io import atomic_write_json, atomic_write_text
 
-if TYPE_CHECKING:
-    from prune_gym.agents.sweeps import SweepResult, TrialOutcome
+__all__ = ["AggregateRow", "SweepResult", "TrialOutcome", "aggregate", "format_sweep_table", "mean_std", "write_sweep"]
 
-__all__ = ["AggregateRow", "aggregate", "format_sweep_table", "mean_std", "write_sweep"]
+
+@dataclass
+class TrialOutcome:
+    """One trial of a sweep: what it was, how it ended and, when it finished, its record."""
+
+    name: str
+    kind: str  # "agent", "search" or "reference"
+    algo: str | None
+    seed: int | None
+    status: str  # "finished", "failed", "stopped" (by the scheduler) or "unfinished"
+    error: str | None = None
+    #: ``trial.json`` of a finished trial (its rows, resources, timing).
+    record: dict[str, Any] | None = None
+    #: The trial's last metrics reported to Tune.
+    metrics: dict[str, Any] = field(default_factory=dict)
+    #: Where its files were copied in the output folder (finished trials).
+    folder: Path | None = None
+
+    def rows(self) -> list[MethodResult]:
+        return [MethodResult(**row) for row in (self.record or {}).get("rows", [])]
+
+
+@dataclass
+class SweepResult:
+    """What :func:`sweep` produced: the aggregate rows, every trial and where it was written."""
+
+    output_dir: Path
+    settings: dict[str, Any]
+    trials: list[TrialOutcome]
+    rows: list[AggregateRow]
+    table: str
+
+    @property
+    def incomplete(self) -> list[TrialOutcome]:
+        """Trials that failed or did not finish (``resume_sweep`` re-runs them)."""
+        return [t for t in self.trials if t.status in ("failed", "unfinished")]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -153,8 +187,6 @@ def _csv(fields: Sequence[str], records: Sequence[Mapping[str, Any]]) -> str:
 
 def write_sweep(settings: Mapping[str, Any], trials: Sequence[TrialOutcome], output: Path, seconds: float) -> SweepResult:
     """Aggregate the trials and write every file of the sweep's report into ``output``."""
-    from prune_gym.agents.sweeps import SweepResult
-
     rows = aggregate(trials, settings["sparsities"])
     table = format_sweep_table(settings, trials, rows, seconds)
     record = {

@@ -46,13 +46,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from prune_gym.agents.compare import (
     DEFAULT_SPARSITIES,
+    Entry,
     agent_entries,
     make_reference_env,
     play,
@@ -63,6 +63,7 @@ from prune_gym.agents.compare import (
 from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo, load_hyperparams
 from prune_gym.agents.policies import prune_env_of
 from prune_gym.agents.report import MethodResult, write_recipes
+from prune_gym.agents.sweep_report import SweepResult, TrialOutcome, write_sweep
 from prune_gym.agents.training import agent_env_kwargs_for
 from prune_gym.allocation import allocation_method
 from prune_gym.errors import ConfigError, MissingResourceError
@@ -75,43 +76,6 @@ __all__ = ["SCHEDULERS", "SweepResult", "TrialOutcome", "resume_sweep", "sweep"]
 
 SCHEDULERS = ("fifo", "asha")
 _INSTALL = 'prune-gym sweep runs on Ray Tune, an optional extra: pip install -e ".[ray]" (or pip install "ray[tune]")'
-
-
-@dataclass
-class TrialOutcome:
-    """One trial of a sweep: what it was, how it ended and, when it finished, its record."""
-
-    name: str
-    kind: str  # "agent", "search" or "reference"
-    algo: str | None
-    seed: int | None
-    status: str  # "finished", "failed", "stopped" (by the scheduler) or "unfinished"
-    error: str | None = None
-    #: ``trial.json`` of a finished trial (its rows, resources, timing).
-    record: dict[str, Any] | None = None
-    #: The trial's last metrics reported to Tune.
-    metrics: dict[str, Any] = field(default_factory=dict)
-    #: Where its files were copied in the output folder (finished trials).
-    folder: Path | None = None
-
-    def rows(self) -> list[MethodResult]:
-        return [MethodResult(**row) for row in (self.record or {}).get("rows", [])]
-
-
-@dataclass
-class SweepResult:
-    """What :func:`sweep` produced: the aggregate rows, every trial and where it was written."""
-
-    output_dir: Path
-    settings: dict[str, Any]
-    trials: list[TrialOutcome]
-    rows: list[Any]  # sweep_report.AggregateRow
-    table: str
-
-    @property
-    def incomplete(self) -> list[TrialOutcome]:
-        """Trials that failed or did not finish (``resume_sweep`` re-runs them)."""
-        return [t for t in self.trials if t.status in ("failed", "unfinished")]
 
 
 # -- the driver --------------------------------------------------------------------------------
@@ -342,8 +306,6 @@ def trial_resources(settings: Mapping[str, Any], config: Mapping[str, Any]) -> d
 def _run(tune, settings: dict[str, Any], output: Path, address: str | None, restore: bool, say) -> SweepResult:
     import ray
 
-    from prune_gym.agents.sweep_report import write_sweep
-
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
@@ -502,9 +464,9 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
                 rows, extra = _agent_trial(spec, settings, shared, reference_env, folder, say)
             elif spec["kind"] == "search":
                 episodes = settings["search_episodes_per_target"]
-                rows = [row for t in targets for row in play(
+                rows = [row for t in targets for row in _play_guarded(
                     [search_entry(reference_env, t, episodes, spec["seed"], say, start=settings.get("search_start", "global-mp"))],
-                    t, settings["finetune_epochs"], spec["seed"])]
+                    reference_env, t, settings, spec["seed"])]
                 extra = {"episodes_per_target": episodes}
             else:
                 rows = [row for t in targets for row in play(
@@ -533,6 +495,14 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(scratch))
 
 
+def _play_guarded(entries: list[Entry], reference_env, target: float, settings: Mapping[str, Any],
+                  seed: int) -> list[MethodResult]:
+    """The entries' rows at ``target``, the searched ones guarded as in ``compare``: the zero-cost
+    rules are played beside them (their rows are the reference trial's to report, not this one's)."""
+    rules = reference_entries(reference_env, seed, settings["min_threshold"])
+    return play([*entries, *rules], target, settings["finetune_epochs"], seed)[: len(entries)]
+
+
 def _agent_trial(spec, settings, shared, reference_env, folder: Path, say) -> tuple[list[MethodResult], dict[str, Any]]:
     """``compare``'s agent part: train across the targets, then greedy and best found at each."""
     import gymnasium as gym
@@ -548,8 +518,8 @@ def _agent_trial(spec, settings, shared, reference_env, folder: Path, say) -> tu
             agent_settings["n_envs"], folder / "agent", True, True, say,
             on_episode=TuneReporter(targets, agent_settings["timesteps"]),
         )
-        rows = [row for t in targets for row in play(
-            agent_entries(algo, agent, t, agent_env, reference_env), t, settings["finetune_epochs"], seed)]
+        rows = [row for t in targets for row in _play_guarded(
+            agent_entries(algo, agent, t, agent_env, reference_env), reference_env, t, settings, seed)]
     finally:
         agent_env.close()
     return rows, {"timesteps": agent.timesteps, "episodes": agent.episodes, "train_seconds": agent.seconds,
