@@ -26,12 +26,21 @@ from torch import Tensor, nn
 from torch.nn.utils import prune as torch_prune
 
 from prune_gym.allocation import ALLOCATION_METHODS, allocation_counts
+from prune_gym.calibration import (
+    BN_RECALIBRATION_BATCH,
+    recalibrate_batchnorm,
+    recalibration_inputs,
+)
 from prune_gym.errors import ConfigError, MissingResourceError
+from prune_gym.evaluation import evaluate_accuracy, resolve_device
+from prune_gym.finetune import apply_masks, finetune_pruned
+from prune_gym.gradual import gradual_global_magnitude_pruning
 from prune_gym.io import atomic_save, atomic_write_text, check_writable_path
 from prune_gym.pruning import (
     DEFAULT_MIN_THRESHOLD,
     PrunableLayer,
     check_mask,
+    check_sparsity,
     find_prunable_layers,
     keep_top_mask,
     overall_sparsity,
@@ -45,6 +54,7 @@ from prune_gym.recipes import (
     masks_to_recipe,
     recipe_path,
 )
+from prune_gym.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -293,8 +303,6 @@ def export_task(
         ValueError: for an unknown task or policy, a missing or out-of-range sparsity, or
             options that do not go together.
     """
-    from prune_gym.evaluation import evaluate_accuracy, resolve_device
-    from prune_gym.tasks import get_task
 
     # Validate everything, then load and prune.
     policy, sparsity, recipe, output, min_threshold = _check_export_options(
@@ -379,7 +387,6 @@ def _check_export_options(
 ) -> tuple[str | None, float | None, Recipe | None, Path, float | None]:
     """``export_task``'s options checked together: (policy, sparsity, recipe, output path, the
     Minimum Threshold: ``global-mp`` with one is ``global-mp+mt``, which has the paper's by default)."""
-    from prune_gym.pruning import check_sparsity
 
     if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
         raise ConfigError(f"finetune_epochs must be a whole number >= 0, got {finetune_epochs!r}")
@@ -431,8 +438,6 @@ def _prune_gradually(
     model, layers, task_obj, splits, sparsity, steps, finetune_epochs, min_threshold, bn_batches, device, progress,
 ) -> _Pruned:
     """Global MP on the cubic schedule, ``finetune_epochs`` after every step."""
-    from prune_gym.evaluation import evaluate_accuracy
-    from prune_gym.gradual import gradual_global_magnitude_pruning
 
     masks, history = gradual_global_magnitude_pruning(
         model, layers, splits.train, sparsity, steps, finetune_epochs, min_threshold,
@@ -452,8 +457,6 @@ def _prune_once(
 ) -> _Pruned:
     """One-shot masks (a recipe or an allocation method), re-calibration as the env does, then the
     optional masked fine-tuning (resumable from ``<output>.finetune.partial``)."""
-    from prune_gym.evaluation import evaluate_accuracy
-    from prune_gym.finetune import apply_masks, finetune_pruned
     weights_now = [layer.weight for layer in layers]
     if recipe is not None:
         method = str(recipe.meta.get("method", "recipe"))
@@ -486,11 +489,6 @@ def _prune_once(
 
 def _recalibrate(model: nn.Module, train_data: Any, batches: int, device: torch.device) -> None:
     """What the env does after pruning: BatchNorm statistics from the same train images."""
-    from prune_gym.calibration import (
-        BN_RECALIBRATION_BATCH,
-        recalibrate_batchnorm,
-        recalibration_inputs,
-    )
 
     if batches:
         inputs = recalibration_inputs(train_data, batches, device)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from prune_gym.errors import ConfigError
+from prune_gym.evaluation import evaluate_accuracy
 from prune_gym.finetune import (
     DEFAULT_FINETUNE_RECIPE,
     Augment,
@@ -116,7 +117,6 @@ def gradual_global_magnitude_pruning(
 
     evaluate = None
     if eval_data is not None:
-        from prune_gym.evaluation import evaluate_accuracy
 
         def evaluate() -> float:
             return evaluate_accuracy(model, eval_data, device=device)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gymnasium as gym
 
+from prune_gym.tasks import list_tasks
+
 ENTRY_POINT = "prune_gym.envs.prune_env:PruneEnv"
 #: The kwargs that give an older version its dynamics, by version suffix.
 OLDER_VERSIONS = {"v0": {"action_mode": "absolute"}}
@@ -16,8 +18,6 @@ OLDER_VERSIONS = {"v0": {"action_mode": "absolute"}}
 
 def register_envs() -> list[str]:
     """Register one id per task (``task.env_id``); returns the ids. Safe to call twice."""
-    from prune_gym.tasks import list_tasks
-
     ids = []
     for task in list_tasks():
         base = task.env_id.rsplit("-v", 1)[0]

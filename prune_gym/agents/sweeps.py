@@ -69,6 +69,7 @@ from prune_gym.allocation import allocation_method
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.io import atomic_write_json
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, check_sparsity
+from prune_gym.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +193,6 @@ def _check_sweep_options(
 ) -> tuple[dict[str, Any], Path]:
     """Every option checked and resolved before anything starts: (settings, output folder)."""
     import gymnasium as gym
-
-    import prune_gym  # noqa: F401  (registers the ids)
 
     spec = gym.spec(env_id)  # an unknown id raises here, naming the registry
     targets = [check_sparsity(s, "sparsity") for s in sparsities]
@@ -375,8 +374,6 @@ def _prepare_local(settings: Mapping[str, Any], say) -> None:
     """On this machine, train and cache a default model once (digits) rather than in every trial."""
     import gymnasium as gym
 
-    from prune_gym.tasks import get_task
-
     if settings["env_kwargs"].get("synthetic") or settings["env_kwargs"].get("weights"):
         return
     task = get_task(gym.spec(settings["env_id"]).kwargs["task"])
@@ -441,8 +438,6 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
     """One trial: its env and model built here, its result saved as its Tune checkpoint."""
     import torch
     from ray import tune
-
-    import prune_gym  # noqa: F401  (registers the ids in this process)
 
     _show_messages()
     spec = config["trial"]

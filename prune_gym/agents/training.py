@@ -127,10 +127,9 @@ def make_training_env(
 
 
 def _worker_env(env_id: str, targets, seed, threads: int, env_kwargs: dict[str, Any]) -> gym.Env:
-    # Runs in a fresh worker process: match the parent's threads and register the env ids.
+    # Runs in a fresh worker process (importing this module there registered the env ids):
+    # match the parent's threads.
     torch.set_num_threads(threads)
-    import prune_gym  # noqa: F401
-
     return Monitor(make_training_env(env_id, targets, seed=seed, **env_kwargs))
 
 

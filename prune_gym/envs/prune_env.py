@@ -23,6 +23,7 @@ from prune_gym.envs.actions import (
     reference_sparsity,
 )
 from prune_gym.envs.engine import PruningEngine
+from prune_gym.envs.render import render_ansi, render_rgb_array
 from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import (
@@ -31,6 +32,7 @@ from prune_gym.evaluation import (
 )
 from prune_gym.pruning import check_sparsity
 from prune_gym.stats import observation, observation_bounds, static_features
+from prune_gym.tasks import get_task
 
 
 def _refuse_torch_pruned(model: nn.Module) -> None:
@@ -373,8 +375,6 @@ class PruneEnv(gym.Env):
     def _task_default(task: str | None, name: str, fallback: Any) -> Any:
         if task is None:
             return fallback
-        from prune_gym.tasks import get_task
-
         return get_task(task).env_defaults.get(name, fallback)
 
     def _check_target(self, target_sparsity: float | None) -> float | None:
@@ -392,8 +392,6 @@ class PruneEnv(gym.Env):
         return target
 
     def _load_task(self, task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples):
-        from prune_gym.tasks import get_task
-
         self.task = get_task(task)
         if synthetic:
             model = self.task.synthetic_model(seed=split_seed)
@@ -613,8 +611,6 @@ class PruneEnv(gym.Env):
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode: pass render_mode='ansi' or 'rgb_array'")
             return None
-        from prune_gym.envs.render import render_ansi, render_rgb_array
-
         if self.render_mode == "ansi":
             return render_ansi(self)
         return render_rgb_array(self)

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from prune_gym.errors import ConfigError, MissingResourceError
+from prune_gym.evaluation import model_stages
 
 
 @dataclass
@@ -119,7 +120,6 @@ class Task(ABC):
         """Modules whose composition in order is ``model.forward`` (the evaluator's activation
         cache and the exact BatchNorm re-calibration start at the first stage a step changed);
         None if unknown. Default: the model's own ``stages()``, or an ``nn.Sequential``'s parts."""
-        from prune_gym.evaluation import model_stages
 
         return model_stages(model)
 
