@@ -24,7 +24,7 @@ from prune_gym.agents.callbacks import (
     best_per_target,
 )
 from prune_gym.agents.factory import parse_policy_kwargs
-from prune_gym.agents.training import latest_checkpoint, load_agent
+from prune_gym.agents.run_folder import latest_checkpoint, load_agent
 
 ENV_ID = "PruneResNet20Digits-v1"
 SYNTHETIC = {"synthetic": True, "synthetic_samples": 8, "device": "cpu"}
@@ -319,7 +319,7 @@ def test_training_envs_leave_a_test_split_read_by_a_loader_unscored(monkeypatch)
 def test_a_second_training_into_a_held_run_folder_refuses_naming_the_holder(tmp_path):
     import os
 
-    from prune_gym.agents.training import run_lock
+    from prune_gym.agents.run_folder import run_lock
 
     folder = tmp_path / "run"
     with run_lock(folder):  # another training holds the folder
@@ -375,7 +375,7 @@ def test_training_without_tensorboard_leaves_nothing_in_the_temporary_folder(tmp
 
 
 def test_a_truncated_replay_buffer_makes_its_checkpoint_incomplete(tmp_path):
-    from prune_gym.agents.training import is_complete_checkpoint
+    from prune_gym.agents.run_folder import is_complete_checkpoint
 
     output = tmp_path / "run"
     train_agent(ENV_ID, "dqn", 50, output_dir=output, hyperparams={**QUICK["dqn"], "n_envs": 1}, env_kwargs=SYNTHETIC,
@@ -403,6 +403,7 @@ class DiskFullAfter(InterruptAfter):
 def test_a_run_that_dies_of_a_full_disk_is_marked_failed_not_left_running(tmp_path, monkeypatch):
     import errno
 
+    import prune_gym.agents.run_folder as run_folder
     import prune_gym.agents.training as training
 
     real_write = training.atomic_write_json
@@ -413,6 +414,7 @@ def test_a_run_that_dies_of_a_full_disk_is_marked_failed_not_left_running(tmp_pa
         return real_write(path, data)
 
     monkeypatch.setattr(training, "atomic_write_json", full_disk_after_start)
+    monkeypatch.setattr(run_folder, "atomic_write_json", full_disk_after_start)
     output = tmp_path / "run"
     with pytest.raises(OSError, match="No space left"):
         train_agent(ENV_ID, "dqn", 200, output_dir=output, hyperparams=QUICK["dqn"], env=DiskFullAfter(

@@ -169,7 +169,8 @@ def test_continuous_actions_in_the_box_are_taken(action):
 
 
 def test_resume_skips_an_incomplete_newest_checkpoint(tmp_path, caplog):
-    from prune_gym.agents.training import latest_checkpoint, train_agent
+    from prune_gym.agents.run_folder import latest_checkpoint
+    from prune_gym.agents.training import train_agent
 
     synthetic = {"synthetic": True, "synthetic_samples": 8, "device": "cpu"}
     quick = {"learning_starts": 20, "batch_size": 8}

@@ -29,8 +29,9 @@ from prune_gym.agents.policies import (
     ReferencePolicy,
     UniformMagnitudePolicy,
 )
+from prune_gym.agents.run_folder import load_agent
 from prune_gym.agents.sweeps import resume_sweep, sweep
-from prune_gym.agents.training import TargetSamplingWrapper, load_agent, train_agent
+from prune_gym.agents.training import TargetSamplingWrapper, train_agent
 
 __all__ = [
     "ALGORITHMS",

@@ -63,8 +63,9 @@ from prune_gym.agents.report import (
     write_tables,
 )
 from prune_gym.agents.rollout import finetune_and_test, run_episode
+from prune_gym.agents.run_folder import load_agent
 from prune_gym.agents.search import DEFAULT_STEP, local_search
-from prune_gym.agents.training import agent_env_kwargs_for, load_agent, train_agent
+from prune_gym.agents.training import agent_env_kwargs_for, train_agent
 from prune_gym.agents.verdict import guard_selection, paired_tests, strongest_heuristic
 from prune_gym.allocation import HEURISTICS
 from prune_gym.errors import ConfigError, MissingResourceError
