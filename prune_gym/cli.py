@@ -33,7 +33,7 @@ def _add_envs(subparsers) -> None:
 def _run_envs(args: argparse.Namespace) -> int:
     from prune_gym.tasks import list_tasks
 
-    rows = [("env id", "task", "layers", "data", "weights", "note")]
+    rows = [("env id", "task", "layers", "AMP on CUDA", "data", "weights", "note")]
     for task in list_tasks():
         available = task.availability()
         rows.append(
@@ -41,6 +41,7 @@ def _run_envs(args: argparse.Namespace) -> int:
                 task.env_id,
                 f"{task.architecture} / {task.dataset}",
                 str(task.num_prunable_layers),
+                "on" if task.amp else "off",
                 "yes" if available.data else "no",
                 "yes" if available.weights else "no",
                 available.detail,

@@ -319,7 +319,7 @@ def export_task(
     model = task_obj.load_model(weights).to(torch_device)
     splits = task_obj.load_splits(data_dir) if data_dir is not None else task_obj.load_splits()
     layers = find_prunable_layers(model)
-    accuracy_dense = evaluate_accuracy(model, splits.test, device=torch_device)
+    accuracy_dense = evaluate_accuracy(model, splits.test, device=torch_device, amp=task_obj.amp)
     if gradual_steps > 1:
         pruned = _prune_gradually(
             model, layers, task_obj, splits, sparsity, gradual_steps, finetune_epochs, min_threshold,
@@ -339,7 +339,7 @@ def export_task(
     # The accuracy of exactly what was written: the checkpoint loaded into a fresh model.
     written = task_obj.build_model()
     load_pruned(checkpoint, written)
-    accuracy_exported = evaluate_accuracy(written.to(torch_device), splits.test, device=torch_device)
+    accuracy_exported = evaluate_accuracy(written.to(torch_device), splits.test, device=torch_device, amp=task_obj.amp)
     return ExportResult(
         checkpoint=checkpoint,
         recipe=recipe_file,
@@ -444,10 +444,10 @@ def _prune_gradually(
         family=task_obj.family, eval_data=splits.reward, device=device, progress=progress,
     )
     if finetune_epochs:  # fine-tuning after every step re-estimated the statistics
-        accuracy = evaluate_accuracy(model, splits.test, device=device)
+        accuracy = evaluate_accuracy(model, splits.test, device=device, amp=task_obj.amp)
         return _Pruned("gradual-global-mp", masks, None, accuracy, 0, history)
     _recalibrate(model, splits.train, bn_batches, device)
-    accuracy = evaluate_accuracy(model, splits.test, device=device)
+    accuracy = evaluate_accuracy(model, splits.test, device=device, amp=task_obj.amp)
     return _Pruned("gradual-global-mp", masks, accuracy, None, bn_batches, history)
 
 
@@ -467,7 +467,7 @@ def _prune_once(
         masks = [keep_top_mask(w, w.numel() - count) for w, count in zip(weights_now, counts, strict=True)]
     apply_masks(layers, masks)
     _recalibrate(model, splits.train, bn_batches, device)
-    accuracy_pruned = evaluate_accuracy(model, splits.test, device=device)
+    accuracy_pruned = evaluate_accuracy(model, splits.test, device=device, amp=task_obj.amp)
     if not finetune_epochs:
         return _Pruned(method, masks, accuracy_pruned, None, bn_batches)
     partial = output.with_name(output.name + ".finetune.partial")
@@ -482,7 +482,7 @@ def _prune_once(
         if partial.exists():
             logger.warning(f"fine-tuning interrupted; run the same command with --resume to continue from {partial}")
         raise
-    accuracy_finetuned = evaluate_accuracy(model, splits.test, device=device)
+    accuracy_finetuned = evaluate_accuracy(model, splits.test, device=device, amp=task_obj.amp)
     partial.unlink(missing_ok=True)
     return _Pruned(method, masks, accuracy_pruned, accuracy_finetuned, bn_batches)
 

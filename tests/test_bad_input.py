@@ -520,3 +520,14 @@ def test_a_train_split_that_does_not_fit_fails_at_construction(train, message):
     # Fine-tuning reads the train split at every step: it is checked before the first one.
     with pytest.raises(ValueError, match=message):
         tiny_env(train_data=train, finetune_steps=1)
+
+
+def test_amp_none_takes_the_tasks_choice_and_true_or_false_is_kept():
+    import gymnasium as gym
+
+    assert tiny_env().amp is True  # your own model: on (it only acts on CUDA)
+    assert tiny_env(amp=False).amp is False
+    digits = gym.make(ENV_ID, synthetic=True, synthetic_samples=8, device="cpu")
+    assert digits.unwrapped.amp is False  # the digits task turns it off
+    assert gym.make(ENV_ID, synthetic=True, synthetic_samples=8, device="cpu", amp=True).unwrapped.amp is True
+    assert PruneEnv(task="resnet20-digits", synthetic=True, synthetic_samples=8, device="cpu").amp is False

@@ -101,6 +101,10 @@ def test_envs_lists_every_registered_id(capsys):
     out = capsys.readouterr().out
     for env_id in ("PruneResNet20Digits-v1", "PruneResNet50-v1", "PruneFastGRNNHAR2-v1"):
         assert env_id in out
+    # Each task's AMP choice on CUDA: off for digits (no speed, a different reward), on for ResNet-50.
+    assert "AMP on CUDA" in out.splitlines()[0]
+    lines = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert "off" in lines["PruneResNet20Digits-v1"] and "on" in lines["PruneResNet50-v1"]
 
 
 def test_a_closed_pipe_is_not_a_traceback(monkeypatch, capsys):

@@ -52,14 +52,15 @@ def test_fp32_accuracy_on_cuda_is_the_cpu_accuracy(digits_task, digits_model):
 
 def test_the_env_on_cuda_with_its_defaults_prunes_like_the_cpu_env():
     cpu = global_mp_episode(0.8, device="cpu")
-    cuda = global_mp_episode(0.8)  # device="auto", amp=True, channels_last=True: what a GPU user gets
+    cuda = global_mp_episode(0.8)  # device="auto", channels_last=True, the task's fp32: what a GPU user gets
     # The same weights are removed (Global MP reads magnitudes, not activations) ...
     assert cuda["layer_sparsities"] == cpu["layer_sparsities"]
     assert cuda["overall_sparsity"] == cpu["overall_sparsity"]
-    # ... and bf16 autocast moves the accuracies by a few images at most.
-    assert abs(cuda["reward_accuracy"] - cpu["reward_accuracy"]) <= 0.02, (cuda["reward_accuracy"], cpu["reward_accuracy"])
-    assert abs(cuda["test_accuracy"] - cpu["test_accuracy"]) <= 0.02, (cuda["test_accuracy"], cpu["test_accuracy"])
-    assert abs(cuda["dense_test_accuracy"] - cpu["dense_test_accuracy"]) <= 0.01
+    # ... and fp32 on the GPU (digits turns AMP off) moves the accuracies by float summation order
+    # only: two images at most.
+    assert abs(cuda["reward_accuracy"] - cpu["reward_accuracy"]) <= 0.006, (cuda["reward_accuracy"], cpu["reward_accuracy"])
+    assert abs(cuda["test_accuracy"] - cpu["test_accuracy"]) <= 0.006, (cuda["test_accuracy"], cpu["test_accuracy"])
+    assert abs(cuda["dense_test_accuracy"] - cpu["dense_test_accuracy"]) <= 0.006
 
 
 def test_a_checkpoint_exported_on_cuda_scores_on_the_cpu_what_export_reported(digits_task, tmp_path):

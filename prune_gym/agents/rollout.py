@@ -85,5 +85,5 @@ def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> tuple[float, floa
     masks = [mask.clone() for mask in prune_env.state.masks]
     family = prune_env.task.family if prune_env.task is not None else None
     finetune_pruned(model, layers, masks, train_data, epochs, family=family, device=prune_env.device, seed=seed)
-    accuracy = evaluate_accuracy(model, test_data, prune_env.device)
+    accuracy = evaluate_accuracy(model, test_data, prune_env.device, amp=prune_env.amp)
     return accuracy, time.perf_counter() - started

@@ -169,7 +169,9 @@ class PruneEnv(gym.Env):
       ``prune_gym.allocation.ALLOCATION_METHODS``).
     - ``reward``, ``sparsity_weight``: the reward function and its ``beta``.
     - ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``; ``amp``,
-      ``channels_last``: bf16/fp16 autocast on CUDA, and the channels-last memory format for
+      ``channels_last``: bf16/fp16 autocast on CUDA (None = the task's choice: off for digits,
+      where it bought no speed and changed the reward on a third of the steps; on elsewhere,
+      and for your own model), and the channels-last memory format for
       image models (on every device: faster on the CPU too, see benchmarks); ``batch_size``;
       ``cache_activations``: resume evaluation from the first changed block (exact).
     - ``data_dir``, ``weights``, ``split_seed``: passed to the task's loaders.
@@ -214,7 +216,8 @@ class PruneEnv(gym.Env):
       (False, or None where the test split is not held on the device, leaves the test accuracy
       out of the last step's ``info``; the default, True, keeps it). On 2026-12-04:
       ``reference`` (any allocation method as the centre of the relative actions; the default,
-      ``"global-mp"``, keeps v1's dynamics).
+      ``"global-mp"``, keeps v1's dynamics), and ``amp=None`` (the task's choice): the digits
+      ids evaluate in fp32 on CUDA from then on (CPU results are unchanged: AMP is CUDA only).
     - v0: initial release.
     """
 
@@ -239,7 +242,7 @@ class PruneEnv(gym.Env):
         reward: str | RewardFunction = "purl",
         sparsity_weight: float = 1.0,
         device: str | torch.device = "auto",
-        amp: bool = True,
+        amp: bool | None = None,
         channels_last: bool = True,
         batch_size: int = 1024,
         cache_activations: bool = True,
@@ -268,6 +271,8 @@ class PruneEnv(gym.Env):
         self.reference = allocation_method(reference).name
         if bn_recalibration_batches is None:
             bn_recalibration_batches = self._task_default(task, "bn_recalibration_batches", 0)
+        if amp is None:
+            amp = self._task_default(task, "amp", True)
         self._check_settings(sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps, finetune_lr)
         self._check_data_settings(amp, channels_last, cache_activations, synthetic, synthetic_samples, split_seed,
                                   input_shape, weights)
@@ -284,6 +289,8 @@ class PruneEnv(gym.Env):
         self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.finetune_steps = int(finetune_steps)
         self.finetune_lr = float(finetune_lr)
+        #: Whether evaluation on CUDA uses autocast (resolved: the task's choice when amp=None).
+        self.amp = bool(amp)
 
         self.task = None
         self.synthetic = bool(synthetic)

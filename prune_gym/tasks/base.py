@@ -78,6 +78,12 @@ class Task(ABC):
     #: PruneEnv keyword defaults for this task (a user's kwargs override them).
     env_defaults: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def amp(self) -> bool:
+        """Whether evaluation on CUDA uses autocast for this task (``env_defaults["amp"]``, else
+        on): the env and export read it, so both score the same way."""
+        return bool(self.env_defaults.get("amp", True))
+
     @abstractmethod
     def build_model(self) -> nn.Module:
         """The architecture with freshly initialised weights (no download)."""
