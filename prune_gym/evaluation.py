@@ -173,6 +173,11 @@ class Evaluator:
         num_workers: loader workers for a split that is not resident.
         stages: modules whose composition is ``model.forward``, for the activation cache
             (None: :func:`model_stages`; a task's ``model_stages`` knows more models).
+        compile: run the forward passes through ``torch.compile``: each stage compiled on its
+            own (the activation cache still resumes from the changed one), else the whole
+            model. Parameters are graph inputs, so masking weights in place needs no
+            recompilation. The first pass pays the compilation (17 s for ResNet-50 on an H200,
+            where it then ran 1.48x faster than eager: issue 27's measurement).
     """
 
     def __init__(
@@ -187,8 +192,12 @@ class Evaluator:
         resident: bool | None = None,
         num_workers: int = 0,
         stages: Sequence[nn.Module] | None = None,
+        compile: bool = False,
     ) -> None:
+        if not isinstance(compile, bool):
+            raise ConfigError(f"compile must be True or False, got {compile!r}")
         self.model = model
+        self.compiled = compile
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
@@ -227,6 +236,9 @@ class Evaluator:
         if stages is None:
             stages = model_stages(model)
         self.stages = list(stages) if stages is not None and cache_activations and resident else None
+        # What the passes call: the stages and the model, compiled or as they are.
+        self._run_stages = [torch.compile(stage) for stage in self.stages] if compile and self.stages else self.stages
+        self._forward = torch.compile(model) if compile else model
         self._cached_stage: int | None = None
         self._cache: list[Tensor] = []
 
@@ -248,7 +260,7 @@ class Evaluator:
         name = type(self.model).__name__
         try:
             with torch.inference_mode():
-                logits = self._logits(x)
+                logits = self._logits(x, eager=True)  # no compilation for a two-sample check
         except (RuntimeError, TypeError, ValueError, IndexError) as error:
             raise ConfigError(
                 f"{name} fails on the {split}'s inputs (shape {tuple(x.shape)}, dtype {x.dtype}): {error}"
@@ -312,7 +324,7 @@ class Evaluator:
                 for stage_index in range(start, len(self.stages)):
                     if stage_index == keep:
                         new_cache.append(h)
-                    h = self.stages[stage_index](h)
+                    h = self._run_stages[stage_index](h)
             correct += int((h.argmax(1) == y).sum())
         if keep is not None:
             self._cached_stage, self._cache = keep, new_cache
@@ -346,9 +358,9 @@ class Evaluator:
     def _accuracy_streamed(self) -> float:
         return int(self.correct().sum()) / self.num_samples
 
-    def _logits(self, x: Tensor) -> Tensor:
+    def _logits(self, x: Tensor, eager: bool = False) -> Tensor:
         with self._autocast():
-            return self.model(x)
+            return (self.model if eager else self._forward)(x)
 
     def _autocast(self):
         if self.amp_dtype is None:

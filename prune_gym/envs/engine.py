@@ -49,7 +49,7 @@ class PruningEngine:
         device: where everything runs.
         stages: modules whose composition is ``model.forward`` (a task's ``model_stages``), or
             None to let the evaluator find them.
-        batch_size, amp, channels_last, cache_activations: evaluation settings (see
+        batch_size, amp, channels_last, cache_activations, compile: evaluation settings (see
             :class:`~prune_gym.evaluation.Evaluator`).
         exclude_layers: name patterns of layers never pruned.
         bn_recalibration_batches, finetune_steps, finetune_lr: what follows each pruning step.
@@ -63,7 +63,7 @@ class PruningEngine:
     def __init__(
         self, model: nn.Module, reward_data: DataLike, test_data: DataLike | None, train_data: DataLike | None,
         device: torch.device, *, stages: Sequence[nn.Module] | None = None, batch_size: int = 1024,
-        amp: bool = True, channels_last: bool = True, cache_activations: bool = True,
+        amp: bool = True, channels_last: bool = True, cache_activations: bool = True, compile: bool = False,
         exclude_layers: Sequence[str] = (), bn_recalibration_batches: int = 0, finetune_steps: int = 0,
         finetune_lr: float = 0.01, seed: int = 0,
     ) -> None:
@@ -71,7 +71,7 @@ class PruningEngine:
         self.model, self.device = model, device
         self.train_data, self.test_data = train_data, test_data
         self.finetune_steps, self.finetune_lr = finetune_steps, finetune_lr
-        options = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
+        options = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last, "compile": compile}
         self.evaluator = Evaluator(model, reward_data, device, cache_activations=cache_activations, stages=stages, **options)
         self.num_classes = self.evaluator.check("reward split")
         self.test_evaluator: Evaluator | None = None

@@ -173,7 +173,10 @@ class PruneEnv(gym.Env):
       where it bought no speed and changed the reward on a third of the steps; on elsewhere,
       and for your own model), and the channels-last memory format for
       image models (on every device: faster on the CPU too, see benchmarks); ``batch_size``;
-      ``cache_activations``: resume evaluation from the first changed block (exact).
+      ``cache_activations``: resume evaluation from the first changed block (exact);
+      ``compile``: evaluate through ``torch.compile``, each model stage compiled on its own
+      (``"auto"``: on CUDA for the tasks whose passes pay the compilation back, the ImageNet
+      ones; off on the CPU and for your own model; True or False to choose).
     - ``data_dir``, ``weights``, ``split_seed``: passed to the task's loaders.
     - ``synthetic``, ``input_shape``, ``synthetic_samples``: random weights and random data of
       this sample shape and split size (for mechanics and speed only; never a result).
@@ -217,7 +220,8 @@ class PruneEnv(gym.Env):
       out of the last step's ``info``; the default, True, keeps it). On 2026-12-04:
       ``reference`` (any allocation method as the centre of the relative actions; the default,
       ``"global-mp"``, keeps v1's dynamics), and ``amp=None`` (the task's choice): the digits
-      ids evaluate in fp32 on CUDA from then on (CPU results are unchanged: AMP is CUDA only).
+      ids evaluate in fp32 on CUDA from then on (CPU results are unchanged: AMP is CUDA only);
+      ``compile`` (``"auto"``: compiled evaluation on CUDA for the ImageNet ids).
     - v0: initial release.
     """
 
@@ -246,6 +250,7 @@ class PruneEnv(gym.Env):
         channels_last: bool = True,
         batch_size: int = 1024,
         cache_activations: bool = True,
+        compile: bool | str = "auto",
         data_dir: str | None = None,
         weights: str | None = None,
         split_seed: int = 0,
@@ -273,6 +278,8 @@ class PruneEnv(gym.Env):
             bn_recalibration_batches = self._task_default(task, "bn_recalibration_batches", 0)
         if amp is None:
             amp = self._task_default(task, "amp", True)
+        if compile not in ("auto", True, False):
+            raise ConfigError(f"compile must be 'auto', True or False, got {compile!r}")
         self._check_settings(sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps, finetune_lr)
         self._check_data_settings(amp, channels_last, cache_activations, synthetic, synthetic_samples, split_seed,
                                   input_shape, weights)
@@ -286,6 +293,9 @@ class PruneEnv(gym.Env):
         self.action_mode = action_mode
         self.sparsity_weight = float(sparsity_weight)
         self.device = resolve_device(device)
+        #: Whether evaluation runs through torch.compile (resolved: "auto" asks the device and task).
+        self.compiled = compile if isinstance(compile, bool) else (
+            self.device.type == "cuda" and task is not None and get_task(task).compile_on_cuda)
         self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.finetune_steps = int(finetune_steps)
         self.finetune_lr = float(finetune_lr)
@@ -316,7 +326,8 @@ class PruneEnv(gym.Env):
         self.engine = PruningEngine(
             self.model, reward_data, test_data, train_data, self.device,
             stages=self.task.model_stages(self.model) if self.task is not None else None, batch_size=batch_size,
-            amp=amp, channels_last=channels_last, cache_activations=cache_activations, exclude_layers=exclude_layers,
+            amp=amp, channels_last=channels_last, cache_activations=cache_activations, compile=self.compiled,
+            exclude_layers=exclude_layers,
             bn_recalibration_batches=self.bn_recalibration_batches, finetune_steps=self.finetune_steps,
             finetune_lr=self.finetune_lr, seed=split_seed,
         )

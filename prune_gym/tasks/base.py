@@ -77,6 +77,9 @@ class Task(ABC):
     description: str = field(default="", repr=False)
     #: PruneEnv keyword defaults for this task (a user's kwargs override them).
     env_defaults: dict = field(default_factory=dict, repr=False)
+    #: Whether ``compile="auto"`` compiles the evaluation on CUDA: where a reward-split pass is
+    #: long enough to pay back the compilation within a few episodes.
+    compile_on_cuda: bool = False
 
     @property
     def amp(self) -> bool:

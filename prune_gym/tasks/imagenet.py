@@ -145,6 +145,8 @@ class ImageNetTask(Task):
             data_env_var=IMAGENET_DIR_ENV,
             weights_env_var=f"PRUNE_GYM_{name.upper().replace('-', '_')}_WEIGHTS",
             description=f"torchvision {architecture}, {self.torchvision_weights} weights",
+            # ResNet-50's 3,000-image pass: 1.48x faster compiled on an H200, compiled in 17 s.
+            compile_on_cuda=True,
         )
         self.builder_name = builder_name
         self.weights_enum = weights_enum
