@@ -14,13 +14,17 @@ of 3,000 images at 224x224, 54 prunable layers) costs what its parts cost. Measu
   (500x375, quality 90, smooth random content, about 40 KB; ImageNet's average file is
   larger, so real decoding is slower than this).
 
+With ``--compile`` the step and the full pass are measured again with the evaluation compiled
+(``compile=True``: each stage through ``torch.compile``), beside the eager figures, with the
+first compiled pass's seconds (the compilation).
+
 From these it projects one agent trial: steps x step time, and what scoring the validation
 split at the end of every training episode would add (what ``evaluate_test=True``, the env's
 default, does; the agents' training envs use ``None``, which skips it for ImageNet).
 
 Usage::
 
-    python benchmarks/bench_resnet50_cost.py --device cuda --output benchmarks/results
+    python benchmarks/bench_resnet50_cost.py --device cuda --compile --output benchmarks/results
     python benchmarks/bench_resnet50_cost.py --device cpu --size 32 --samples 64 --episodes 2   # a smoke test
 """
 
@@ -54,12 +58,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_steps(device: torch.device, size: int, samples: int, episodes: int) -> dict:
+def measure_steps(device: torch.device, size: int, samples: int, episodes: int, compile: bool = False) -> dict:
     env = gym.make("PruneResNet50-v1", synthetic=True, input_shape=(3, size, size), synthetic_samples=samples,
-                   device=str(device), evaluate_test=False).unwrapped
+                   device=str(device), evaluate_test=False, compile=compile).unwrapped
     env.action_space.seed(0)
     step_times = []
-    for episode in range(episodes + 1):  # the first is a warm-up (kernel selection, allocations)
+    for episode in range(episodes + 1):  # the first is a warm-up (kernel selection, compilation, allocations)
         env.reset(seed=episode)
         actions = [env.action_space.sample() for _ in range(env.num_layers)]
         sync(device)
@@ -76,12 +80,17 @@ def measure_steps(device: torch.device, size: int, samples: int, episodes: int) 
             "step_runs_s": step_times}
 
 
-def measure_forward(device: torch.device, size: int, samples: int, repeats: int = 3) -> float:
+def measure_forward(device: torch.device, size: int, samples: int, repeats: int = 3, compile: bool = False) -> dict:
+    """A full pass's images/s, and the first pass's seconds (the compilation, when compiled)."""
     task = get_task("resnet50-imagenet")
     model = task.synthetic_model().to(device)
     data = task.synthetic_splits((3, size, size), sizes=(samples, 1, 1)).train
-    evaluator = Evaluator(model, data, device, cache_activations=False)
+    evaluator = Evaluator(model, data, device, cache_activations=False, compile=compile)
+    sync(device)
+    start = time.perf_counter()
     evaluator.accuracy()  # warm-up
+    sync(device)
+    first_s = time.perf_counter() - start
     times = []
     for _ in range(repeats):
         sync(device)
@@ -89,7 +98,7 @@ def measure_forward(device: torch.device, size: int, samples: int, repeats: int 
         evaluator.accuracy()
         sync(device)
         times.append(time.perf_counter() - start)
-    return samples / statistics.median(times)
+    return {"images_per_s": samples / statistics.median(times), "first_pass_s": first_s}
 
 
 def measure_decode(images: int = 96) -> float:
@@ -128,6 +137,7 @@ def markdown(record: dict) -> str:
         f"| {1e3 * record['step_s']:.1f} ms |",
         f"| episode ({record['layers']} steps) | {record['episode_s']:.2f} s |",
         f"| full evaluation pass, dense model | {record['forward_images_per_s']:,.0f} images/s |",
+        *_compiled_rows(record),
         f"| JPEG decode + evaluation transform, one process | {record['decode_images_per_s_per_process']:,.0f} images/s |",
         "",
         f"Projected for one agent trial of {record['agent_steps']:,} steps ({record['agent_episodes']:.0f} episodes): "
@@ -140,6 +150,20 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+def _compiled_rows(record: dict) -> list[str]:
+    """The compiled evaluation beside the eager one (records made with ``--compile``)."""
+    compiled = record.get("compiled")
+    if not compiled:
+        return []
+    return [
+        f"| env step, compiled stages (`compile=True`) | {1e3 * compiled['step_s']:.1f} ms "
+        f"({record['step_s'] / compiled['step_s']:.2f}x eager) |",
+        f"| full evaluation pass, compiled | {compiled['forward_images_per_s']:,.0f} images/s "
+        f"({compiled['forward_images_per_s'] / record['forward_images_per_s']:.2f}x eager) |",
+        f"| first compiled pass (the compilation) | {compiled['first_pass_s']:.1f} s |",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -148,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=3, help="timed episodes after the warm-up (median step)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--output", type=Path, default=None, help="folder for resnet50_cost_<device>.json and .md")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure the compiled evaluation (compile=True) beside the eager one")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -157,7 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"env steps: synthetic ResNet-50, {args.samples} images at {args.size}x{args.size}, {device} ...", flush=True)
     steps = measure_steps(device, args.size, args.samples, args.episodes)
     print("full forward passes ...", flush=True)
-    forward = measure_forward(device, args.size, args.samples)
+    forward_record = measure_forward(device, args.size, args.samples)
+    forward = forward_record["images_per_s"]
+    compiled = None
+    if args.compile:
+        print("the same, compiled ...", flush=True)
+        compiled_steps = measure_steps(device, args.size, args.samples, args.episodes, compile=True)
+        compiled_forward = measure_forward(device, args.size, args.samples, compile=True)
+        compiled = {"step_s": compiled_steps["step_s"], "step_runs_s": compiled_steps["step_runs_s"],
+                    "forward_images_per_s": compiled_forward["images_per_s"],
+                    "first_pass_s": compiled_forward["first_pass_s"]}
     print("JPEG decoding ...", flush=True)
     decode = measure_decode()
     episodes = AGENT_STEPS / steps["layers"]
@@ -174,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "input_size": args.size,
         **steps,
         "forward_images_per_s": forward,
+        "compiled": compiled,
         "decode_images_per_s_per_process": decode,
         "agent_steps": AGENT_STEPS,
         "agent_episodes": episodes,
