@@ -25,6 +25,13 @@ from prune_gym.envs.actions import (
 from prune_gym.envs.engine import PruningEngine
 from prune_gym.envs.render import render_ansi, render_rgb_array
 from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
+from prune_gym.envs.settings import (
+    check_data_settings,
+    check_settings,
+    load_task,
+    refuse_torch_pruned,
+    task_default,
+)
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import (
     DataLike,
@@ -33,21 +40,6 @@ from prune_gym.evaluation import (
 from prune_gym.pruning import check_sparsity
 from prune_gym.stats import observation, observation_bounds, static_features
 from prune_gym.tasks import get_task
-
-
-def _refuse_torch_pruned(model: nn.Module) -> None:
-    """ValueError naming the layers if ``model`` holds ``torch.nn.utils.prune`` reparametrisations:
-    their ``weight`` is recomputed from ``weight_orig * weight_mask`` in every forward pass, so
-    masks the env writes into ``weight`` would never reach the network."""
-    pruned = [name for name, module in model.named_modules()
-              if any(hasattr(module, f"{param}_orig") and hasattr(module, f"{param}_mask") for param in ("weight", "bias"))]
-    if pruned:
-        raise ConfigError(
-            f"the model is already pruned with torch.nn.utils.prune (layers {pruned[:5]}"
-            + (f" and {len(pruned) - 5} more" if len(pruned) > 5 else "") + "): the env's masks would never reach its "
-            "forward pass. Make the masks permanent first: torch.nn.utils.prune.remove(module, 'weight') on each "
-            "pruned layer, or prune_gym.export.from_torch_prune(model, remove=True)"
-        )
 
 
 class PruneEnv(gym.Env):
@@ -275,17 +267,13 @@ class PruneEnv(gym.Env):
         #: The allocation method the relative actions step around (``prune_gym.allocation``).
         self.reference = allocation_method(reference).name
         if bn_recalibration_batches is None:
-            bn_recalibration_batches = self._task_default(task, "bn_recalibration_batches", 0)
+            bn_recalibration_batches = task_default(task, "bn_recalibration_batches", 0)
         if amp is None:
-            amp = self._task_default(task, "amp", True)
-        if compile not in ("auto", True, False):
-            raise ConfigError(f"compile must be 'auto', True or False, got {compile!r}")
-        self._check_settings(sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps, finetune_lr)
-        self._check_data_settings(amp, channels_last, cache_activations, synthetic, synthetic_samples, split_seed,
-                                  input_shape, weights)
-        if evaluate_test not in (None, True, False):
-            raise ConfigError(f"evaluate_test must be True, False or None (only where the test split is on the "
-                             f"device), got {evaluate_test!r}")
+            amp = task_default(task, "amp", True)
+        check_settings(sparsity_weight, batch_size, render_mode, self.metadata["render_modes"], bn_recalibration_batches,
+                       finetune_steps, finetune_lr)
+        check_data_settings(amp, channels_last, cache_activations, compile, evaluate_test, synthetic, synthetic_samples,
+                            split_seed, input_shape, weights)
         self.reward_fn = get_reward(reward)
         self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
         self.render_mode = render_mode
@@ -307,7 +295,8 @@ class PruneEnv(gym.Env):
         if task is not None:
             if model is not None or reward_data is not None or test_data is not None:
                 raise ConfigError("pass either task=... or model=/reward_data=/test_data=, not both")
-            model, splits = self._load_task(task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples)
+            self.task = get_task(task)
+            model, splits = load_task(self.task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples)
             reward_data, test_data = splits.reward, splits.test
             train_data = train_data if train_data is not None else splits.train
         elif model is None or reward_data is None:
@@ -318,7 +307,7 @@ class PruneEnv(gym.Env):
         elif not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         else:
-            _refuse_torch_pruned(model)
+            refuse_torch_pruned(model)
             model = copy.deepcopy(model)  # the user's model stays as it was given
         if (self.bn_recalibration_batches or self.finetune_steps) and train_data is None:
             raise ConfigError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
@@ -356,45 +345,6 @@ class PruneEnv(gym.Env):
     # ------------------------------------------------------------------------------------------
     # Construction helpers
 
-    def _check_settings(self, sparsity_weight, batch_size, render_mode, bn_recalibration_batches, finetune_steps,
-                        finetune_lr) -> None:
-        if isinstance(sparsity_weight, bool) or not isinstance(sparsity_weight, int | float | np.number) or not math.isfinite(sparsity_weight):
-            raise ConfigError(f"sparsity_weight must be a finite number (the reward's beta), got {sparsity_weight!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-            raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        for name, value in (("bn_recalibration_batches", bn_recalibration_batches), ("finetune_steps", finetune_steps)):
-            if not isinstance(value, int | np.integer) or value < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
-        if isinstance(finetune_lr, bool) or not isinstance(finetune_lr, int | float | np.number) \
-                or not (math.isfinite(finetune_lr) and finetune_lr > 0):
-            raise ConfigError(f"finetune_lr must be a finite number > 0, got {finetune_lr!r}")
-
-    @staticmethod
-    def _check_data_settings(amp, channels_last, cache_activations, synthetic, synthetic_samples, split_seed,
-                             input_shape, weights) -> None:
-        """The switches, seeds and shapes of the data and evaluation, checked before anything loads."""
-        for name, value in (("amp", amp), ("channels_last", channels_last), ("cache_activations", cache_activations),
-                            ("synthetic", synthetic)):
-            if not isinstance(value, bool | np.bool_):  # "false" would pass as True
-                raise ConfigError(f"{name} must be True or False, got {value!r}")
-        if isinstance(synthetic_samples, bool) or not isinstance(synthetic_samples, int | np.integer) or synthetic_samples < 1:
-            raise ConfigError(f"synthetic_samples must be a whole number >= 1, got {synthetic_samples!r}")
-        if isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer):
-            raise ConfigError(f"split_seed must be a whole number (it fixes the data splits), got {split_seed!r}")
-        if input_shape is not None and (isinstance(input_shape, str) or not all(
-                isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0 for d in input_shape)):
-            raise ConfigError(f"input_shape must be positive whole numbers, e.g. (3, 32, 32), got {input_shape!r}")
-        if synthetic and weights is not None:
-            raise ConfigError("weights= has no effect with synthetic=True (random weights): pass one or the other")
-
-    @staticmethod
-    def _task_default(task: str | None, name: str, fallback: Any) -> Any:
-        if task is None:
-            return fallback
-        return get_task(task).env_defaults.get(name, fallback)
-
     def _check_target(self, target_sparsity: float | None) -> float | None:
         """The target as a float, or ValueError unless the action range can reach it exactly."""
         if target_sparsity is None:
@@ -408,22 +358,6 @@ class PruneEnv(gym.Env):
                 + ("raise max_sparsity" if target > self.max_sparsity else "lower min_sparsity")
             )
         return target
-
-    def _load_task(self, task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples):
-        self.task = get_task(task)
-        if synthetic:
-            model = self.task.synthetic_model(seed=split_seed)
-            splits = self.task.synthetic_splits(
-                input_shape=tuple(input_shape) if input_shape else None,
-                sizes=(int(synthetic_samples),) * 3,
-                seed=split_seed,
-            )
-            return model, splits
-        if input_shape is not None:
-            raise ConfigError("input_shape only applies with synthetic=True")
-        model = self.task.load_model(weights) if weights is not None else self.task.load_model()
-        splits = self.task.load_splits(data_dir, seed=split_seed) if data_dir is not None else self.task.load_splits(seed=split_seed)
-        return model, splits
 
     # ------------------------------------------------------------------------------------------
     # Public helpers (used by reference policies, the comparison workflow and tests)

@@ -1,0 +1,99 @@
+"""PruneEnv's settings, checked before anything loads, and the task it loads.
+
+Every argument of :class:`prune_gym.envs.prune_env.PruneEnv` is validated here first (a bad one
+is a ``ConfigError`` naming it and the fix, with nothing loaded or changed), then the task's
+model and splits are loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from prune_gym.errors import ConfigError
+from prune_gym.tasks import get_task
+from prune_gym.tasks.base import Splits, Task
+
+__all__ = ["check_data_settings", "check_settings", "load_task", "refuse_torch_pruned", "task_default"]
+
+
+def refuse_torch_pruned(model: nn.Module) -> None:
+    """ValueError naming the layers if ``model`` holds ``torch.nn.utils.prune`` reparametrisations:
+    their ``weight`` is recomputed from ``weight_orig * weight_mask`` in every forward pass, so
+    masks the env writes into ``weight`` would never reach the network."""
+    pruned = [name for name, module in model.named_modules()
+              if any(hasattr(module, f"{param}_orig") and hasattr(module, f"{param}_mask") for param in ("weight", "bias"))]
+    if pruned:
+        raise ConfigError(
+            f"the model is already pruned with torch.nn.utils.prune (layers {pruned[:5]}"
+            + (f" and {len(pruned) - 5} more" if len(pruned) > 5 else "") + "): the env's masks would never reach its "
+            "forward pass. Make the masks permanent first: torch.nn.utils.prune.remove(module, 'weight') on each "
+            "pruned layer, or prune_gym.export.from_torch_prune(model, remove=True)"
+        )
+
+
+def check_settings(sparsity_weight, batch_size, render_mode, render_modes, bn_recalibration_batches, finetune_steps,
+                   finetune_lr) -> None:
+    """The reward's, batches', rendering's and per-step training's settings, checked before anything loads."""
+    if isinstance(sparsity_weight, bool) or not isinstance(sparsity_weight, int | float | np.number) or not math.isfinite(sparsity_weight):
+        raise ConfigError(f"sparsity_weight must be a finite number (the reward's beta), got {sparsity_weight!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if render_mode is not None and render_mode not in render_modes:
+        raise ConfigError(f"render_mode must be one of {render_modes} or None, got {render_mode!r}")
+    for name, value in (("bn_recalibration_batches", bn_recalibration_batches), ("finetune_steps", finetune_steps)):
+        if not isinstance(value, int | np.integer) or value < 0:
+            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    if isinstance(finetune_lr, bool) or not isinstance(finetune_lr, int | float | np.number) \
+            or not (math.isfinite(finetune_lr) and finetune_lr > 0):
+        raise ConfigError(f"finetune_lr must be a finite number > 0, got {finetune_lr!r}")
+
+
+def check_data_settings(amp, channels_last, cache_activations, compile, evaluate_test, synthetic, synthetic_samples,
+                        split_seed, input_shape, weights) -> None:
+    """The switches, seeds and shapes of the data and evaluation, checked before anything loads."""
+    if compile not in ("auto", True, False):
+        raise ConfigError(f"compile must be 'auto', True or False, got {compile!r}")
+    if evaluate_test not in (None, True, False):
+        raise ConfigError(f"evaluate_test must be True, False or None (only where the test split is on the "
+                          f"device), got {evaluate_test!r}")
+    for name, value in (("amp", amp), ("channels_last", channels_last), ("cache_activations", cache_activations),
+                        ("synthetic", synthetic)):
+        if not isinstance(value, bool | np.bool_):  # "false" would pass as True
+            raise ConfigError(f"{name} must be True or False, got {value!r}")
+    if isinstance(synthetic_samples, bool) or not isinstance(synthetic_samples, int | np.integer) or synthetic_samples < 1:
+        raise ConfigError(f"synthetic_samples must be a whole number >= 1, got {synthetic_samples!r}")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer):
+        raise ConfigError(f"split_seed must be a whole number (it fixes the data splits), got {split_seed!r}")
+    if input_shape is not None and (isinstance(input_shape, str) or not all(
+            isinstance(d, int | np.integer) and not isinstance(d, bool) and d > 0 for d in input_shape)):
+        raise ConfigError(f"input_shape must be positive whole numbers, e.g. (3, 32, 32), got {input_shape!r}")
+    if synthetic and weights is not None:
+        raise ConfigError("weights= has no effect with synthetic=True (random weights): pass one or the other")
+
+
+def task_default(task: str | None, name: str, fallback: Any) -> Any:
+    """The task's env default for ``name`` (``Task.env_defaults``), else ``fallback``."""
+    if task is None:
+        return fallback
+    return get_task(task).env_defaults.get(name, fallback)
+
+
+def load_task(task: Task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples) -> tuple[nn.Module, Splits]:
+    """The task's trained model and fixed splits (random weights and data with ``synthetic``)."""
+    if synthetic:
+        model = task.synthetic_model(seed=split_seed)
+        splits = task.synthetic_splits(
+            input_shape=tuple(input_shape) if input_shape else None,
+            sizes=(int(synthetic_samples),) * 3,
+            seed=split_seed,
+        )
+        return model, splits
+    if input_shape is not None:
+        raise ConfigError("input_shape only applies with synthetic=True")
+    model = task.load_model(weights) if weights is not None else task.load_model()
+    splits = task.load_splits(data_dir, seed=split_seed) if data_dir is not None else task.load_splits(seed=split_seed)
+    return model, splits
