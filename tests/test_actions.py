@@ -224,6 +224,6 @@ def test_an_under_pruned_start_never_empties_the_last_layer_when_large_layers_ar
 
 def test_the_registry_shows_each_ids_settings():
     spec = gym.spec(ENV_ID)
-    assert spec.kwargs == {"task": "resnet20-digits", "bn_recalibration_batches": 1}
+    assert spec.kwargs == {"task": "resnet20-digits", "bn_recalibration_batches": 1, "amp": False}
     assert gym.spec("PruneResNet20Digits-v0").kwargs["action_mode"] == "absolute"
     assert gym.spec("PruneResNet50-v1").kwargs == {"task": "resnet50-imagenet"}

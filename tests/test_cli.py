@@ -141,13 +141,13 @@ def test_a_full_or_read_only_disk_is_one_line_naming_the_path_with_exit_1(tmp_pa
 
 
 def test_only_prune_gyms_own_errors_become_one_line_messages(capsys, monkeypatch):
-    import prune_gym.agents.compare as compare_module
+    import prune_gym.agents.rollout as rollout_module
     from prune_gym.errors import ConfigError
 
     def bad_input(*args, **kwargs):
         raise ConfigError("--sparsity 1.5 is not a fraction: give e.g. 0.8")
 
-    monkeypatch.setattr(compare_module, "run_episode", bad_input)
+    monkeypatch.setattr(rollout_module, "run_episode", bad_input)
     assert main(["baseline", ENV_ID, "--sparsity", "0.5", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "prune-gym baseline: error: --sparsity 1.5 is not a fraction: give e.g. 0.8")
@@ -155,6 +155,6 @@ def test_only_prune_gyms_own_errors_become_one_line_messages(capsys, monkeypatch
     def bug(*args, **kwargs):
         raise ValueError("an internal shape mismatch")  # not the user's to fix: keep the traceback
 
-    monkeypatch.setattr(compare_module, "run_episode", bug)
+    monkeypatch.setattr(rollout_module, "run_episode", bug)
     with pytest.raises(ValueError, match="internal shape mismatch"):
         main(["baseline", ENV_ID, "--sparsity", "0.5", "--device", "cpu"])

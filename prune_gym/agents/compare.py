@@ -224,6 +224,8 @@ def compare(
         comparison = Comparison(env_id, results, metadata, output if write_files else None, table="")
         if write_files:  # the table says the total time, the plots included: formatted there
             _write_comparison(comparison, agent, reference, staging, output, started)
+            say(f"wrote {output}/: results.json, results.csv, table.txt, accuracy_vs_sparsity.png, "
+                f"layer_sparsity.png, recipes/, agent/")
         else:
             metadata["total_seconds"] = time.perf_counter() - started
             comparison.table = format_table(results, metadata)
