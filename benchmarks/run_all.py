@@ -22,6 +22,8 @@ Usage, from the repository root::
     python benchmarks/run_all.py --quick          # a few minutes: tiny budgets, 1 seed, into a new
                                                   # temporary folder (or --output DIR), with a
                                                   # SUMMARY.md of the tables; recorded results untouched
+    python benchmarks/run_all.py --quick --jobs 2 # the same, two scripts side by side (their
+                                                  # timings skewed: quick runs only)
     python benchmarks/run_all.py --only quality   # some of them (names: see --list)
     python benchmarks/run_all.py --update-readme  # only rebuild README.md's tables from benchmarks/results
 
@@ -43,6 +45,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +127,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark(
         "sweep", "bench_sweep_digits.py", "A digits sweep on Ray Tune: concurrent vs sequential trials",
         full=lambda out, cuda: [["--output", str(out)]],
-        quick=lambda out: [["--algos", "dqn", "--seeds", "0", "1", "--sparsity", "0.9", "--timesteps", "100",
+        quick=lambda out: [["--algos", "dqn", "--seeds", "0", "--sparsity", "0.9", "--timesteps", "100",
                             "--output", str(out)]],
     ),
     Benchmark(
@@ -386,9 +389,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run nothing: rebuild README.md's tables from benchmarks/results")
     parser.add_argument("--omp-threads", default="1", help="OMP_NUM_THREADS of every script (default 1)")
     parser.add_argument("--list", action="store_true", help="print the benchmarks and their commands, run nothing")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="with --quick: run N scripts side by side (default 1; their timings are then skewed)")
     args = parser.parse_args(argv)
     if args.quick and args.output is not None and args.output.resolve() == RESULTS:
         parser.error("--quick must not write into benchmarks/results (the recorded results): choose another --output")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs > 1 and not args.quick:
+        parser.error("--jobs runs scripts side by side, which skews the speed figures they record: only with --quick")
     return args
 
 
@@ -402,6 +411,50 @@ def plan(args: argparse.Namespace, output: Path) -> list[tuple[Benchmark, Args]]
         for arguments in benchmark.quick(output) if args.quick else benchmark.full(output, cuda):
             runs.append((benchmark, arguments))
     return runs
+
+
+def _command(benchmark: Benchmark, arguments: Args) -> list[str]:
+    return [sys.executable, str(BENCHMARKS_DIR / benchmark.script), *arguments]
+
+
+def _failure(benchmark: Benchmark, arguments: Args, code: int) -> str:
+    return f"{benchmark.name} ({benchmark.script} {' '.join(arguments)}: exit {code})"
+
+
+def run_scripts(runs: list[tuple[Benchmark, Args]], environment: dict[str, str]) -> list[str]:
+    """Each script in turn, its output as it comes; the failures."""
+    failed = []
+    for index, (benchmark, arguments) in enumerate(runs, 1):
+        print(f"\n[{index}/{len(runs)}] {benchmark.name}: python benchmarks/{benchmark.script} {' '.join(arguments)}",
+              flush=True)
+        tic = time.perf_counter()
+        code = subprocess.call(_command(benchmark, arguments), env=environment)
+        print(f"[{index}/{len(runs)}] {benchmark.name}: exit {code} after {time.perf_counter() - tic:.0f} s", flush=True)
+        if code != 0:
+            failed.append(_failure(benchmark, arguments, code))
+    return failed
+
+
+def run_side_by_side(runs: list[tuple[Benchmark, Args]], environment: dict[str, str], jobs: int) -> list[str]:
+    """``jobs`` scripts at a time, in the plan's order, each one's output printed whole (never
+    interleaved); the failures."""
+    def run(index: int, benchmark: Benchmark, arguments: Args) -> tuple[int, float, subprocess.CompletedProcess]:
+        tic = time.perf_counter()
+        done = subprocess.run(_command(benchmark, arguments), env=environment, capture_output=True, text=True)
+        return index, time.perf_counter() - tic, done
+
+    failed = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run, index, benchmark, arguments) for index, (benchmark, arguments) in enumerate(runs, 1)]
+        for future in futures:
+            index, seconds, done = future.result()
+            benchmark, arguments = runs[index - 1]
+            print(f"\n[{index}/{len(runs)}] {benchmark.name}: python benchmarks/{benchmark.script} {' '.join(arguments)}")
+            print(done.stdout + done.stderr, end="")
+            print(f"[{index}/{len(runs)}] {benchmark.name}: exit {done.returncode} after {seconds:.0f} s", flush=True)
+            if done.returncode != 0:
+                failed.append(_failure(benchmark, arguments, done.returncode))
+    return failed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,16 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     environment = {**os.environ, "OMP_NUM_THREADS": str(args.omp_threads)}
-    failed, started = [], time.perf_counter()
-    for index, (benchmark, arguments) in enumerate(runs, 1):
-        command = [sys.executable, str(BENCHMARKS_DIR / benchmark.script), *arguments]
-        print(f"\n[{index}/{len(runs)}] {benchmark.name}: python benchmarks/{benchmark.script} {' '.join(arguments)}",
-              flush=True)
-        tic = time.perf_counter()
-        code = subprocess.call(command, env=environment)
-        print(f"[{index}/{len(runs)}] {benchmark.name}: exit {code} after {time.perf_counter() - tic:.0f} s", flush=True)
-        if code != 0:
-            failed.append(f"{benchmark.name} ({benchmark.script} {' '.join(arguments)}: exit {code})")
+    started = time.perf_counter()
+    failed = run_scripts(runs, environment) if args.jobs == 1 else run_side_by_side(runs, environment, args.jobs)
 
     names = list(dict.fromkeys(benchmark.name for benchmark, _ in runs))
     if output.resolve() == RESULTS:
