@@ -100,8 +100,8 @@ def percent(value: float | None, digits: int = 1) -> str:
     return f"{100 * value:.{digits}f}"
 
 
-def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -> str:
-    """The comparison as a plain-text table (accuracies and sparsities in %)."""
+def _table_preamble(metadata: Mapping[str, Any]) -> list[str]:
+    """The lines above the table: the model, the agent and the search."""
     agent = metadata["agent"]
     lines = [
         f"{metadata['env_id']}: dense test accuracy {percent(metadata['dense_test_accuracy'])}%, "
@@ -120,10 +120,14 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
                      "episodes per target (the agent's training episodes, split over the targets), best on the reward split")
     elif str(search.get("budget", "")).startswith("off:"):
         lines.append(f"local search: {search['budget']}")
+    return lines
+
+
+def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -> str:
+    """The comparison as a plain-text table (accuracies and sparsities in %)."""
+    lines = _table_preamble(metadata)
     strongest = metadata.get("strongest_heuristic") or {}
-    lines += [
-        "",
-    ]
+    lines.append("")
     finetuned = any(row.finetuned_test_accuracy is not None for row in results)
     header = ["target", "method", "test acc", "reward acc", "param sparsity", "FLOPs sparsity", "time (s)", "evals",
               "cost (s)"]
