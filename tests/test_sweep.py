@@ -151,7 +151,8 @@ def test_resume_restores_tune_state_only_from_a_folder_the_user_named(finished_s
 
 def test_a_killed_trial_is_reported_the_others_finish_and_resume_reruns_only_it(tmp_path, digits_model_state):
     output = tmp_path / "sweep"
-    process = run_cli(ENV, "--algo", "dqn", "--seeds", "0", "1", *TINY, "--no-search", "--output", str(output))
+    process = run_cli(ENV, "--algo", "dqn", "--seeds", "0", "1", "--timesteps", "200", "--n-envs", "1", "--sparsity",
+                      "0.9", "--no-search", "--output", str(output))
     progress = output / "tune" / "dqn-seed1" / "result.json"
     deadline = time.monotonic() + 300
     while not (progress.is_file() and progress.read_text().strip()):
