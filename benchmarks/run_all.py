@@ -93,7 +93,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark(
         "global_mp", "bench_global_mp.py", "Global MP vs torch.nn.utils.prune.global_unstructured, reset time",
         full=lambda out, cuda: [["--threads", "1", "--repeats", "5", "--output", str(out)]],
-        quick=lambda out: [["--devices", "cpu", "--threads", "1", "--repeats", "1", "--sparsities", "0.9",
+        quick=lambda out: [["--devices", "cpu", "--threads", "1", "--repeats", "3", "--sparsities", "0.9",
                             "--output", str(out)]],
     ),
     Benchmark(

@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ALL_BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+#: The sweep example runs in tests/test_sweep.py, which checks its result further (one Ray sweep, not two).
+SWEEP_EXAMPLE = "from prune_gym.agents import sweep"
+BLOCKS = [block for block in ALL_BLOCKS if SWEEP_EXAMPLE not in block]
 
 
 def test_readme_has_python_examples():
     assert len(BLOCKS) >= 4
+    assert sum(SWEEP_EXAMPLE in block for block in ALL_BLOCKS) == 1  # the one tests/test_sweep.py runs
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -18,7 +19,7 @@ import pytest
 
 pytest.importorskip("ray.tune", reason="prune-gym sweep needs the [ray] extra (installed by .[dev])")
 
-from prune_gym.agents import resume_sweep, sweep  # noqa: E402  (the public API)
+from prune_gym.agents import resume_sweep  # noqa: E402  (the public API)
 from prune_gym.agents.sweep_report import learning_curve  # noqa: E402
 from prune_gym.cli import main  # noqa: E402
 
@@ -180,17 +181,24 @@ def test_a_killed_trial_is_reported_the_others_finish_and_resume_reruns_only_it(
     assert {r["n"] for r in record["aggregate"] if r["method"].startswith("DQN")} == {2}
 
 
-def test_the_python_api_runs_the_same_sweep(tmp_path, digits_model_state):
-    cpus = min(2, os.cpu_count() or 1)
-    result = sweep(ENV, ["dqn"], [3], [0.9], timesteps=100, n_envs=1, search=False, cpus_per_trial=cpus,
-                   output_dir=tmp_path / "api", log=lambda message: None)
-    assert not result.incomplete and [t.name for t in result.trials] == ["dqn-seed3", "reference"]
+def test_the_python_api_runs_the_readmes_sweep_example(tmp_path, monkeypatch, capsys, digits_model_state):
+    """The README's Python sweep example, run as written (here rather than in test_readme.py, so
+    the suite starts Ray for it once), and its result checked against the trials' own records."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (example,) = [block for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+                  if "from prune_gym.agents import sweep" in block]
+    monkeypatch.chdir(tmp_path)  # it writes its folder where it runs
+    namespace: dict = {}
+    exec(compile(example, "README.md sweep example", "exec"), namespace)
+    result = namespace["result"]
+    assert capsys.readouterr().out.strip()  # it prints the table
+    assert not result.incomplete and [t.name for t in result.trials] == ["dqn-seed0", "reference"]
     agent = result.trials[0]
-    assert agent.record["resources"]["torch_threads"] == cpus
+    assert agent.record["resources"]["torch_threads"] == 1  # one Tune CPU per env process by default
     best = next(r for r in result.rows if r.method == "DQN (best found)")
     own = next(r for r in agent.rows() if r.method == "DQN (best found)")
     assert best.n == 1 and best.test_accuracy_mean == own.test_accuracy
-    assert result.table == (tmp_path / "api" / "table.txt").read_text().rstrip("\n")
+    assert result.table == (result.output_dir / "table.txt").read_text().rstrip("\n")
 
 
 def test_asha_stops_trailing_agent_trials_which_the_aggregate_leaves_out(tmp_path, digits_model_state):
