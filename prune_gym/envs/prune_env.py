@@ -30,7 +30,6 @@ from prune_gym.envs.settings import (
     check_settings,
     load_task,
     refuse_torch_pruned,
-    task_default,
 )
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import (
@@ -266,10 +265,11 @@ class PruneEnv(gym.Env):
         self.target_sparsity = self._check_target(target_sparsity)
         #: The allocation method the relative actions step around (``prune_gym.allocation``).
         self.reference = allocation_method(reference).name
+        task_spec = get_task(task) if task is not None else None  # resolved once (no loading yet)
         if bn_recalibration_batches is None:
-            bn_recalibration_batches = task_default(task, "bn_recalibration_batches", 0)
+            bn_recalibration_batches = task_spec.env_defaults.get("bn_recalibration_batches", 0) if task_spec else 0
         if amp is None:
-            amp = task_default(task, "amp", True)
+            amp = task_spec.amp if task_spec else True
         check_settings(sparsity_weight, batch_size, render_mode, self.metadata["render_modes"], bn_recalibration_batches,
                        finetune_steps, finetune_lr)
         check_data_settings(amp, channels_last, cache_activations, compile, evaluate_test, synthetic, synthetic_samples,
@@ -283,7 +283,7 @@ class PruneEnv(gym.Env):
         self.device = resolve_device(device)
         #: Whether evaluation runs through torch.compile (resolved: "auto" asks the device and task).
         self.compiled = compile if isinstance(compile, bool) else (
-            self.device.type == "cuda" and task is not None and get_task(task).compile_on_cuda)
+            self.device.type == "cuda" and task_spec is not None and task_spec.compile_on_cuda)
         self.bn_recalibration_batches = int(bn_recalibration_batches)
         self.finetune_steps = int(finetune_steps)
         self.finetune_lr = float(finetune_lr)
@@ -295,7 +295,7 @@ class PruneEnv(gym.Env):
         if task is not None:
             if model is not None or reward_data is not None or test_data is not None:
                 raise ConfigError("pass either task=... or model=/reward_data=/test_data=, not both")
-            self.task = get_task(task)
+            self.task = task_spec
             model, splits = load_task(self.task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples)
             reward_data, test_data = splits.reward, splits.test
             train_data = train_data if train_data is not None else splits.train

@@ -8,16 +8,14 @@ model and splits are loaded.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from torch import nn
 
 from prune_gym.errors import ConfigError
-from prune_gym.tasks import get_task
 from prune_gym.tasks.base import Splits, Task
 
-__all__ = ["check_data_settings", "check_settings", "load_task", "refuse_torch_pruned", "task_default"]
+__all__ = ["check_data_settings", "check_settings", "load_task", "refuse_torch_pruned"]
 
 
 def refuse_torch_pruned(model: nn.Module) -> None:
@@ -73,13 +71,6 @@ def check_data_settings(amp, channels_last, cache_activations, compile, evaluate
         raise ConfigError(f"input_shape must be positive whole numbers, e.g. (3, 32, 32), got {input_shape!r}")
     if synthetic and weights is not None:
         raise ConfigError("weights= has no effect with synthetic=True (random weights): pass one or the other")
-
-
-def task_default(task: str | None, name: str, fallback: Any) -> Any:
-    """The task's env default for ``name`` (``Task.env_defaults``), else ``fallback``."""
-    if task is None:
-        return fallback
-    return get_task(task).env_defaults.get(name, fallback)
 
 
 def load_task(task: Task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples) -> tuple[nn.Module, Splits]:
