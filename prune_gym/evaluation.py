@@ -239,6 +239,8 @@ class Evaluator:
         self._forward = torch.compile(model) if compile else model
         self._cached_stage: int | None = None
         self._cache: list[Tensor] = []
+        #: Which samples the last :meth:`accuracy` got right (None once the weights changed).
+        self._last_hits: Tensor | None = None
 
     @property
     def resident(self) -> bool:
@@ -287,6 +289,7 @@ class Evaluator:
 
     def mark_changed(self, stage: int = 0) -> None:
         """Tell the evaluator that weights in ``stage`` changed (0: anything, e.g. a reset)."""
+        self._last_hits = None
         if self._cached_stage is not None and stage < self._cached_stage:
             self._cached_stage = None
             self._cache = []
@@ -305,16 +308,23 @@ class Evaluator:
         cached (what :meth:`mark_changed` was told), else runs the whole network; caches the
         input of ``keep_stage`` (the stage of the next layer to change) for the next call.
         Without ``keep_stage`` nothing is cached, so a caller that never passes one never
-        needs :meth:`mark_changed`.
+        needs :meth:`mark_changed`. Which samples it got right is kept for
+        :meth:`last_correct` until the weights change.
         """
         if self.loader is not None:
-            return self._accuracy_streamed()
-        if self.stages is None:
-            return self._count(self._logits(x) for x, _ in self.batches)
+            hits = self.correct()
+        elif self.stages is None:
+            hits = torch.cat([self._logits(x).argmax(1) == y for x, y in self.batches])
+        else:
+            hits = self._staged_hits(keep_stage)
+        self._last_hits = hits
+        return int(hits.sum()) / self.num_samples
+
+    def _staged_hits(self, keep_stage: int | None) -> Tensor:
         start = self._cached_stage or 0
         # A stage past the end has no input to cache; keeping it would leave an empty cache.
         keep = keep_stage if keep_stage is not None and start <= keep_stage < len(self.stages) else None
-        correct = 0
+        hits: list[Tensor] = []
         new_cache: list[Tensor] = []
         for index, (x, y) in enumerate(self.batches):
             h = self._cache[index] if start > 0 else x
@@ -323,10 +333,16 @@ class Evaluator:
                     if stage_index == keep:
                         new_cache.append(h)
                     h = self._run_stages[stage_index](h)
-            correct += int((h.argmax(1) == y).sum())
+            hits.append(h.argmax(1) == y)
         if keep is not None:
             self._cached_stage, self._cache = keep, new_cache
-        return correct / self.num_samples
+        return torch.cat(hits)
+
+    def last_correct(self) -> Tensor:
+        """Per-sample correctness (bool, CPU, split order) of the network as the last
+        :meth:`accuracy` scored it; a full pass (:meth:`correct`) when the weights changed since
+        (what :meth:`mark_changed` was told) or nothing was scored yet."""
+        return self.correct() if self._last_hits is None else self._last_hits.cpu()
 
     @torch.inference_mode()
     def logits(self) -> Tensor:
@@ -348,13 +364,6 @@ class Evaluator:
                 x = x.contiguous(memory_format=torch.channels_last)
             parts.append(self._logits(x).argmax(1).cpu() == torch.as_tensor(y))
         return torch.cat(parts)
-
-    def _count(self, logits_iter) -> float:
-        correct = sum(int((logits.argmax(1) == y).sum()) for logits, (_, y) in zip(logits_iter, self.batches))
-        return correct / self.num_samples
-
-    def _accuracy_streamed(self) -> float:
-        return int(self.correct().sum()) / self.num_samples
 
     def _logits(self, x: Tensor, eager: bool = False) -> Tensor:
         with self._autocast():

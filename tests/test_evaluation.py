@@ -228,6 +228,28 @@ def test_activation_cache_is_exact_through_episodes(calibrated_resnet20_split):
     assert len(set(accuracies)) >= 5 and min(accuracies) < 0.7
 
 
+def test_the_last_scored_samples_are_kept_until_the_weights_change(calibrated_resnet20_split, monkeypatch):
+    """last_correct() hands back what the last accuracy() scored, sample by sample, without a
+    second pass; once the evaluator is told of a change it runs a full pass instead."""
+    model, inputs, labels = calibrated_resnet20_split
+    layers = find_prunable_layers(model)
+    state = PruningState(model, layers)
+    evaluator = Evaluator(model, (inputs, labels), batch_size=40)
+    layer_stage = stage_of_modules(evaluator.stages, [layer.module for layer in layers])
+    state.prune_layer(len(layers) - 2, 0.95)
+    evaluator.mark_changed(layer_stage[-2])
+    accuracy = evaluator.accuracy(keep_stage=layer_stage[-1])
+    full = evaluator.correct()
+    passes = []
+    monkeypatch.setattr(evaluator, "correct", lambda: passes.append(1) or full)
+    kept = evaluator.last_correct()
+    assert not passes and kept.dtype == torch.bool and kept.device.type == "cpu"
+    assert torch.equal(kept, full) and int(kept.sum()) / len(kept) == accuracy < 1.0
+    state.prune_layer(0, 0.95)
+    evaluator.mark_changed(layer_stage[0])  # the weights changed: the kept result is stale
+    assert evaluator.last_correct() is full and passes == [1]
+
+
 def test_changing_an_earlier_layer_drops_the_cache(calibrated_resnet20_split):
     model, inputs, labels = calibrated_resnet20_split
     layers = find_prunable_layers(model)

@@ -203,8 +203,9 @@ class PruningEngine:
         return int(self.last_test_correct.sum()) / len(self.last_test_correct)
 
     def reward_correct(self) -> Tensor:
-        """Per-sample correctness (bool, CPU) of the network as it is now on the reward split."""
-        return self.evaluator.correct()
+        """Per-sample correctness (bool, CPU) of the network as it is now on the reward split:
+        kept from the evaluation that scored the last step, no second pass."""
+        return self.evaluator.last_correct()
 
     def measure_dense_test_accuracy(self) -> float:
         """Test accuracy of the dense network (measured once, then the pruned state is put back)."""
