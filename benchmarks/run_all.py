@@ -417,43 +417,45 @@ def _command(benchmark: Benchmark, arguments: Args) -> list[str]:
     return [sys.executable, str(BENCHMARKS_DIR / benchmark.script), *arguments]
 
 
-def _failure(benchmark: Benchmark, arguments: Args, code: int) -> str:
-    return f"{benchmark.name} ({benchmark.script} {' '.join(arguments)}: exit {code})"
+def _announce(index: int, total: int, benchmark: Benchmark, arguments: Args) -> None:
+    print(f"\n[{index}/{total}] {benchmark.name}: python benchmarks/{benchmark.script} {' '.join(arguments)}", flush=True)
+
+
+def _ended(index: int, total: int, benchmark: Benchmark, arguments: Args, code: int, seconds: float,
+           failed: list[str]) -> None:
+    """Say how a script ended; a failure joins ``failed``."""
+    print(f"[{index}/{total}] {benchmark.name}: exit {code} after {seconds:.0f} s", flush=True)
+    if code != 0:
+        failed.append(f"{benchmark.name} ({benchmark.script} {' '.join(arguments)}: exit {code})")
 
 
 def run_scripts(runs: list[tuple[Benchmark, Args]], environment: dict[str, str]) -> list[str]:
     """Each script in turn, its output as it comes; the failures."""
-    failed = []
+    failed: list[str] = []
     for index, (benchmark, arguments) in enumerate(runs, 1):
-        print(f"\n[{index}/{len(runs)}] {benchmark.name}: python benchmarks/{benchmark.script} {' '.join(arguments)}",
-              flush=True)
+        _announce(index, len(runs), benchmark, arguments)
         tic = time.perf_counter()
         code = subprocess.call(_command(benchmark, arguments), env=environment)
-        print(f"[{index}/{len(runs)}] {benchmark.name}: exit {code} after {time.perf_counter() - tic:.0f} s", flush=True)
-        if code != 0:
-            failed.append(_failure(benchmark, arguments, code))
+        _ended(index, len(runs), benchmark, arguments, code, time.perf_counter() - tic, failed)
     return failed
 
 
 def run_side_by_side(runs: list[tuple[Benchmark, Args]], environment: dict[str, str], jobs: int) -> list[str]:
     """``jobs`` scripts at a time, in the plan's order, each one's output printed whole (never
     interleaved); the failures."""
-    def run(index: int, benchmark: Benchmark, arguments: Args) -> tuple[int, float, subprocess.CompletedProcess]:
+    def run(benchmark: Benchmark, arguments: Args) -> tuple[float, subprocess.CompletedProcess]:
         tic = time.perf_counter()
         done = subprocess.run(_command(benchmark, arguments), env=environment, capture_output=True, text=True)
-        return index, time.perf_counter() - tic, done
+        return time.perf_counter() - tic, done
 
-    failed = []
+    failed: list[str] = []
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(run, index, benchmark, arguments) for index, (benchmark, arguments) in enumerate(runs, 1)]
-        for future in futures:
-            index, seconds, done = future.result()
-            benchmark, arguments = runs[index - 1]
-            print(f"\n[{index}/{len(runs)}] {benchmark.name}: python benchmarks/{benchmark.script} {' '.join(arguments)}")
+        futures = [pool.submit(run, benchmark, arguments) for benchmark, arguments in runs]
+        for index, ((benchmark, arguments), future) in enumerate(zip(runs, futures, strict=True), 1):
+            seconds, done = future.result()
+            _announce(index, len(runs), benchmark, arguments)
             print(done.stdout + done.stderr, end="")
-            print(f"[{index}/{len(runs)}] {benchmark.name}: exit {done.returncode} after {seconds:.0f} s", flush=True)
-            if done.returncode != 0:
-                failed.append(_failure(benchmark, arguments, done.returncode))
+            _ended(index, len(runs), benchmark, arguments, done.returncode, seconds, failed)
     return failed
 
 
