@@ -16,7 +16,8 @@ results stay exactly those of a full forward pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -99,6 +100,35 @@ def check_labels(labels: Tensor, num_classes: int | None = None) -> Tensor:
             f"model's classes match?"
         )
     return labels
+
+
+def check_model_output(forward: Callable[[Tensor], Any], model: nn.Module, x: Tensor, split: str) -> int:
+    """Run ``forward`` (the model, as it evaluates) on a few samples ``x`` of ``split`` and return
+    the number of classes; ValueError naming the model and the split when it fails on them or does
+    not return ``(batch, classes)`` logits."""
+    name = type(model).__name__
+    try:
+        with torch.inference_mode():
+            logits = forward(x)
+    except (RuntimeError, TypeError, ValueError, IndexError) as error:
+        raise ConfigError(
+            f"{name} fails on the {split}'s inputs (shape {tuple(x.shape)}, dtype {x.dtype}): {error}"
+        ) from None
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != len(x):
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ConfigError(
+            f"{name} must return logits of shape (batch, classes) on the {split}; got {shape} "
+            f"for a batch of {len(x)} (wrap the model so that forward returns one logits tensor)"
+        )
+    return int(logits.shape[1])
+
+
+def check_split_labels(labels: Tensor, num_classes: int, split: str) -> None:
+    """:func:`check_labels` against the model's classes, the error naming ``split``."""
+    try:
+        check_labels(labels, num_classes)
+    except ValueError as error:
+        raise ConfigError(f"{split}: {error}") from None
 
 
 def check_finite_model(model: nn.Module) -> None:
@@ -257,21 +287,8 @@ class Evaluator:
             x, y = first[:2].to(self.device), check_labels(torch.as_tensor(y))
         else:
             x, y = self.batches[0][0][:2], self.batches[0][1]
-        name = type(self.model).__name__
-        try:
-            with torch.inference_mode():
-                logits = self._logits(x, eager=True)  # no compilation for a two-sample check
-        except (RuntimeError, TypeError, ValueError, IndexError) as error:
-            raise ConfigError(
-                f"{name} fails on the {split}'s inputs (shape {tuple(x.shape)}, dtype {x.dtype}): {error}"
-            ) from None
-        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != len(x):
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ConfigError(
-                f"{name} must return logits of shape (batch, classes) on the {split}; got {shape} "
-                f"for a batch of {len(x)} (wrap the model so that forward returns one logits tensor)"
-            )
-        num_classes = int(logits.shape[1])
+        # No compilation for a two-sample check: the eager model, under the evaluation's autocast.
+        num_classes = check_model_output(lambda batch: self._logits(batch, eager=True), self.model, x, split)
         inputs = [x for x, _ in self.batches] if self.loader is None else [torch.as_tensor(first)]
         if any(x.is_floating_point() and not bool(torch.isfinite(x).all()) for x in inputs):
             bad = sum(int((~torch.isfinite(x)).reshape(len(x), -1).any(1).sum()) for x in inputs if x.is_floating_point())
@@ -279,10 +296,7 @@ class Evaluator:
             raise ConfigError(f"{split}: {bad} input sample(s){where} hold NaN or infinite values: clean or drop them "
                               "(every accuracy would count them as whatever class NaN logits argmax to)")
         labels = torch.cat([labels for _, labels in self.batches]) if self.loader is None else y
-        try:
-            check_labels(labels, num_classes)
-        except ValueError as error:
-            raise ConfigError(f"{split}: {error}") from None
+        check_split_labels(labels, num_classes, split)
         return num_classes
 
     # -- cache bookkeeping -----------------------------------------------------------------

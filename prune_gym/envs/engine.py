@@ -29,7 +29,8 @@ from prune_gym.evaluation import (
     DataLike,
     Evaluator,
     check_finite_model,
-    check_labels,
+    check_model_output,
+    check_split_labels,
     sample_tensors,
     stage_of_modules,
 )
@@ -230,17 +231,8 @@ class PruningEngine:
             inputs, labels = self.resident_train()
         except ValueError as error:
             raise ConfigError(f"train split: {error}") from None
-        try:
-            with torch.inference_mode():
-                logits = self.model(inputs[:2])
-        except (RuntimeError, TypeError, ValueError, IndexError) as error:
-            raise ConfigError(f"{type(self.model).__name__} fails on the train split's inputs (shape "
-                              f"{tuple(inputs.shape)}, dtype {inputs.dtype}): {error}") from None
-        if isinstance(logits, Tensor) and logits.dim() == 2:
-            try:
-                check_labels(labels, int(logits.shape[1]))
-            except ValueError as error:
-                raise ConfigError(f"train split: {error}") from None
+        num_classes = check_model_output(self.model, self.model, inputs[:2], "train split")
+        check_split_labels(labels, num_classes, "train split")
 
     def resident_train(self) -> tuple[Tensor, Tensor]:
         """A fixed random sample of the train split, decoded once and kept on the device."""
