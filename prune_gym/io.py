@@ -18,7 +18,7 @@ import torch
 
 from prune_gym.errors import ConfigError
 
-__all__ = ["atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text", "check_writable_path"]
+__all__ = ["atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text", "check_writable_path", "json_text"]
 
 
 def check_writable_path(path: str | os.PathLike, what: str = "output") -> Path:
@@ -62,6 +62,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
+def json_text(data: Any) -> str:
+    """``data`` as the package writes JSON files: indented, one trailing newline."""
+    return json.dumps(data, indent=2, default=str) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path``, atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    return atomic_write_text(path, json_text(data))

@@ -26,7 +26,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from prune_gym.agents.factory import ALGORITHMS
 from prune_gym.errors import ConfigError, MissingResourceError
-from prune_gym.io import atomic_write_json
+from prune_gym.io import atomic_write_json, json_text
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def record_failure(path: Path, run_record: dict[str, Any]) -> None:
         pass
     try:
         with open(path, "r+", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, indent=2, default=str) + "\n")
+            handle.write(json_text(record))
             handle.truncate()
     except OSError as error:
         logger.warning(f"could not mark {path} as failed ({error.strerror or error}): it still says \"running\"")
