@@ -6,10 +6,10 @@ Importing the package registers every env id (``prune_gym.ENV_IDS``), so
 """
 
 from prune_gym import errors
-from prune_gym.envs import PruneEnv, RewardContext
+from prune_gym.envs import ChannelPruneEnv, PruneEnv, RewardContext
 from prune_gym.registration import ENV_IDS
 from prune_gym.tasks import TASKS, get_task
 
 __version__ = "0.1.0"
 
-__all__ = ["ENV_IDS", "TASKS", "PruneEnv", "RewardContext", "errors", "get_task", "__version__"]
+__all__ = ["ENV_IDS", "TASKS", "ChannelPruneEnv", "PruneEnv", "RewardContext", "errors", "get_task", "__version__"]

@@ -67,12 +67,14 @@ UNIFORM_PLUS_LAST_LAYER_KEEP = 0.2
 @dataclass(frozen=True)
 class AllocationMethod:
     """One allocation rule: its name (CLI and files), its label (tables, plots) and the
-    function that gives the pruned count of each layer."""
+    function that gives the pruned count of each layer (here: of the dense weights, the target,
+    the Minimum Threshold and a seed; a channel rule's, ``prune_gym.channel_allocation``: of the
+    channel importance, the cost model, the caps, the budget, the target and a seed)."""
 
     name: str
     label: str
     description: str
-    counts: Callable[[Sequence[Tensor], float, float | None, int], list[int]]
+    counts: Callable[..., list[int]]
     #: A rule a researcher would compare against (False for the random control).
     heuristic: bool = True
 

@@ -21,6 +21,8 @@ from prune_gym.errors import ConfigError, Error
 ACTION_MODE_CHOICES = ("relative", "absolute")
 # prune_gym.allocation.ALLOCATION_METHODS (= agents.policies.REFERENCE_POLICIES), likewise.
 POLICY_CHOICES = ("global-mp", "global-mp+mt", "lamp", "erk", "uniform", "uniform+", "random")
+# prune_gym.channel_allocation.CHANNEL_METHODS, likewise (those not already above).
+CHANNEL_POLICY_CHOICES = ("global-norm",)
 # prune_gym.agents.compare.DEFAULT_SPARSITIES, likewise.
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -33,12 +35,13 @@ def _add_envs(subparsers) -> None:
 def _run_envs(args: argparse.Namespace) -> int:
     from prune_gym.tasks import list_tasks
 
-    rows = [("env id", "task", "layers", "AMP on CUDA", "data", "weights", "note")]
+    rows = [("env id", "channel env id", "task", "layers", "AMP on CUDA", "data", "weights", "note")]
     for task in list_tasks():
         available = task.availability()
         rows.append(
             (
                 task.env_id,
+                task.channel_env_id or "-",
                 f"{task.architecture} / {task.dataset}",
                 str(task.num_prunable_layers),
                 "on" if task.amp else "off",
@@ -100,12 +103,16 @@ def _add_export(subparsers) -> None:
             "Load TASK's trained model, prune it (an allocation method: Global MP, LAMP, ERK, uniform, "
             "uniform+..., or a recipe of per-layer sparsities such as an agent's), optionally fine-tune it with its masks, "
             "report test accuracy before and after, and write the checkpoint to --output and the "
-            "per-layer sparsity recipe to <output>.recipe.json."
+            "per-layer sparsity recipe to <output>.recipe.json. For a channel env (...Channels-v1): a "
+            "channel rule at --sparsity (FLOPs removed) or a recipe that compare wrote; --output is a "
+            "folder that gets the physically smaller network (model.pt, load_slim), model.onnx and "
+            "export.json, with its test accuracy checked against the env's and its CPU latency "
+            "measured beside the dense network's."
         ),
     )
     parser.add_argument("task", metavar="ENV_OR_TASK", help="task name or env id, e.g. resnet20-digits (see `prune-gym envs`)")
-    parser.add_argument("--policy", choices=POLICY_CHOICES, help="allocation method (default: global-mp): " + ", ".join(POLICY_CHOICES))
-    parser.add_argument("--sparsity", type=float, metavar="S", help="target fraction of prunable weights removed, e.g. 0.8")
+    parser.add_argument("--policy", choices=POLICY_CHOICES + CHANNEL_POLICY_CHOICES, help="allocation method (default: global-mp): " + ", ".join(POLICY_CHOICES) + "; for a ...Channels-v1 env a channel rule: " + ", ".join(CHANNEL_POLICY_CHOICES))
+    parser.add_argument("--sparsity", type=float, metavar="S", help="target fraction of prunable weights removed, e.g. 0.8 (a channel env: of FLOPs, e.g. 0.5)")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Global MP Minimum Threshold, e.g. 0.0005 (0.05%% of all weights per layer)")
     parser.add_argument("--recipe", metavar="JSON", help="prune with this recipe of per-layer sparsities instead of a policy")
     parser.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="masked fine-tuning epochs (default: 0)")
@@ -123,6 +130,10 @@ def _add_export(subparsers) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from prune_gym.export import export_task
+    from prune_gym.registration import is_channel_env
+
+    if is_channel_env(args.task):
+        return _run_channel_export(args)
 
     result = export_task(
         args.task,
@@ -153,6 +164,30 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"  checkpoint     {result.checkpoint}: test accuracy {percent(result.accuracy_exported)} (loaded back as written)")
     print(f"  recipe         {result.recipe}")
     print("  load it with   prune_gym.export.load_pruned(path, model)")
+    print("  note           pruned weights are zeros in dense tensors: dense kernels run no faster, so the "
+          "sparsity is a theoretical saving; for a smaller, faster network prune channels (the ...Channels-v1 ids)")
+    return 0
+
+
+def _run_channel_export(args: argparse.Namespace) -> int:
+    from prune_gym.channel_export import export_channel_task
+
+    unsupported = [flag for flag, given in (("--min-threshold", args.min_threshold is not None),
+                                            ("--gradual-steps", args.gradual_steps != 1),
+                                            ("--bn-recalibration-batches", args.bn_recalibration_batches is not None),
+                                            ("--resume", args.resume)) if given]
+    if unsupported:
+        raise ConfigError(f"{', '.join(unsupported)}: weight pruning's options, not for a channel env")
+    result, extra = export_channel_task(
+        args.task, args.output, policy=args.policy, sparsity=args.sparsity, recipe=args.recipe,
+        finetune_epochs=args.finetune_epochs, weights=args.weights, data_dir=args.data_dir, device=args.device,
+        seed=args.seed,
+    )
+    print(result.summary())
+    if extra:
+        print(f"fine-tuned {args.finetune_epochs} epoch(s): test accuracy {100 * extra['finetuned_test_accuracy']:.2f}% "
+              f"({args.output}/model-finetuned.pt)")
+    print("load it with   prune_gym.channel_export.load_slim(path, task.build_model(), example_input)")
     return 0
 
 
@@ -350,7 +385,9 @@ def _add_compare(subparsers) -> None:
             "with --agent, then prune with the agent, a local search at equal cost and every "
             "allocation rule (Global MP, Global MP + MT, LAMP, ERK, uniform, uniform+, random) at every "
             "sparsity through the same env (continuous actions for all but the agent, so every "
-            "allocation is exact). The agent's best found and the search's best are kept only where "
+            "allocation is exact). On a channel env (...Channels-v1) the targets are shares of FLOPs "
+            "removed, the rules are the channel rules (global L2 norm, LAMP, uniform, random) and every "
+            "row has the measured CPU latency of its physically smaller network. The agent's best found and the search's best are kept only where "
             "they beat the strongest rule on the reward split by more than noise (else that rule's "
             "allocation, marked). Prints a table with paired tests against the strongest rule and "
             "writes results.json, results.csv, accuracy_vs_sparsity.png, layer_sparsity.png, recipes/ "
@@ -358,7 +395,7 @@ def _add_compare(subparsers) -> None:
         ),
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
-    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", default=list(DEFAULT_SPARSITIES), metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9 0.95)")
+    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="targets (default: 0.5 0.7 0.8 0.9 0.95, the weights' overall sparsity; for a ...Channels-v1 env 0.3 0.5 0.7, the share of FLOPs removed)")
     _add_agent_arguments(parser)
     parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one: unpickles this file only (an SB3 zip, which can run code: load only files you trust); the best_found.json beside it (JSON) brings its best-found recipes")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: the paper's 0.05%%, pruning.DEFAULT_MIN_THRESHOLD; 0 leaves the method out)")

@@ -99,7 +99,8 @@ def _quick_dqn(folder) -> str:
 def test_envs_lists_every_registered_id(capsys):
     assert main(["envs"]) == 0
     out = capsys.readouterr().out
-    for env_id in ("PruneResNet20Digits-v1", "PruneResNet50-v1", "PruneFastGRNNHAR2-v1"):
+    for env_id in ("PruneResNet20Digits-v1", "PruneResNet50-v1", "PruneFastGRNNHAR2-v1",
+                   "PruneResNet20DigitsChannels-v1", "PruneMobileNetV2Channels-v1"):
         assert env_id in out
     # Each task's AMP choice on CUDA: off for digits (no speed, a different reward), on for ResNet-50.
     assert "AMP on CUDA" in out.splitlines()[0]

@@ -535,7 +535,11 @@ def _live_tensor_bytes() -> tuple[int, int]:
     with warnings.catch_warnings():  # isinstance() on every object touches deprecated torch aliases
         warnings.simplefilter("ignore")
         for obj in gc.get_objects():
-            if isinstance(obj, torch.Tensor):
+            try:
+                is_tensor = isinstance(obj, torch.Tensor)
+            except ReferenceError:  # a weak proxy whose object is gone (torch.export leaves some)
+                continue
+            if is_tensor:
                 try:
                     storage = obj.untyped_storage()
                     storages[storage.data_ptr()] = storage.nbytes()

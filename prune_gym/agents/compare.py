@@ -33,11 +33,13 @@ agent vs Global MP per layer at each target), the agent's run folder (``agent/``
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import logging
 import math
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
+import torch
 
 from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo
 from prune_gym.agents.policies import (
@@ -67,9 +70,11 @@ from prune_gym.agents.run_folder import load_agent
 from prune_gym.agents.search import DEFAULT_STEP, local_search
 from prune_gym.agents.training import agent_env_kwargs_for, train_agent
 from prune_gym.agents.verdict import guard_selection, paired_tests, strongest_heuristic
-from prune_gym.allocation import HEURISTICS
+from prune_gym.channel_export import measure_latency, slim_model
+from prune_gym.envs.channel_env import ChannelPruneEnv
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, check_sparsity
+from prune_gym.registration import is_channel_env
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,8 @@ if TYPE_CHECKING:
 __all__ = ["Comparison", "MethodResult", "compare", "format_table", "make_reference_env"]
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
+#: A channel env's default targets: the share of FLOPs removed.
+DEFAULT_CHANNEL_TARGETS = (0.3, 0.5, 0.7)
 #: The highest max_sparsity the workflow raises the env's range to (a layer is never emptied).
 MAX_SPARSITY_CEILING = 0.999
 
@@ -87,7 +94,9 @@ def _required_max_sparsity(reference_env: gym.Env, sparsities: Sequence[float], 
     """The highest layer sparsity any zero-cost rule asks for at any of ``sparsities`` (the random
     control may be clipped: it would otherwise push every method's range to the ceiling)."""
     needed = 0.0
-    for _, policy, _ in reference_policies(reference_env, min_threshold=min_threshold, methods=HEURISTICS):
+    registry = prune_env_of(reference_env).allocation_methods
+    rules = [name for name, method in registry.items() if method.heuristic]
+    for _, policy, _ in reference_policies(reference_env, min_threshold=min_threshold, methods=rules):
         for target in sparsities:
             needed = max(needed, *policy.allocation(target))
     return needed
@@ -132,7 +141,7 @@ def _reference_kwargs(shared: Mapping[str, Any], target: float) -> dict[str, Any
 
 def compare(
     env_id: str = "PruneResNet20Digits-v1",
-    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    sparsities: Sequence[float] | None = None,
     algo: str = "dqn",
     *,
     timesteps: int | None = None,
@@ -152,9 +161,15 @@ def compare(
 ) -> Comparison:
     """Train (or load) an agent and compare it with the reference policies at each sparsity.
 
+    On a channel env (``ChannelPruneEnv``) the rules are the channel rules, and every row also
+    gets the measured CPU latency of its physically smaller network (the dense one's in the
+    metadata).
+
     Args:
-        env_id: a registered prune-gym id.
-        sparsities: the overall target sparsities to compare at.
+        env_id: a registered prune-gym id (weights, or channels: ``...Channels-v1``).
+        sparsities: the targets to compare at (None: ``DEFAULT_SPARSITIES``, the overall
+            sparsity of the weights; for a channel env ``DEFAULT_CHANNEL_TARGETS``, the share of
+            FLOPs removed).
         algo: the agent's algorithm (``prune_gym.agents.ALGORITHMS``); its action type is the
             first it allows unless ``env_kwargs`` sets ``action_type``.
         timesteps: the agent's training budget (default: the hyperparameters' ``n_timesteps``).
@@ -242,11 +257,13 @@ def compare(
 
 
 def _check_compare_options(
-    env_id: str, sparsities: Sequence[float], algo: str, finetune_epochs: int, env_kwargs: Mapping[str, Any] | None,
+    env_id: str, sparsities: Sequence[float] | None, algo: str, finetune_epochs: int, env_kwargs: Mapping[str, Any] | None,
     agent_path: str | os.PathLike | None, output_dir: str | os.PathLike | None, write_files: bool,
 ) -> tuple[list[float], str, str, dict[str, Any], Path]:
     """``compare``'s options checked before anything loads: (targets, algo, the agent's action
     type, the env kwargs shared by all methods, the output folder)."""
+    if sparsities is None:
+        sparsities = DEFAULT_CHANNEL_TARGETS if is_channel_env(env_id) else DEFAULT_SPARSITIES
     targets = [check_sparsity(s, "sparsity") for s in sparsities]
     if not targets:
         raise ConfigError("give at least one sparsity to compare at")
@@ -394,6 +411,9 @@ def play(entries: Sequence[Entry], target: float, finetune_epochs: int = 0, seed
             else entry.cost_seconds
         row = run_episode(entry.policy, entry.env, target, deterministic=entry.deterministic, method=entry.label)
         row.evaluations, row.cost_seconds = entry.evaluations, cost_seconds
+        prune_env = prune_env_of(entry.env)
+        if isinstance(prune_env, ChannelPruneEnv):  # what the smaller network costs a deployer
+            row.latency_ms = measure_latency(slim_model(prune_env), prune_env.evaluator.sample_shape)
         if finetune_epochs:
             row.finetuned_test_accuracy, row.finetune_seconds = finetune_and_test(entry.env, int(finetune_epochs), seed)
         results.append(row)
@@ -423,8 +443,11 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
               min_threshold, max_sparsity_note, finetune_epochs) -> dict[str, Any]:
     dense_test = reference.measure_dense_test_accuracy() if reference.test_data is not None else float("nan")
     levels = prune_env_of(agent_env).levels
+    registry = reference.allocation_methods
     return {
         "env_id": env_id,
+        **_granularity(reference),
+        "anchor_rule": next(iter(registry.values())).label,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "sparsities": targets,
         "dense_test_accuracy": dense_test,
@@ -450,7 +473,7 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
             "action_type": "continuous",
             "action_mode": "absolute",
             "why": "every policy's exact per-layer sparsities (recipes, search allocations) are played as they are",
-            "random": "per-layer sparsity uniform in [min_sparsity, max_sparsity], one seeded episode",
+            "random": registry["random"].description,
             "min_threshold": min_threshold,
         },
         "matched": {
@@ -467,4 +490,19 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
         },
         "finetune_epochs": int(finetune_epochs),
         "total_seconds": None,
+    }
+
+
+def _granularity(reference: Any) -> dict[str, Any]:
+    """What a comparison prunes: weights (the overall sparsity of the prunable weights), or channels
+    (the share of the budget removed, and the dense network's CPU latency beside the rows')."""
+    if not isinstance(reference, ChannelPruneEnv):
+        return {"granularity": "weights", "target_label": "overall sparsity"}
+    dense = copy.deepcopy(reference.model)  # the masked network has the dense architecture
+    return {
+        "granularity": "channels",
+        "budget": reference.budget,
+        "target_label": "FLOPs removed" if reference.budget == "flops" else "parameters removed",
+        "dense_latency_ms": measure_latency(dense, reference.evaluator.sample_shape),
+        "latency_note": f"{torch.get_num_threads()} torch thread(s), {platform.processor() or platform.machine()}",
     }

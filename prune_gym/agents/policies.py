@@ -26,18 +26,17 @@ Example::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from prune_gym.allocation import ALLOCATION_METHODS, allocation_method, allocation_sparsities
+from prune_gym.allocation import ALLOCATION_METHODS
+from prune_gym.envs.channel_env import ChannelPruneEnv
 from prune_gym.envs.prune_env import PruneEnv
 from prune_gym.errors import ConfigError
 from prune_gym.pruning import check_sparsity
-from prune_gym.stats import FEATURE_INDEX, FEATURES, layer_index_from_observation
 
 __all__ = [
     "AllocationPolicy",
@@ -47,6 +46,7 @@ __all__ = [
     "ReferencePolicy",
     "REFERENCE_POLICIES",
     "UniformMagnitudePolicy",
+    "method_of",
     "prune_env_of",
     "reference_policies",
     "reference_policy",
@@ -57,12 +57,13 @@ __all__ = [
 REFERENCE_POLICIES = tuple(ALLOCATION_METHODS)
 
 
-def prune_env_of(env: Any) -> PruneEnv:
-    """The :class:`PruneEnv` inside ``env``: a (wrapped) Gymnasium env or a ``DummyVecEnv``.
+def prune_env_of(env: Any) -> PruneEnv | ChannelPruneEnv:
+    """The prune-gym env (a :class:`PruneEnv` or a :class:`ChannelPruneEnv`) inside ``env``: a
+    (wrapped) Gymnasium env or a ``DummyVecEnv``.
 
     Raises:
-        ValueError: if ``env`` holds no PruneEnv (or is a vectorised env whose sub-envs live
-            in other processes, such as ``SubprocVecEnv``).
+        ValueError: if ``env`` holds no prune-gym env (or is a vectorised env whose sub-envs
+            live in other processes, such as ``SubprocVecEnv``).
     """
     inner = env
     if hasattr(env, "envs") and not isinstance(env, gym.Env):  # DummyVecEnv and friends
@@ -70,13 +71,22 @@ def prune_env_of(env: Any) -> PruneEnv:
             raise ConfigError("the vectorised env has no sub-envs")
         inner = env.envs[0]
     unwrapped = getattr(inner, "unwrapped", None)
-    if isinstance(unwrapped, PruneEnv):
+    if isinstance(unwrapped, PruneEnv | ChannelPruneEnv):
         return unwrapped
     raise ConfigError(
         f"expected a prune-gym env (gym.make('PruneResNet20Digits-v1'), a PruneEnv, or a DummyVecEnv "
         f"of them), got {type(env).__name__}; for a SubprocVecEnv, build the policy with a local "
         f"gym.make(...) of the same env id and kwargs"
     )
+
+
+def method_of(env: Any, name: str):
+    """The allocation method called ``name`` in the registry that applies to ``env``
+    (``allocation_methods``: weight rules for PruneEnv, channel rules for ChannelPruneEnv)."""
+    methods = prune_env_of(env).allocation_methods
+    if name not in methods:
+        raise ConfigError(f"unknown allocation method {name!r} for this env: choose one of {', '.join(methods)}")
+    return methods[name]
 
 
 class ReferencePolicy:
@@ -97,6 +107,7 @@ class ReferencePolicy:
         self.max_sparsity = prune_env.max_sparsity
         self.actions = prune_env.actions
         self.levels = None if prune_env.levels is None else np.asarray(prune_env.levels, dtype=np.float64)
+        self.features = prune_env.feature_index
 
     # -- SB3 protocol ----------------------------------------------------------------------------
 
@@ -119,10 +130,9 @@ class ReferencePolicy:
         observation = np.asarray(observation, dtype=np.float32)
         single = observation.ndim == 1
         batch = observation[None] if single else observation
-        if batch.ndim != 2 or batch.shape[1] != len(FEATURES):
-            raise ConfigError(
-                f"observation must have shape ({len(FEATURES)},) or (n_envs, {len(FEATURES)}), got {observation.shape}"
-            )
+        size = len(self.features)
+        if batch.ndim != 2 or batch.shape[1] != size:
+            raise ConfigError(f"observation must have shape ({size},) or (n_envs, {size}), got {observation.shape}")
         actions = self.actions_for(batch, deterministic)
         return (actions[0] if single else actions), None
 
@@ -143,12 +153,13 @@ class ReferencePolicy:
     def sparsities_to_actions(self, sparsities: np.ndarray, observations: np.ndarray) -> np.ndarray:
         """Vectorised ``PruneEnv.sparsity_to_action`` (nearest level for discrete actions); the
         relative action mode reads each layer's reference sparsity from its observation."""
-        references = observations[:, FEATURE_INDEX["reference_sparsity"]].astype(np.float64)
+        references = observations[:, self.features["reference_sparsity"]].astype(np.float64)
         return self.actions.to_actions(sparsities, references)
 
     def layer_indices(self, observations: np.ndarray) -> np.ndarray:
-        indices = layer_index_from_observation(observations, self.num_layers)
-        return np.clip(indices, 0, self.num_layers - 1)
+        """The layer (group) of each observation, from its ``position`` feature."""
+        position = observations[:, self.features["position"]]
+        return np.clip(np.rint(position * max(self.num_layers - 1, 1)).astype(np.int64), 0, self.num_layers - 1)
 
     def targets(self, observations: np.ndarray, sparsity: float | None) -> np.ndarray:
         """The target of each observation, or ``sparsity`` where one was given to the policy.
@@ -158,7 +169,7 @@ class ReferencePolicy:
         """
         if sparsity is not None:
             return np.full(len(observations), sparsity)
-        targets = np.round(observations[:, FEATURE_INDEX["target_sparsity"]].astype(np.float64), 6)
+        targets = np.round(observations[:, self.features["target_sparsity"]].astype(np.float64), 6)
         if np.any(targets == 0.0) and self.env.target_sparsity is None:
             raise ConfigError(
                 f"{type(self).__name__} needs a target: the env has target_sparsity=None, so pass "
@@ -184,7 +195,7 @@ class AllocationPolicy(ReferencePolicy):
     def __init__(self, env: Any, method: str = "global-mp", min_threshold: float | None = None,
                  sparsity: float | None = None, seed: int = 0) -> None:
         super().__init__(env)
-        self.method = allocation_method(method).name
+        self.method = method_of(self.env, method).name
         if min_threshold is not None:
             if self.method != "global-mp+mt":
                 raise ConfigError(f"min_threshold applies to global-mp+mt only, not to {self.method!r}")
@@ -196,19 +207,13 @@ class AllocationPolicy(ReferencePolicy):
         self.seed = int(seed)
 
     def allocation(self, target: float) -> list[float]:
-        """The method's per-layer sparsities at ``target`` (cached by the env)."""
-        if self.method == "random":  # seeded per policy: not the env's to cache
-            return allocation_sparsities("random", self.env.state.dense, target, seed=self.seed)
-        return self.env.allocation_sparsities(self.method, target, self.min_threshold)
+        """The method's per-layer sparsities at ``target`` (cached by the env, per seed)."""
+        return self.env.allocation_sparsities(self.method, target, self.min_threshold, seed=self.seed)
 
     def allocation_seconds(self, target: float) -> float:
         """What computing the allocation at ``target`` costs: the env's first computation of it
         (later calls hit its cache, which would time a look-up)."""
-        if self.method == "random":
-            started = time.perf_counter()
-            self.allocation(target)
-            return time.perf_counter() - started
-        return self.env.allocation_seconds(self.method, target, self.min_threshold)
+        return self.env.allocation_seconds(self.method, target, self.min_threshold, seed=self.seed)
 
     def layer_sparsities(self, observations: np.ndarray, deterministic: bool) -> np.ndarray:
         indices = self.layer_indices(observations)
@@ -324,22 +329,23 @@ def reference_policy(
     allocation is deterministic (``random`` is a seeded draw, ``seed``). ``min_threshold``
     applies to ``global-mp+mt`` (None: the paper's 0.05%); ``"global-mp"`` with a
     ``min_threshold`` is Global MP + MT, as ``prune-gym baseline --min-threshold`` says."""
-    method = allocation_method(name).name
+    methods = prune_env_of(env).allocation_methods
+    method = method_of(env, name).name
     if method == "global-mp" and min_threshold:
         method = "global-mp+mt"
     elif min_threshold is not None and method != "global-mp+mt":
         raise ConfigError(f"--min-threshold applies to --policy global-mp / global-mp+mt only, not {name!r}")
     policy = AllocationPolicy(env, method, min_threshold=min_threshold or None, seed=seed)
-    return ALLOCATION_METHODS[method].label, policy, True
+    return methods[method].label, policy, True
 
 
 def reference_policies(
     env: Any, *, seed: int = 0, min_threshold: float | None = None, methods: Sequence[str] | None = None,
 ) -> list[tuple[str, ReferencePolicy, bool]]:
-    """Every allocation method of a comparison, in table order (``methods``: all of the
-    registry); ``min_threshold`` is Global MP + MT's (None or 0 leaves that method out);
-    ``random`` is drawn with ``seed``."""
-    names = list(REFERENCE_POLICIES if methods is None else methods)
+    """Every allocation method of a comparison, in table order (``methods``: all of the env's
+    registry, ``allocation_methods``); ``min_threshold`` is Global MP + MT's (None or 0 leaves that
+    method out); ``random`` is drawn with ``seed``."""
+    names = list(prune_env_of(env).allocation_methods if methods is None else methods)
     chosen = []
     for name in names:
         if name == "global-mp+mt":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -63,6 +64,9 @@ class MethodResult:
     fallback: str | None = None
     #: The guard's verdict and the row's own accuracies (None: not guarded).
     selection: dict[str, Any] | None = None
+    #: Channel envs: median milliseconds of a forward pass of the physically smaller network on
+    #: the CPU, by batch size (``prune_gym.channel_export.measure_latency``); None elsewhere.
+    latency_ms: dict[str, float] | None = None
     #: Whether each test image, and each reward-split sample, was classified right (for paired
     #: tests; not written to files).
     test_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -133,6 +137,8 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
               "cost (s)"]
     if finetuned:
         header.insert(3, f"after FT ({metadata['finetune_epochs']} ep)")
+    dense_latency = metadata.get("dense_latency_ms") or {}
+    header += [f"ms b{batch} (x)" for batch in dense_latency]
     rows = [header]
     previous = None
     for row in results:
@@ -150,6 +156,9 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
         ]
         if finetuned:
             cells.insert(3, percent(row.finetuned_test_accuracy))
+        for batch, dense in dense_latency.items():
+            own = (row.latency_ms or {}).get(batch)
+            cells.append("-" if own is None else f"{own:.2f} ({dense / own:.2f}x)")
         rows.append(cells)
         previous = row.target_sparsity
     lines += text_table(rows, text_columns=2)
@@ -157,6 +166,10 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
     lines.append(f"accuracies and sparsities in %; time = one pruning episode; evals, cost = network evaluations "
                  "and seconds spent choosing the allocation (0 for a zero-cost rule); "
                  f"total {metadata['total_seconds']:.0f} s")
+    if dense_latency:
+        lines.append("ms bN (x) = median CPU latency of the physically smaller network at batch N (the speed-up over "
+                     "the dense network's " + ", ".join(f"{ms:.2f} ms at b{b}" for b, ms in dense_latency.items()) + "), "
+                     f"{metadata.get('latency_note', '')}".rstrip(", "))
     if strongest:
         lines.append("* the strongest zero-cost rule at the target on the reward split (the random control excluded)")
     lines += _selection_notes(results)
@@ -204,7 +217,7 @@ def text_table(rows: Sequence[Sequence[str]], text_columns: int) -> list[str]:
 _CSV_FIELDS = (
     "target_sparsity", "method", "test_accuracy", "reward_accuracy", "param_sparsity", "flops_sparsity",
     "seconds", "episode_return", "action_type", "finetuned_test_accuracy", "finetune_seconds", "evaluations",
-    "cost_seconds", "fallback",
+    "cost_seconds", "fallback", "latency_ms",
 )
 
 
@@ -239,7 +252,8 @@ def write_tables(comparison: Comparison, output: Path) -> None:
     writer.writeheader()
     for row in comparison.results:
         values = row.record()
-        writer.writerow({key: values[key] for key in _CSV_FIELDS})
+        writer.writerow({key: json.dumps(values[key]) if isinstance(values[key], dict) else values[key]
+                         for key in _CSV_FIELDS})
     atomic_write_text(output / "results.csv", buffer.getvalue())
     atomic_write_text(output / "table.txt", comparison.table + "\n")
 
@@ -289,7 +303,7 @@ def plot_accuracy(comparison: Comparison, path: Path) -> None:
         dense = comparison.metadata["dense_test_accuracy"]
         if dense == dense:  # not NaN
             axis.axhline(100 * dense, color="grey", linestyle="--", linewidth=1, label="dense")
-        axis.set_xlabel("overall sparsity (%)")
+        axis.set_xlabel(comparison.metadata.get("target_label", "overall sparsity") + " (%)")
         axis.set_ylabel("test accuracy (%)")
         axis.set_title(title)
         axis.grid(alpha=0.3)
@@ -310,12 +324,13 @@ def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
     figure, axes = plt.subplots(len(targets), 1, figsize=(10, 2.4 * len(targets) + 0.6), squeeze=False)
     # One colour per role in every panel (the strongest rule changes with the target), so one
     # legend reads right for all of them.
-    colours = {"Global MP": "tab:blue", agent_label: "tab:orange", best_label: "tab:green"}
+    anchor = comparison.metadata.get("anchor_rule", "Global MP")  # the registry's first rule
+    colours = {anchor: "tab:blue", agent_label: "tab:orange", best_label: "tab:green"}
     legend: dict[str, Any] = {}
     for axis, target in zip(axes[:, 0], targets, strict=True):
         strongest = (comparison.metadata.get("strongest_heuristic") or {}).get(f"{target:.6g}")
-        bars = [comparison.result("Global MP", target)]
-        if strongest not in (None, "Global MP"):
+        bars = [comparison.result(anchor, target)]
+        if strongest not in (None, anchor):
             bars.append(comparison.result(strongest, target))
         bars.append(comparison.result(agent_label, target))
         bars += [row for row in comparison.results if row.method == best_label and row.target_sparsity == target]

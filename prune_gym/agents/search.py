@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from prune_gym.agents.policies import RecipePolicy, prune_env_of
+from prune_gym.agents.policies import RecipePolicy, method_of, prune_env_of
 from prune_gym.agents.rollout import run_episode
-from prune_gym.allocation import allocation_method
 from prune_gym.errors import ConfigError
 
 __all__ = ["DEFAULT_STEP", "SearchResult", "local_search"]
@@ -64,14 +63,14 @@ def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: fl
         episodes: the budget in env episodes (>= 1).
         seed: seeds the perturbations.
         step: standard deviation of the perturbation in logit space.
-        start: a name of ``prune_gym.allocation.ALLOCATION_METHODS`` (Global MP by default).
+        start: a name of the env's ``allocation_methods`` (Global MP by default).
     """
     prune_env = prune_env_of(env)
     if prune_env.action_type != "continuous" or prune_env.action_mode != "absolute":
         raise ConfigError(
             "local_search plays exact allocations: give it an env with action_type='continuous' and action_mode='absolute'"
         )
-    allocation_method(start)  # an unknown name fails here, before any episode
+    method_of(env, start)  # an unknown name fails here, before any episode
     if isinstance(episodes, bool) or not isinstance(episodes, int | np.integer) or episodes < 1:
         raise ConfigError(f"episodes must be a whole number >= 1, got {episodes!r}")
     names = prune_env.layer_names()

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from prune_gym.agents.report import MethodResult
-from prune_gym.allocation import ALLOCATION_METHODS, HEURISTICS
+from prune_gym.allocation import ALLOCATION_METHODS
+from prune_gym.channel_allocation import CHANNEL_METHODS
 from prune_gym.errors import ConfigError
 from prune_gym.significance import mcnemar
 
@@ -38,10 +39,12 @@ SELECTION_ALPHA = 0.05
 
 
 def strongest_heuristic(rows: Sequence[MethodResult], target: float) -> MethodResult | None:
-    """The zero-cost rule (``prune_gym.allocation.HEURISTICS``; not the random control) with the
-    highest reward-split accuracy at ``target``; ties go to the first in registry order. The
+    """The zero-cost rule (a heuristic of ``prune_gym.allocation`` or, for channel envs, of
+    ``prune_gym.channel_allocation``; not the random control) with the highest reward-split
+    accuracy at ``target``; ties go to the first in registry order. The
     test split is not read."""
-    labels = [ALLOCATION_METHODS[name].label for name in HEURISTICS]
+    labels = [method.label for registry in (ALLOCATION_METHODS, CHANNEL_METHODS) for method in registry.values()
+              if method.heuristic]
     candidates = [row for label in labels for row in rows
                   if row.method == label and math.isclose(row.target_sparsity, target)]
     return max(candidates, key=lambda row: row.reward_accuracy, default=None)

@@ -92,6 +92,9 @@ class PruningEngine:
         stages = self.evaluator.stages
         modules = [layer.module for layer in self.layers]
         self.layer_stage = stage_of_modules(stages, modules) if stages else [0] * len(self.layers)
+        #: The stage where each unit a step prunes starts (a layer here; a channel group in
+        #: ``ChannelEngine``): evaluation and re-calibration resume from it.
+        self.unit_stage = self.layer_stage
         # Fine-tuning changes every parameter and buffer: keep a device copy of all of them to
         # reset from. Re-calibration alone changes only BatchNorm statistics: keep those.
         self._full_snapshot = capture_state(model) if finetune_steps else None
@@ -119,25 +122,48 @@ class PruningEngine:
         the reward-split accuracy. A step that fails leaves the network as it was before it; a
         step that succeeded can still be taken back with :meth:`rollback` (the env does when
         what follows the pruning, its reward or the test evaluation, fails)."""
-        numel = self.state.numels[index]
         # What the step may change besides the mask, for the rollback.
         before_step = capture_state(self.model) if self._full_snapshot is not None else None
         self._undo = (
-            index, self.state.masks[index].clone(), before_step,
-            self.calibrator.capture(self.layer_stage[index]) if self.calibrator is not None and before_step is None else None,
+            index, self._unit_mask(index), before_step,
+            self.calibrator.capture(self.unit_stage[index]) if self.calibrator is not None and before_step is None else None,
             self._generator.get_state(),
         )
         try:
-            if self.finetune_steps:
-                # Retrained weights differ from the dense copy: rank the current ones.
-                self.state.prune_current(index, keep_top_mask(self.layers[index].weight, numel - count))
-            else:
-                self.state.set_mask(index, keep_top_mask(self.state.dense[index], numel - count))
+            self._mask_unit(index, count)
             self._after_weights_changed(index)
             return self.evaluator.accuracy(keep_stage=self._next_stage(index))
         except BaseException:
             self.rollback()
             raise
+
+    def _mask_unit(self, index: int, count: int) -> None:
+        """Prune ``count`` weights of layer ``index``, the smallest first."""
+        numel = self.state.numels[index]
+        if self.finetune_steps:
+            # Retrained weights differ from the dense copy: rank the current ones.
+            self.state.prune_current(index, keep_top_mask(self.layers[index].weight, numel - count))
+        else:
+            self.state.set_mask(index, keep_top_mask(self.state.dense[index], numel - count))
+
+    def _unit_mask(self, index: int):
+        """What :meth:`_put_unit_mask` needs to put unit ``index`` back as it is now."""
+        return self.state.masks[index].clone()
+
+    def _put_unit_mask(self, index: int, mask) -> None:
+        self.state.set_mask(index, mask)
+
+    def _all_masks(self):
+        """Every unit's mask as it is now (for :meth:`_put_all_masks`), without touching weights."""
+        return [mask.clone() for mask in self.state.masks]
+
+    def _put_all_masks(self, masks) -> None:
+        """Record ``masks`` as the units' masks; the weights are put back separately."""
+        for own, mask in zip(self.state.masks, masks, strict=True):
+            own.copy_(mask)
+
+    def _restore_units(self) -> None:
+        self.state.restore()
 
     def rollback(self) -> None:
         """Put the network back as it was before the last :meth:`prune` (mask, parameters or
@@ -150,19 +176,19 @@ class PruningEngine:
             restore_state(self.model, before_step)
             self.state.masks[index].copy_(previous_mask)
         else:
-            self.state.set_mask(index, previous_mask)
+            self._put_unit_mask(index, previous_mask)
         if norms_before is not None:
             BatchNormCalibrator.restore(norms_before)
         self._generator.set_state(generator_state)
         self._mark_changed(0)
 
     def _next_stage(self, index: int) -> int | None:
-        return self.layer_stage[index + 1] if index + 1 < len(self.layers) else None
+        return self.unit_stage[index + 1] if index + 1 < len(self.unit_stage) else None
 
     def _after_weights_changed(self, index: int) -> None:
         """Fine-tune / re-calibrate as configured, and tell the evaluator the first stage whose
         output changed (it resumes from its cache when that is not before the cached stage)."""
-        stage = self.layer_stage[index]
+        stage = self.unit_stage[index]
         if self.finetune_steps:
             finetune_steps(
                 self.model, self.layers, self.state.masks, self.resident_train(), self.finetune_steps,
@@ -185,7 +211,7 @@ class PruningEngine:
     def restore_dense(self, seed: int | None = None) -> None:
         """The dense trained network, bit for bit, from the device copies (masks, and
         parameters or statistics); ``seed`` re-seeds the fine-tuning generator."""
-        self.state.restore()
+        self._restore_units()
         self.last_test_correct = None
         self._undo = None
         if self._full_snapshot is not None:
@@ -212,15 +238,14 @@ class PruningEngine:
         """Test accuracy of the dense network (measured once, then the pruned state is put back)."""
         if self.dense_test_accuracy is None:
             pruned = capture_state(self.model)
-            masks = [mask.clone() for mask in self.state.masks]
+            masks = self._all_masks()
             # The pruned model's correctness (for paired tests) and undo record survive the detour.
             last_test_correct, undo = self.last_test_correct, self._undo
             self.restore_dense()
             self.dense_test_accuracy = self.test_accuracy()
             self.last_test_correct, self._undo = last_test_correct, undo
             restore_state(self.model, pruned)
-            for own, mask in zip(self.state.masks, masks, strict=True):
-                own.copy_(mask)
+            self._put_all_masks(masks)
             self._mark_changed(0)
         return self.dense_test_accuracy
 

@@ -15,7 +15,7 @@ from gymnasium import spaces
 from torch import nn
 
 from prune_gym.accounting import flops_removed
-from prune_gym.allocation import allocation_method, allocation_sparsities
+from prune_gym.allocation import ALLOCATION_METHODS, allocation_method, allocation_sparsities
 from prune_gym.envs.actions import (
     DEFAULT_RELATIVE_RANGE,
     ActionMap,
@@ -37,7 +37,7 @@ from prune_gym.evaluation import (
     resolve_device,
 )
 from prune_gym.pruning import check_sparsity
-from prune_gym.stats import observation, observation_bounds, static_features
+from prune_gym.stats import FEATURE_INDEX, observation, observation_bounds, static_features
 from prune_gym.tasks import get_task
 
 
@@ -217,6 +217,10 @@ class PruneEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    #: The allocation methods that apply here (the reference policies and the search read it).
+    allocation_methods = ALLOCATION_METHODS
+    #: Where each feature sits in the observation.
+    feature_index = FEATURE_INDEX
 
     def __init__(
         self,
@@ -329,8 +333,8 @@ class PruneEnv(gym.Env):
             evaluate_test if evaluate_test is not None else test_evaluator.resident)
         self.num_layers, self.layer_flops = len(self.layers), self.engine.layer_flops
         self._static = static_features(self.layers, self.state.dense, self.layer_flops)
-        # Per (method, target, Minimum Threshold): the sparsities and the seconds computing them took.
-        self._allocation_cache: dict[tuple[str, float, float | None], tuple[list[float], float]] = {}
+        # Per (method, target, Minimum Threshold, seed): the sparsities and the seconds computing them took.
+        self._allocation_cache: dict[tuple[str, float, float | None, int], tuple[list[float], float]] = {}
 
         self.levels = self.actions.levels  # sparsities (absolute) or logit steps (relative)
         self.action_space = self.actions.space()
@@ -397,21 +401,25 @@ class PruneEnv(gym.Env):
         return reference_sparsity(index, self.state.numels, counts, pruned, target_count)
 
     def allocation_sparsities(self, method: str, target: float | None = None,
-                              min_threshold: float | None = None) -> list[float]:
+                              min_threshold: float | None = None, seed: int = 0) -> list[float]:
         """Per-layer sparsities of an allocation method (``prune_gym.allocation``) on the dense
-        model at ``target`` (the env's, else 0.5), cached per method, target and Minimum Threshold."""
-        return self._allocation(method, target, min_threshold)[0]
+        model at ``target`` (the env's, else 0.5), cached per method, target, Minimum Threshold
+        and seed (the draw of ``random``)."""
+        return self._allocation(method, target, min_threshold, seed)[0]
 
-    def allocation_seconds(self, method: str, target: float | None = None, min_threshold: float | None = None) -> float:
+    def allocation_seconds(self, method: str, target: float | None = None, min_threshold: float | None = None,
+                           seed: int = 0) -> float:
         """What computing :meth:`allocation_sparsities` took (the first time; later calls are cached)."""
-        return self._allocation(method, target, min_threshold)[1]
+        return self._allocation(method, target, min_threshold, seed)[1]
 
-    def _allocation(self, method: str, target: float | None, min_threshold: float | None) -> tuple[list[float], float]:
+    def _allocation(self, method: str, target: float | None, min_threshold: float | None,
+                    seed: int) -> tuple[list[float], float]:
         target = target if target is not None else (self.target_sparsity if self.target_sparsity is not None else 0.5)
-        key = (method, float(target), min_threshold)
+        key = (method, float(target), min_threshold, int(seed))
         if key not in self._allocation_cache:
             started = time.perf_counter()
-            sparsities = allocation_sparsities(method, self.state.dense, float(target), min_threshold=min_threshold)
+            sparsities = allocation_sparsities(method, self.state.dense, float(target), min_threshold=min_threshold,
+                                               seed=seed)
             self._allocation_cache[key] = (sparsities, time.perf_counter() - started)
         return self._allocation_cache[key]
 

@@ -32,11 +32,12 @@ def register_task(task: Task) -> Task:
 
 
 def get_task(name: str) -> Task:
-    """The task with this name (``"resnet20-digits"``) or env id (``"PruneResNet20Digits-v1"``)."""
+    """The task with this name (``"resnet20-digits"``) or env id (``"PruneResNet20Digits-v1"``,
+    ``"PruneResNet20DigitsChannels-v1"``)."""
     if name in TASKS:
         return TASKS[name]
     for task in TASKS.values():
-        if name == task.env_id or name == task.env_id.rsplit("-v", 1)[0]:
+        if name in (task.env_id, task.env_id.rsplit("-v", 1)[0], task.channel_env_id):
             return task
     known = ", ".join(sorted(TASKS))
     raise ConfigError(f"unknown task {name!r}; known tasks: {known}")

@@ -80,6 +80,15 @@ class Task(ABC):
     #: Whether ``compile="auto"`` compiles the evaluation on CUDA: where a reward-split pass is
     #: long enough to pay back the compilation within a few episodes.
     compile_on_cuda: bool = False
+    #: Whether the task has a channel-pruning env (``channel_env_id``): its model is a
+    #: convolutional network whose channels Torch-Pruning can remove.
+    channel_pruning: bool = True
+
+    @property
+    def channel_env_id(self) -> str | None:
+        """The id of the task's channel-pruning env (``ChannelPruneEnv``), e.g.
+        ``"PruneResNet20DigitsChannels-v1"``; None where it has none."""
+        return self.env_id.rsplit("-v", 1)[0] + "Channels-v1" if self.channel_pruning else None
 
     @property
     def amp(self) -> bool:

@@ -199,6 +199,8 @@ class HAR2Task(Task):
             data_env_var="PRUNE_GYM_HAR_DIR",
             weights_env_var="PRUNE_GYM_FASTGRNN_HAR2_WEIGHTS",
             description="UCI HAR raw inertial signals, binarised as in the FastGRNN paper",
+            # A recurrent cell's hidden units feed back into themselves: no channel env (weights only).
+            channel_pruning=False,
         )
 
     def build_model(self) -> nn.Module:

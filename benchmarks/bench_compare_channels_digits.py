@@ -1,0 +1,170 @@
+"""The channel env's main command, ``prune-gym compare PruneResNet20DigitsChannels-v1``, and the
+export of its best recipe at 50% of the FLOPs, with the latency of the smaller network measured
+beside the dense one's.
+
+1. Runs the comparison with the command's defaults (DQN with the shipped hyperparameters across
+   the FLOPs targets 0.3, 0.5 and 0.7, the search at equal cost, every channel rule, one torch
+   thread) and records the wall-clock time and the table.
+2. Exports the recipe of the row with the best reward-split accuracy at 0.5 among the agent's and
+   the search's (selection on the reward split, the test split only reports) with
+   ``prune-gym export``'s code: the smaller network's checkpoint and ONNX file, its test accuracy
+   (checked against the table's).
+3. Measures the latency of the dense and the smaller network side by side: rounds alternate the
+   two (each round the median of repeated forward passes), on one CPU thread, in PyTorch and in
+   onnxruntime, at batch 1 and 256; the speed-up is the median over rounds of the ratio.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_compare_channels_digits.py --output benchmarks/results
+
+It writes ``compare_channels_digits.json`` and ``.md`` (and keeps the table's recipes in
+``compare_channels_digits_recipes/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import onnxruntime
+import torch
+from machine import machine_info  # benchmarks/machine.py, beside this script
+
+from prune_gym.agents.compare import DEFAULT_CHANNEL_TARGETS, compare
+from prune_gym.agents.report import method_slug
+from prune_gym.channel_export import export_channel_task, export_onnx, load_slim
+from prune_gym.tasks import get_task
+
+ENV_ID = "PruneResNet20DigitsChannels-v1"
+
+
+def median_ms(run, repeats: int) -> float:
+    run()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - started)
+    return 1000 * statistics.median(samples)
+
+
+def side_by_side(dense: torch.nn.Module, slim: torch.nn.Module, dense_onnx: Path, slim_onnx: Path,
+                 shape: tuple[int, ...], batches: tuple[int, ...], rounds: int) -> dict:
+    """Alternate dense and smaller network, ``rounds`` times, in PyTorch and onnxruntime."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    sessions = {name: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for name, path in (("dense", dense_onnx), ("pruned", slim_onnx))}
+    results: dict = {}
+    for batch in batches:
+        x = torch.randn(batch, *shape)
+        repeats = 200 if batch == 1 else 20
+        for runtime in ("pytorch", "onnxruntime"):
+            times: dict[str, list[float]] = {"dense": [], "pruned": []}
+            for _ in range(rounds):
+                for name, model in (("dense", dense), ("pruned", slim)):
+                    if runtime == "pytorch":
+                        def run(model=model, x=x):
+                            with torch.inference_mode():
+                                model(x)
+                    else:
+                        session, feed = sessions[name], {sessions[name].get_inputs()[0].name: x.numpy()}
+
+                        def run(session=session, feed=feed):
+                            session.run(None, feed)
+                    times[name].append(median_ms(run, repeats))
+            ratios = [d / p for d, p in zip(times["dense"], times["pruned"], strict=True)]
+            results[f"{runtime} batch {batch}"] = {
+                "dense_ms": statistics.median(times["dense"]), "pruned_ms": statistics.median(times["pruned"]),
+                "speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
+            }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--timesteps", type=int, help="agent budget (default: the shipped n_timesteps)")
+    parser.add_argument("--sparsity", type=float, nargs="+", default=list(DEFAULT_CHANNEL_TARGETS))
+    parser.add_argument("--export-target", type=float, default=0.5, help="the target whose best recipe is exported")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating latency rounds (default: 7)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, help="write compare_channels_digits.json and .md here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    load_start = os.getloadavg()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        result = compare(ENV_ID, args.sparsity, "dqn", timesteps=args.timesteps, output_dir=folder / "compare",
+                         seed=args.seed)
+        compare_seconds = time.perf_counter() - started
+        candidates = [row for row in result.results if row.method in ("DQN (best found)", "local search", "DQN (greedy)")
+                      and abs(row.target_sparsity - args.export_target) < 1e-9]
+        chosen = max(candidates, key=lambda row: row.reward_accuracy)  # the reward split selects
+        recipe = folder / "compare" / "recipes" / f"{method_slug(chosen.method)}-{args.export_target:.2f}.json"
+        exported, _ = export_channel_task(ENV_ID, folder / "export", recipe=recipe, device="cpu", latency=False)
+        task = get_task(ENV_ID)
+        slim = load_slim(exported.checkpoint, task.build_model(), torch.zeros(1, 1, 8, 8))
+        dense = task.load_model().eval()
+        dense_onnx = export_onnx(dense, torch.zeros(1, 1, 8, 8), folder / "dense.onnx")
+        latency = side_by_side(dense, slim, dense_onnx, exported.onnx, (1, 8, 8), (1, 256), args.rounds)
+        if args.output is not None:
+            recipes = args.output / "compare_channels_digits_recipes"
+            shutil.rmtree(recipes, ignore_errors=True)
+            shutil.copytree(folder / "compare" / "recipes", recipes)
+    record = {
+        "benchmark": "compare_channels_digits",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": f"prune-gym compare {ENV_ID}" + (f" --timesteps {args.timesteps}" if args.timesteps else ""),
+        "machine": machine_info(),
+        "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
+        "compare_wall_seconds": compare_seconds,
+        "agent_train_seconds": result.metadata["agent"]["train_seconds"],
+        "table": result.table,
+        "results": [row.record() for row in result.results],
+        "exported": {"method": chosen.method, "target": args.export_target, "table_test_accuracy": chosen.test_accuracy,
+                     "exported_test_accuracy": exported.test_accuracy, "flops_reduction": exported.flops_reduction,
+                     "params": exported.params, "dense_params": exported.dense_params,
+                     "onnx_max_difference": exported.onnx_max_difference},
+        "latency": latency,
+    }
+    lines = [
+        f"# `{record['command']}`, and its best recipe at {args.export_target:.0%} FLOPs exported",
+        "",
+        f"Date {record['date']}; {record['machine']['cpu']}, {record['machine']['logical_cpus']} logical CPUs, 1 torch "
+        f"thread; torch {record['machine']['torch']}. Compare: {compare_seconds:.0f} s wall (agent "
+        f"{record['agent_train_seconds']:.0f} s); load average {load_start[0]:.1f} at the start.",
+        "",
+        "```", result.table, "```", "",
+        f"Exported: {chosen.method} at {args.export_target:.0%} (the best reward-split accuracy among the agent's and "
+        f"the search's rows): test accuracy {100 * exported.test_accuracy:.2f}% (the table: "
+        f"{100 * chosen.test_accuracy:.2f}%), FLOPs removed {100 * exported.flops_reduction:.1f}%, parameters "
+        f"{exported.params:,} of {exported.dense_params:,}; ONNX against PyTorch: largest logit difference "
+        f"{exported.onnx_max_difference:.1e}.",
+        "",
+        f"Latency, dense and pruned alternating over {args.rounds} rounds (median of each round's median; speed-up = "
+        "median over rounds of dense / pruned, with its range):",
+        "",
+        "| runtime, batch | dense (ms) | pruned (ms) | speed-up | range |",
+        "|---|---:|---:|---:|---|",
+        *[f"| {key} | {v['dense_ms']:.3f} | {v['pruned_ms']:.3f} | {v['speedup']:.2f}x | "
+          f"{v['speedup_min']:.2f}-{v['speedup_max']:.2f} |" for key, v in latency.items()],
+        "",
+    ]
+    markdown = "\n".join(lines)
+    print(markdown)
+    if args.output is not None:
+        (args.output / "compare_channels_digits.json").write_text(json.dumps(record, indent=2) + "\n")
+        (args.output / "compare_channels_digits.md").write_text(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""Channel allocation rules: how many channels each group loses at a FLOPs (or parameter)
+target, with no search and no training (the zero-cost baselines of the channel envs).
+
+- ``global-norm``: Torch-Pruning's global pruning with magnitude importance: every channel of
+  every group ranked by its group-normalised L2 norm, the least important removed first until
+  the target is met.
+- ``lamp``: the same ranking by LAMP scores at group level (Lee et al. 2021: a channel's squared
+  norm over the sum of the squared norms of the channels of its group not below it).
+- ``uniform``: one share of channels removed from every group.
+- ``random``: random shares per group, scaled together until the target is met (seeded).
+
+Each returns removed-channel counts, one per group, each within its cap, whose reduction is the
+smallest the rule reaches at or above the target (exact accounting: ``channels.ChannelCost``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from torch import Tensor
+
+from prune_gym.allocation import AllocationMethod
+from prune_gym.channels import ChannelCost
+from prune_gym.errors import ConfigError
+
+__all__ = ["CHANNEL_METHODS", "channel_allocation", "lamp_scores"]
+
+
+def lamp_scores(importance: Tensor) -> np.ndarray:
+    """LAMP scores of one group's channels from their importance (scale-free within the group)."""
+    squared = importance.double().numpy() ** 2
+    order = np.argsort(squared, kind="stable")
+    tail = np.cumsum(squared[order][::-1])[::-1]  # sum over the channels not below each one
+    scores = np.empty_like(squared)
+    scores[order] = squared[order] / np.maximum(tail, 1e-300)
+    return scores
+
+
+def _smallest_meeting(counts_at: Callable[[int], np.ndarray], steps: int, cost: ChannelCost, budget: str,
+                      target: float) -> np.ndarray:
+    """The counts of the first step in ``0..steps`` (counts grow with the step) whose reduction
+    reaches ``target``; the last step's when none does."""
+    low, high = 0, steps
+    while low < high:
+        middle = (low + high) // 2
+        if cost.reduction(budget, counts_at(middle)) >= target:
+            high = middle
+        else:
+            low = middle + 1
+    return counts_at(low)
+
+
+def _global(scores: Sequence[np.ndarray], caps: np.ndarray, cost: ChannelCost, budget: str, target: float) -> np.ndarray:
+    """Remove the channels of lowest score across all groups (each group within its cap)."""
+    ordered = [np.sort(s) for s in scores]
+    thresholds = np.unique(np.concatenate(ordered))
+
+    def counts_at(step: int) -> np.ndarray:
+        if step == 0:
+            return np.zeros(len(scores), dtype=np.int64)
+        below = np.array([np.searchsorted(s, thresholds[step - 1], side="right") for s in ordered])
+        return np.minimum(below, caps)
+
+    return _smallest_meeting(counts_at, len(thresholds), cost, budget, target)
+
+
+def _scaled(shares: np.ndarray, caps: np.ndarray, cost: ChannelCost, budget: str, target: float,
+            steps: int = 4096) -> np.ndarray:
+    """Remove ``scale * shares[g]`` of each group's channels, the smallest scale that meets the target."""
+    top = 1.0 / max(float(shares.max()), 1e-12)
+
+    def counts_at(step: int) -> np.ndarray:
+        return np.minimum(np.floor(step / steps * top * shares * cost.channels + 0.5).astype(np.int64), caps)
+
+    return _smallest_meeting(counts_at, steps, cost, budget, target)
+
+
+def _global_norm(importance, cost, caps, budget, target, seed):
+    return _global([s.double().numpy() for s in importance], caps, cost, budget, target)
+
+
+def _lamp(importance, cost, caps, budget, target, seed):
+    return _global([lamp_scores(s) for s in importance], caps, cost, budget, target)
+
+
+def _uniform(importance, cost, caps, budget, target, seed):
+    return _scaled(np.ones(len(caps)), caps, cost, budget, target)
+
+
+def _random(importance, cost, caps, budget, target, seed):
+    return _scaled(np.random.default_rng(seed).uniform(0.0, 1.0, len(caps)), caps, cost, budget, target)
+
+
+#: The channel allocation rules by name, in table order (the channel envs' registry; the weight
+#: envs' is ``prune_gym.allocation.ALLOCATION_METHODS``).
+CHANNEL_METHODS: dict[str, AllocationMethod] = {
+    method.name: method
+    for method in (
+        AllocationMethod("global-norm", "global L2 norm",
+                         "every channel ranked by its group-normalised L2 norm (Torch-Pruning's global pruning)",
+                         _global_norm),
+        AllocationMethod("lamp", "LAMP", "one threshold on LAMP scores of the channels' group norms (Lee et al. 2021)",
+                         _lamp),
+        AllocationMethod("uniform", "uniform", "one share of channels removed from every group", _uniform),
+        AllocationMethod("random", "random", "seeded random shares per group, scaled to the target (a control)",
+                         _random, heuristic=False),
+    )
+}
+
+
+def channel_allocation(method: str, importance: Sequence[Tensor], cost: ChannelCost, caps: Sequence[int],
+                       budget: str, target: float, seed: int = 0) -> list[int]:
+    """Removed-channel counts per group of ``method`` at ``target`` (see the module docstring)."""
+    if method not in CHANNEL_METHODS:
+        raise ConfigError(f"unknown channel allocation {method!r}: choose one of {', '.join(CHANNEL_METHODS)}")
+    counts = CHANNEL_METHODS[method].counts(importance, cost, np.asarray(caps, dtype=np.int64), budget, target, seed)
+    return [int(c) for c in counts]

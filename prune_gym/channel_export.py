@@ -1,0 +1,274 @@
+"""Getting a channel-pruned model out, physically smaller: a checkpoint of the smaller network,
+an ONNX file, and its measured latency beside the dense model's.
+
+- :func:`slim_model`: the channel env's pruned network with the removed channels gone
+  (Torch-Pruning), on the CPU; it computes what the env's masked network computes.
+- :func:`save_slim` / :func:`load_slim`: a checkpoint that rebuilds the smaller architecture
+  from the dense one (the removed channels of each group) and loads its weights, with
+  ``weights_only`` loading (no pickled code).
+- :func:`export_onnx` / :func:`onnx_logits`: ``torch.onnx.export`` (dynamic batch) and
+  onnxruntime's predictions, to check them against PyTorch's.
+- :func:`measure_latency`: median seconds of a forward pass at each batch size, after warm-up.
+- :func:`export_channel_recipe`: replay a recipe through a channel env, write checkpoint and
+  ONNX, measure dense against pruned; :func:`export_channel_task` is the ``prune-gym export``
+  command for channel env ids (a rule or a recipe, optional fine-tuning of the smaller network).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import onnxruntime
+import torch
+from torch import Tensor, nn
+
+from prune_gym.channels import slim_copy
+from prune_gym.errors import ConfigError
+from prune_gym.evaluation import evaluate_accuracy, sample_tensors
+from prune_gym.finetune import finetune_pruned
+from prune_gym.io import atomic_save, atomic_write_json, check_writable_path
+from prune_gym.pruning import find_prunable_layers
+from prune_gym.recipes import load_recipe
+
+__all__ = [
+    "LATENCY_BATCHES",
+    "ChannelExport",
+    "export_channel_recipe",
+    "export_channel_task",
+    "export_onnx",
+    "load_slim",
+    "measure_latency",
+    "onnx_logits",
+    "save_slim",
+    "slim_model",
+]
+
+#: The batch sizes latency is measured at: one sample (interactive use) and a batch (throughput).
+LATENCY_BATCHES = (1, 256)
+#: The checkpoint's format version.
+SLIM_FORMAT = 1
+
+
+def _example(env: Any) -> Tensor:
+    return torch.zeros(1, *env.evaluator.sample_shape)
+
+
+def slim_model(env: Any) -> nn.Module:
+    """The channel env's network as it is now, with its removed channels physically gone: a copy
+    on the CPU in the default memory format, in eval mode (the env is not changed)."""
+    model = env.model
+    device = next(model.parameters()).device
+    slim = slim_copy(model, env.group_names(), env.removed_channels(), _example(env).to(device))
+    return slim.to("cpu", memory_format=torch.contiguous_format).eval()
+
+
+def save_slim(model: nn.Module, path: str | Path, removed: Mapping[str, Sequence[int]],
+              meta: Mapping[str, Any] | None = None) -> Path:
+    """Write the smaller network: its state dict, the removed channels of each group (by root
+    layer) that rebuild its architecture from the dense one, and ``meta``."""
+    path = Path(path)
+    atomic_save({"format": SLIM_FORMAT, "removed": {name: [int(c) for c in channels] for name, channels in removed.items()},
+                 "state_dict": model.state_dict(), "meta": dict(meta or {})}, path)
+    return path
+
+
+def load_slim(path: str | Path, dense: nn.Module, example_input: Tensor) -> nn.Module:
+    """The smaller network saved by :func:`save_slim`, rebuilt from ``dense`` (the architecture
+    built as for the unpruned model, e.g. ``task.build_model()``; not changed)."""
+    record = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(record, dict) or record.get("format") != SLIM_FORMAT:
+        raise ConfigError(f"{path} is not a channel-pruned checkpoint of prune-gym (format {SLIM_FORMAT})")
+    removed = record["removed"]
+    slim = slim_copy(dense.eval(), list(removed), list(removed.values()), example_input)
+    try:
+        slim.load_state_dict(record["state_dict"])
+    except RuntimeError as error:
+        raise ConfigError(f"{path} does not fit this architecture ({error}); was it saved from another model?") from None
+    return slim.eval()
+
+
+def export_onnx(model: nn.Module, example_input: Tensor, path: str | Path) -> Path:
+    """``model`` as ONNX (``torch.onnx.export``, the batch dimension dynamic), input ``input``,
+    output ``logits``."""
+    path = Path(path)
+    batch = torch.export.Dim("batch", min=1)
+    # An example batch of 1 would be specialised to 1 by torch.export: trace with 2.
+    example_input = example_input[:1].expand(2, *example_input.shape[1:]).contiguous()
+    torch.onnx.export(model.eval(), (example_input,), str(path), input_names=["input"], output_names=["logits"],
+                      dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+    return path
+
+
+def onnx_logits(path: str | Path, inputs: Tensor) -> np.ndarray:
+    """onnxruntime's outputs for ``inputs`` (one CPU thread)."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+
+
+@torch.inference_mode()
+def measure_latency(model: nn.Module, sample_shape: Sequence[int], batch_sizes: Sequence[int] = LATENCY_BATCHES,
+                    device: str | torch.device = "cpu", min_seconds: float = 0.5, max_repeats: int = 200) -> dict[str, float]:
+    """Median milliseconds of one forward pass of ``model`` at each batch size on ``device``
+    (random inputs; warm-up first; repeats until ``min_seconds`` or ``max_repeats``), keyed by
+    the batch size as a string. Runs with this process's torch threads."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    timings = {}
+    for batch in batch_sizes:
+        x = torch.randn(batch, *sample_shape, device=device)
+        for _ in range(3):
+            model(x)
+        _synchronize(device)
+        samples, spent = [], 0.0
+        while len(samples) < 5 or (spent < min_seconds and len(samples) < max_repeats):
+            started = time.perf_counter()
+            model(x)
+            _synchronize(device)
+            samples.append(time.perf_counter() - started)
+            spent += samples[-1]
+        timings[str(batch)] = 1000 * statistics.median(samples)
+    return timings
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class ChannelExport:
+    """What :func:`export_channel_recipe` wrote and measured."""
+
+    checkpoint: Path
+    onnx: Path | None
+    test_accuracy: float
+    reward_accuracy: float
+    flops_reduction: float
+    param_reduction: float
+    dense_params: int
+    params: int
+    onnx_max_difference: float | None
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.checkpoint}" + (f" and {self.onnx}" if self.onnx else ""),
+                 f"test accuracy {100 * self.test_accuracy:.2f}% (reward split {100 * self.reward_accuracy:.2f}%), "
+                 f"FLOPs removed {100 * self.flops_reduction:.1f}%, parameters {self.params:,} of {self.dense_params:,}"]
+        if self.onnx_max_difference is not None:
+            lines.append(f"ONNX (onnxruntime) against PyTorch on the test inputs: largest logit difference "
+                         f"{self.onnx_max_difference:.2g}")
+        for where, timings in self.latency_ms.items():
+            if where.startswith("dense"):
+                continue
+            dense = self.latency_ms[f"dense {where}"]
+            lines += [f"latency on {where}, batch {batch}: dense {dense[batch]:.3f} ms, pruned {ms:.3f} ms "
+                      f"({dense[batch] / ms:.2f}x)" for batch, ms in timings.items()]
+        return "\n".join(lines)
+
+
+def export_channel_recipe(env: Any, layer_sparsities: Mapping[str, float], output: str | Path, *, onnx: bool = True,
+                          latency: bool = True, meta: Mapping[str, Any] | None = None) -> ChannelExport:
+    """Replay per-group shares of removed channels (a recipe's ``layers``) through the channel
+    env ``env``, and write ``output/model.pt`` (:func:`save_slim`) and ``output/model.onnx``;
+    the smaller network's test accuracy is measured on the env's test split (it equals the
+    env's, which a check asserts), and its latency beside the dense network's (CPU; and CUDA
+    where the env runs there)."""
+    output = Path(output)
+    names = env.group_names()
+    unknown = sorted(set(layer_sparsities) - set(names))
+    missing = [name for name in names if name not in layer_sparsities]
+    if unknown or missing:
+        raise ConfigError(f"the recipe does not fit this env's channel groups (missing {missing}, unknown {unknown}): "
+                          "was it written for another env or model?")
+    check_writable_path(output / "model.pt")
+    counts = [round(float(layer_sparsities[name]) * channels) for name, channels in zip(names, env.channels, strict=True)]
+    info = env.replay(counts)
+    test_accuracy = env.evaluate_test()
+    slim = slim_model(env)
+    slim_accuracy = evaluate_accuracy(slim, env.test_data, "cpu", amp=False)
+    if abs(slim_accuracy - test_accuracy) > 1.5 / max(env.engine.test_evaluator.num_samples, 1):
+        raise RuntimeError(f"the smaller network scores {slim_accuracy:.4f} on the test split, the env's masked one "
+                           f"{test_accuracy:.4f}: please report this model")
+    removed = dict(zip(names, env.removed_channels(), strict=True))
+    record = {**dict(meta or {}), "env_id": getattr(env.spec, "id", None), "layer_sparsities": dict(layer_sparsities),
+              "test_accuracy": slim_accuracy, "reward_accuracy": info["reward_accuracy"],
+              "flops_reduction": info["flops_reduction"], "param_reduction": info["overall_sparsity"]}
+    output.mkdir(parents=True, exist_ok=True)
+    checkpoint = save_slim(slim, output / "model.pt", removed, record)
+    example = _example(env)
+    onnx_path, difference = None, None
+    if onnx:
+        onnx_path = export_onnx(slim, example, output / "model.onnx")
+        probe = sample_tensors(env.test_data, 64, seed=0)[0].float()
+        with torch.inference_mode():
+            expected = slim(probe).numpy()
+        difference = float(np.abs(onnx_logits(onnx_path, probe) - expected).max())
+    timings: dict[str, dict[str, float]] = {}
+    if latency:
+        # The masked network has the dense architecture: dense kernels take as long on zeros.
+        dense = copy.deepcopy(env.model).to("cpu", memory_format=torch.contiguous_format).eval()
+        shape = env.evaluator.sample_shape
+        places = ["cpu"] + (["cuda"] if env.device.type == "cuda" else [])
+        for place in places:
+            timings[f"dense {place}"] = measure_latency(dense, shape, device=place)
+            timings[place] = measure_latency(slim, shape, device=place)
+        slim.to("cpu")
+    atomic_write_json(output / "export.json", {**record, "latency_ms": timings, "onnx_max_difference": difference})
+    return ChannelExport(checkpoint, onnx_path, slim_accuracy, info["reward_accuracy"], info["flops_reduction"],
+                         info["overall_sparsity"], int(env.cost.total_params), sum(p.numel() for p in slim.parameters()),
+                         difference, timings)
+
+
+def export_channel_task(env_id: str, output: str | Path, *, policy: str | None = None, sparsity: float | None = None,
+                        recipe: str | Path | None = None, finetune_epochs: int = 0, weights: str | None = None,
+                        data_dir: str | None = None, device: str = "auto", seed: int = 0, onnx: bool = True,
+                        latency: bool = True) -> tuple[ChannelExport, dict[str, Any]]:
+    """The ``prune-gym export`` command for a channel env id: a channel rule at ``sparsity`` (the
+    share of FLOPs removed) or a recipe (``layers``: each group's share of channels removed, as
+    ``prune-gym compare`` writes them), exported by :func:`export_channel_recipe` into the folder
+    ``output``; with ``finetune_epochs`` the smaller network is then trained on the task's train
+    split and written as ``model-finetuned.pt`` (its test accuracy in the returned record)."""
+    if (recipe is None) == (policy is None):
+        raise ConfigError("give a recipe (--recipe, e.g. one `prune-gym compare` wrote) or a channel rule (--policy) "
+                          "with --sparsity, not both")
+    if policy is not None and sparsity is None:
+        raise ConfigError(f"--policy {policy} needs --sparsity (the share of FLOPs removed, e.g. 0.5)")
+    if int(finetune_epochs) < 0:
+        raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+    loaded = load_recipe(recipe) if recipe is not None else None
+    kwargs: dict[str, Any] = {"device": device, "weights": weights, "data_dir": data_dir, "evaluate_test": True}
+    if loaded is not None and "bn_recalibration_batches" in loaded.meta:
+        kwargs["bn_recalibration_batches"] = int(loaded.meta["bn_recalibration_batches"])
+    env = gym.make(env_id, target_sparsity=sparsity if sparsity is not None else 0.5,
+                   **{key: value for key, value in kwargs.items() if value is not None})
+    try:
+        prune_env = env.unwrapped
+        shares = loaded.layers if loaded is not None else dict(zip(
+            prune_env.group_names(), prune_env.allocation_sparsities(policy, sparsity), strict=True))
+        meta = {"method": loaded.meta.get("method") if loaded is not None else policy, "recipe": None if recipe is None
+                else str(recipe)}
+        result = export_channel_recipe(prune_env, shares, output, onnx=onnx, latency=latency, meta=meta)
+        extra: dict[str, Any] = {}
+        if finetune_epochs:
+            slim = load_slim(result.checkpoint, prune_env.task.build_model(), _example(prune_env))
+            layers = find_prunable_layers(slim)
+            masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
+            finetune_pruned(slim, layers, masks, prune_env.train_data, int(finetune_epochs), family=prune_env.task.family,
+                            device=prune_env.device, seed=seed)
+            extra["finetuned_test_accuracy"] = evaluate_accuracy(slim, prune_env.test_data, prune_env.device,
+                                                                 amp=prune_env.amp)
+            save_slim(slim.to("cpu"), Path(output) / "model-finetuned.pt", dict(zip(
+                prune_env.group_names(), prune_env.removed_channels(), strict=True)), {**meta, **extra})
+    finally:
+        env.close()
+    return result, extra

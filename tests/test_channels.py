@@ -1,0 +1,340 @@
+"""Channel pruning: groups, masks against the physically smaller network, exact accounting, the
+channel rules, the channel env and its export."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import prune_gym
+from prune_gym.accounting import layer_flops
+from prune_gym.agents.compare import compare
+from prune_gym.channel_allocation import CHANNEL_METHODS, channel_allocation, lamp_scores
+from prune_gym.channel_export import (
+    export_channel_recipe,
+    export_onnx,
+    load_slim,
+    measure_latency,
+    onnx_logits,
+    slim_model,
+)
+from prune_gym.channels import (
+    ChannelCost,
+    ChannelMasks,
+    check_masks_match_slim,
+    find_channel_groups,
+    slim_copy,
+)
+from prune_gym.cli import main as cli_main
+from prune_gym.envs.channel_env import CHANNEL_FEATURES, ChannelPruneEnv
+from prune_gym.errors import ConfigError
+from prune_gym.evaluation import evaluate_accuracy, sample_tensors
+from prune_gym.pruning import find_prunable_layers
+from prune_gym.tasks.models.cifar_resnet import resnet20
+
+CHANNELS_ID = "PruneResNet20DigitsChannels-v1"
+
+
+def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters (fresh ones are the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            size = module.num_features
+            module.running_mean.copy_(torch.rand(size, generator=generator) * 0.2 - 0.1)
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(size, generator=generator) * 0.2 - 0.1)
+    return model.eval()
+
+
+MODELS = {
+    "resnet20": (lambda: resnet20(10, 1), (1, 8, 8)),
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (3, 32, 32)),
+    "resnet50": (lambda: torchvision.models.resnet50(num_classes=10), (3, 32, 32)),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_masks_give_the_smaller_network_and_the_accounting_is_exact(name):
+    build, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(build())
+    x = torch.randn(4, *shape)
+    groups, importance = find_channel_groups(model, x[:1])
+    masks = ChannelMasks(model, groups, importance)
+    cost = ChannelCost(model, groups, find_prunable_layers(model, example_input=x[:1]), x[:1])
+    rng = np.random.default_rng(0)
+    counts = [int(rng.integers(0, group.channels)) for group in groups]
+    with torch.no_grad():
+        dense_out = model(x)
+    masks.set_all(counts)
+    slim = slim_copy(model, [g.name for g in groups], masks.removed_channels(), x[:1]).eval()
+    with torch.no_grad():
+        masked_out, slim_out = model(x), slim(x)
+    assert torch.allclose(masked_out, slim_out, atol=1e-5, rtol=1e-4)
+    # What the cost model says the smaller network costs is what it costs.
+    slim_layers = find_prunable_layers(slim)
+    assert cost.flops(counts) == pytest.approx(sum(layer_flops(slim, x[:1], slim_layers)), rel=1e-9)
+    assert cost.params(counts) == pytest.approx(sum(p.numel() for p in slim.parameters()), rel=1e-9)
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
+    # Restoring gives the dense network back, bit for bit.
+    masks.restore()
+    with torch.no_grad():
+        assert torch.equal(model(x), dense_out)
+
+
+def test_resnet20_groups_follow_the_forward_order():
+    model = resnet20(10, 1).eval()
+    groups, importance = find_channel_groups(model, torch.randn(1, 1, 8, 8))
+    names = [group.name for group in groups]
+    # The stem's group is the first stage's residual sum; each block's inner channels are their own group.
+    assert names[:2] == ["stem.0", "blocks.0.conv1"]
+    assert "blocks.3.shortcut.0" in names and "blocks.6.shortcut.0" in names
+    assert len(groups) == 12 and [len(scores) for scores in importance] == [g.channels for g in groups]
+    residual = groups[0]
+    assert {"stem.0", "blocks.0.conv2", "blocks.1.conv2", "blocks.2.conv2"} <= set(residual.modules("out"))
+    assert "head.2" not in {s.module for g in groups for s in g.slices if s.side == "out"}  # the classes stay
+
+
+class _NormAcrossChannels(nn.Module):
+    """Conv -> GroupNorm (statistics over channels) -> Conv: masking is not removal here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(1, 8)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv2(torch.relu(self.norm(self.conv1(x))))).flatten(1))
+
+
+def test_a_model_where_masks_are_not_removal_is_refused_naming_the_layer():
+    model = _NormAcrossChannels().eval()
+    x = torch.randn(4, 3, 8, 8)
+    with pytest.raises(ConfigError, match="'conv1'") as caught:
+        groups, importance = find_channel_groups(model, x[:1])
+        ChannelMasks(model, groups, importance)
+        check_masks_match_slim(model, groups, importance, x, x[:1])
+    assert "GroupNorm" in str(caught.value) or "mixes channels" in str(caught.value)
+
+
+def test_channel_rules_meet_the_target_within_the_caps():
+    model = _randomise_batchnorm(resnet20(10, 1))
+    x = torch.randn(1, 1, 8, 8)
+    groups, importance = find_channel_groups(model, x)
+    cost = ChannelCost(model, groups, find_prunable_layers(model, example_input=x), x)
+    caps = [int(0.8 * g.channels) for g in groups]
+    for method in CHANNEL_METHODS:
+        for budget in ("flops", "params"):
+            counts = channel_allocation(method, importance, cost, caps, budget, 0.5, seed=1)
+            assert all(0 <= c <= cap for c, cap in zip(counts, caps, strict=True))
+            assert 0.5 <= cost.reduction(budget, counts) < 0.56, (method, budget)
+    uniform = channel_allocation("uniform", importance, cost, caps, "flops", 0.5)
+    shares = {round(c / g.channels, 1) for c, g in zip(uniform, groups, strict=True)}
+    assert len(shares) <= 2  # one share, rounded per group
+    assert channel_allocation("random", importance, cost, caps, "flops", 0.5, seed=3) == \
+        channel_allocation("random", importance, cost, caps, "flops", 0.5, seed=3)
+    scores = lamp_scores(torch.tensor([3.0, 1.0, 2.0]))
+    assert scores.max() == 1.0 and scores.argmax() == 0
+    with pytest.raises(ConfigError, match="unknown channel allocation"):
+        channel_allocation("erk", importance, cost, caps, "flops", 0.5)
+
+
+@pytest.fixture(scope="module")
+def channel_env(digits_model_state):
+    env = gym.make(CHANNELS_ID, action_type="continuous", action_mode="absolute", target_sparsity=0.5)
+    yield env.unwrapped
+    env.close()
+
+
+def test_every_episode_meets_the_flops_target(channel_env):
+    env = channel_env
+    rng = np.random.default_rng(0)
+    for target in (0.3, 0.5, 0.7):
+        for _ in range(3):
+            env.reset(options={"target_sparsity": target})
+            done, info = False, {}
+            while not done:
+                _, reward, done, _, info = env.step(rng.uniform(-1, 1, size=(1,)).astype(np.float32))
+                assert np.isfinite(reward)
+            removed = list(info["removed_channel_counts"].values())
+            assert info["flops_reduction"] >= target
+            # Within one channel of the last group above the target.
+            fewer = removed[:-1] + [max(removed[-1] - 1, 0)]
+            assert env.cost.flops_reduction(fewer) < target or removed[-1] == 0
+            assert info["flops_reduction"] == pytest.approx(env.cost.flops_reduction(removed))
+
+
+def test_the_reported_accuracy_is_the_smaller_networks(channel_env, digits_task):
+    env = channel_env
+    counts = env.allocation_counts("uniform", 0.5)
+    info = env.replay(counts)
+    slim = slim_model(env)
+    splits = digits_task.load_splits()
+    assert evaluate_accuracy(slim, splits.reward, "cpu", amp=False) == pytest.approx(info["reward_accuracy"])
+    assert evaluate_accuracy(slim, splits.test, "cpu", amp=False) == pytest.approx(info["test_accuracy"])
+    assert info["flops_reduction"] >= 0.5 and list(info["removed_channel_counts"].values()) == counts
+
+
+def test_the_centre_action_plays_the_reference_and_reset_restores(digits_model_state):
+    env = ChannelPruneEnv("resnet20-digits", target_sparsity=0.5, reference="uniform", render_mode="ansi")
+    dense = {k: v.clone() for k, v in env.model.state_dict().items()}
+    observation, _ = env.reset()
+    assert observation.shape == (len(CHANNEL_FEATURES),) and env.observation_space.contains(observation)
+    done, info = False, {}
+    while not done:
+        _, _, done, _, info = env.step(env.action_space.n // 2)
+    played, reference = list(info["removed_channel_counts"].values()), env.allocation_counts("uniform")
+    # The rule overshoots the target by its step (one share for every group): the projection trims
+    # the last group to the fewest channels that still meet it, as for any policy.
+    assert played[:-1] == reference[:-1] and played[-1] <= reference[-1]
+    assert env.cost.flops_reduction(reference) >= info["flops_reduction"] >= 0.5
+    assert "blocks.0.conv1" in env.render() and "FLOPs removed 0.5" in env.render()
+    env.reset()
+    assert all(torch.equal(dense[k], v) for k, v in env.model.state_dict().items())
+    assert env.reward_accuracy == env.dense_reward_accuracy
+
+
+def test_bad_channel_env_arguments_are_refused_before_loading(digits_model):
+    for kwargs, message in (
+        ({"budget": "latency"}, "budget must be one of"),
+        ({"reference": "global-mp"}, "reference must be a channel allocation rule"),
+        ({"target_sparsity": 1.5}, "target_sparsity"),
+        ({"target_sparsity": 0.0}, "above 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            ChannelPruneEnv(model=digits_model, reward_data=(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)),
+                            **kwargs)
+    with pytest.raises(ConfigError, match="beyond what max_sparsity"):
+        ChannelPruneEnv("resnet20-digits", target_sparsity=0.97, max_sparsity=0.5)
+    before = {k: v.clone() for k, v in digits_model.state_dict().items()}
+    env = ChannelPruneEnv(model=digits_model, reward_data=(torch.rand(8, 1, 8, 8), torch.arange(8) % 10))
+    env.reset()
+    env.step(env.action_space.n - 1)
+    assert all(torch.equal(before[k], v) for k, v in digits_model.state_dict().items())  # the user's model as given
+
+
+@pytest.mark.parametrize("env_id", ["PruneResNet50Channels-v1", "PruneMobileNetV2Channels-v1"])
+def test_synthetic_imagenet_channel_envs_run_an_episode(env_id):
+    env = gym.make(env_id, synthetic=True, input_shape=(3, 32, 32), synthetic_samples=4, device="cpu",
+                   target_sparsity=0.5)
+    env.reset(seed=0)
+    done, info, steps = False, {}, 0
+    while not done:
+        _, _, done, _, info = env.step(env.action_space.sample())
+        steps += 1
+    assert steps == env.unwrapped.num_groups and info["flops_reduction"] >= 0.5
+    slim = slim_model(env.unwrapped)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(slim(x), env.unwrapped.model.float()(x.contiguous(memory_format=torch.channels_last)),
+                              atol=1e-4, rtol=1e-3)
+    env.close()
+
+
+def test_export_writes_a_smaller_checkpoint_and_onnx_that_score_what_the_env_said(channel_env, digits_task, tmp_path):
+    env = channel_env
+    shares = env.allocation_sparsities("global-norm", 0.5)
+    result = export_channel_recipe(env, dict(zip(env.group_names(), shares, strict=True)), tmp_path)
+    assert result.test_accuracy == pytest.approx(env.evaluate_test())
+    assert result.params < result.dense_params and result.flops_reduction >= 0.5
+    slim = load_slim(result.checkpoint, digits_task.build_model(), torch.zeros(1, 1, 8, 8))
+    splits = digits_task.load_splits()
+    assert evaluate_accuracy(slim, splits.test, "cpu", amp=False) == pytest.approx(result.test_accuracy)
+    x = sample_tensors(splits.test, 16)[0]
+    with torch.no_grad():
+        expected = slim(x).numpy()
+    assert np.abs(onnx_logits(result.onnx, x) - expected).max() < 1e-4
+    assert result.onnx_max_difference < 1e-4
+    record = json.loads((tmp_path / "export.json").read_text())
+    assert set(record["latency_ms"]) == {"dense cpu", "cpu"} and all(v > 0 for v in record["latency_ms"]["cpu"].values())
+    with pytest.raises(ConfigError, match="does not fit this env's channel groups"):
+        export_channel_recipe(env, {"stem.0": 0.5}, tmp_path / "other")
+
+
+def test_latency_and_onnx_helpers(tmp_path):
+    model = resnet20(10, 1).eval()
+    timings = measure_latency(model, (1, 8, 8), batch_sizes=(1, 4), min_seconds=0.01)
+    assert set(timings) == {"1", "4"} and all(ms > 0 for ms in timings.values())
+    path = export_onnx(model, torch.zeros(1, 1, 8, 8), tmp_path / "m.onnx")
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert np.abs(onnx_logits(path, x) - model(x).numpy()).max() < 1e-4
+
+
+def test_load_slim_refuses_what_is_not_a_slim_checkpoint(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ConfigError, match="not a channel-pruned checkpoint"):
+        load_slim(path, resnet20(10, 1), torch.zeros(1, 1, 8, 8))
+
+
+def test_channel_ids_are_registered_for_the_convolutional_tasks():
+    ids = [env_id for env_id in prune_gym.ENV_IDS if env_id.endswith("Channels-v1")]
+    assert CHANNELS_ID in ids and "PruneResNet50Channels-v1" in ids and "PruneMobileNetV2Channels-v1" in ids
+    assert not any("FastGRNN" in env_id for env_id in ids)  # recurrent: weights only
+    assert prune_gym.get_task(CHANNELS_ID).name == "resnet20-digits"
+
+
+def test_the_user_model_given_to_slim_copy_is_unchanged():
+    model = resnet20(10, 1).eval()
+    before = copy.deepcopy(model.state_dict())
+    groups, _ = find_channel_groups(model, torch.zeros(1, 1, 8, 8))
+    slim_copy(model, [groups[1].name], [[0, 1]], torch.zeros(1, 1, 8, 8))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.fixture(scope="module")
+def channel_comparison(tmp_path_factory, digits_model_state):
+    """``prune-gym compare`` on the channel env with a small budget (one target; the defaults
+    otherwise: progress bar, TensorBoard, the search at equal cost)."""
+    output = tmp_path_factory.mktemp("channels") / "compare"
+    comparison = compare(CHANNELS_ID, sparsities=(0.5,), timesteps=300, n_envs=1, output_dir=output, seed=0)
+    return comparison, output
+
+
+def test_compare_on_a_channel_env_plays_the_channel_rules_and_measures_latency(channel_comparison):
+    comparison, output = channel_comparison
+    methods = [row.method for row in comparison.results]
+    assert methods[:3] == ["DQN (greedy)", "DQN (best found)", "local search"]
+    assert methods[3:] == [method.label for method in CHANNEL_METHODS.values()]
+    meta = comparison.metadata
+    assert meta["granularity"] == "channels" and meta["budget"] == "flops"
+    assert set(meta["dense_latency_ms"]) == {"1", "256"}
+    for row in comparison.results:
+        assert row.flops_sparsity >= 0.5 and set(row.latency_ms) == {"1", "256"}
+    table = (output / "table.txt").read_text()
+    assert "ms b256 (x)" in table and "global L2 norm" in table
+    assert (output / "recipes" / "global-l2-norm-0.50.json").is_file()
+
+
+def test_a_compared_channel_recipe_exports_to_what_the_table_said(channel_comparison, tmp_path, capsys):
+    comparison, output = channel_comparison
+    row = comparison.result("DQN (best found)", 0.5)
+    recipe = output / "recipes" / "dqn-best-found-0.50.json"
+    assert cli_main(["export", CHANNELS_ID, "--recipe", str(recipe), "--output", str(tmp_path / "exported")]) == 0
+    printed = capsys.readouterr().out
+    assert f"test accuracy {100 * row.test_accuracy:.2f}%" in printed and "latency on cpu, batch 256" in printed
+    record = json.loads((tmp_path / "exported" / "export.json").read_text())
+    assert record["test_accuracy"] == pytest.approx(row.test_accuracy)
+    assert record["flops_reduction"] == pytest.approx(row.flops_sparsity)
+
+
+def test_channel_export_refuses_weight_options(tmp_path, capsys):
+    code = cli_main(["export", CHANNELS_ID, "--policy", "uniform", "--sparsity", "0.5", "--gradual-steps", "3",
+                     "--output", str(tmp_path / "x")])
+    assert code == 2 and "--gradual-steps: weight pruning's options" in capsys.readouterr().err
+    code = cli_main(["export", CHANNELS_ID, "--policy", "global-norm", "--output", str(tmp_path / "x")])
+    assert code == 2 and "needs --sparsity" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
