@@ -13,7 +13,7 @@ a time limit:
    with the masked network's on fresh inputs.
 
 A model passes when all three work, the smaller network has fewer parameters, and the outputs
-agree (relative difference < 1e-3). Prints the table; ``--output DIR`` writes
+agree (relative difference < 1e-2, the env's own check). Prints the table; ``--output DIR`` writes
 ``DIR/channel_conformance.json`` and ``.md`` (recorded: ``--output benchmarks/results``).
 
 Usage::
@@ -39,6 +39,9 @@ from machine import machine_info  # benchmarks/machine.py, beside this script
 
 #: Models whose architecture fixes the input size (vision transformers, Swin, MaxViT).
 NEEDS_224 = ("vit_", "swin_", "maxvit")
+#: Largest output difference, relative to the largest output, of masked and smaller network (the
+#: env's own construction-time check uses the same bound: rounding in deep random networks).
+TOLERANCE = 1e-2
 #: Inception-v3 needs at least 75x75 inputs; 64x64 is too small for it alone.
 INPUT_SIZES = {"inception_v3": 96}
 
@@ -87,9 +90,9 @@ def check_model(name: str) -> dict:
         difference = float((masked - smaller).abs().max() / masked.abs().max().clamp_min(1e-12))
         record["slim_params"] = sum(p.numel() for p in slim.parameters())
         record["difference"] = difference
-        record["passed"] = difference < 1e-3 and record["slim_params"] < record["params"]
+        record["passed"] = difference < TOLERANCE and record["slim_params"] < record["params"]
         if not record["passed"]:
-            record["error"] = f"outputs differ by {difference:.2g}" if difference >= 1e-3 else "no parameter removed"
+            record["error"] = f"outputs differ by {difference:.2g}" if difference >= TOLERANCE else "no parameter removed"
     except Exception as error:  # noqa: BLE001 - every failure is a result here
         record["passed"] = False
         record["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"

@@ -136,6 +136,17 @@ BENCHMARKS: list[Benchmark] = [
         quick=lambda out: [["--episodes", "2", "--sparsities", "0.9", "--output", str(out)]],
     ),
     Benchmark(
+        "compare_channels", "bench_compare_channels_digits.py",
+        "Channel pruning on digits: compare, export, latency side by side",
+        full=lambda out, cuda: [["--output", str(out)]],
+        quick=lambda out: [["--timesteps", "100", "--sparsity", "0.5", "--rounds", "1", "--output", str(out)]],
+    ),
+    Benchmark(
+        "channel_conformance", "bench_channel_conformance.py", "Channel env conformance over torchvision's classifiers",
+        full=lambda out, cuda: [["--output", str(out)]],
+        quick=lambda out: [["--models", "resnet18", "--timeout", "300", "--output", str(out)]],
+    ),
+    Benchmark(
         "resnet50_cost", "bench_resnet50_cost.py", "ResNet-50 sweep trial cost, from measured parts",
         full=lambda out, cuda: [["--device", "cuda", "--output", str(out)]] if cuda else [],
         quick=lambda out: [["--device", "cpu", "--size", "32", "--samples", "16", "--episodes", "1",
@@ -287,12 +298,29 @@ def table_resnet50_cost(results: Path, link: str) -> str | None:
     return "\n\n".join(parts) or None
 
 
+def table_compare_channels(results: Path, link: str) -> str | None:
+    path = results / "compare_channels_digits.md"
+    if not path.is_file():
+        return None
+    return (_relink(_without_title(path.read_text()), link)
+            + f"\n\nRecord: [`compare_channels_digits.json`]({link}compare_channels_digits.json).")
+
+
+def table_channel_conformance(results: Path, link: str) -> str | None:
+    path = results / "channel_conformance.md"
+    if not path.is_file():
+        return None
+    return (_without_title(path.read_text())
+            + f"\n\nRecord: [`channel_conformance.json`]({link}channel_conformance.json).")
+
+
 def _date_and_machine(name: str, results: Path) -> tuple[str, str] | None:
     """When and where the recorded results of benchmark ``name`` were measured."""
     json_files = {"global_mp": "global_mp_cpu.json", "env_steps": "env_steps_cpu.json", "soak": "soak_digits.json",
                   "compare": "compare_digits.json", "quality": "quality_digits.json",
                   "action_modes": "action_modes_digits.json", "sweep": "sweep_digits.json",
-                  "resnet50_cost": "resnet50_cost_cuda.json"}
+                  "resnet50_cost": "resnet50_cost_cuda.json", "compare_channels": "compare_channels_digits.json",
+                  "channel_conformance": "channel_conformance.json"}
     if name in json_files:
         record = _read_json(results / json_files[name])
         if record is None:
@@ -331,6 +359,8 @@ TABLES: dict[str, Callable[[Path, str], str | None]] = {
     "sweep": table_sweep,
     "action_modes": table_action_modes,
     "resnet50_cost": table_resnet50_cost,
+    "compare_channels": table_compare_channels,
+    "channel_conformance": table_channel_conformance,
 }
 
 

@@ -16,7 +16,7 @@ an ONNX file, and its measured latency beside the dense model's.
 
 from __future__ import annotations
 
-import copy
+import platform
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -44,6 +44,8 @@ __all__ = [
     "export_channel_recipe",
     "export_channel_task",
     "export_onnx",
+    "granularity_record",
+    "latency_side_by_side",
     "load_slim",
     "measure_latency",
     "onnx_logits",
@@ -140,6 +142,40 @@ def measure_latency(model: nn.Module, sample_shape: Sequence[int], batch_sizes: 
     return timings
 
 
+def latency_side_by_side(dense: nn.Module, pruned: nn.Module, sample_shape: Sequence[int],
+                         batch_sizes: Sequence[int] = LATENCY_BATCHES, rounds: int = 3, min_seconds: float = 0.1,
+                         device: str | torch.device = "cpu") -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """The dense and the pruned network measured alternately (``rounds`` rounds of
+    :func:`measure_latency` each, on ``device``): their median milliseconds and the speed-up, the
+    median over rounds of dense / pruned, by batch size. Alternating keeps a shared machine's
+    drift out of the ratio."""
+    dense_ms: dict[str, list[float]] = {str(b): [] for b in batch_sizes}
+    pruned_ms: dict[str, list[float]] = {str(b): [] for b in batch_sizes}
+    for _ in range(rounds):
+        for model, into in ((dense, dense_ms), (pruned, pruned_ms)):
+            for batch, ms in measure_latency(model, sample_shape, batch_sizes, device, min_seconds).items():
+                into[batch].append(ms)
+    speedup = {b: statistics.median(d / p for d, p in zip(dense_ms[b], pruned_ms[b], strict=True)) for b in dense_ms}
+    return ({b: statistics.median(v) for b, v in dense_ms.items()}, {b: statistics.median(v) for b, v in pruned_ms.items()},
+            speedup)
+
+
+def granularity_record(env: Any) -> dict[str, Any]:
+    """What a comparison on ``env`` prunes, for its metadata: weights (the overall sparsity of the
+    prunable weights), or channels (the share of the budget removed, and the dense network's CPU
+    latency to set the rows' beside)."""
+    if not hasattr(env, "groups"):
+        return {"granularity": "weights", "target_label": "overall sparsity"}
+    dense = env.dense_architecture()
+    return {
+        "granularity": "channels",
+        "budget": env.budget,
+        "target_label": "FLOPs removed" if env.budget == "flops" else "parameters removed",
+        "dense_latency_ms": measure_latency(dense, env.evaluator.sample_shape),
+        "latency_note": f"{torch.get_num_threads()} torch thread(s), {platform.processor() or platform.machine()}",
+    }
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -158,7 +194,8 @@ class ChannelExport:
     dense_params: int
     params: int
     onnx_max_difference: float | None
-    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: By device: the dense and the pruned network's median milliseconds and the speed-up, by batch size.
+    latency_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [f"wrote {self.checkpoint}" + (f" and {self.onnx}" if self.onnx else ""),
@@ -168,11 +205,9 @@ class ChannelExport:
             lines.append(f"ONNX (onnxruntime) against PyTorch on the test inputs: largest logit difference "
                          f"{self.onnx_max_difference:.2g}")
         for where, timings in self.latency_ms.items():
-            if where.startswith("dense"):
-                continue
-            dense = self.latency_ms[f"dense {where}"]
-            lines += [f"latency on {where}, batch {batch}: dense {dense[batch]:.3f} ms, pruned {ms:.3f} ms "
-                      f"({dense[batch] / ms:.2f}x)" for batch, ms in timings.items()]
+            lines += [f"latency on {where}, batch {batch}: dense {timings['dense'][batch]:.3f} ms, pruned {ms:.3f} ms "
+                      f"({timings['speedup'][batch]:.2f}x, measured alternately)"
+                      for batch, ms in timings["pruned"].items()]
         return "\n".join(lines)
 
 
@@ -213,16 +248,15 @@ def export_channel_recipe(env: Any, layer_sparsities: Mapping[str, float], outpu
         with torch.inference_mode():
             expected = slim(probe).numpy()
         difference = float(np.abs(onnx_logits(onnx_path, probe) - expected).max())
-    timings: dict[str, dict[str, float]] = {}
+    timings: dict[str, dict[str, dict[str, float]]] = {}
     if latency:
-        # The masked network has the dense architecture: dense kernels take as long on zeros.
-        dense = copy.deepcopy(env.model).to("cpu", memory_format=torch.contiguous_format).eval()
-        shape = env.evaluator.sample_shape
-        places = ["cpu"] + (["cuda"] if env.device.type == "cuda" else [])
-        for place in places:
-            timings[f"dense {place}"] = measure_latency(dense, shape, device=place)
-            timings[place] = measure_latency(slim, shape, device=place)
+        dense = env.dense_architecture()
+        for place in ["cpu"] + (["cuda"] if env.device.type == "cuda" else []):
+            measured = latency_side_by_side(dense, slim, env.evaluator.sample_shape, rounds=5, min_seconds=0.2,
+                                            device=place)
+            timings[place] = dict(zip(("dense", "pruned", "speedup"), measured, strict=True))
         slim.to("cpu")
+        dense.to("cpu")
     atomic_write_json(output / "export.json", {**record, "latency_ms": timings, "onnx_max_difference": difference})
     return ChannelExport(checkpoint, onnx_path, slim_accuracy, info["reward_accuracy"], info["flops_reduction"],
                          info["overall_sparsity"], int(env.cost.total_params), sum(p.numel() for p in slim.parameters()),

@@ -299,10 +299,13 @@ def slim_copy(model: nn.Module, roots: Sequence[str], removed: Sequence[Sequence
 
 
 def check_masks_match_slim(model: nn.Module, groups: Sequence[ChannelGroup], importance: Sequence[Tensor],
-                           inputs: Tensor, example_input: Tensor, tolerance: float = 1e-3) -> None:
+                           inputs: Tensor, example_input: Tensor, tolerance: float = 1e-2) -> None:
     """Check on ``inputs`` that masking a third of every group's channels gives the outputs of
-    the network with those channels removed; ConfigError naming the first group where it does not.
-    ``model`` is left as it was (the check runs on copies)."""
+    the network with those channels removed (largest difference relative to the largest output
+    within ``tolerance``: summing over fewer channels changes the rounding, which a deep network
+    with random weights, DenseNet-121, amplifies to ~3e-3; a real mismatch is of the order of the
+    outputs); ConfigError naming the first group where it does not. ``model`` is left as it was
+    (the check runs on copies)."""
     probe = copy.deepcopy(model).eval()
     masks = ChannelMasks(probe, groups, importance)
     counts = [max(1, group.channels // 3) for group in groups]

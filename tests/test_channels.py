@@ -15,7 +15,12 @@ from torch import nn
 
 import prune_gym
 from prune_gym.accounting import layer_flops
-from prune_gym.agents.compare import compare
+from prune_gym.agents.compare import (
+    DEFAULT_CHANNEL_TARGETS,
+    DEFAULT_SPARSITIES,
+    _check_compare_options,
+    compare,
+)
 from prune_gym.channel_allocation import CHANNEL_METHODS, channel_allocation, lamp_scores
 from prune_gym.channel_export import (
     export_channel_recipe,
@@ -258,7 +263,9 @@ def test_export_writes_a_smaller_checkpoint_and_onnx_that_score_what_the_env_sai
     assert np.abs(onnx_logits(result.onnx, x) - expected).max() < 1e-4
     assert result.onnx_max_difference < 1e-4
     record = json.loads((tmp_path / "export.json").read_text())
-    assert set(record["latency_ms"]) == {"dense cpu", "cpu"} and all(v > 0 for v in record["latency_ms"]["cpu"].values())
+    cpu = record["latency_ms"]["cpu"]
+    assert set(cpu) == {"dense", "pruned", "speedup"} and all(v > 0 for v in cpu["pruned"].values())
+    assert cpu["speedup"]["256"] == pytest.approx(cpu["dense"]["256"] / cpu["pruned"]["256"], rel=0.5)
     with pytest.raises(ConfigError, match="does not fit this env's channel groups"):
         export_channel_recipe(env, {"stem.0": 0.5}, tmp_path / "other")
 
@@ -300,7 +307,7 @@ def channel_comparison(tmp_path_factory, digits_model_state):
     """``prune-gym compare`` on the channel env with a small budget (one target; the defaults
     otherwise: progress bar, TensorBoard, the search at equal cost)."""
     output = tmp_path_factory.mktemp("channels") / "compare"
-    comparison = compare(CHANNELS_ID, sparsities=(0.5,), timesteps=300, n_envs=1, output_dir=output, seed=0)
+    comparison = compare(CHANNELS_ID, sparsities=(0.5,), timesteps=200, n_envs=1, output_dir=output, seed=0)
     return comparison, output
 
 
@@ -313,7 +320,7 @@ def test_compare_on_a_channel_env_plays_the_channel_rules_and_measures_latency(c
     assert meta["granularity"] == "channels" and meta["budget"] == "flops"
     assert set(meta["dense_latency_ms"]) == {"1", "256"}
     for row in comparison.results:
-        assert row.flops_sparsity >= 0.5 and set(row.latency_ms) == {"1", "256"}
+        assert row.flops_sparsity >= 0.5 and set(row.latency_ms) == set(row.speedup) == {"1", "256"}
     table = (output / "table.txt").read_text()
     assert "ms b256 (x)" in table and "global L2 norm" in table
     assert (output / "recipes" / "global-l2-norm-0.50.json").is_file()
@@ -338,3 +345,20 @@ def test_channel_export_refuses_weight_options(tmp_path, capsys):
     code = cli_main(["export", CHANNELS_ID, "--policy", "global-norm", "--output", str(tmp_path / "x")])
     assert code == 2 and "needs --sparsity" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_parameter_budget_is_met_too(digits_model_state):
+    env = ChannelPruneEnv("resnet20-digits", target_sparsity=0.4, budget="params", action_type="continuous")
+    env.reset(seed=0)
+    done, info = False, {}
+    while not done:
+        _, _, done, _, info = env.step(env.action_space.sample())
+    assert info["overall_sparsity"] >= 0.4 and info["budget"] == "params"
+    assert info["overall_sparsity"] == pytest.approx(env.cost.param_reduction(list(info["removed_channel_counts"].values())))
+
+
+def test_compare_defaults_to_flops_targets_on_a_channel_env(tmp_path):
+    targets = _check_compare_options(CHANNELS_ID, None, "dqn", 0, None, None, tmp_path / "a", False)[0]
+    assert targets == list(DEFAULT_CHANNEL_TARGETS) == [0.3, 0.5, 0.7]
+    targets = _check_compare_options("PruneResNet20Digits-v1", None, "dqn", 0, None, None, tmp_path / "b", False)[0]
+    assert targets == list(DEFAULT_SPARSITIES)

@@ -33,13 +33,11 @@ agent vs Global MP per layer at each target), the agent's run folder (``agent/``
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import logging
 import math
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -49,7 +47,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
-import torch
 
 from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo
 from prune_gym.agents.policies import (
@@ -70,7 +67,7 @@ from prune_gym.agents.run_folder import load_agent
 from prune_gym.agents.search import DEFAULT_STEP, local_search
 from prune_gym.agents.training import agent_env_kwargs_for, train_agent
 from prune_gym.agents.verdict import guard_selection, paired_tests, strongest_heuristic
-from prune_gym.channel_export import measure_latency, slim_model
+from prune_gym.channel_export import granularity_record, latency_side_by_side, slim_model
 from prune_gym.envs.channel_env import ChannelPruneEnv
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, check_sparsity
@@ -412,8 +409,9 @@ def play(entries: Sequence[Entry], target: float, finetune_epochs: int = 0, seed
         row = run_episode(entry.policy, entry.env, target, deterministic=entry.deterministic, method=entry.label)
         row.evaluations, row.cost_seconds = entry.evaluations, cost_seconds
         prune_env = prune_env_of(entry.env)
-        if isinstance(prune_env, ChannelPruneEnv):  # what the smaller network costs a deployer
-            row.latency_ms = measure_latency(slim_model(prune_env), prune_env.evaluator.sample_shape)
+        if isinstance(prune_env, ChannelPruneEnv):  # what the smaller network saves a deployer
+            _, row.latency_ms, row.speedup = latency_side_by_side(
+                prune_env.dense_architecture(), slim_model(prune_env), prune_env.evaluator.sample_shape)
         if finetune_epochs:
             row.finetuned_test_accuracy, row.finetune_seconds = finetune_and_test(entry.env, int(finetune_epochs), seed)
         results.append(row)
@@ -446,7 +444,7 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
     registry = reference.allocation_methods
     return {
         "env_id": env_id,
-        **_granularity(reference),
+        **granularity_record(reference),
         "anchor_rule": next(iter(registry.values())).label,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
         "sparsities": targets,
@@ -490,19 +488,4 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
         },
         "finetune_epochs": int(finetune_epochs),
         "total_seconds": None,
-    }
-
-
-def _granularity(reference: Any) -> dict[str, Any]:
-    """What a comparison prunes: weights (the overall sparsity of the prunable weights), or channels
-    (the share of the budget removed, and the dense network's CPU latency beside the rows')."""
-    if not isinstance(reference, ChannelPruneEnv):
-        return {"granularity": "weights", "target_label": "overall sparsity"}
-    dense = copy.deepcopy(reference.model)  # the masked network has the dense architecture
-    return {
-        "granularity": "channels",
-        "budget": reference.budget,
-        "target_label": "FLOPs removed" if reference.budget == "flops" else "parameters removed",
-        "dense_latency_ms": measure_latency(dense, reference.evaluator.sample_shape),
-        "latency_note": f"{torch.get_num_threads()} torch thread(s), {platform.processor() or platform.machine()}",
     }

@@ -65,8 +65,10 @@ class MethodResult:
     #: The guard's verdict and the row's own accuracies (None: not guarded).
     selection: dict[str, Any] | None = None
     #: Channel envs: median milliseconds of a forward pass of the physically smaller network on
-    #: the CPU, by batch size (``prune_gym.channel_export.measure_latency``); None elsewhere.
+    #: the CPU, and its speed-up over the dense network measured alternately with it, by batch
+    #: size (``prune_gym.channel_export.latency_side_by_side``); None elsewhere.
     latency_ms: dict[str, float] | None = None
+    speedup: dict[str, float] | None = None
     #: Whether each test image, and each reward-split sample, was classified right (for paired
     #: tests; not written to files).
     test_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
@@ -156,9 +158,9 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
         ]
         if finetuned:
             cells.insert(3, percent(row.finetuned_test_accuracy))
-        for batch, dense in dense_latency.items():
-            own = (row.latency_ms or {}).get(batch)
-            cells.append("-" if own is None else f"{own:.2f} ({dense / own:.2f}x)")
+        for batch in dense_latency:
+            own, speedup = (row.latency_ms or {}).get(batch), (row.speedup or {}).get(batch)
+            cells.append("-" if own is None or speedup is None else f"{own:.2f} ({speedup:.2f}x)")
         rows.append(cells)
         previous = row.target_sparsity
     lines += text_table(rows, text_columns=2)
@@ -167,8 +169,9 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
                  "and seconds spent choosing the allocation (0 for a zero-cost rule); "
                  f"total {metadata['total_seconds']:.0f} s")
     if dense_latency:
-        lines.append("ms bN (x) = median CPU latency of the physically smaller network at batch N (the speed-up over "
-                     "the dense network's " + ", ".join(f"{ms:.2f} ms at b{b}" for b, ms in dense_latency.items()) + "), "
+        lines.append("ms bN (x) = median CPU latency of the physically smaller network at batch N, and its speed-up "
+                     "over the dense network measured alternately with it (the median of 3 rounds; the dense one: "
+                     + ", ".join(f"{ms:.2f} ms at b{b}" for b, ms in dense_latency.items()) + "), "
                      f"{metadata.get('latency_note', '')}".rstrip(", "))
     if strongest:
         lines.append("* the strongest zero-cost rule at the target on the reward split (the random control excluded)")
@@ -217,7 +220,7 @@ def text_table(rows: Sequence[Sequence[str]], text_columns: int) -> list[str]:
 _CSV_FIELDS = (
     "target_sparsity", "method", "test_accuracy", "reward_accuracy", "param_sparsity", "flops_sparsity",
     "seconds", "episode_return", "action_type", "finetuned_test_accuracy", "finetune_seconds", "evaluations",
-    "cost_seconds", "fallback", "latency_ms",
+    "cost_seconds", "fallback", "latency_ms", "speedup",
 )
 
 

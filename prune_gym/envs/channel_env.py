@@ -214,6 +214,7 @@ class ChannelPruneEnv(gym.Env):
         # Per (method, target, seed): the counts and the seconds computing them took.
         self._allocations: dict[tuple[str, float, int], tuple[list[int], float]] = {}
         self.levels = self.actions.levels
+        self._dense_architecture: nn.Module | None = None
         self.action_space = self.actions.space()
         high = np.ones(len(CHANNEL_FEATURES), dtype=np.float32)
         high[CHANNEL_FEATURES.index("accuracy_ratio")] = 2.0
@@ -342,6 +343,13 @@ class ChannelPruneEnv(gym.Env):
             middle = (low + high + 1) // 2
             low, high = (middle, high) if reduction(middle, later_none) <= self.target_sparsity else (low, middle - 1)
         return least, max(least, low)
+
+    def dense_architecture(self) -> nn.Module:
+        """A CPU copy of the network in its dense architecture (made once; for latency
+        comparisons: dense kernels take as long whatever the weights' values)."""
+        if self._dense_architecture is None:
+            self._dense_architecture = copy.deepcopy(self.model).to("cpu", memory_format=torch.contiguous_format).eval()
+        return self._dense_architecture
 
     def evaluate_test(self) -> float:
         return self.engine.test_accuracy()
