@@ -9,8 +9,9 @@ target, with no search and no training (the zero-cost baselines of the channel e
 - ``uniform``: one share of channels removed from every group.
 - ``random``: random shares per group, scaled together until the target is met (seeded).
 
-Each returns removed-channel counts, one per group, each within its cap, whose reduction is the
-smallest the rule reaches at or above the target (exact accounting: ``channels.ChannelCost``).
+Each returns removed-channel counts, one per group, each one its group allows (within its cap,
+keeping a multiple of the env's ``channel_multiple``), whose reduction is the smallest the rule
+reaches at or above the target (exact accounting: ``channels.ChannelCost``).
 """
 
 from __future__ import annotations
@@ -51,7 +52,15 @@ def _smallest_meeting(counts_at: Callable[[int], np.ndarray], steps: int, cost: 
     return counts_at(low)
 
 
-def _global(scores: Sequence[np.ndarray], caps: np.ndarray, cost: ChannelCost, budget: str, target: float) -> np.ndarray:
+def _snap(counts: np.ndarray, allowed: Sequence[np.ndarray]) -> np.ndarray:
+    """Each group's count raised to the nearest count it allows (removing at least as many), at
+    most its largest."""
+    return np.array([options[min(np.searchsorted(options, count), len(options) - 1)]
+                     for count, options in zip(counts, allowed, strict=True)], dtype=np.int64)
+
+
+def _global(scores: Sequence[np.ndarray], allowed: Sequence[np.ndarray], cost: ChannelCost, budget: str,
+            target: float) -> np.ndarray:
     """Remove the channels of lowest score across all groups (each group within its cap)."""
     ordered = [np.sort(s) for s in scores]
     thresholds = np.unique(np.concatenate(ordered))
@@ -60,36 +69,36 @@ def _global(scores: Sequence[np.ndarray], caps: np.ndarray, cost: ChannelCost, b
         if step == 0:
             return np.zeros(len(scores), dtype=np.int64)
         below = np.array([np.searchsorted(s, thresholds[step - 1], side="right") for s in ordered])
-        return np.minimum(below, caps)
+        return _snap(below, allowed)
 
     return _smallest_meeting(counts_at, len(thresholds), cost, budget, target)
 
 
-def _scaled(shares: np.ndarray, caps: np.ndarray, cost: ChannelCost, budget: str, target: float,
+def _scaled(shares: np.ndarray, allowed: Sequence[np.ndarray], cost: ChannelCost, budget: str, target: float,
             steps: int = 4096) -> np.ndarray:
     """Remove ``scale * shares[g]`` of each group's channels, the smallest scale that meets the target."""
     top = 1.0 / max(float(shares.max()), 1e-12)
 
     def counts_at(step: int) -> np.ndarray:
-        return np.minimum(np.floor(step / steps * top * shares * cost.channels + 0.5).astype(np.int64), caps)
+        return _snap(np.floor(step / steps * top * shares * cost.channels + 0.5).astype(np.int64), allowed)
 
     return _smallest_meeting(counts_at, steps, cost, budget, target)
 
 
-def _global_norm(importance, cost, caps, budget, target, seed):
-    return _global([s.double().numpy() for s in importance], caps, cost, budget, target)
+def _global_norm(importance, cost, allowed, budget, target, seed):
+    return _global([s.double().numpy() for s in importance], allowed, cost, budget, target)
 
 
-def _lamp(importance, cost, caps, budget, target, seed):
-    return _global([lamp_scores(s) for s in importance], caps, cost, budget, target)
+def _lamp(importance, cost, allowed, budget, target, seed):
+    return _global([lamp_scores(s) for s in importance], allowed, cost, budget, target)
 
 
-def _uniform(importance, cost, caps, budget, target, seed):
-    return _scaled(np.ones(len(caps)), caps, cost, budget, target)
+def _uniform(importance, cost, allowed, budget, target, seed):
+    return _scaled(np.ones(len(allowed)), allowed, cost, budget, target)
 
 
-def _random(importance, cost, caps, budget, target, seed):
-    return _scaled(np.random.default_rng(seed).uniform(0.0, 1.0, len(caps)), caps, cost, budget, target)
+def _random(importance, cost, allowed, budget, target, seed):
+    return _scaled(np.random.default_rng(seed).uniform(0.0, 1.0, len(allowed)), allowed, cost, budget, target)
 
 
 #: The channel allocation rules by name, in table order (the channel envs' registry; the weight
@@ -109,10 +118,13 @@ CHANNEL_METHODS: dict[str, AllocationMethod] = {
 }
 
 
-def channel_allocation(method: str, importance: Sequence[Tensor], cost: ChannelCost, caps: Sequence[int],
-                       budget: str, target: float, seed: int = 0) -> list[int]:
-    """Removed-channel counts per group of ``method`` at ``target`` (see the module docstring)."""
+def channel_allocation(method: str, importance: Sequence[Tensor], cost: ChannelCost,
+                       allowed: Sequence[Sequence[int]], budget: str, target: float, seed: int = 0) -> list[int]:
+    """Removed-channel counts per group of ``method`` at ``target`` (see the module docstring),
+    each one of the counts its group allows (``allowed[g]``, ascending: up to the group's cap,
+    and with ``channel_multiple`` only those that keep a multiple of it)."""
     if method not in CHANNEL_METHODS:
         raise ConfigError(f"unknown channel allocation {method!r}: choose one of {', '.join(CHANNEL_METHODS)}")
-    counts = CHANNEL_METHODS[method].counts(importance, cost, np.asarray(caps, dtype=np.int64), budget, target, seed)
+    allowed = [np.asarray(options, dtype=np.int64) for options in allowed]
+    counts = CHANNEL_METHODS[method].counts(importance, cost, allowed, budget, target, seed)
     return [int(c) for c in counts]

@@ -143,7 +143,7 @@ def measure_latency(model: nn.Module, sample_shape: Sequence[int], batch_sizes: 
 
 
 def latency_side_by_side(dense: nn.Module, pruned: nn.Module, sample_shape: Sequence[int],
-                         batch_sizes: Sequence[int] = LATENCY_BATCHES, rounds: int = 3, min_seconds: float = 0.1,
+                         batch_sizes: Sequence[int] = LATENCY_BATCHES, rounds: int = 3, min_seconds: float = 0.05,
                          device: str | torch.device = "cpu") -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """The dense and the pruned network measured alternately (``rounds`` rounds of
     :func:`measure_latency` each, on ``device``): their median milliseconds and the speed-up, the

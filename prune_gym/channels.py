@@ -5,7 +5,8 @@ smaller model.
 A *channel group* is what must be removed together: a layer's output channels with the
 BatchNorm that normalises them, the next layers' input channels, and, across residual
 additions, every layer writing to the same sum (Torch-Pruning's ``DependencyGraph`` finds them,
-depthwise convolutions and concatenations included). A group's *root* is the layer
+depthwise convolutions and concatenations included). Groups that reach a grouped (not
+depthwise) convolution, ResNeXt's, keep their channels. A group's *root* is the layer
 Torch-Pruning names it by; its *channels* are the root's output channels.
 
 Within an episode a removed channel is *masked*: every layer producing it (convolution or
@@ -77,6 +78,11 @@ def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups > 1 and module.groups == module.in_channels
 
 
+def _is_grouped(module: nn.Module) -> bool:
+    """A convolution with groups that is not depthwise (each group sees several input channels)."""
+    return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups > 1 and not _is_depthwise(module)
+
+
 def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
     """Torch-Pruning's dependency graph of ``model`` (traced on ``example_input``)."""
     try:
@@ -129,6 +135,9 @@ def find_channel_groups(
         channels = len(group[0].idxs)
         if channels < 2:
             continue  # one channel: removing it would empty the layer
+        if any(_is_grouped(model.get_submodule(piece.module)) for piece in slices):
+            # A grouped convolution (ResNeXt's) keeps its groups' sizes equal: its channels stay.
+            continue
         producers = [s.module for s in slices if s.side == "out" and s.module in order]
         first = min(order[name] for name in producers)
         found.append((first, ChannelGroup(root, channels, tuple(slices)), importance(group).detach().float().cpu()))
@@ -294,7 +303,13 @@ def slim_copy(model: nn.Module, roots: Sequence[str], removed: Sequence[Sequence
             raise ConfigError(f"the model has no layer {name!r} to remove channels from: was the list made for "
                               "another model?") from None
         pruner = graph.get_pruner_of_module(root)
-        graph.get_pruning_group(root, pruner.prune_out_channels, idxs=[int(c) for c in channels]).prune()
+        try:
+            graph.get_pruning_group(root, pruner.prune_out_channels, idxs=[int(c) for c in channels]).prune()
+        except Exception as error:  # inside Torch-Pruning: name the group and the way out
+            raise ConfigError(
+                f"Torch-Pruning could not remove channels of the group rooted at {name!r} ({type(error).__name__}: "
+                f"{error}); exclude that layer (exclude_layers=[{name!r}]) or prune weights instead"
+            ) from error
     return slim
 
 

@@ -38,7 +38,7 @@ from prune_gym.channels import (
     slim_copy,
 )
 from prune_gym.cli import main as cli_main
-from prune_gym.envs.channel_env import CHANNEL_FEATURES, ChannelPruneEnv
+from prune_gym.envs.channel_env import CHANNEL_FEATURES, ChannelPruneEnv, allowed_counts
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import evaluate_accuracy, sample_tensors
 from prune_gym.pruning import find_prunable_layers
@@ -140,20 +140,21 @@ def test_channel_rules_meet_the_target_within_the_caps():
     groups, importance = find_channel_groups(model, x)
     cost = ChannelCost(model, groups, find_prunable_layers(model, example_input=x), x)
     caps = [int(0.8 * g.channels) for g in groups]
+    allowed = [np.arange(cap + 1) for cap in caps]
     for method in CHANNEL_METHODS:
         for budget in ("flops", "params"):
-            counts = channel_allocation(method, importance, cost, caps, budget, 0.5, seed=1)
+            counts = channel_allocation(method, importance, cost, allowed, budget, 0.5, seed=1)
             assert all(0 <= c <= cap for c, cap in zip(counts, caps, strict=True))
             assert 0.5 <= cost.reduction(budget, counts) < 0.56, (method, budget)
-    uniform = channel_allocation("uniform", importance, cost, caps, "flops", 0.5)
+    uniform = channel_allocation("uniform", importance, cost, allowed, "flops", 0.5)
     shares = {round(c / g.channels, 1) for c, g in zip(uniform, groups, strict=True)}
     assert len(shares) <= 2  # one share, rounded per group
-    assert channel_allocation("random", importance, cost, caps, "flops", 0.5, seed=3) == \
-        channel_allocation("random", importance, cost, caps, "flops", 0.5, seed=3)
+    assert channel_allocation("random", importance, cost, allowed, "flops", 0.5, seed=3) == \
+        channel_allocation("random", importance, cost, allowed, "flops", 0.5, seed=3)
     scores = lamp_scores(torch.tensor([3.0, 1.0, 2.0]))
     assert scores.max() == 1.0 and scores.argmax() == 0
     with pytest.raises(ConfigError, match="unknown channel allocation"):
-        channel_allocation("erk", importance, cost, caps, "flops", 0.5)
+        channel_allocation("erk", importance, cost, allowed, "flops", 0.5)
 
 
 @pytest.fixture(scope="module")
@@ -362,3 +363,24 @@ def test_compare_defaults_to_flops_targets_on_a_channel_env(tmp_path):
     assert targets == list(DEFAULT_CHANNEL_TARGETS) == [0.3, 0.5, 0.7]
     targets = _check_compare_options("PruneResNet20Digits-v1", None, "dqn", 0, None, None, tmp_path / "b", False)[0]
     assert targets == list(DEFAULT_SPARSITIES)
+
+
+def test_channel_multiple_keeps_multiples_in_every_step_and_rule(digits_model_state):
+    assert allowed_counts(16, 0.8, 4).tolist() == [0, 4, 8, 12]
+    assert allowed_counts(10, 0.8, 4).tolist() == [0, 2, 6]  # keeps 8 or 4 (or all 10)
+    env = ChannelPruneEnv("resnet20-digits", target_sparsity=0.5, channel_multiple=8, action_type="continuous")
+    for method in CHANNEL_METHODS:
+        counts = env.allocation_counts(method)
+        assert all((c == 0 or (g - c) % 8 == 0) for c, g in zip(counts, env.channels, strict=True)), method
+        assert env.cost.flops_reduction(counts) >= 0.5
+    env.reset(seed=0)
+    done, info = False, {}
+    while not done:
+        _, _, done, _, info = env.step(env.action_space.sample())
+    kept = [g - c for g, c in zip(env.channels, info["removed_channel_counts"].values(), strict=True)]
+    assert all(k % 8 == 0 or k == g for k, g in zip(kept, env.channels, strict=True))
+    assert info["flops_reduction"] >= 0.5
+    with pytest.raises(ConfigError, match="channel_multiple must be"):
+        ChannelPruneEnv("resnet20-digits", channel_multiple=0)
+    with pytest.raises(ConfigError, match="each one its group allows"):
+        env.replay([1] * env.num_groups)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -24,12 +22,12 @@ from prune_gym.envs.actions import (
 )
 from prune_gym.envs.engine import PruningEngine
 from prune_gym.envs.render import render_ansi, render_rgb_array
-from prune_gym.envs.rewards import RewardContext, RewardFunction, get_reward
+from prune_gym.envs.rewards import RewardContext, RewardFunction, checked_reward, get_reward
 from prune_gym.envs.settings import (
     check_data_settings,
     check_settings,
-    load_task,
-    refuse_torch_pruned,
+    model_and_splits,
+    reset_target,
 )
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import (
@@ -294,25 +292,11 @@ class PruneEnv(gym.Env):
         #: Whether evaluation on CUDA uses autocast (resolved: the task's choice when amp=None).
         self.amp = bool(amp)
 
-        self.task = None
+        self.task = task_spec
         self.synthetic = bool(synthetic)
-        if task is not None:
-            if model is not None or reward_data is not None or test_data is not None:
-                raise ConfigError("pass either task=... or model=/reward_data=/test_data=, not both")
-            self.task = task_spec
-            model, splits = load_task(self.task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples)
-            reward_data, test_data = splits.reward, splits.test
-            train_data = train_data if train_data is not None else splits.train
-        elif model is None or reward_data is None:
-            raise ConfigError(
-                "PruneEnv needs task=<name> (see prune_gym.tasks.TASKS) or model= and reward_data= "
-                "(plus test_data= for the final test accuracy)"
-            )
-        elif not isinstance(model, nn.Module):
-            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        else:
-            refuse_torch_pruned(model)
-            model = copy.deepcopy(model)  # the user's model stays as it was given
+        model, reward_data, test_data, train_data = model_and_splits(
+            task_spec, model, reward_data, test_data, train_data, data_dir, weights, split_seed, synthetic, input_shape,
+            synthetic_samples)
         if (self.bn_recalibration_batches or self.finetune_steps) and train_data is None:
             raise ConfigError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
         self.model = model.to(self.device).eval()
@@ -464,15 +448,7 @@ class PruneEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         # Validate everything first, then change state: a rejected reset leaves the env as it was.
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64):
-            raise ConfigError(f"seed must be None or a whole number in [0, 2**64), got {seed!r}")
-        if options is not None and not isinstance(options, dict):
-            raise ConfigError(f"options must be a dict such as {{'target_sparsity': 0.9}}, got {options!r}")
-        options = dict(options or {})
-        unknown = sorted(set(options) - {"target_sparsity"})
-        if unknown:
-            raise ConfigError(f"unknown reset options {unknown}: only 'target_sparsity' is accepted")
-        target = self._check_target(options["target_sparsity"]) if "target_sparsity" in options else self.target_sparsity
+        target = reset_target(seed, options, self.target_sparsity, self._check_target)
         super().reset(seed=seed)
         self.target_sparsity = target
         self.engine.restore_dense(seed)
@@ -521,7 +497,7 @@ class PruneEnv(gym.Env):
                 previous_flops_reduction=self._flops_removed, target_sparsity=self.target_sparsity,
                 sparsity_weight=self.sparsity_weight, step=index, num_layers=self.num_layers, terminal=terminated,
             )
-            reward = self._reward(context)
+            reward = checked_reward(self.reward_fn, self.reward_name, context)
             info: dict[str, Any] = {
                 "layer": self.layers[index].name,
                 "layer_index": index,
@@ -549,23 +525,6 @@ class PruneEnv(gym.Env):
         self._previous_sparsity_applied = applied
         self._t += 1
         return self._observation(), reward, terminated, False, info
-
-    def _reward(self, context: RewardContext) -> float:
-        """The reward function's value as a finite float, or ValueError naming the reward."""
-        value = self.reward_fn(context)
-        try:
-            reward = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"the reward function {self.reward_name!r} returned {value!r}, not a number: it must return a finite "
-                "float for a RewardContext (the step was taken back)"
-            ) from None
-        if not math.isfinite(reward):
-            raise ConfigError(
-                f"the reward function {self.reward_name!r} returned {reward}, not a finite number: an agent cannot "
-                "learn from it (the step was taken back)"
-            )
-        return reward
 
     def render(self):
         if self.render_mode is None:

@@ -12,6 +12,7 @@ ranks policies exactly as their final ``Phi`` does, however the reward is spread
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -106,3 +107,22 @@ def get_reward(reward: str | RewardFunction) -> RewardFunction:
     raise ConfigError(
         f"unknown reward {reward!r}: use one of {sorted(REWARDS)} or pass a callable f(RewardContext) -> float"
     )
+
+
+def checked_reward(reward_fn: RewardFunction, name: str, context: RewardContext) -> float:
+    """``reward_fn(context)`` as a finite float, or ConfigError naming the reward (the envs then
+    take the step back)."""
+    value = reward_fn(context)
+    try:
+        reward = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"the reward function {name!r} returned {value!r}, not a number: it must return a finite "
+            "float for a RewardContext (the step was taken back)"
+        ) from None
+    if not math.isfinite(reward):
+        raise ConfigError(
+            f"the reward function {name!r} returned {reward}, not a finite number: an agent cannot "
+            "learn from it (the step was taken back)"
+        )
+    return reward

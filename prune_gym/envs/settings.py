@@ -7,6 +7,7 @@ model and splits are loaded.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -15,7 +16,9 @@ from torch import nn
 from prune_gym.errors import ConfigError
 from prune_gym.tasks.base import Splits, Task
 
-__all__ = ["check_data_settings", "check_settings", "load_task", "refuse_torch_pruned"]
+__all__ = [
+    "check_data_settings", "check_settings", "load_task", "model_and_splits", "refuse_torch_pruned", "reset_target",
+]
 
 
 def refuse_torch_pruned(model: nn.Module) -> None:
@@ -88,3 +91,38 @@ def load_task(task: Task, data_dir, weights, split_seed, synthetic, input_shape,
     model = task.load_model(weights) if weights is not None else task.load_model()
     splits = task.load_splits(data_dir, seed=split_seed) if data_dir is not None else task.load_splits(seed=split_seed)
     return model, splits
+
+
+def model_and_splits(task: Task | None, model, reward_data, test_data, train_data, data_dir, weights, split_seed,
+                     synthetic, input_shape, synthetic_samples, env_name: str = "PruneEnv"):
+    """``(model, reward_data, test_data, train_data)`` an env works on: the task's (loaded), or a
+    copy of the model given with its splits (the user's model stays as it was given)."""
+    if task is not None:
+        if model is not None or reward_data is not None or test_data is not None:
+            raise ConfigError("pass either task=... or model=/reward_data=/test_data=, not both")
+        model, splits = load_task(task, data_dir, weights, split_seed, synthetic, input_shape, synthetic_samples)
+        return model, splits.reward, splits.test, train_data if train_data is not None else splits.train
+    if model is None or reward_data is None:
+        raise ConfigError(
+            f"{env_name} needs task=<name> (see prune_gym.tasks.TASKS) or model= and reward_data= "
+            "(plus test_data= for the final test accuracy)"
+        )
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    refuse_torch_pruned(model)
+    return copy.deepcopy(model), reward_data, test_data, train_data
+
+
+def reset_target(seed, options, current, check_target):
+    """The target of the episodes a ``reset(seed=, options=)`` starts (``current`` unless
+    ``options={"target_sparsity": t}``, checked with ``check_target``), after checking the seed and
+    the options: a rejected reset leaves the env as it was."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**64):
+        raise ConfigError(f"seed must be None or a whole number in [0, 2**64), got {seed!r}")
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"options must be a dict such as {{'target_sparsity': 0.9}}, got {options!r}")
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"target_sparsity"})
+    if unknown:
+        raise ConfigError(f"unknown reset options {unknown}: only 'target_sparsity' is accepted")
+    return check_target(options["target_sparsity"]) if "target_sparsity" in options else current
