@@ -153,7 +153,8 @@ def to_markdown(record: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", help="model names (default: every torchvision classifier)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per model (default: 600)")
+    parser.add_argument("--timeout", type=float, default=150.0,
+                        help="seconds per model (default: 150; the transformers' graphs take longer on a 2-core CPU)")
     parser.add_argument("--output", type=Path, help="write channel_conformance.json and .md here")
     args = parser.parse_args()
     import torch_pruning

@@ -37,6 +37,8 @@ from prune_gym.pruning import PrunableLayer, find_prunable_layers
 
 __all__ = [
     "ChannelCost",
+    "allowed_counts",
+    "check_multiple",
     "ChannelGroup",
     "ChannelMasks",
     "check_masks_match_slim",
@@ -145,6 +147,22 @@ def find_channel_groups(
         raise ConfigError("the model has no channel group to prune (every Conv / Linear is excluded or the output layer)")
     found.sort(key=lambda entry: entry[0])
     return [group for _, group, _ in found], [scores for _, _, scores in found]
+
+
+def check_multiple(multiple: object) -> int:
+    """``channel_multiple`` as an int, or ConfigError."""
+    if isinstance(multiple, bool) or not isinstance(multiple, int | np.integer) or multiple < 1:
+        raise ConfigError(f"channel_multiple must be a whole number >= 1 (the kept channels' multiple), got {multiple!r}")
+    return int(multiple)
+
+
+def allowed_counts(channels: int, max_sparsity: float, multiple: int = 1) -> np.ndarray:
+    """The removed-channel counts a group of ``channels`` allows, ascending: 0 (the group as it
+    is) and every count up to ``max_sparsity`` of it that keeps a multiple of ``multiple``
+    channels (at least one multiple; at least one channel)."""
+    cap = min(int(max_sparsity * channels), channels - 1)
+    counts = [n for n in range(1, cap + 1) if (channels - n) % multiple == 0 and channels - n >= multiple]
+    return np.array([0, *counts], dtype=np.int64)
 
 
 class ChannelMasks:

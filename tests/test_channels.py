@@ -33,12 +33,13 @@ from prune_gym.channel_export import (
 from prune_gym.channels import (
     ChannelCost,
     ChannelMasks,
+    allowed_counts,
     check_masks_match_slim,
     find_channel_groups,
     slim_copy,
 )
 from prune_gym.cli import main as cli_main
-from prune_gym.envs.channel_env import CHANNEL_FEATURES, ChannelPruneEnv, allowed_counts
+from prune_gym.envs.channel_env import CHANNEL_FEATURES, ChannelPruneEnv
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import evaluate_accuracy, sample_tensors
 from prune_gym.pruning import find_prunable_layers

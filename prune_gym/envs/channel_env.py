@@ -16,6 +16,7 @@ from gymnasium import spaces
 from torch import nn
 
 from prune_gym.channel_allocation import CHANNEL_METHODS, channel_allocation
+from prune_gym.channels import allowed_counts, check_multiple
 from prune_gym.envs.actions import DEFAULT_RELATIVE_RANGE, ActionMap
 from prune_gym.envs.channel_engine import ChannelEngine
 from prune_gym.envs.rewards import RewardContext, RewardFunction, checked_reward, get_reward
@@ -30,7 +31,7 @@ from prune_gym.evaluation import DataLike, resolve_device
 from prune_gym.pruning import check_sparsity
 from prune_gym.tasks import get_task
 
-__all__ = ["BUDGETS", "CHANNEL_FEATURES", "FEATURE_INDEX", "ChannelPruneEnv", "allowed_counts"]
+__all__ = ["BUDGETS", "CHANNEL_FEATURES", "FEATURE_INDEX", "ChannelPruneEnv"]
 
 BUDGETS = ("flops", "params")
 
@@ -42,15 +43,6 @@ CHANNEL_FEATURES = (
 )
 #: Each feature's position in the observation (the reference policies read the target and the reference).
 FEATURE_INDEX = {name: index for index, name in enumerate(CHANNEL_FEATURES)}
-
-
-def allowed_counts(channels: int, max_sparsity: float, multiple: int = 1) -> np.ndarray:
-    """The removed-channel counts a group of ``channels`` allows, ascending: 0 (the group as it
-    is) and every count up to ``max_sparsity`` of it that keeps a multiple of ``multiple``
-    channels (at least one multiple; at least one channel)."""
-    cap = min(int(max_sparsity * channels), channels - 1)
-    counts = [n for n in range(1, cap + 1) if (channels - n) % multiple == 0 and channels - n >= multiple]
-    return np.array([0, *counts], dtype=np.int64)
 
 
 class ChannelPruneEnv(gym.Env):
@@ -171,10 +163,7 @@ class ChannelPruneEnv(gym.Env):
             raise ConfigError(f"reference must be a channel allocation rule, one of {', '.join(CHANNEL_METHODS)}, "
                               f"got {reference!r}")
         self.max_sparsity = check_sparsity(max_sparsity, "max_sparsity")
-        if isinstance(channel_multiple, bool) or not isinstance(channel_multiple, int | np.integer) or channel_multiple < 1:
-            raise ConfigError(f"channel_multiple must be a whole number >= 1 (the kept channels' multiple), got "
-                              f"{channel_multiple!r}")
-        self.channel_multiple = int(channel_multiple)
+        self.channel_multiple = check_multiple(channel_multiple)
         self.actions = ActionMap(action_type, action_mode, n_actions, 0.0, self.max_sparsity, relative_range)
         self.target_sparsity = self._check_target(target_sparsity)
         self.budget, self.reference = budget, reference
@@ -209,8 +198,16 @@ class ChannelPruneEnv(gym.Env):
             amp=self.amp, channels_last=channels_last, cache_activations=cache_activations, compile=self.compiled,
             exclude_layers=exclude_layers, bn_recalibration_batches=int(bn_recalibration_batches), seed=split_seed,
         )
-        self.groups, self.cost, self.evaluator = self.engine.groups, self.engine.cost, self.engine.evaluator
         self.train_data, self.test_data = train_data, test_data
+        self._set_up_groups(evaluate_test)
+
+    # ------------------------------------------------------------------------------------------
+    # Construction helpers
+
+    def _set_up_groups(self, evaluate_test: bool | None) -> None:
+        """What the engine's groups give the env: their channels, the counts each allows and its cap,
+        the static features, the spaces, and the dense network's reward-split accuracy."""
+        self.groups, self.cost, self.evaluator = self.engine.groups, self.engine.cost, self.engine.evaluator
         self.num_groups = self.num_layers = len(self.groups)  # num_layers: the units a step prunes, as PruneEnv's
         self.channels = [group.channels for group in self.groups]
         #: The removed-channel counts each group allows, ascending: 0, and every count up to the
@@ -233,9 +230,6 @@ class ChannelPruneEnv(gym.Env):
         self.dense_reward_accuracy = self.evaluator.accuracy()
         self._t: int | None = None
         self._reset_episode_state()
-
-    # ------------------------------------------------------------------------------------------
-    # Construction helpers
 
     def _check_target(self, target: float) -> float:
         target = check_sparsity(target, "target_sparsity")
