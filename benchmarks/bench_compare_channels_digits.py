@@ -18,7 +18,8 @@ Run from the repository root::
     .venv/bin/python benchmarks/bench_compare_channels_digits.py --output benchmarks/results
 
 It writes ``compare_channels_digits.json`` and ``.md`` (and keeps the table's recipes in
-``compare_channels_digits_recipes/``).
+``compare_channels_digits_recipes/``); ``--channel-multiple 8`` runs the same with the env's
+``channel_multiple=8`` into ``compare_channels_digits_m8.*``.
 """
 
 from __future__ import annotations
@@ -95,15 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-target", type=float, default=0.5, help="the target whose best recipe is exported")
     parser.add_argument("--rounds", type=int, default=7, help="alternating latency rounds (default: 7)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channel-multiple", type=int, default=1,
+                        help="the env's channel_multiple (default 1, the env's default; the record's name gets _m<N>)")
     parser.add_argument("--output", type=Path, help="write compare_channels_digits.json and .md here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    stem = "compare_channels_digits" + (f"_m{args.channel_multiple}" if args.channel_multiple != 1 else "")
     load_start = os.getloadavg()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
+        env_kwargs = {"channel_multiple": args.channel_multiple} if args.channel_multiple != 1 else None
         result = compare(ENV_ID, args.sparsity, "dqn", timesteps=args.timesteps, output_dir=folder / "compare",
-                         seed=args.seed)
+                         seed=args.seed, env_kwargs=env_kwargs)
         compare_seconds = time.perf_counter() - started
         candidates = [row for row in result.results if row.method in ("DQN (best found)", "local search", "DQN (greedy)")
                       and abs(row.target_sparsity - args.export_target) < 1e-9]
@@ -116,13 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         dense_onnx = export_onnx(dense, torch.zeros(1, 1, 8, 8), folder / "dense.onnx")
         latency = side_by_side(dense, slim, dense_onnx, exported.onnx, (1, 8, 8), (1, 256), args.rounds)
         if args.output is not None:
-            recipes = args.output / "compare_channels_digits_recipes"
+            recipes = args.output / f"{stem}_recipes"
             shutil.rmtree(recipes, ignore_errors=True)
             shutil.copytree(folder / "compare" / "recipes", recipes)
     record = {
         "benchmark": "compare_channels_digits",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": f"prune-gym compare {ENV_ID}" + (f" --timesteps {args.timesteps}" if args.timesteps else ""),
+        "command": f"prune-gym compare {ENV_ID}" + (f" --timesteps {args.timesteps}" if args.timesteps else "")
+        + (f" (env kwarg channel_multiple={args.channel_multiple})" if args.channel_multiple != 1 else ""),
         "machine": machine_info(),
         "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
         "compare_wall_seconds": compare_seconds,
@@ -161,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     markdown = "\n".join(lines)
     print(markdown)
     if args.output is not None:
-        (args.output / "compare_channels_digits.json").write_text(json.dumps(record, indent=2) + "\n")
-        (args.output / "compare_channels_digits.md").write_text(markdown)
+        (args.output / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+        (args.output / f"{stem}.md").write_text(markdown)
     return 0
 
 

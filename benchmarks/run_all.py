@@ -138,7 +138,7 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark(
         "compare_channels", "bench_compare_channels_digits.py",
         "Channel pruning on digits: compare, export, latency side by side",
-        full=lambda out, cuda: [["--output", str(out)]],
+        full=lambda out, cuda: [["--output", str(out)], ["--channel-multiple", "8", "--output", str(out)]],
         quick=lambda out: [["--timesteps", "100", "--sparsity", "0.5", "--rounds", "1", "--output", str(out)]],
     ),
     Benchmark(
@@ -299,11 +299,13 @@ def table_resnet50_cost(results: Path, link: str) -> str | None:
 
 
 def table_compare_channels(results: Path, link: str) -> str | None:
-    path = results / "compare_channels_digits.md"
-    if not path.is_file():
-        return None
-    return (_relink(_without_title(path.read_text()), link)
-            + f"\n\nRecord: [`compare_channels_digits.json`]({link}compare_channels_digits.json).")
+    parts = []
+    for stem, label in (("compare_channels_digits", "The defaults (any channel count)"),
+                        ("compare_channels_digits_m8", "channel_multiple=8 (kept channels in multiples of 8)")):
+        path = results / f"{stem}.md"
+        if path.is_file():
+            parts.append(f"**{label}** ([JSON]({link}{stem}.json)):\n\n" + _relink(_without_title(path.read_text()), link))
+    return "\n\n".join(parts) or None
 
 
 def table_channel_conformance(results: Path, link: str) -> str | None:
