@@ -23,6 +23,7 @@ from prune_gym.envs.rewards import RewardContext, RewardFunction, checked_reward
 from prune_gym.envs.settings import (
     check_data_settings,
     check_settings,
+    check_step,
     model_and_splits,
     reset_target,
 )
@@ -395,10 +396,7 @@ class ChannelPruneEnv(gym.Env):
         self.applied: list[float | None] = [None] * self.num_groups
 
     def step(self, action: Any):
-        if self._t is None:
-            raise RuntimeError("call reset() before step()")
-        if self._t >= self.num_groups:
-            raise RuntimeError("the episode is over (every group is pruned): call reset() to start a new one")
+        check_step(self._t, self.num_groups, "group")
         requested = self.action_to_sparsity(action)  # raises before anything changes
         low, high = self.feasible_counts(self._t)
         count = self.nearest_allowed(self._t, requested * self.channels[self._t])

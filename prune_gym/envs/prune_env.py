@@ -26,6 +26,7 @@ from prune_gym.envs.rewards import RewardContext, RewardFunction, checked_reward
 from prune_gym.envs.settings import (
     check_data_settings,
     check_settings,
+    check_step,
     model_and_splits,
     reset_target,
 )
@@ -471,10 +472,7 @@ class PruneEnv(gym.Env):
         self.accuracies: list[float | None] = [None] * self.num_layers
 
     def step(self, action: Any):
-        if self._t is None:
-            raise RuntimeError("call reset() before step()")
-        if self._t >= self.num_layers:
-            raise RuntimeError("the episode is over (every layer is pruned): call reset() to start a new one")
+        check_step(self._t, self.num_layers, "layer")
         requested = self.action_to_sparsity(action)  # raises before anything changes
         index = self._t
         numel = self.state.numels[index]

@@ -17,7 +17,8 @@ from prune_gym.errors import ConfigError
 from prune_gym.tasks.base import Splits, Task
 
 __all__ = [
-    "check_data_settings", "check_settings", "load_task", "model_and_splits", "refuse_torch_pruned", "reset_target",
+    "check_data_settings", "check_settings", "check_step", "load_task", "model_and_splits", "refuse_torch_pruned",
+    "reset_target",
 ]
 
 
@@ -126,3 +127,13 @@ def reset_target(seed, options, current, check_target):
     if unknown:
         raise ConfigError(f"unknown reset options {unknown}: only 'target_sparsity' is accepted")
     return check_target(options["target_sparsity"]) if "target_sparsity" in options else current
+
+
+def check_step(step: int | None, steps: int, unit: str) -> int:
+    """The index the next step prunes, or RuntimeError when there is none (before ``reset``,
+    or after the last ``unit``)."""
+    if step is None:
+        raise RuntimeError("call reset() before step()")
+    if step >= steps:
+        raise RuntimeError(f"the episode is over (every {unit} is pruned): call reset() to start a new one")
+    return step
