@@ -385,3 +385,16 @@ def test_channel_multiple_keeps_multiples_in_every_step_and_rule(digits_model_st
         ChannelPruneEnv("resnet20-digits", channel_multiple=0)
     with pytest.raises(ConfigError, match="each one its group allows"):
         env.replay([1] * env.num_groups)
+
+
+def test_finetuning_a_channel_env_trains_the_smaller_network_and_leaves_the_env(channel_env):
+    from prune_gym.agents.rollout import finetune_and_test
+
+    env = channel_env
+    env.replay(env.allocation_counts("uniform", 0.5))
+    one_shot = env.evaluate_test()
+    state = {k: v.clone() for k, v in env.model.state_dict().items()}
+    accuracy, seconds = finetune_and_test(env, 1, seed=0)
+    assert accuracy > one_shot and seconds > 0  # 1 epoch recovers part of what pruning cost
+    assert all(torch.equal(state[k], v) for k, v in env.model.state_dict().items())
+    assert env.evaluate_test() == one_shot

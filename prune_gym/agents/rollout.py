@@ -9,13 +9,16 @@ import time
 from typing import Any
 
 import gymnasium as gym
+import torch
 
 from prune_gym.agents.policies import prune_env_of
 from prune_gym.agents.report import MethodResult
+from prune_gym.channel_export import slim_model
+from prune_gym.envs.channel_env import ChannelPruneEnv
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import evaluate_accuracy
 from prune_gym.finetune import finetune_pruned
-from prune_gym.pruning import PrunableLayer
+from prune_gym.pruning import PrunableLayer, find_prunable_layers
 
 __all__ = ["finetune_and_test", "run_episode"]
 
@@ -74,15 +77,22 @@ def run_episode(
 
 
 def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> tuple[float, float]:
-    """Fine-tune a copy of the env's pruned model (masks held) and return its test accuracy."""
+    """Fine-tune a copy of the env's pruned model (masks held; for a channel env, the physically
+    smaller network) and return its test accuracy."""
     prune_env = prune_env_of(env)
     train_data, test_data = prune_env.train_data, prune_env.test_data
     if train_data is None or test_data is None:
         raise ConfigError("--finetune-epochs needs an env with train and test splits (a task env)")
     started = time.perf_counter()
-    model = copy.deepcopy(prune_env.model)
-    layers = [PrunableLayer(layer.name, model.get_submodule(layer.name)) for layer in prune_env.layers]
-    masks = [mask.clone() for mask in prune_env.state.masks]
+    if isinstance(prune_env, ChannelPruneEnv):
+        # The removed channels are gone from the smaller network: every weight left trains freely.
+        model = slim_model(prune_env)
+        layers = find_prunable_layers(model)
+        masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
+    else:
+        model = copy.deepcopy(prune_env.model)
+        layers = [PrunableLayer(layer.name, model.get_submodule(layer.name)) for layer in prune_env.layers]
+        masks = [mask.clone() for mask in prune_env.state.masks]
     family = prune_env.task.family if prune_env.task is not None else None
     finetune_pruned(model, layers, masks, train_data, epochs, family=family, device=prune_env.device, seed=seed)
     accuracy = evaluate_accuracy(model, test_data, prune_env.device, amp=prune_env.amp)

@@ -50,6 +50,9 @@ class ChannelEngine(PruningEngine):
             for group in self.groups
         ] if stages else [0] * len(self.groups)
 
+    def _build_state(self, model: nn.Module) -> None:
+        return None  # no weight masks: ChannelMasks keeps the copies it restores from
+
     def _mask_unit(self, index: int, count: int) -> None:
         self.masks.set_removed(index, count)
 

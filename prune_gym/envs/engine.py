@@ -87,7 +87,7 @@ class PruningEngine:
 
         example = _example_input(reward_data, device)
         self.layers = find_prunable_layers(model, example_input=example, exclude_names=exclude_layers)
-        self.state = PruningState(model, self.layers)
+        self.state = self._build_state(model)
         self.layer_flops = layer_flops(model, example, self.layers)
         stages = self.evaluator.stages
         modules = [layer.module for layer in self.layers]
@@ -113,6 +113,11 @@ class PruningEngine:
         self.last_test_correct: Tensor | None = None
         #: What :meth:`rollback` restores: the last pruning step's previous state.
         self._undo: tuple | None = None
+
+    def _build_state(self, model: nn.Module) -> PruningState | None:
+        """The weight masks and a device copy of the dense weights (a subclass with other units
+        keeps its own copies and returns None)."""
+        return PruningState(model, self.layers)
 
     # -- one step ------------------------------------------------------------------------------
 
