@@ -11,6 +11,17 @@ import torch
 # machines (measured: test_evaluation.py 71 s with 2 threads vs 8.5 s with 1 on a busy 2-core box).
 torch.set_num_threads(1)
 
+#: Files whose tests take minutes (Ray sweeps, the benchmark scripts). The suite runs on every
+#: core (pytest-xdist, ``-n auto --dist loadfile`` in setup.cfg: a file's tests stay on one worker
+#: and share its fixtures); these are handed out first and last so no worker ends with two of them.
+FIRST_FILES = ("test_sweep_trials.py", "test_benchmarks.py")
+LAST_FILES = ("test_sweep.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    first = {name: rank for rank, name in enumerate(FIRST_FILES)}
+    items.sort(key=lambda item: (item.path.name in LAST_FILES, first.get(item.path.name, len(FIRST_FILES))))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory) -> str:

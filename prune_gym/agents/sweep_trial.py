@@ -90,7 +90,8 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
                 "max_sparsity": reference.max_sparsity, "max_sparsity_note": note,
                 "bn_recalibration_batches": reference.bn_recalibration_batches,
                 "resources": {"cpus": cpus, "gpus": gpus, "torch_threads": torch.get_num_threads(),
-                              "device": str(reference.device), "host": os.uname().nodename},
+                              "device": str(reference.device), "host": os.uname().nodename,
+                              "niceness": os.nice(0)},
                 "seconds": time.perf_counter() - started,
             }
         finally:
