@@ -19,7 +19,10 @@ Run from the repository root::
 
 It writes ``compare_channels_digits.json`` and ``.md`` (and keeps the table's recipes in
 ``compare_channels_digits_recipes/``); ``--channel-multiple 8`` runs the same with the env's
-``channel_multiple=8`` into ``compare_channels_digits_m8.*``.
+``channel_multiple=8`` into ``compare_channels_digits_m8.*``; ``--budget latency`` with the env's
+latency budget (targets = shares of the latency that the per-layer latency table, measured first
+on this machine, predicts removed) into ``compare_channels_digits_latency.*``, with the table's
+prediction for the exported network beside the measured speed-up.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import onnxruntime
 import torch
 from machine import machine_info  # benchmarks/machine.py, beside this script
@@ -98,17 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--channel-multiple", type=int, default=1,
                         help="the env's channel_multiple (default 1, the env's default; the record's name gets _m<N>)")
+    parser.add_argument("--budget", choices=("flops", "params", "latency"), default="flops",
+                        help="what the targets count (default flops, the env's default; the record's name gets _<budget>)")
     parser.add_argument("--output", type=Path, help="write compare_channels_digits.json and .md here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    stem = "compare_channels_digits" + (f"_m{args.channel_multiple}" if args.channel_multiple != 1 else "")
+    env_kwargs = {key: value for key, value, default in (("channel_multiple", args.channel_multiple, 1),
+                                                         ("budget", args.budget, "flops")) if value != default}
+    stem = "compare_channels_digits" + (f"_m{args.channel_multiple}" if args.channel_multiple != 1 else "") + (
+        f"_{args.budget}" if args.budget != "flops" else "")
     load_start = os.getloadavg()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        env_kwargs = {"channel_multiple": args.channel_multiple} if args.channel_multiple != 1 else None
         result = compare(ENV_ID, args.sparsity, "dqn", timesteps=args.timesteps, output_dir=folder / "compare",
-                         seed=args.seed, env_kwargs=env_kwargs)
+                         seed=args.seed, env_kwargs=env_kwargs or None)
         compare_seconds = time.perf_counter() - started
         candidates = [row for row in result.results if row.method in ("DQN (best found)", "local search", "DQN (greedy)")
                       and abs(row.target_sparsity - args.export_target) < 1e-9]
@@ -120,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         dense = task.load_model().eval()
         dense_onnx = export_onnx(dense, torch.zeros(1, 1, 8, 8), folder / "dense.onnx")
         latency = side_by_side(dense, slim, dense_onnx, exported.onnx, (1, 8, 8), (1, 256), args.rounds)
+        predicted = None
+        if args.budget == "latency":  # the table's prediction for the exported network (read from the cache)
+            env = gym.make(ENV_ID, **env_kwargs).unwrapped
+            shares = json.loads(recipe.read_text())["layers"]
+            counts = [round(shares[name] * channels) for name, channels in zip(env.group_names(), env.channels, strict=True)]
+            predicted = {"speedup": env.latency_table.dense_prediction / env.cost.latency(counts),
+                         "table_machine": env.latency_table.machine}
         if args.output is not None:
             recipes = args.output / f"{stem}_recipes"
             shutil.rmtree(recipes, ignore_errors=True)
@@ -128,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "compare_channels_digits",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": f"prune-gym compare {ENV_ID}" + (f" --timesteps {args.timesteps}" if args.timesteps else "")
-        + (f" (env kwarg channel_multiple={args.channel_multiple})" if args.channel_multiple != 1 else ""),
+        + (f" (env kwargs {env_kwargs})" if env_kwargs else ""),
         "machine": machine_info(),
         "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
         "compare_wall_seconds": compare_seconds,
@@ -140,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
                      "params": exported.params, "dense_params": exported.dense_params,
                      "onnx_max_difference": exported.onnx_max_difference},
         "latency": latency,
+        "predicted": predicted,
     }
+    budget = {"flops": "FLOPs", "params": "parameters", "latency": "predicted latency"}[args.budget]
     lines = [
-        f"# `{record['command']}`, and its best recipe at {args.export_target:.0%} FLOPs exported",
+        f"# `{record['command']}`, and its best recipe at {args.export_target:.0%} {budget} removed exported",
         "",
         f"Date {record['date']}; {record['machine']['cpu']}, {record['machine']['logical_cpus']} logical CPUs, 1 torch "
         f"thread; torch {record['machine']['torch']}. Compare: {compare_seconds:.0f} s wall (agent "
@@ -158,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Latency, dense and pruned alternating over {args.rounds} rounds (median of each round's median; speed-up = "
         "median over rounds of dense / pruned, with its range):",
         "",
+        *([f"The latency table ({predicted['table_machine']['processor']}, batch 1, "
+           f"{predicted['table_machine']['torch_threads']} thread) predicted {predicted['speedup']:.2f}x for it.", ""]
+          if predicted else []),
         "| runtime, batch | dense (ms) | pruned (ms) | speed-up | range |",
         "|---|---:|---:|---:|---|",
         *[f"| {key} | {v['dense_ms']:.3f} | {v['pruned_ms']:.3f} | {v['speedup']:.2f}x | "

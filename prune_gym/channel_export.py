@@ -160,6 +160,10 @@ def latency_side_by_side(dense: nn.Module, pruned: nn.Module, sample_shape: Sequ
             speedup)
 
 
+#: What a channel env's target counts, for tables and plots.
+BUDGET_LABELS = {"flops": "FLOPs removed", "params": "parameters removed", "latency": "predicted latency removed"}
+
+
 def granularity_record(env: Any) -> dict[str, Any]:
     """What a comparison on ``env`` prunes, for its metadata: weights (the overall sparsity of the
     prunable weights), or channels (the share of the budget removed, and the dense network's CPU
@@ -170,7 +174,8 @@ def granularity_record(env: Any) -> dict[str, Any]:
     return {
         "granularity": "channels",
         "budget": env.budget,
-        "target_label": "FLOPs removed" if env.budget == "flops" else "parameters removed",
+        "target_label": BUDGET_LABELS[env.budget],
+        **({"latency_table": env.latency_table.machine} if env.latency_table is not None else {}),
         "dense_latency_ms": measure_latency(dense, env.evaluator.sample_shape),
         "latency_note": f"{torch.get_num_threads()} torch thread(s), {platform.processor() or platform.machine()}",
     }
@@ -196,6 +201,8 @@ class ChannelExport:
     onnx_max_difference: float | None
     #: By device: the dense and the pruned network's median milliseconds and the speed-up, by batch size.
     latency_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: The latency table's prediction (batch 1, the env's device) when the env's budget is latency.
+    predicted_speedup: float | None = None
 
     def summary(self) -> str:
         lines = [f"wrote {self.checkpoint}" + (f" and {self.onnx}" if self.onnx else ""),
@@ -204,6 +211,8 @@ class ChannelExport:
         if self.onnx_max_difference is not None:
             lines.append(f"ONNX (onnxruntime) against PyTorch on the test inputs: largest logit difference "
                          f"{self.onnx_max_difference:.2g}")
+        if self.predicted_speedup is not None:
+            lines.append(f"the latency table predicted {self.predicted_speedup:.2f}x at batch 1")
         for where, timings in self.latency_ms.items():
             lines += [f"latency on {where}, batch {batch}: dense {timings['dense'][batch]:.3f} ms, pruned {ms:.3f} ms "
                       f"({timings['speedup'][batch]:.2f}x, measured alternately)"
@@ -238,6 +247,8 @@ def export_channel_recipe(env: Any, layer_sparsities: Mapping[str, float], outpu
     record = {**dict(meta or {}), "env_id": getattr(env.spec, "id", None), "layer_sparsities": dict(layer_sparsities),
               "test_accuracy": slim_accuracy, "reward_accuracy": info["reward_accuracy"],
               "flops_reduction": info["flops_reduction"], "param_reduction": info["overall_sparsity"]}
+    if "latency_reduction" in info:  # the latency budget's table: what it predicted, beside what is measured
+        record["predicted_speedup"] = 1.0 / max(1.0 - info["latency_reduction"], 1e-12)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = save_slim(slim, output / "model.pt", removed, record)
     example = _example(env)
@@ -260,7 +271,7 @@ def export_channel_recipe(env: Any, layer_sparsities: Mapping[str, float], outpu
     atomic_write_json(output / "export.json", {**record, "latency_ms": timings, "onnx_max_difference": difference})
     return ChannelExport(checkpoint, onnx_path, slim_accuracy, info["reward_accuracy"], info["flops_reduction"],
                          info["overall_sparsity"], int(env.cost.total_params), sum(p.numel() for p in slim.parameters()),
-                         difference, timings)
+                         difference, timings, record.get("predicted_speedup"))
 
 
 def export_channel_task(env_id: str, output: str | Path, *, policy: str | None = None, sparsity: float | None = None,

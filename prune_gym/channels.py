@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from prune_gym.accounting import layer_flops
 from prune_gym.errors import ConfigError
+from prune_gym.latency import LatencyTable
 from prune_gym.pruning import PrunableLayer, find_prunable_layers
 
 __all__ = [
@@ -273,6 +274,14 @@ class ChannelCost:
         self._norm_params = np.array([params for params, _ in norms.values()], dtype=np.float64)
         self._norm_share = np.array([row for _, row in norms.values()]).reshape(len(norms), n_groups)
         self.total_params = float(sum(p.numel() for p in model.parameters()))
+        self.layer_names = [layer.name for layer in layers]
+        #: Per-layer latencies (``latency.LatencyTable``) when a budget counts latency.
+        self.latency_table: LatencyTable | None = None
+
+    def use_latency_table(self, table: LatencyTable) -> None:
+        """Predict latency from ``table`` (measured on these layers, in this order)."""
+        table.check_layers(self.layer_names)
+        self.latency_table = table
 
     def _kept(self, removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         removed = np.asarray(removed, dtype=np.float64)
@@ -298,8 +307,21 @@ class ChannelCost:
     def param_reduction(self, removed: Sequence[float]) -> float:
         return 1.0 - self.params(removed) / self.total_params
 
+    def latency(self, removed: Sequence[float]) -> float:
+        """Predicted milliseconds of the network with ``removed[g]`` channels gone from each group
+        (each layer's time at its kept shares, from the latency table)."""
+        if self.latency_table is None:
+            raise ConfigError("no latency table: the env counts latency only with budget='latency'")
+        kept_in, kept_out = self._kept(np.asarray(removed))
+        return self.latency_table.predict(kept_in, kept_out)
+
+    def latency_reduction(self, removed: Sequence[float]) -> float:
+        return 1.0 - self.latency(removed) / self.latency_table.dense_prediction
+
     def reduction(self, budget: str, removed: Sequence[float]) -> float:
-        """The reduction a budget counts: ``"flops"`` or ``"params"``."""
+        """The reduction a budget counts: ``"flops"``, ``"params"`` or ``"latency"`` (predicted)."""
+        if budget == "latency":
+            return self.latency_reduction(removed)
         return self.flops_reduction(removed) if budget == "flops" else self.param_reduction(removed)
 
 

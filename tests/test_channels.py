@@ -215,7 +215,8 @@ def test_the_centre_action_plays_the_reference_and_reset_restores(digits_model_s
 
 def test_bad_channel_env_arguments_are_refused_before_loading(digits_model):
     for kwargs, message in (
-        ({"budget": "latency"}, "budget must be one of"),
+        ({"budget": "time"}, "budget must be one of"),
+        ({"latency_table": "t.json"}, "latency_table is read only with budget=.latency."),
         ({"reference": "global-mp"}, "reference must be a channel allocation rule"),
         ({"target_sparsity": 1.5}, "target_sparsity"),
         ({"target_sparsity": 0.0}, "above 0"),

@@ -7,6 +7,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -29,12 +30,13 @@ from prune_gym.envs.settings import (
 )
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import DataLike, resolve_device
+from prune_gym.latency import LatencyTable, latency_table_for
 from prune_gym.pruning import check_sparsity
 from prune_gym.tasks import get_task
 
 __all__ = ["BUDGETS", "CHANNEL_FEATURES", "FEATURE_INDEX", "ChannelPruneEnv"]
 
-BUDGETS = ("flops", "params")
+BUDGETS = ("flops", "params", "latency")
 
 #: The observation, one name per entry (the docstring lists them with their meaning).
 CHANNEL_FEATURES = (
@@ -57,8 +59,9 @@ class ChannelPruneEnv(gym.Env):
     sees the next group and chooses the share of its channels to remove; the least important go
     (group L2 norm, Torch-Pruning's ``GroupMagnitudeImportance``), the network is evaluated on the
     reward split and a reward is paid at once (PuRL's per-step reward). Every finished episode
-    meets the budget: ``target_sparsity`` of the network's FLOPs (AMC's constraint) or parameters
-    removed.
+    meets the budget: ``target_sparsity`` of the network's FLOPs (AMC's constraint), parameters,
+    or predicted latency (HAQ's per-layer latency table measured on the machine at hand,
+    ``prune_gym.latency``) removed.
 
     Within an episode removed channels are masked (their producing weights, bias and BatchNorm
     scale and shift zeroed, so they carry exactly 0): at construction the env checks on the
@@ -104,8 +107,8 @@ class ChannelPruneEnv(gym.Env):
 
     ## Rewards
 
-    As ``PruneEnv``'s (``prune_gym.envs.rewards``), with the budgeted reduction (FLOPs or
-    parameters) as the sparsity ``S``: ``"purl"`` (default) pays ``Delta(a/a_0) + beta * Delta S``
+    As ``PruneEnv``'s (``prune_gym.envs.rewards``), with the budgeted reduction (FLOPs,
+    parameters or predicted latency) as the sparsity ``S``: ``"purl"`` (default) pays ``Delta(a/a_0) + beta * Delta S``
     per step, so the return ranks episodes by final reward-split accuracy at the budget.
 
     ## Episode End
@@ -120,8 +123,11 @@ class ChannelPruneEnv(gym.Env):
     ``channels_last``, ``batch_size``, ``cache_activations``, ``compile``, ``data_dir``,
     ``weights``, ``split_seed``, ``synthetic``, ``input_shape``, ``synthetic_samples``,
     ``bn_recalibration_batches``, ``evaluate_test``: as ``PruneEnv``'s (the model you pass is
-    copied, never changed). ``target_sparsity`` (default 0.5) and ``budget`` (``"flops"`` or
-    ``"params"``): the share of FLOPs or parameters every episode removes. ``exclude_layers``:
+    copied, never changed). ``target_sparsity`` (default 0.5) and ``budget`` (``"flops"``,
+    ``"params"`` or ``"latency"``): the share of FLOPs, parameters or predicted latency every
+    episode removes. ``latency_table`` (``budget="latency"`` only): a ``LatencyTable`` or its JSON
+    file; by default the table of this model, input and machine in the cache, measured at
+    construction if there is none (batch 1, the env's device; ``prune_gym.latency``). ``exclude_layers``:
     name patterns of layers whose output channels stay. ``action_type``, ``action_mode``,
     ``n_actions``, ``relative_range``, ``reference``, ``max_sparsity``: the action space.
     ``reward``, ``sparsity_weight``: the reward and its ``beta``. ``channel_multiple`` (default 1):
@@ -132,7 +138,7 @@ class ChannelPruneEnv(gym.Env):
 
     ## Version History
 
-    - v1: initial release (2026-12-04).
+    - v1: initial release (2026-12-04); ``budget="latency"`` added 2026-12-05 (the defaults unchanged).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -149,7 +155,7 @@ class ChannelPruneEnv(gym.Env):
         budget: str = "flops", action_type: str = "discrete", action_mode: str = "relative",
         n_actions: int | None = None, relative_range: float = DEFAULT_RELATIVE_RANGE, reference: str = "global-norm",
         max_sparsity: float = 0.8, channel_multiple: int = 1, reward: str | RewardFunction = "purl",
-        sparsity_weight: float = 1.0,
+        sparsity_weight: float = 1.0, latency_table: str | Path | LatencyTable | None = None,
         device: str | torch.device = "auto", amp: bool | None = None, channels_last: bool = True,
         batch_size: int = 1024, cache_activations: bool = True, compile: bool | str = "auto",
         data_dir: str | None = None, weights: str | None = None, split_seed: int = 0, synthetic: bool = False,
@@ -160,6 +166,8 @@ class ChannelPruneEnv(gym.Env):
         # Validate everything cheap before loading anything, then load, then build.
         if budget not in BUDGETS:
             raise ConfigError(f"budget must be one of {BUDGETS} (what target counts), got {budget!r}")
+        if latency_table is not None and budget != "latency":
+            raise ConfigError("latency_table is read only with budget='latency'")
         if reference not in CHANNEL_METHODS:
             raise ConfigError(f"reference must be a channel allocation rule, one of {', '.join(CHANNEL_METHODS)}, "
                               f"got {reference!r}")
@@ -200,6 +208,9 @@ class ChannelPruneEnv(gym.Env):
             exclude_layers=exclude_layers, bn_recalibration_batches=int(bn_recalibration_batches), seed=split_seed,
         )
         self.train_data, self.test_data = train_data, test_data
+        self.latency_table, self.latency_table_path = None, None
+        if budget == "latency":
+            self._use_latency_table(latency_table, channels_last)
         self._set_up_groups(evaluate_test)
 
     # ------------------------------------------------------------------------------------------
@@ -231,6 +242,18 @@ class ChannelPruneEnv(gym.Env):
         self.dense_reward_accuracy = self.evaluator.accuracy()
         self._t: int | None = None
         self._reset_episode_state()
+
+    def _use_latency_table(self, table: str | Path | LatencyTable | None, channels_last: bool) -> None:
+        """The latency budget's table: the one given, else the cached one for this model and machine."""
+        if isinstance(table, str | Path):
+            self.latency_table_path = Path(table)
+            table = LatencyTable.load(table)
+        if table is None:
+            table, self.latency_table_path = latency_table_for(
+                self.model, self.engine.layers, self.engine.evaluator.sample_shape, device=self.device,
+                channels_last=channels_last and self.device.type == "cuda")
+        self.engine.cost.use_latency_table(table)
+        self.latency_table = table
 
     def _check_target(self, target: float) -> float:
         target = check_sparsity(target, "target_sparsity")
@@ -436,6 +459,7 @@ class ChannelPruneEnv(gym.Env):
                 "layer": self.groups[index].name, "layer_index": index, "target_sparsity": self.target_sparsity,
                 "budget": self.budget, "requested_sparsity": requested, "applied_sparsity": count / self.channels[index],
                 "channels_removed": count, "flops_reduction": after["flops"],
+                **({"latency_reduction": after["latency"]} if self.budget == "latency" else {}),
                 # The whole model's parameters removed (PruneEnv's "overall_sparsity" counts prunable weights).
                 "overall_sparsity": after["params"], "reward_accuracy": accuracy,
             }
@@ -457,7 +481,10 @@ class ChannelPruneEnv(gym.Env):
         return self._observation(), reward, terminated, False, info
 
     def _reductions(self, removed: Sequence[int]) -> dict[str, float]:
-        return {"flops": self.cost.flops_reduction(removed), "params": self.cost.param_reduction(removed)}
+        reductions = {"flops": self.cost.flops_reduction(removed), "params": self.cost.param_reduction(removed)}
+        if self.budget == "latency":
+            reductions["latency"] = self.cost.latency_reduction(removed)
+        return reductions
 
     def render(self):
         if self.render_mode is None:
@@ -468,7 +495,8 @@ class ChannelPruneEnv(gym.Env):
             removed = "-" if applied is None else f"{round(applied * group.channels)}"
             rows.append(f"{group.name:<28} {group.channels:>8} {removed:>8}")
         reductions = self._reductions(self._removed)
-        rows.append(f"FLOPs removed {reductions['flops']:.3f}, parameters removed {reductions['params']:.3f}, "
+        latency = f", predicted latency removed {reductions['latency']:.3f}" if "latency" in reductions else ""
+        rows.append(f"FLOPs removed {reductions['flops']:.3f}, parameters removed {reductions['params']:.3f}{latency}, "
                     f"reward-split accuracy {self._accuracy:.4f}")
         return "\n".join(rows)
 
