@@ -14,17 +14,22 @@ import os
 import sys
 from collections.abc import Sequence
 
-from prune_gym.errors import ConfigError, Error
-
-# prune_gym.envs.actions.ACTION_MODES, spelt out so `--help` need not import torch (a test
-# checks that the two agree).
-ACTION_MODE_CHOICES = ("relative", "absolute")
-# prune_gym.allocation.ALLOCATION_METHODS (= agents.policies.REFERENCE_POLICIES), likewise.
-POLICY_CHOICES = ("global-mp", "global-mp+mt", "lamp", "erk", "uniform", "uniform+", "random")
-# prune_gym.channel_allocation.CHANNEL_METHODS, likewise (those not already above).
-CHANNEL_POLICY_CHOICES = ("global-norm",)
-# prune_gym.agents.compare.DEFAULT_SPARSITIES, likewise.
-DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
+from prune_gym.cli_options import (
+    ACTION_MODE_CHOICES,
+    CHANNEL_POLICY_CHOICES,
+    DEFAULT_SPARSITIES,
+    POLICY_CHOICES,
+    add_agent_arguments,
+    add_threads_argument,
+    count_arg,
+    env_kwargs_from,
+    machine_fault,
+    positive_int,
+    sparsity_arg,
+    user_error,
+    writable_file_arg,
+)
+from prune_gym.errors import ConfigError
 
 
 def _add_envs(subparsers) -> None:
@@ -117,7 +122,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("--recipe", metavar="JSON", help="prune with this recipe of per-layer sparsities instead of a policy")
     parser.add_argument("--finetune-epochs", type=int, default=0, metavar="N", help="masked fine-tuning epochs (default: 0)")
     parser.add_argument("--gradual-steps", type=int, default=1, metavar="K", help="Global MP in K steps on the cubic schedule, fine-tuning --finetune-epochs after each (default: 1, one-shot)")
-    parser.add_argument("--bn-recalibration-batches", type=_count_arg, metavar="N", help="re-estimate BatchNorm statistics on N batches of 256 train images after pruning, as the env does (default: the recipe's recorded value, else the env's default: 1 for digits, 0 elsewhere)")
+    parser.add_argument("--bn-recalibration-batches", type=count_arg, metavar="N", help="re-estimate BatchNorm statistics on N batches of 256 train images after pruning, as the env does (default: the recipe's recorded value, else the env's default: 1 for digits, 0 elsewhere)")
     parser.add_argument("--output", required=True, metavar="PATH", help="checkpoint path, e.g. pruned.pt")
     parser.add_argument("--weights", metavar="PATH", help="the task's trained weights (else its default)")
     parser.add_argument("--data-dir", metavar="DIR", help="the task's data folder (else its environment variable)")
@@ -191,92 +196,6 @@ def _run_channel_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _whole_number_at_least(minimum: int):
-    """An argparse type: a whole number >= ``minimum`` (checked before any work starts)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text}")
-        return value
-
-    return parse
-
-
-_positive_int = _whole_number_at_least(1)
-_count_arg = _whole_number_at_least(0)
-
-
-def _writable_file_arg(text: str) -> str:
-    """A path whose folder exists, checked before any work (not after a long run)."""
-    folder = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"the folder of {text} does not exist: create it first")
-    if os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is a folder: give a file path")
-    return text
-
-
-def _sparsity_arg(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be a fraction in [0, 1), e.g. 0.8; got {text}")
-    return value
-
-
-def _set_threads(args: argparse.Namespace) -> None:
-    import torch
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-
-
-def _env_kwargs(args: argparse.Namespace) -> dict:
-    _set_threads(args)
-    kwargs = {"device": args.device}
-    if getattr(args, "action_type", None):
-        kwargs["action_type"] = args.action_type
-    if getattr(args, "action_mode", None):
-        kwargs["action_mode"] = args.action_mode
-    if getattr(args, "reward", None):
-        kwargs["reward"] = args.reward
-    if getattr(args, "reference", None):
-        kwargs["reference"] = args.reference
-    if getattr(args, "max_sparsity", None) is not None:
-        kwargs["max_sparsity"] = args.max_sparsity
-    return kwargs
-
-
-def _add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--threads", type=_positive_int, default=1, metavar="N",
-        help="torch CPU threads (default: 1, the fastest for small models and on a shared CPU; "
-        "raise it for large models on a free CPU)",
-    )
-
-
-def _add_agent_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algo", default="dqn", help="dqn (default), ppo, a2c; sac, td3, ddpg with continuous actions")
-    parser.add_argument("--timesteps", type=_count_arg, metavar="N", help="training steps in total (default: the hyperparameters' n_timesteps)")
-    parser.add_argument("--hyperparams", metavar="YAML", help="rl-zoo3 style hyperparameter file (default: the shipped one for --algo)")
-    parser.add_argument("--action-type", choices=("discrete", "continuous"), help="the agent's action type (default: the first --algo allows)")
-    parser.add_argument("--action-mode", choices=ACTION_MODE_CHOICES, help="relative: steps around the reference allocation (the env's default); absolute: sparsity levels (v0's)")
-    parser.add_argument("--reference", choices=POLICY_CHOICES, help="the allocation the agent's relative actions step around and the local search starts from (default: the hyperparameters' env_kwargs, else the env's: global-mp)")
-    parser.add_argument("--reward", help="reward function: purl (default), terminal, accuracy-sparsity, flops")
-    parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
-    parser.add_argument("--device", default="auto", help="where the pruned model runs: auto (CUDA if present), cpu, cuda (default: auto)")
-    parser.add_argument("--seed", type=int, default=0, help="agent and target-draw seed (default: 0)")
-    parser.add_argument("--n-envs", type=_positive_int, metavar="N", help="envs the agent trains in, in parallel, one process each (default: the hyperparameters' n_envs, else 1)")
-    _add_threads_argument(parser)
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logs")
-
-
 def _add_train(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -289,10 +208,10 @@ def _add_train(subparsers) -> None:
         ),
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
-    _add_agent_arguments(parser)
-    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="target sparsity; several: one drawn per episode (default: the env's, 0.8)")
+    add_agent_arguments(parser)
+    parser.add_argument("--sparsity", type=sparsity_arg, nargs="+", metavar="S", help="target sparsity; several: one drawn per episode (default: the env's, 0.8)")
     parser.add_argument("--output", metavar="DIR", help="run folder (default: runs/<ENV>-<algo>)")
-    parser.add_argument("--checkpoint-freq", type=_count_arg, default=5000, metavar="N", help="save a checkpoint every N steps (default: 5000; 0: only at the end)")
+    parser.add_argument("--checkpoint-freq", type=count_arg, default=5000, metavar="N", help="save a checkpoint every N steps (default: 5000; 0: only at the end)")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="continue from the newest complete checkpoint in the run folder named by --output (or from CHECKPOINT). Unpickles that checkpoint (an SB3 zip) and its replay buffer (.pkl) beside it, which can run code: resume only from files you trust")
     parser.set_defaults(handler=_run_train)
 
@@ -305,7 +224,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.resume is True and args.output is None:
         # Checkpoints are pickles: load only from a folder the user names, never one found here.
         raise ConfigError("--resume continues the run in the folder you name: add --output DIR (or give --resume CHECKPOINT)")
-    env_kwargs = _env_kwargs(args)
+    env_kwargs = env_kwargs_from(args)
     env_kwargs.setdefault("action_type", ALGORITHMS[algo][1][0])
     result = train_agent(
         args.env, algo, args.timesteps, output_dir=args.output, hyperparams=args.hyperparams,
@@ -333,15 +252,15 @@ def _add_baseline(subparsers) -> None:
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
     parser.add_argument("--policy", default="global-mp", choices=POLICY_CHOICES, help="allocation method (default: global-mp): " + ", ".join(POLICY_CHOICES))
-    parser.add_argument("--sparsity", type=_sparsity_arg, required=True, metavar="S", help="overall target sparsity, e.g. 0.8")
+    parser.add_argument("--sparsity", type=sparsity_arg, required=True, metavar="S", help="overall target sparsity, e.g. 0.8")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Global MP Minimum Threshold, e.g. 0.0005 (0.05%% of all weights per layer)")
     parser.add_argument("--action-type", default="continuous", choices=("discrete", "continuous"), help="env action type (default: continuous, exact)")
     parser.add_argument("--action-mode", default="absolute", choices=ACTION_MODE_CHOICES, help="env action mode (default: absolute, so every policy's sparsities are exact)")
     parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random policy (default: 0)")
-    _add_threads_argument(parser)
-    parser.add_argument("--json", type=_writable_file_arg, metavar="PATH", help="also write the result as JSON")
+    add_threads_argument(parser)
+    parser.add_argument("--json", type=writable_file_arg, metavar="PATH", help="also write the result as JSON")
     parser.set_defaults(handler=_run_baseline)
 
 
@@ -354,7 +273,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
 
     if args.min_threshold is not None and args.policy not in ("global-mp", "global-mp+mt"):
         raise ConfigError("--min-threshold applies to --policy global-mp / global-mp+mt only")
-    env = gym.make(args.env, target_sparsity=args.sparsity, **_env_kwargs(args))
+    env = gym.make(args.env, target_sparsity=args.sparsity, **env_kwargs_from(args))
     label, policy, deterministic = reference_policy(args.policy, env, seed=args.seed, min_threshold=args.min_threshold)
     result = run_episode(policy, env, args.sparsity, deterministic=deterministic, method=label)
     prune_env = env.unwrapped
@@ -395,11 +314,11 @@ def _add_compare(subparsers) -> None:
         ),
     )
     parser.add_argument("env", metavar="ENV", help="env id, e.g. PruneResNet20Digits-v1 (see `prune-gym envs`)")
-    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="targets (default: 0.5 0.7 0.8 0.9 0.95, the weights' overall sparsity; for a ...Channels-v1 env 0.3 0.5 0.7, the share of FLOPs removed)")
-    _add_agent_arguments(parser)
+    parser.add_argument("--sparsity", type=sparsity_arg, nargs="+", metavar="S", help="targets (default: 0.5 0.7 0.8 0.9 0.95, the weights' overall sparsity; for a ...Channels-v1 env 0.3 0.5 0.7, the share of FLOPs removed)")
+    add_agent_arguments(parser)
     parser.add_argument("--agent", metavar="ZIP", help="evaluate this saved agent instead of training one: unpickles this file only (an SB3 zip, which can run code: load only files you trust); the best_found.json beside it (JSON) brings its best-found recipes")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: the paper's 0.05%%, pruning.DEFAULT_MIN_THRESHOLD; 0 leaves the method out)")
-    parser.add_argument("--finetune-epochs", type=_count_arg, default=0, metavar="N", help="also fine-tune every method's pruned model for N epochs with its masks (default: 0)")
+    parser.add_argument("--finetune-epochs", type=count_arg, default=0, metavar="N", help="also fine-tune every method's pruned model for N epochs with its masks (default: 0)")
     parser.add_argument("--no-search", dest="search", action="store_false", help="leave out the search baseline at equal cost (local search around the agent env's reference allocation with as many env episodes as the agent trained)")
     parser.add_argument("--output", metavar="DIR", help="output folder (default: results/<ENV>-<time>)")
     parser.set_defaults(handler=_run_compare)
@@ -413,7 +332,7 @@ def _run_compare(args: argparse.Namespace) -> int:
     comparison = compare(
         args.env, args.sparsity, args.algo, timesteps=args.timesteps, hyperparams=args.hyperparams,
         agent_path=args.agent, min_threshold=min_threshold or None, output_dir=args.output,
-        env_kwargs=_env_kwargs(args), seed=args.seed, n_envs=args.n_envs, finetune_epochs=args.finetune_epochs,
+        env_kwargs=env_kwargs_from(args), seed=args.seed, n_envs=args.n_envs, finetune_epochs=args.finetune_epochs,
         search=args.search, progress_bar=args.progress, tensorboard=args.tensorboard,
     )
     print()
@@ -436,20 +355,20 @@ def _add_sweep(subparsers) -> None:
     parser.add_argument("env", metavar="ENV", nargs="?", help="env id, e.g. PruneResNet20Digits-v1 (not with --resume)")
     parser.add_argument("--algo", nargs="+", metavar="ALGO", help="algorithms, one trial per seed each (default: dqn)")
     parser.add_argument("--seeds", type=int, nargs="+", metavar="N", help="seeds (default: 0)")
-    parser.add_argument("--sparsity", type=_sparsity_arg, nargs="+", metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9 0.95)")
-    parser.add_argument("--timesteps", type=_count_arg, metavar="N", help="each agent's training steps (default: its hyperparameters' n_timesteps)")
+    parser.add_argument("--sparsity", type=sparsity_arg, nargs="+", metavar="S", help="target sparsities (default: 0.5 0.7 0.8 0.9 0.95)")
+    parser.add_argument("--timesteps", type=count_arg, metavar="N", help="each agent's training steps (default: its hyperparameters' n_timesteps)")
     parser.add_argument("--hyperparams", nargs="+", metavar="ALGO=YAML", help="an rl-zoo3 style file per algorithm, e.g. dqn=my_dqn.yml (default: the shipped ones)")
     parser.add_argument("--action-type", choices=("discrete", "continuous"), help="the agents' action type (default: the first each algorithm allows)")
     parser.add_argument("--action-mode", choices=ACTION_MODE_CHOICES, help="relative (the env's default) or absolute (v0's levels)")
     parser.add_argument("--reward", help="reward function: purl (default), terminal, accuracy-sparsity, flops")
     parser.add_argument("--max-sparsity", type=float, metavar="S", help="highest per-layer sparsity (default: the env's, 0.99)")
     parser.add_argument("--min-threshold", type=float, metavar="M", help="Minimum Threshold of 'Global MP + MT' (default: 0.05%%; 0 leaves it out)")
-    parser.add_argument("--finetune-epochs", type=_count_arg, metavar="N", help="also fine-tune every pruned model for N epochs (default: 0)")
+    parser.add_argument("--finetune-epochs", type=count_arg, metavar="N", help="also fine-tune every pruned model for N epochs (default: 0)")
     parser.add_argument("--no-search", dest="search", action="store_false", default=None, help="leave out the search at equal cost")
-    parser.add_argument("--n-envs", type=_positive_int, metavar="N", help="envs per agent trial, one process each (default: the hyperparameters')")
+    parser.add_argument("--n-envs", type=positive_int, metavar="N", help="envs per agent trial, one process each (default: the hyperparameters')")
     parser.add_argument("--cpus-per-trial", type=float, metavar="C", help="Tune CPUs per trial; torch threads follow (default: an agent's n_envs, else 1)")
     parser.add_argument("--gpus-per-trial", type=float, metavar="G", help="Tune GPUs per trial, fractions share a GPU; trials with one run on CUDA (default: 0)")
-    parser.add_argument("--max-concurrent", type=_positive_int, metavar="N", help="at most N trials at once (default: as resources allow)")
+    parser.add_argument("--max-concurrent", type=positive_int, metavar="N", help="at most N trials at once (default: as resources allow)")
     parser.add_argument("--scheduler", choices=("fifo", "asha"), help="fifo: every trial to the end (default); asha: stop trailing agent trials early")
     parser.add_argument("--address", metavar="ADDR", help="an existing Ray cluster, e.g. auto (default: start Ray on this machine)")
     parser.add_argument("--storage", metavar="PATH_OR_URI", help="where Tune keeps the experiment: a folder or e.g. s3://bucket/sweeps (default: <output>/tune)")
@@ -544,56 +463,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as error:
-        fault = _machine_fault(error)
+        fault = machine_fault(error)
         if fault is not None:
             # The machine's fault, not the user's input: exit 1, one line naming the path.
             print(f"prune-gym {args.command}: error: {fault}", file=sys.stderr)
             return 1
-        message = _user_error(error)
+        message = user_error(error)
         if message is None:
             raise
         # Bad input, missing or unreadable files are the user's to fix: say what, not a traceback.
         print(f"prune-gym {args.command}: error: {message}", file=sys.stderr)
         return 2
-
-
-def _machine_fault(error: Exception) -> str | None:
-    """The one-line message for a fault of the machine (a full disk, a read-only file system, an
-    I/O error), naming the path; None for anything else."""
-    import errno
-
-    if not isinstance(error, OSError) or error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
-        return None
-    path = error.filename or "a file"
-    return f"{error.strerror or error} while writing {path}: free space or choose another folder (--output); " \
-        "files written before stay whole"
-
-
-def _user_error(error: Exception) -> str | None:
-    """The one-line message for an error the user can fix (None: a bug, show the traceback)."""
-    import pickle
-    import zipfile
-
-    import gymnasium
-    import yaml
-
-    if isinstance(error, gymnasium.error.Error):
-        return f"{error} (`prune-gym envs` lists the registered ids)"
-    if isinstance(error, yaml.YAMLError):
-        return f"the hyperparameter file is not valid YAML: {error}"
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    if isinstance(error, pickle.UnpicklingError | EOFError | zipfile.BadZipFile):
-        return (f"a file could not be read ({type(error).__name__}: {first_line}): it is truncated, empty or "
-                "not in the expected format; check the path (weights, agent or checkpoint) or rewrite the file")
-    if isinstance(error, PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError):
-        return f"{first_line}: choose a path you can write to (e.g. --output)"
-    if isinstance(error, ImportError) and "optional extra" in str(error):
-        return str(error)  # an extra that is not installed (prune-gym sweep without ray)
-    if isinstance(error, Error):  # prune-gym's own: the message names the argument or path and the fix
-        return str(error)
-    if isinstance(error, FileNotFoundError):  # a path the user gave that the system could not open
-        return f"{error}: check the path"
-    return None  # anything else is a bug: its traceback is shown
 
 
 if __name__ == "__main__":

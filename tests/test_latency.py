@@ -10,6 +10,9 @@ import pytest
 import torch
 
 import prune_gym  # noqa: F401  (registers the envs)
+from prune_gym.cli import build_parser
+from prune_gym.cli import main as cli_main
+from prune_gym.cli_options import env_kwargs_from
 from prune_gym.errors import ConfigError
 from prune_gym.latency import GRID, LatencyTable, measure_latency_table
 from prune_gym.pruning import find_prunable_layers
@@ -96,3 +99,12 @@ def test_a_table_given_as_a_file_is_used_and_latency_kwargs_are_checked(latency_
     other = LatencyTable(("conv",), (0.5, 1.0), (((1.0, 1.0), (1.0, 1.0)),), 0.0, 1.0)
     with pytest.raises(ConfigError, match="measured on another model"):
         gym.make(CHANNELS_ID, budget="latency", latency_table=other)
+
+
+def test_the_cli_budget_option_reaches_channel_envs_and_is_refused_for_weight_envs(tmp_path, capsys):
+    output = tmp_path / "run"
+    assert cli_main(["train", "PruneResNet20Digits-v1", "--budget", "latency", "--output", str(output)]) == 2
+    assert "--budget is for channel envs" in capsys.readouterr().err and not output.exists()
+    args = build_parser().parse_args(["compare", CHANNELS_ID, "--budget", "latency", "--threads", "1"])
+    assert env_kwargs_from(args)["budget"] == "latency"
+    assert "budget" not in env_kwargs_from(build_parser().parse_args(["compare", CHANNELS_ID, "--threads", "1"]))
