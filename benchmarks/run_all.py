@@ -138,7 +138,9 @@ BENCHMARKS: list[Benchmark] = [
     Benchmark(
         "compare_channels", "bench_compare_channels_digits.py",
         "Channel pruning on digits: compare, export, latency side by side",
-        full=lambda out, cuda: [["--output", str(out)], ["--channel-multiple", "8", "--output", str(out)]],
+        full=lambda out, cuda: [["--output", str(out)], ["--channel-multiple", "8", "--output", str(out)],
+                                ["--budget", "latency", "--sparsity", "0.2", "0.3", "0.4", "--export-target", "0.3",
+                                 "--output", str(out)]],
         quick=lambda out: [["--timesteps", "100", "--sparsity", "0.5", "--rounds", "1", "--output", str(out)]],
     ),
     Benchmark(
@@ -301,7 +303,9 @@ def table_resnet50_cost(results: Path, link: str) -> str | None:
 def table_compare_channels(results: Path, link: str) -> str | None:
     parts = []
     for stem, label in (("compare_channels_digits", "The defaults (any channel count)"),
-                        ("compare_channels_digits_m8", "channel_multiple=8 (kept channels in multiples of 8)")):
+                        ("compare_channels_digits_m8", "channel_multiple=8 (kept channels in multiples of 8)"),
+                        ("compare_channels_digits_latency", "budget=\"latency\" (targets: predicted latency removed, "
+                                                            "from the per-layer table measured first)")):
         path = results / f"{stem}.md"
         if path.is_file():
             parts.append(f"**{label}** ([JSON]({link}{stem}.json)):\n\n" + _relink(_without_title(path.read_text()), link))

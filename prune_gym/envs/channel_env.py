@@ -25,6 +25,7 @@ from prune_gym.envs.settings import (
     check_data_settings,
     check_settings,
     check_step,
+    episode_end_info,
     model_and_splits,
     reset_target,
 )
@@ -464,13 +465,8 @@ class ChannelPruneEnv(gym.Env):
                 "overall_sparsity": after["params"], "reward_accuracy": accuracy,
             }
             if terminated:
-                info["layer_sparsities"] = {g.name: n / g.channels for g, n in zip(self.groups, removed, strict=True)}
+                info.update(episode_end_info(self, {g.name: n / g.channels for g, n in zip(self.groups, removed, strict=True)}))
                 info["removed_channel_counts"] = dict(zip(self.group_names(), removed, strict=True))
-                info["dense_reward_accuracy"] = self.dense_reward_accuracy
-                info["synthetic"] = self.synthetic
-                if self.evaluate_test_at_end:
-                    info["test_accuracy"] = self.evaluate_test()
-                    info["dense_test_accuracy"] = self.measure_dense_test_accuracy()
         except BaseException:
             self.engine.rollback()
             raise

@@ -27,6 +27,7 @@ from prune_gym.envs.settings import (
     check_data_settings,
     check_settings,
     check_step,
+    episode_end_info,
     model_and_splits,
     reset_target,
 )
@@ -497,22 +498,12 @@ class PruneEnv(gym.Env):
             )
             reward = checked_reward(self.reward_fn, self.reward_name, context)
             info: dict[str, Any] = {
-                "layer": self.layers[index].name,
-                "layer_index": index,
-                "target_sparsity": self.target_sparsity,
-                "requested_sparsity": requested,
-                "applied_sparsity": applied,
-                "overall_sparsity": sparsity,
-                "flops_reduction": flops,
-                "reward_accuracy": accuracy,
+                "layer": self.layers[index].name, "layer_index": index, "target_sparsity": self.target_sparsity,
+                "requested_sparsity": requested, "applied_sparsity": applied, "overall_sparsity": sparsity,
+                "flops_reduction": flops, "reward_accuracy": accuracy,
             }
             if terminated:
-                info["layer_sparsities"] = dict(zip(self.layer_names(), applied_now))
-                info["dense_reward_accuracy"] = self.dense_reward_accuracy
-                info["synthetic"] = self.synthetic
-                if self.evaluate_test_at_end:
-                    info["test_accuracy"] = self.evaluate_test()
-                    info["dense_test_accuracy"] = self.measure_dense_test_accuracy()
+                info.update(episode_end_info(self, dict(zip(self.layer_names(), applied_now, strict=True))))
         except BaseException:
             self.engine.rollback()
             raise

@@ -137,3 +137,15 @@ def check_step(step: int | None, steps: int, unit: str) -> int:
     if step >= steps:
         raise RuntimeError(f"the episode is over (every {unit} is pruned): call reset() to start a new one")
     return step
+
+
+def episode_end_info(env, layer_sparsities: dict[str, float]) -> dict:
+    """What the last step's ``info`` adds in both envs: each unit's share removed, the dense
+    reward-split accuracy, whether the data is synthetic, and the test accuracies (pruned and
+    dense) when the env scores the test split at the end."""
+    info = {"layer_sparsities": layer_sparsities, "dense_reward_accuracy": env.dense_reward_accuracy,
+            "synthetic": env.synthetic}
+    if env.evaluate_test_at_end:
+        info["test_accuracy"] = env.evaluate_test()
+        info["dense_test_accuracy"] = env.measure_dense_test_accuracy()
+    return info
