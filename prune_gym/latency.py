@@ -36,7 +36,7 @@ from prune_gym.errors import ConfigError
 from prune_gym.pruning import PrunableLayer
 from prune_gym.tasks.base import cache_dir
 
-__all__ = ["LatencyTable", "latency_table_for", "measure_latency_table"]
+__all__ = ["LatencyTable", "latency_table_for", "measure_latency_table", "resolve_latency_table"]
 
 #: Kept shares of a layer's input and output channels the table times (1/8 steps).
 GRID = tuple(k / 8 for k in range(1, 9))
@@ -240,3 +240,15 @@ def latency_table_for(model: nn.Module, layers: Sequence[PrunableLayer], sample_
     table = measure_latency_table(model, layers, sample_shape, batch_size=batch_size, device=device,
                                   channels_last=channels_last, progress=progress)
     return table, table.save(path)
+
+
+def resolve_latency_table(table: str | Path | LatencyTable | None, model: nn.Module, layers: Sequence[PrunableLayer],
+                          sample_shape: Sequence[int], device: torch.device,
+                          channels_last: bool) -> tuple[LatencyTable, Path | None]:
+    """A channel env's latency table: the one given (a table or its file), else the cached one for
+    this model, input and machine (measured first if there is none); and its file."""
+    if isinstance(table, str | Path):
+        return LatencyTable.load(table), Path(table)
+    if table is None:
+        return latency_table_for(model, layers, sample_shape, device=device, channels_last=channels_last)
+    return table, None

@@ -20,6 +20,7 @@ from prune_gym.channel_allocation import CHANNEL_METHODS, channel_allocation
 from prune_gym.channels import allowed_counts, check_multiple
 from prune_gym.envs.actions import DEFAULT_RELATIVE_RANGE, ActionMap
 from prune_gym.envs.channel_engine import ChannelEngine
+from prune_gym.envs.render import render_channels_ansi
 from prune_gym.envs.rewards import RewardContext, RewardFunction, checked_reward, get_reward
 from prune_gym.envs.settings import (
     check_data_settings,
@@ -31,7 +32,7 @@ from prune_gym.envs.settings import (
 )
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import DataLike, resolve_device
-from prune_gym.latency import LatencyTable, latency_table_for
+from prune_gym.latency import LatencyTable, resolve_latency_table
 from prune_gym.pruning import check_sparsity
 from prune_gym.tasks import get_task
 
@@ -211,7 +212,10 @@ class ChannelPruneEnv(gym.Env):
         self.train_data, self.test_data = train_data, test_data
         self.latency_table, self.latency_table_path = None, None
         if budget == "latency":
-            self._use_latency_table(latency_table, channels_last)
+            self.latency_table, self.latency_table_path = resolve_latency_table(
+                latency_table, self.model, self.engine.layers, self.engine.evaluator.sample_shape, self.device,
+                channels_last and self.device.type == "cuda")
+            self.engine.cost.use_latency_table(self.latency_table)
         self._set_up_groups(evaluate_test)
 
     # ------------------------------------------------------------------------------------------
@@ -243,18 +247,6 @@ class ChannelPruneEnv(gym.Env):
         self.dense_reward_accuracy = self.evaluator.accuracy()
         self._t: int | None = None
         self._reset_episode_state()
-
-    def _use_latency_table(self, table: str | Path | LatencyTable | None, channels_last: bool) -> None:
-        """The latency budget's table: the one given, else the cached one for this model and machine."""
-        if isinstance(table, str | Path):
-            self.latency_table_path = Path(table)
-            table = LatencyTable.load(table)
-        if table is None:
-            table, self.latency_table_path = latency_table_for(
-                self.model, self.engine.layers, self.engine.evaluator.sample_shape, device=self.device,
-                channels_last=channels_last and self.device.type == "cuda")
-        self.engine.cost.use_latency_table(table)
-        self.latency_table = table
 
     def _check_target(self, target: float) -> float:
         target = check_sparsity(target, "target_sparsity")
@@ -486,15 +478,7 @@ class ChannelPruneEnv(gym.Env):
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode: pass render_mode='ansi'")
             return None
-        rows = [f"{'group':<28} {'channels':>8} {'removed':>8}"]
-        for group, applied in zip(self.groups, self.applied, strict=True):
-            removed = "-" if applied is None else f"{round(applied * group.channels)}"
-            rows.append(f"{group.name:<28} {group.channels:>8} {removed:>8}")
-        reductions = self._reductions(self._removed)
-        latency = f", predicted latency removed {reductions['latency']:.3f}" if "latency" in reductions else ""
-        rows.append(f"FLOPs removed {reductions['flops']:.3f}, parameters removed {reductions['params']:.3f}{latency}, "
-                    f"reward-split accuracy {self._accuracy:.4f}")
-        return "\n".join(rows)
+        return render_channels_ansi(self)
 
     # ------------------------------------------------------------------------------------------
     # Internals

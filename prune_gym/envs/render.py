@@ -1,4 +1,5 @@
-"""Rendering of a PruneEnv: a per-layer table (ansi) and per-layer sparsity bars (rgb_array)."""
+"""Rendering of a PruneEnv: a per-layer table (ansi) and per-layer sparsity bars (rgb_array); of a
+ChannelPruneEnv: a per-group table (ansi)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from prune_gym.envs.channel_env import ChannelPruneEnv
     from prune_gym.envs.prune_env import PruneEnv
 
 
@@ -33,6 +35,19 @@ def render_ansi(env: PruneEnv) -> str:
     if env.synthetic:
         lines.append("SYNTHETIC: random weights and random data, for mechanics and speed only")
     return "\n".join(lines) + "\n"
+
+
+def render_channels_ansi(env: ChannelPruneEnv) -> str:
+    """The per-group table: channels and channels removed so far; the reductions and the accuracy."""
+    rows = [f"{'group':<28} {'channels':>8} {'removed':>8}"]
+    for group, applied in zip(env.groups, env.applied, strict=True):
+        removed = "-" if applied is None else f"{round(applied * group.channels)}"
+        rows.append(f"{group.name:<28} {group.channels:>8} {removed:>8}")
+    reductions = env._reductions(env._removed)
+    latency = f", predicted latency removed {reductions['latency']:.3f}" if "latency" in reductions else ""
+    rows.append(f"FLOPs removed {reductions['flops']:.3f}, parameters removed {reductions['params']:.3f}{latency}, "
+                f"reward-split accuracy {env.reward_accuracy:.4f}")
+    return "\n".join(rows)
 
 
 def render_rgb_array(env: PruneEnv) -> np.ndarray:
