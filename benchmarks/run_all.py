@@ -144,6 +144,12 @@ BENCHMARKS: list[Benchmark] = [
         quick=lambda out: [["--timesteps", "100", "--sparsity", "0.5", "--rounds", "1", "--output", str(out)]],
     ),
     Benchmark(
+        "channel_latency", "bench_channel_latency_digits.py",
+        "Channel-pruned digits networks: latency in three runtimes",
+        full=lambda out, cuda: [["--recipes", str(out), "--output", str(out)]],
+        quick=lambda out: [["--recipes", str(out), "--rounds", "1", "--batches", "1", "--output", str(out)]],
+    ),
+    Benchmark(
         "channel_conformance", "bench_channel_conformance.py", "Channel env conformance over torchvision's classifiers",
         full=lambda out, cuda: [["--output", str(out)]],
         quick=lambda out: [["--models", "resnet18", "--timeout", "300", "--output", str(out)]],
@@ -312,6 +318,14 @@ def table_compare_channels(results: Path, link: str) -> str | None:
     return "\n\n".join(parts) or None
 
 
+def table_channel_latency(results: Path, link: str) -> str | None:
+    path = results / "channel_latency_digits.md"
+    if not path.is_file():
+        return None
+    return (_without_title(path.read_text())
+            + f"\n\nRecord: [`channel_latency_digits.json`]({link}channel_latency_digits.json).")
+
+
 def table_channel_conformance(results: Path, link: str) -> str | None:
     path = results / "channel_conformance.md"
     if not path.is_file():
@@ -326,7 +340,7 @@ def _date_and_machine(name: str, results: Path) -> tuple[str, str] | None:
                   "compare": "compare_digits.json", "quality": "quality_digits.json",
                   "action_modes": "action_modes_digits.json", "sweep": "sweep_digits.json",
                   "resnet50_cost": "resnet50_cost_cuda.json", "compare_channels": "compare_channels_digits.json",
-                  "channel_conformance": "channel_conformance.json"}
+                  "channel_latency": "channel_latency_digits.json", "channel_conformance": "channel_conformance.json"}
     if name in json_files:
         record = _read_json(results / json_files[name])
         if record is None:
@@ -366,6 +380,7 @@ TABLES: dict[str, Callable[[Path, str], str | None]] = {
     "action_modes": table_action_modes,
     "resnet50_cost": table_resnet50_cost,
     "compare_channels": table_compare_channels,
+    "channel_latency": table_channel_latency,
     "channel_conformance": table_channel_conformance,
 }
 

@@ -25,6 +25,7 @@ from prune_gym.channel_allocation import CHANNEL_METHODS, channel_allocation, la
 from prune_gym.channel_export import (
     export_channel_recipe,
     export_onnx,
+    fold_batchnorm,
     load_slim,
     measure_latency,
     onnx_logits,
@@ -269,6 +270,9 @@ def test_export_writes_a_smaller_checkpoint_and_onnx_that_score_what_the_env_sai
     cpu = record["latency_ms"]["cpu"]
     assert set(cpu) == {"dense", "pruned", "speedup"} and all(v > 0 for v in cpu["pruned"].values())
     assert cpu["speedup"]["256"] == pytest.approx(cpu["dense"]["256"] / cpu["pruned"]["256"], rel=0.5)
+    # As deployed, too: BatchNorm folded into the convolutions of both networks.
+    assert set(record["latency_ms"]["cpu, BatchNorm folded"]["speedup"]) == {"1", "256"}
+    assert "latency on cpu, BatchNorm folded, batch 1" in result.summary()
     with pytest.raises(ConfigError, match="does not fit this env's channel groups"):
         export_channel_recipe(env, {"stem.0": 0.5}, tmp_path / "other")
 
@@ -281,6 +285,27 @@ def test_latency_and_onnx_helpers(tmp_path):
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         assert np.abs(onnx_logits(path, x) - model(x).numpy()).max() < 1e-4
+
+
+def test_folding_batchnorm_keeps_the_outputs_and_the_model_and_says_when_it_cannot():
+    model = _randomise_batchnorm(resnet20(10, 1)).eval()
+    before = copy.deepcopy(model.state_dict())
+    folded = fold_batchnorm(model)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-4)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+    class Branchy(nn.Module):  # Python control flow on the input: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    assert fold_batchnorm(Branchy()) is None
 
 
 def test_load_slim_refuses_what_is_not_a_slim_checkpoint(tmp_path):

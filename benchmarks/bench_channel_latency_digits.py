@@ -1,0 +1,142 @@
+"""Latency of the recorded channel-pruned digits networks, dense and pruned side by side, in three
+runtimes: PyTorch eager as exported, PyTorch with BatchNorm folded into the convolutions (as a
+deployment does; ``prune_gym.channel_export.fold_batchnorm``), and onnxruntime (which folds on
+its own).
+
+Takes the recipes that ``bench_compare_channels_digits.py`` recorded (the agent's best found and
+the search's, at 50% of the FLOPs removed with the default env and with ``channel_multiple=8``,
+and at 30% of the predicted latency removed with ``budget="latency"``), replays each through the
+env, removes the channels (Torch-Pruning) and measures: rounds alternate dense and pruned, each
+round the median of repeated forward passes, one thread; the speed-up is the median over rounds
+of dense / pruned, with its range. Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_channel_latency_digits.py --output benchmarks/results
+
+It writes ``channel_latency_digits.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import gymnasium as gym
+import onnxruntime
+import torch
+from bench_compare_channels_digits import median_ms  # beside this script
+from machine import machine_info  # benchmarks/machine.py, beside this script
+
+import prune_gym  # noqa: F401  (registers the envs)
+from prune_gym.channel_export import export_onnx, fold_batchnorm, slim_model
+
+ENV_ID = "PruneResNet20DigitsChannels-v1"
+RESULTS = Path(__file__).resolve().parent / "results"
+#: (label, recipe file under the results folder)
+RECIPES = (
+    ("50% FLOPs, DQN best found", "compare_channels_digits_recipes/dqn-best-found-0.50.json"),
+    ("50% FLOPs, local search", "compare_channels_digits_recipes/local-search-0.50.json"),
+    ("50% FLOPs, m=8, DQN best found", "compare_channels_digits_m8_recipes/dqn-best-found-0.50.json"),
+    ("50% FLOPs, m=8, local search", "compare_channels_digits_m8_recipes/local-search-0.50.json"),
+    ("30% latency, DQN best found", "compare_channels_digits_latency_recipes/dqn-best-found-0.30.json"),
+    ("30% latency, local search", "compare_channels_digits_latency_recipes/local-search-0.30.json"),
+)
+RUNTIMES = ("pytorch", "pytorch, BatchNorm folded", "onnxruntime")
+
+
+def runners(dense: torch.nn.Module, slim: torch.nn.Module, folder: Path) -> dict[str, dict[str, object]]:
+    """For each runtime, the dense and the pruned network as a callable on a numpy batch."""
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    example = torch.zeros(1, 1, 8, 8)
+    made: dict[str, dict[str, object]] = {runtime: {} for runtime in RUNTIMES}
+    for name, model in (("dense", dense), ("pruned", slim)):
+        folded = fold_batchnorm(model)
+        session = onnxruntime.InferenceSession(str(export_onnx(model, example, folder / f"{name}.onnx")), options,
+                                               providers=["CPUExecutionProvider"])
+        feed_name = session.get_inputs()[0].name
+
+        def eager(x, model=model):
+            with torch.inference_mode():
+                model(torch.from_numpy(x))
+
+        def fused(x, model=folded):
+            with torch.inference_mode():
+                model(torch.from_numpy(x))
+
+        made["pytorch"][name], made["pytorch, BatchNorm folded"][name] = eager, fused
+        made["onnxruntime"][name] = lambda x, session=session, feed_name=feed_name: session.run(None, {feed_name: x})
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (default: 7)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
+    parser.add_argument("--recipes", type=Path, default=RESULTS, help="the folder holding the recorded recipe folders")
+    parser.add_argument("--output", type=Path, help="write channel_latency_digits.json and .md here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    env = gym.make(ENV_ID).unwrapped
+    dense = env.dense_architecture().eval()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for label, relative in RECIPES:
+            path = args.recipes / relative
+            if not path.is_file():
+                print(f"skipped {label}: no {path} (run bench_compare_channels_digits.py first)")
+                continue
+            shares = json.loads(path.read_text())["layers"]
+            counts = [round(shares[name] * channels) for name, channels in zip(env.group_names(), env.channels, strict=True)]
+            info = env.replay(counts)
+            slim = slim_model(env).eval()
+            made = runners(dense, slim, Path(folder))
+            for batch in args.batches:
+                x = torch.randn(batch, 1, 8, 8).numpy()
+                repeats = 200 if batch == 1 else 20
+                for runtime in RUNTIMES:
+                    times: dict[str, list[float]] = {"dense": [], "pruned": []}
+                    for _ in range(args.rounds):
+                        for name in ("dense", "pruned"):
+                            times[name].append(median_ms(lambda run=made[runtime][name], x=x: run(x), repeats))
+                    ratios = [d / p for d, p in zip(times["dense"], times["pruned"], strict=True)]
+                    rows.append({"recipe": label, "file": relative, "flops_reduction": info["flops_reduction"],
+                                 "test_accuracy": info["test_accuracy"], "runtime": runtime, "batch": batch,
+                                 "dense_ms": statistics.median(times["dense"]),
+                                 "pruned_ms": statistics.median(times["pruned"]), "speedup": statistics.median(ratios),
+                                 "speedup_min": min(ratios), "speedup_max": max(ratios)})
+    record = {"benchmark": "channel_latency_digits",
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": "python benchmarks/bench_channel_latency_digits.py", "machine": machine_info(),
+              "rounds": args.rounds, "results": rows}
+    lines = [
+        "# Recorded channel-pruned digits networks: dense vs pruned latency in three runtimes",
+        "",
+        f"Date {record['date']}; {record['machine']['cpu']}, 1 thread; torch {record['machine']['torch']}, "
+        f"onnxruntime {onnxruntime.__version__}. {args.rounds} alternating rounds; speed-up = median over rounds of "
+        "dense / pruned (range).",
+        "",
+        "| recipe | FLOPs removed | test acc | batch | pytorch | pytorch, BN folded | onnxruntime |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label in dict.fromkeys(row["recipe"] for row in rows):
+        for batch in args.batches:
+            cells = {row["runtime"]: row for row in rows if row["recipe"] == label and row["batch"] == batch}
+            first = next(iter(cells.values()))
+            lines.append(f"| {label} | {100 * first['flops_reduction']:.1f}% | {100 * first['test_accuracy']:.1f}% | "
+                         f"{batch} | " + " | ".join(f"{cells[r]['speedup']:.2f}x ({cells[r]['speedup_min']:.2f}-"
+                                                    f"{cells[r]['speedup_max']:.2f})" for r in RUNTIMES) + " |")
+    markdown = "\n".join(lines) + "\n"
+    print(markdown)
+    if args.output is not None:
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "channel_latency_digits.json").write_text(json.dumps(record, indent=2) + "\n")
+        (args.output / "channel_latency_digits.md").write_text(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
