@@ -17,6 +17,7 @@ import prune_gym
 from prune_gym.accounting import layer_flops
 from prune_gym.agents.compare import (
     DEFAULT_CHANNEL_TARGETS,
+    DEFAULT_LATENCY_TARGETS,
     DEFAULT_SPARSITIES,
     _check_compare_options,
     compare,
@@ -390,6 +391,9 @@ def test_compare_defaults_to_flops_targets_on_a_channel_env(tmp_path):
     assert targets == list(DEFAULT_CHANNEL_TARGETS) == [0.3, 0.5, 0.7]
     targets = _check_compare_options("PruneResNet20Digits-v1", None, "dqn", 0, None, None, tmp_path / "b", False)[0]
     assert targets == list(DEFAULT_SPARSITIES)
+    # With the latency budget: lower targets (half the predicted latency is often beyond the caps).
+    targets = _check_compare_options(CHANNELS_ID, None, "dqn", 0, {"budget": "latency"}, None, tmp_path / "c", False)[0]
+    assert targets == list(DEFAULT_LATENCY_TARGETS) == [0.2, 0.3, 0.4]
 
 
 def test_channel_multiple_keeps_multiples_in_every_step_and_rule(digits_model_state):

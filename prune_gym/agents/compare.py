@@ -83,6 +83,9 @@ __all__ = ["Comparison", "MethodResult", "compare", "format_table", "make_refere
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 #: A channel env's default targets: the share of FLOPs removed.
 DEFAULT_CHANNEL_TARGETS = (0.3, 0.5, 0.7)
+#: With ``budget="latency"``: the share of the predicted latency removed (on small inputs most of
+#: a network's time is per-layer overhead, so half of it is often beyond the caps).
+DEFAULT_LATENCY_TARGETS = (0.2, 0.3, 0.4)
 #: The highest max_sparsity the workflow raises the env's range to (a layer is never emptied).
 MAX_SPARSITY_CEILING = 0.999
 
@@ -166,7 +169,7 @@ def compare(
         env_id: a registered prune-gym id (weights, or channels: ``...Channels-v1``).
         sparsities: the targets to compare at (None: ``DEFAULT_SPARSITIES``, the overall
             sparsity of the weights; for a channel env ``DEFAULT_CHANNEL_TARGETS``, the share of
-            FLOPs removed).
+            FLOPs removed, or with ``budget="latency"`` ``DEFAULT_LATENCY_TARGETS``).
         algo: the agent's algorithm (``prune_gym.agents.ALGORITHMS``); its action type is the
             first it allows unless ``env_kwargs`` sets ``action_type``.
         timesteps: the agent's training budget (default: the hyperparameters' ``n_timesteps``).
@@ -260,7 +263,11 @@ def _check_compare_options(
     """``compare``'s options checked before anything loads: (targets, algo, the agent's action
     type, the env kwargs shared by all methods, the output folder)."""
     if sparsities is None:
-        sparsities = DEFAULT_CHANNEL_TARGETS if is_channel_env(env_id) else DEFAULT_SPARSITIES
+        if not is_channel_env(env_id):
+            sparsities = DEFAULT_SPARSITIES
+        else:
+            latency = (env_kwargs or {}).get("budget") == "latency"
+            sparsities = DEFAULT_LATENCY_TARGETS if latency else DEFAULT_CHANNEL_TARGETS
     targets = [check_sparsity(s, "sparsity") for s in sparsities]
     if not targets:
         raise ConfigError("give at least one sparsity to compare at")
