@@ -44,7 +44,7 @@ from machine import machine_info  # benchmarks/machine.py, beside this script
 
 from prune_gym.agents.compare import DEFAULT_CHANNEL_TARGETS, compare
 from prune_gym.agents.report import method_slug
-from prune_gym.channel_export import export_channel_task, export_onnx, load_slim
+from prune_gym.channel_export import BUDGET_LABELS, export_channel_task, export_onnx, load_slim
 from prune_gym.tasks import get_task
 
 ENV_ID = "PruneResNet20DigitsChannels-v1"
@@ -157,9 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency": latency,
         "predicted": predicted,
     }
-    budget = {"flops": "FLOPs", "params": "parameters", "latency": "predicted latency"}[args.budget]
     lines = [
-        f"# `{record['command']}`, and its best recipe at {args.export_target:.0%} {budget} removed exported",
+        f"# `{record['command']}`, and its best recipe at {args.export_target:.0%} {BUDGET_LABELS[args.budget]} exported",
         "",
         f"Date {record['date']}; {record['machine']['cpu']}, {record['machine']['logical_cpus']} logical CPUs, 1 torch "
         f"thread; torch {record['machine']['torch']}. Compare: {compare_seconds:.0f} s wall (agent "

@@ -284,8 +284,6 @@ def export_channel_recipe(env: Any, layer_sparsities: Mapping[str, float], outpu
         if all(model is not None for model in folded):  # as deployed: BatchNorm folded into the convolutions
             measured = latency_side_by_side(*folded, env.evaluator.sample_shape, rounds=5, min_seconds=0.2)
             timings["cpu, BatchNorm folded"] = dict(zip(("dense", "pruned", "speedup"), measured, strict=True))
-        slim.to("cpu")
-        dense.to("cpu")
     atomic_write_json(output / "export.json", {**record, "latency_ms": timings, "onnx_max_difference": difference})
     return ChannelExport(checkpoint, onnx_path, slim_accuracy, info["reward_accuracy"], info["flops_reduction"],
                          info["overall_sparsity"], int(env.cost.total_params), sum(p.numel() for p in slim.parameters()),

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,8 +34,10 @@ from torch import Tensor, nn
 
 from prune_gym.accounting import layer_flops
 from prune_gym.errors import ConfigError
-from prune_gym.latency import LatencyTable
 from prune_gym.pruning import PrunableLayer, find_prunable_layers
+
+if TYPE_CHECKING:
+    from prune_gym.latency import LatencyTable
 
 __all__ = [
     "ChannelCost",
@@ -44,6 +47,8 @@ __all__ = [
     "ChannelMasks",
     "check_masks_match_slim",
     "find_channel_groups",
+    "is_depthwise",
+    "is_grouped",
     "slim_copy",
 ]
 
@@ -77,13 +82,13 @@ class ChannelGroup:
         return sorted({s.module for s in self.slices if s.side == side})
 
 
-def _is_depthwise(module: nn.Module) -> bool:
+def is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups > 1 and module.groups == module.in_channels
 
 
-def _is_grouped(module: nn.Module) -> bool:
+def is_grouped(module: nn.Module) -> bool:
     """A convolution with groups that is not depthwise (each group sees several input channels)."""
-    return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups > 1 and not _is_depthwise(module)
+    return isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.groups > 1 and not is_depthwise(module)
 
 
 def build_graph(model: nn.Module, example_input: Tensor) -> tp.DependencyGraph:
@@ -138,7 +143,7 @@ def find_channel_groups(
         channels = len(group[0].idxs)
         if channels < 2:
             continue  # one channel: removing it would empty the layer
-        if any(_is_grouped(model.get_submodule(piece.module)) for piece in slices):
+        if any(is_grouped(model.get_submodule(piece.module)) for piece in slices):
             # A grouped convolution (ResNeXt's) keeps its groups' sizes equal: its channels stay.
             continue
         producers = [s.module for s in slices if s.side == "out" and s.module in order]
@@ -258,7 +263,7 @@ class ChannelCost:
                     if piece.side == "out":
                         size = module.weight.shape[0]
                         out_share[m, g] += len(piece.positions) / (group.channels * size)
-                    elif not _is_depthwise(module):  # a depthwise layer's inputs are its outputs
+                    elif not is_depthwise(module):  # a depthwise layer's inputs are its outputs
                         size = module.weight.shape[1] * getattr(module, "groups", 1)
                         in_share[m, g] += len(piece.positions) / (group.channels * size)
                 elif piece.side == "out":

@@ -26,12 +26,14 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from prune_gym.channels import is_depthwise, is_grouped
 from prune_gym.errors import ConfigError
 from prune_gym.pruning import PrunableLayer
 from prune_gym.tasks.base import cache_dir
@@ -62,10 +64,15 @@ class LatencyTable:
             raise ConfigError(f"a latency table needs one {len(self.grid)}x{len(self.grid)} grid per layer, got {shape} "
                               f"for {len(self.layers)} layers")
 
+    @cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The grid and the milliseconds as arrays (converted once: predict runs in every step)."""
+        return np.asarray(self.grid, dtype=np.float64), np.asarray(self.ms, dtype=np.float64)
+
     def predict(self, kept_in: Sequence[float], kept_out: Sequence[float]) -> float:
         """Predicted milliseconds of the network whose layers keep these shares of their inputs and
         outputs (one share per layer, in the table's layer order)."""
-        grid, table = np.asarray(self.grid), np.asarray(self.ms)
+        grid, table = self._arrays
         kept_in = np.clip(np.asarray(kept_in, dtype=np.float64), grid[0], 1.0)
         kept_out = np.clip(np.asarray(kept_out, dtype=np.float64), grid[0], 1.0)
         i = np.clip(np.searchsorted(grid, kept_in, side="right") - 1, 0, len(grid) - 2)
@@ -77,7 +84,7 @@ class LatencyTable:
               + (1 - u) * v * table[rows, i, o + 1] + u * v * table[rows, i + 1, o + 1])
         return float(ms.sum() + self.rest_ms)
 
-    @property
+    @cached_property
     def dense_prediction(self) -> float:
         ones = np.ones(len(self.layers))
         return self.predict(ones, ones)
@@ -147,11 +154,10 @@ def _resized(module: nn.Module, kept_in: float, kept_out: float) -> tuple[nn.Mod
     if isinstance(module, nn.Linear):
         n_in, n_out = max(1, round(kept_in * module.in_features)), max(1, round(kept_out * module.out_features))
         return nn.Linear(n_in, n_out, bias=module.bias is not None), n_in
-    depthwise = module.groups > 1 and module.groups == module.in_channels
-    if depthwise:  # its inputs are its outputs
+    if is_depthwise(module):  # its inputs are its outputs
         n = max(1, round(kept_out * module.out_channels))
         n_in, n_out, groups = n, n, n
-    elif module.groups > 1:  # a grouped convolution keeps its channels (its groups are never pruned)
+    elif is_grouped(module):  # a grouped convolution keeps its channels (its groups are never pruned)
         n_in, n_out, groups = module.in_channels, module.out_channels, module.groups
     else:
         n_in, n_out, groups = max(1, round(kept_in * module.in_channels)), max(1, round(kept_out * module.out_channels)), 1

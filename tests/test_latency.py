@@ -12,7 +12,8 @@ import torch
 import prune_gym  # noqa: F401  (registers the envs)
 from prune_gym.cli import build_parser
 from prune_gym.cli import main as cli_main
-from prune_gym.cli_options import env_kwargs_from
+from prune_gym.cli_options import BUDGET_CHOICES, env_kwargs_from
+from prune_gym.envs.channel_env import BUDGETS
 from prune_gym.errors import ConfigError
 from prune_gym.latency import GRID, LatencyTable, measure_latency_table
 from prune_gym.pruning import find_prunable_layers
@@ -108,3 +109,4 @@ def test_the_cli_budget_option_reaches_channel_envs_and_is_refused_for_weight_en
     args = build_parser().parse_args(["compare", CHANNELS_ID, "--budget", "latency", "--threads", "1"])
     assert env_kwargs_from(args)["budget"] == "latency"
     assert "budget" not in env_kwargs_from(build_parser().parse_args(["compare", CHANNELS_ID, "--threads", "1"]))
+    assert BUDGET_CHOICES == BUDGETS  # the CLI's copy (kept so --help needs no torch)

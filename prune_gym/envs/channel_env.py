@@ -17,7 +17,7 @@ from gymnasium import spaces
 from torch import nn
 
 from prune_gym.channel_allocation import CHANNEL_METHODS, channel_allocation
-from prune_gym.channels import allowed_counts, check_multiple
+from prune_gym.channels import allowed_counts, check_multiple, is_depthwise
 from prune_gym.envs.actions import DEFAULT_RELATIVE_RANGE, ActionMap
 from prune_gym.envs.channel_engine import ChannelEngine
 from prune_gym.envs.render import render_channels_ansi
@@ -210,12 +210,12 @@ class ChannelPruneEnv(gym.Env):
             exclude_layers=exclude_layers, bn_recalibration_batches=int(bn_recalibration_batches), seed=split_seed,
         )
         self.train_data, self.test_data = train_data, test_data
-        self.latency_table, self.latency_table_path = None, None
+        self.latency_table_path = None
         if budget == "latency":
-            self.latency_table, self.latency_table_path = resolve_latency_table(
+            table, self.latency_table_path = resolve_latency_table(
                 latency_table, self.model, self.engine.layers, self.engine.evaluator.sample_shape, self.device,
                 channels_last and self.device.type == "cuda")
-            self.engine.cost.use_latency_table(self.latency_table)
+            self.engine.cost.use_latency_table(table)
         self._set_up_groups(evaluate_test)
 
     # ------------------------------------------------------------------------------------------
@@ -276,7 +276,7 @@ class ChannelPruneEnv(gym.Env):
             kernels.append(max((math.prod(m.kernel_size) for m in convs), default=1))
             strides.append(float(any(max(m.stride) > 1 for m in convs)))
             residual.append(float(sum(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) for m in producers) > 1))
-            depthwise.append(float(any(m.groups > 1 and m.groups == m.in_channels for m in convs)))
+            depthwise.append(float(any(is_depthwise(m) for m in convs)))
         spread = [float(s.std() / s.mean().clamp_min(1e-12)) if len(s) > 1 else 0.0 for s in self.engine.importance]
         return np.stack([
             np.arange(self.num_groups) / max(self.num_groups - 1, 1), residual, depthwise,
@@ -291,6 +291,11 @@ class ChannelPruneEnv(gym.Env):
     def current_group(self) -> int | None:
         """Index of the group the next step prunes (None before reset and after the last step)."""
         return self._t if self._t is not None and self._t < self.num_groups else None
+
+    @property
+    def latency_table(self) -> LatencyTable | None:
+        """The per-layer latency table the budget predicts from (``budget="latency"``), else None."""
+        return self.engine.cost.latency_table
 
     @property
     def reward_accuracy(self) -> float:
