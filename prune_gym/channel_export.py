@@ -307,11 +307,16 @@ def export_channel_task(env_id: str, output: str | Path, *, policy: str | None =
     if int(finetune_epochs) < 0:
         raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     loaded = load_recipe(recipe) if recipe is not None else None
-    kwargs: dict[str, Any] = {"device": device, "weights": weights, "data_dir": data_dir, "evaluate_test": True}
+    # A recipe from `prune-gym compare` records the env kwargs its methods shared (granularity,
+    # budget, ...): the same env gives the same channel counts and the accuracy the table said.
+    recorded = loaded.meta.get("env_kwargs", {}) if loaded is not None else {}
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{recipe}: meta.env_kwargs must be a JSON object (the env kwargs of the comparison)")
+    given = {"device": device, "weights": weights, "data_dir": data_dir, "evaluate_test": True}
+    kwargs: dict[str, Any] = {**recorded, **{key: value for key, value in given.items() if value is not None}}
     if loaded is not None and "bn_recalibration_batches" in loaded.meta:
         kwargs["bn_recalibration_batches"] = int(loaded.meta["bn_recalibration_batches"])
-    env = gym.make(env_id, target_sparsity=sparsity if sparsity is not None else 0.5,
-                   **{key: value for key, value in kwargs.items() if value is not None})
+    env = gym.make(env_id, target_sparsity=sparsity if sparsity is not None else 0.5, **kwargs)
     try:
         prune_env = env.unwrapped
         shares = loaded.layers if loaded is not None else dict(zip(

@@ -25,6 +25,7 @@ from prune_gym.cli_options import (
     env_kwargs_from,
     machine_fault,
     positive_int,
+    set_threads,
     sparsity_arg,
     user_error,
     writable_file_arg,
@@ -416,6 +417,35 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return 1 if result.incomplete else 0
 
 
+def _add_validate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        help="replay what a comparison recorded (results.json rows, recipes) and check each scores what it says",
+        description=(
+            "Prune the dense model again with each record's per-layer sparsities, through the env the "
+            "comparison used (its env id and kwargs, continuous actions), and check that the "
+            "reward-split and test accuracies are the recorded ones. PATH: a comparison's folder "
+            "(results.json and recipes/), a results.json, a folder of recipes or one recipe file. "
+            "Exits 1 if any record does not replay to its accuracies, naming the method, the target "
+            "and both accuracies. Fine-tuned accuracies are not replayed."
+        ),
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="comparison folders, results.json files or recipe files")
+    parser.add_argument("--tolerance", type=float, default=0.0, metavar="T", help="largest accuracy difference that passes, a fraction (default: 0, the same to the sample, as on the machine and device that made the record; e.g. 0.005 across CPU and CUDA)")
+    parser.add_argument("--device", help="replay on this device: cpu, cuda (default: the recorded env kwargs', else auto)")
+    add_threads_argument(parser)
+    parser.set_defaults(handler=_run_validate)
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from prune_gym.agents.validate import format_replays, validate
+
+    set_threads(args)
+    replays = validate(args.paths, tolerance=args.tolerance, device=args.device)
+    print(format_replays(replays))
+    return 0 if all(replay.ok for replay in replays) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prune-gym",
@@ -429,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_baseline(subparsers)
     _add_compare(subparsers)
     _add_sweep(subparsers)
+    _add_validate(subparsers)
     return parser
 
 

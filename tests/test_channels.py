@@ -20,8 +20,12 @@ from prune_gym.agents.compare import (
     DEFAULT_LATENCY_TARGETS,
     DEFAULT_SPARSITIES,
     _check_compare_options,
+    _reference_kwargs,
     compare,
 )
+from prune_gym.agents.policies import reference_policy
+from prune_gym.agents.report import write_recipes
+from prune_gym.agents.rollout import run_episode
 from prune_gym.channel_allocation import CHANNEL_METHODS, channel_allocation, lamp_scores
 from prune_gym.channel_export import (
     export_channel_recipe,
@@ -365,6 +369,31 @@ def test_a_compared_channel_recipe_exports_to_what_the_table_said(channel_compar
     record = json.loads((tmp_path / "exported" / "export.json").read_text())
     assert record["test_accuracy"] == pytest.approx(row.test_accuracy)
     assert record["flops_reduction"] == pytest.approx(row.flops_sparsity)
+
+
+def test_a_channel_recipe_carries_its_env_kwargs_to_export_and_validate(digits_model_state, tmp_path, capsys):
+    """A recipe made on an env with other kwargs (here channel_multiple=8) exports and replays
+    through that env, not the defaults: same channel counts, same accuracy as its row."""
+    kwargs = {"channel_multiple": 8}
+    env = gym.make(CHANNELS_ID, **_reference_kwargs(kwargs, 0.5))
+    row = run_episode(reference_policy("uniform", env)[1], env, 0.5, method="uniform")
+    env.close()
+    write_recipes([row], tmp_path / "recipes", CHANNELS_ID, 1, kwargs)
+    recipe = tmp_path / "recipes" / "uniform-0.50.json"
+    assert cli_main(["export", CHANNELS_ID, "--recipe", str(recipe), "--output", str(tmp_path / "exported")]) == 0
+    record = json.loads((tmp_path / "exported" / "export.json").read_text())
+    assert record["test_accuracy"] == pytest.approx(row.test_accuracy)
+    removed = torch.load(tmp_path / "exported" / "model.pt", weights_only=True)["removed"]
+    assert any(removed.values()) and all(len(channels) % 8 == 0 for channels in removed.values())
+    assert cli_main(["validate", str(recipe)]) == 0
+    # Without its kwargs (a recipe from before recipes recorded them) the defaults give another
+    # network: validate fails and says why.
+    data = json.loads(recipe.read_text())
+    del data["meta"]["env_kwargs"]
+    recipe.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert cli_main(["validate", str(recipe)]) == 1
+    assert "does not record the env kwargs it was made with" in capsys.readouterr().out
 
 
 def test_channel_export_refuses_weight_options(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 
 import gymnasium as gym
 import pytest
@@ -12,6 +13,9 @@ import pytest
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents.compare import compare
 from prune_gym.agents.report import method_slug
+from prune_gym.agents.validate import validate
+from prune_gym.cli import main as cli_main
+from prune_gym.errors import ConfigError, MissingResourceError
 
 ENV_ID = "PruneResNet20Digits-v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -298,3 +302,54 @@ def test_the_table_says_why_the_search_is_off_for_an_agent_without_its_run(compa
     result = compare(ENV_ID, [0.5], "dqn", agent_path=agent, env_kwargs={"device": "cpu"}, write_files=False, log=None)
     assert "local search" not in [row.method for row in result.results]
     assert "local search: off: the agent's run records no training episodes" in result.table
+
+
+def test_validate_replays_every_row_and_recipe_compare_wrote(comparison, capsys):
+    result, output = comparison
+    recipes = sorted((output / "recipes").glob("*.json"))
+    recipe = json.loads(recipes[0].read_text())
+    assert recipe["meta"]["env_kwargs"] == result.metadata["matched"]["env_kwargs"]  # the env to rebuild
+    assert cli_main(["validate", str(output)]) == 0
+    printed = capsys.readouterr().out
+    total = len(result.results) + len(recipes)
+    assert f"{total} of {total} records replay to their accuracies" in printed and "FAILED" not in printed
+
+
+def test_validate_names_the_method_target_and_both_accuracies_of_a_tampered_record(comparison, tmp_path, capsys):
+    _, output = comparison
+    tampered = tmp_path / "tampered"
+    shutil.copytree(output, tampered, ignore=shutil.ignore_patterns("agent", "*.png"))
+    recipe_file = tampered / "recipes" / "lamp-0.80.json"
+    recipe = json.loads(recipe_file.read_text())
+    recipe["meta"]["test_accuracy"] -= 0.05
+    recipe_file.write_text(json.dumps(recipe))
+    # A row whose allocation was edited: the network it describes scores otherwise.
+    results = json.loads((tampered / "results.json").read_text())
+    row = next(r for r in results["results"] if r["method"] == "Global MP" and r["target_sparsity"] == 0.5)
+    row["layer_sparsities"] = {name: 0.0 for name in row["layer_sparsities"]}
+    (tampered / "results.json").write_text(json.dumps(results))
+    replays = validate([recipe_file, tampered / "results.json"])
+    failed = [replay for replay in replays if not replay.ok]
+    assert [(r.record.method, r.record.target) for r in failed] == [("LAMP", 0.8), ("Global MP", 0.5)]
+    assert cli_main(["validate", str(recipe_file)]) == 1
+    printed = capsys.readouterr().out
+    lamp = f"{100 * (recipe['meta']['test_accuracy'] + 0.05):.2f}%"
+    assert (f"FAILED LAMP at 0.8: recorded test accuracy {100 * recipe['meta']['test_accuracy']:.2f}%, "
+            f"replayed {lamp}") in printed
+    # A tolerance admits a difference within it (records from another machine or device).
+    assert all(replay.ok for replay in validate([recipe_file], tolerance=0.06))
+
+
+def test_validate_refuses_what_it_cannot_replay(tmp_path, capsys):
+    assert cli_main(["validate", str(tmp_path / "missing")]) == 2
+    assert "nothing at" in capsys.readouterr().err
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"stem.0": 0.5}))
+    assert cli_main(["validate", str(plain)]) == 2
+    assert "needs meta.env_id and meta.reward_accuracy" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="tolerance"):
+        validate([plain], tolerance=1.5)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MissingResourceError, match="no record to replay"):
+        validate([empty])

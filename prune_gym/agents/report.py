@@ -239,8 +239,9 @@ def write_figures(comparison: Comparison, output: Path, env: Any | None = None) 
     what the table says; ``env`` is the env the methods ran through (for that record).
     """
     output.mkdir(parents=True, exist_ok=True)
-    bn_batches = prune_env_of(env).bn_recalibration_batches if env is not None else comparison.metadata["matched"].get("bn_recalibration_batches", 0)
-    write_recipes(comparison.results, output / "recipes", comparison.env_id, bn_batches)
+    matched = comparison.metadata["matched"]
+    bn_batches = prune_env_of(env).bn_recalibration_batches if env is not None else matched.get("bn_recalibration_batches", 0)
+    write_recipes(comparison.results, output / "recipes", comparison.env_id, bn_batches, matched.get("env_kwargs", {}))
     plot_accuracy(comparison, output / "accuracy_vs_sparsity.png")
     plot_layer_sparsity(comparison, output / "layer_sparsity.png")
 
@@ -261,14 +262,18 @@ def write_tables(comparison: Comparison, output: Path) -> None:
     atomic_write_text(output / "table.txt", comparison.table + "\n")
 
 
-def write_recipes(results: Sequence[MethodResult], folder: Path, env_id: str, bn_recalibration_batches: int) -> None:
+def write_recipes(results: Sequence[MethodResult], folder: Path, env_id: str, bn_recalibration_batches: int,
+                  env_kwargs: Mapping[str, Any]) -> None:
     """Each row's per-layer sparsities as ``<folder>/<method>-<target>.json``, a recipe that
     ``prune-gym export --recipe`` and ``apply_recipe`` accept, with the env's post-pruning step
-    (``bn_recalibration_batches``) so the exported model scores what the row says."""
+    (``bn_recalibration_batches``) so the exported model scores what the row says, and the env
+    kwargs the methods shared (``env_kwargs``: a channel env's granularity and budget, the raised
+    ``max_sparsity``), so ``prune-gym validate`` and the channel export rebuild the same env."""
     for row in results:
         recipe = Recipe(
             layers=row.layer_sparsities, overall_sparsity=row.param_sparsity,
-            meta={"env_id": env_id, "method": row.method, "target_sparsity": row.target_sparsity,
+            meta={"env_id": env_id, "env_kwargs": dict(env_kwargs), "method": row.method,
+                  "target_sparsity": row.target_sparsity,
                   "bn_recalibration_batches": bn_recalibration_batches, "test_accuracy": row.test_accuracy,
                   "reward_accuracy": row.reward_accuracy, **({"fallback": row.fallback} if row.fallback else {})},
         )

@@ -97,7 +97,7 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
         finally:
             reference_env.close()
         atomic_write_json(folder / "trial.json", record)
-        write_recipes(rows, folder / "recipes", settings["env_id"], record["bn_recalibration_batches"])
+        write_recipes(rows, folder / "recipes", settings["env_id"], record["bn_recalibration_batches"], shared)
         metrics = {"best_reward_accuracy": _best_mean(rows, targets), "trial_seconds": record["seconds"]}
         if spec["kind"] == "agent":
             metrics["agent_timesteps"] = extra["timesteps"]
