@@ -31,6 +31,7 @@ Pure functions of the dense weights (torch tensors) and the target; nothing here
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -247,3 +248,23 @@ def allocation_sparsities(
     """Per-layer sparsities of :func:`allocation_counts` (count / weights in the layer)."""
     counts = allocation_counts(name, weights, sparsity, min_threshold=min_threshold, seed=seed)
     return [count / w.numel() for count, w in zip(counts, weights, strict=True)]
+
+
+class AllocationCache:
+    """The allocations of one dense model, each computed once per (method, target, Minimum
+    Threshold, seed) with the seconds the first computation took (a rule's cost in a comparison)."""
+
+    def __init__(self, weights: Sequence[Tensor]) -> None:
+        self.weights = weights
+        self._cache: dict[tuple[str, float, float | None, int], tuple[list[float], float]] = {}
+
+    def get(self, method: str, target: float, min_threshold: float | None = None,
+            seed: int = 0) -> tuple[list[float], float]:
+        """``(per-layer sparsities, seconds)`` of ``method`` at ``target`` (:func:`allocation_sparsities`)."""
+        key = (method, float(target), min_threshold, int(seed))
+        if key not in self._cache:
+            started = time.perf_counter()
+            sparsities = allocation_sparsities(method, self.weights, float(target), min_threshold=min_threshold,
+                                               seed=seed)
+            self._cache[key] = (sparsities, time.perf_counter() - started)
+        return self._cache[key]

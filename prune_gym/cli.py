@@ -23,6 +23,7 @@ from prune_gym.cli_options import (
     add_threads_argument,
     count_arg,
     env_kwargs_from,
+    hyperparams_by_algo,
     machine_fault,
     positive_int,
     set_threads,
@@ -87,16 +88,8 @@ def _add_pretrain(subparsers) -> None:
 def _run_pretrain(args: argparse.Namespace) -> int:
     from prune_gym.tasks.pretrain import pretrain
 
-    path = pretrain(
-        args.task,
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        output=args.output,
-        resume=args.resume,
-        device=args.device,
-        progress=args.progress,
-        seed=args.seed,
-    )
+    path = pretrain(args.task, data_dir=args.data_dir, epochs=args.epochs, output=args.output, resume=args.resume,
+                    device=args.device, progress=args.progress, seed=args.seed)
     print(path)
     return 0
 
@@ -142,21 +135,10 @@ def _run_export(args: argparse.Namespace) -> int:
         return _run_channel_export(args)
 
     result = export_task(
-        args.task,
-        args.output,
-        policy=args.policy,
-        sparsity=args.sparsity,
-        min_threshold=args.min_threshold,
-        recipe=args.recipe,
-        finetune_epochs=args.finetune_epochs,
-        gradual_steps=args.gradual_steps,
-        bn_recalibration_batches=args.bn_recalibration_batches,
-        weights=args.weights,
-        data_dir=args.data_dir,
-        device=args.device,
-        seed=args.seed,
-        progress=args.progress,
-        resume=args.resume,
+        args.task, args.output, policy=args.policy, sparsity=args.sparsity, min_threshold=args.min_threshold,
+        recipe=args.recipe, finetune_epochs=args.finetune_epochs, gradual_steps=args.gradual_steps,
+        bn_recalibration_batches=args.bn_recalibration_batches, weights=args.weights, data_dir=args.data_dir,
+        device=args.device, seed=args.seed, progress=args.progress, resume=args.resume,
     )
 
     def percent(value: float | None) -> str:
@@ -270,6 +252,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     from prune_gym.agents.policies import reference_policy
+    from prune_gym.agents.report import format_episode
     from prune_gym.agents.rollout import run_episode
 
     if args.min_threshold is not None and args.policy not in ("global-mp", "global-mp+mt"):
@@ -278,14 +261,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
     label, policy, deterministic = reference_policy(args.policy, env, seed=args.seed, min_threshold=args.min_threshold)
     result = run_episode(policy, env, args.sparsity, deterministic=deterministic, method=label)
     prune_env = env.unwrapped
-    print(f"{args.env}: {label} at sparsity {args.sparsity} ({prune_env.action_type} actions)")
-    print(f"  test accuracy  {100 * result.test_accuracy:.2f}%  (dense {100 * prune_env.dense_test_accuracy:.2f}%)")
-    print(f"  reward acc.    {100 * result.reward_accuracy:.2f}%  (dense {100 * prune_env.dense_reward_accuracy:.2f}%)")
-    print(f"  param sparsity {100 * result.param_sparsity:.2f}%   FLOPs sparsity {100 * result.flops_sparsity:.2f}%   {result.seconds:.2f} s")
-    width = max(len(name) for name in result.layer_sparsities)
-    print(f"  {'layer'.ljust(width)}  weights  sparsity")
-    for name, numel in zip(prune_env.layer_names(), prune_env.state.numels, strict=True):
-        print(f"  {name.ljust(width)}  {numel:7d}  {100 * result.layer_sparsities[name]:7.2f}%")
+    print(format_episode(args.env, result, prune_env))
     if args.json:
         from prune_gym.io import atomic_write_json
 
@@ -394,12 +370,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     else:
         if args.env is None:
             raise ConfigError("give the env id (e.g. PruneResNet20Digits-v1), or --resume DIR")
-        hyperparams = {}
-        for item in args.hyperparams or []:
-            algo, sep, path = item.partition("=")
-            if not sep or not algo or not path:
-                raise ConfigError(f"--hyperparams takes ALGO=YAML, e.g. dqn=my_dqn.yml; got {item!r}")
-            hyperparams[algo.lower()] = path
+        hyperparams = hyperparams_by_algo(args.hyperparams or [])
         env_kwargs = {key: value for key, value in (
             ("action_type", args.action_type), ("action_mode", args.action_mode), ("reward", args.reward),
             ("max_sparsity", args.max_sparsity)) if value is not None}

@@ -67,6 +67,17 @@ def set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def hyperparams_by_algo(items: list[str]) -> dict[str, str]:
+    """``sweep --hyperparams dqn=a.yml ppo=b.yml`` as ``{"dqn": "a.yml", "ppo": "b.yml"}``."""
+    hyperparams = {}
+    for item in items:
+        algo, sep, path = item.partition("=")
+        if not sep or not algo or not path:
+            raise ConfigError(f"--hyperparams takes ALGO=YAML, e.g. dqn=my_dqn.yml; got {item!r}")
+        hyperparams[algo.lower()] = path
+    return hyperparams
+
+
 def env_kwargs_from(args: argparse.Namespace) -> dict:
     set_threads(args)
     kwargs = {"device": args.device}

@@ -26,6 +26,7 @@ from prune_gym.recipes import Recipe
 __all__ = [
     "Comparison",
     "MethodResult",
+    "format_episode",
     "format_table",
     "method_slug",
     "plot_accuracy",
@@ -202,6 +203,23 @@ def _selection_notes(results: Sequence[MethodResult]) -> list[str]:
             f"{verdict['against']}, p = {verdict['p_better']:.2g}); its own allocation: reward "
             f"{percent(own['reward_accuracy'])}%, test {percent(own['test_accuracy'])}%")
     return lines
+
+
+def format_episode(env_id: str, result: MethodResult, env: Any) -> str:
+    """One method's episode on a weight env (``prune-gym baseline``): accuracies beside the dense
+    model's, sparsities, time, and each layer's weights and sparsity."""
+    width = max(len(name) for name in result.layer_sparsities)
+    lines = [
+        f"{env_id}: {result.method} at sparsity {result.target_sparsity} ({env.action_type} actions)",
+        f"  test accuracy  {percent(result.test_accuracy, 2)}%  (dense {percent(env.dense_test_accuracy, 2)}%)",
+        f"  reward acc.    {percent(result.reward_accuracy, 2)}%  (dense {percent(env.dense_reward_accuracy, 2)}%)",
+        f"  param sparsity {percent(result.param_sparsity, 2)}%   FLOPs sparsity {percent(result.flops_sparsity, 2)}%   "
+        f"{result.seconds:.2f} s",
+        f"  {'layer'.ljust(width)}  weights  sparsity",
+    ]
+    lines += [f"  {name.ljust(width)}  {numel:7d}  {100 * result.layer_sparsities[name]:7.2f}%"
+              for name, numel in zip(env.layer_names(), env.state.numels, strict=True)]
+    return "\n".join(lines)
 
 
 def text_table(rows: Sequence[Sequence[str]], text_columns: int) -> list[str]:

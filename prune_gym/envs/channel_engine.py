@@ -6,8 +6,8 @@ changed stage, rollback and reset are the weight engine's."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
-import torch
 from torch import nn
 
 from prune_gym.channels import (
@@ -17,6 +17,7 @@ from prune_gym.channels import (
     find_channel_groups,
 )
 from prune_gym.envs.engine import PruningEngine, _example_input
+from prune_gym.envs.settings import EngineConfig
 from prune_gym.evaluation import DataLike, stage_of_modules
 
 __all__ = ["ChannelEngine"]
@@ -34,12 +35,13 @@ class ChannelEngine(PruningEngine):
     """
 
     def __init__(self, model: nn.Module, reward_data: DataLike, test_data: DataLike | None,
-                 train_data: DataLike | None, device: torch.device, *, exclude_layers: Sequence[str] = (),
-                 **options) -> None:
-        # Every Conv / Linear stays a layer of the base engine: the accounting counts them all.
-        super().__init__(model, reward_data, test_data, train_data, device, **options)
-        example = _example_input(reward_data, device)
-        self.groups, self.importance = find_channel_groups(model, example, exclude_layers)
+                 train_data: DataLike | None, config: EngineConfig, *, stages: Sequence[nn.Module] | None = None) -> None:
+        # Every Conv / Linear stays a layer of the base engine (the accounting counts them all);
+        # the excluded ones keep their output channels here.
+        super().__init__(model, reward_data, test_data, train_data, replace(config, exclude_layers=()), stages=stages)
+        self.config = config
+        example = _example_input(reward_data, config.device)
+        self.groups, self.importance = find_channel_groups(model, example, config.exclude_layers)
         probe = self.evaluator.batches[0][0][:CHECK_SAMPLES] if self.evaluator.batches else example
         check_masks_match_slim(model, self.groups, self.importance, probe, example)
         self.masks = ChannelMasks(model, self.groups, self.importance)

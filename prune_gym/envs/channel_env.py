@@ -21,17 +21,26 @@ from prune_gym.channels import allowed_counts, check_multiple, is_depthwise
 from prune_gym.envs.actions import DEFAULT_RELATIVE_RANGE, ActionMap
 from prune_gym.envs.channel_engine import ChannelEngine
 from prune_gym.envs.render import render_channels_ansi
-from prune_gym.envs.rewards import RewardContext, RewardFunction, checked_reward, get_reward
+from prune_gym.envs.rewards import (
+    RewardContext,
+    RewardFunction,
+    checked_reward,
+    get_reward,
+    reward_label,
+)
 from prune_gym.envs.settings import (
+    EngineView,
     check_data_settings,
     check_settings,
     check_step,
+    engine_config,
     episode_end_info,
     model_and_splits,
     reset_target,
+    test_at_episode_end,
 )
 from prune_gym.errors import ConfigError
-from prune_gym.evaluation import DataLike, resolve_device
+from prune_gym.evaluation import DataLike
 from prune_gym.latency import LatencyTable, resolve_latency_table
 from prune_gym.pruning import check_sparsity
 from prune_gym.tasks import get_task
@@ -50,7 +59,7 @@ CHANNEL_FEATURES = (
 FEATURE_INDEX = {name: index for index, name in enumerate(CHANNEL_FEATURES)}
 
 
-class ChannelPruneEnv(gym.Env):
+class ChannelPruneEnv(EngineView, gym.Env):
     """Remove a trained network's channels one group at a time, in forward order.
 
     ## Description
@@ -178,37 +187,25 @@ class ChannelPruneEnv(gym.Env):
         self.actions = ActionMap(action_type, action_mode, n_actions, 0.0, self.max_sparsity, relative_range)
         self.target_sparsity = self._check_target(target_sparsity)
         self.budget, self.reference = budget, reference
-        task_spec = get_task(task) if task is not None else None
-        if bn_recalibration_batches is None:
-            bn_recalibration_batches = task_spec.env_defaults.get("bn_recalibration_batches", 0) if task_spec else 0
-        if amp is None:
-            amp = task_spec.amp if task_spec else True
-        check_settings(sparsity_weight, batch_size, render_mode, self.metadata["render_modes"], bn_recalibration_batches,
-                       0, 0.01)
-        check_data_settings(amp, channels_last, cache_activations, compile, evaluate_test, synthetic, synthetic_samples,
-                            split_seed, input_shape, weights)
-        self.bn_recalibration_batches = int(bn_recalibration_batches)
-        self.reward_fn = get_reward(reward)
-        self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
+        self.task = get_task(task) if task is not None else None
+        check_settings(sparsity_weight, render_mode, self.metadata["render_modes"])
+        check_data_settings(evaluate_test, synthetic, synthetic_samples, split_seed, input_shape, weights)
+        #: The engine's settings, resolved (the task's defaults, the device, compile="auto").
+        self.config = engine_config(
+            self.task, device=device, amp=amp, compile=compile, batch_size=batch_size, channels_last=channels_last,
+            cache_activations=cache_activations, exclude_layers=exclude_layers,
+            bn_recalibration_batches=bn_recalibration_batches, split_seed=split_seed)
+        self.reward_fn, self.reward_name = get_reward(reward), reward_label(reward)
         self.render_mode, self.action_type, self.action_mode = render_mode, action_type, action_mode
-        self.sparsity_weight = float(sparsity_weight)
-        self.device = resolve_device(device)
-        self.compiled = compile if isinstance(compile, bool) else (
-            self.device.type == "cuda" and task_spec is not None and task_spec.compile_on_cuda)
-        self.amp, self.synthetic = bool(amp), bool(synthetic)
-        self.task = task_spec
+        self.sparsity_weight, self.synthetic = float(sparsity_weight), bool(synthetic)
         model, reward_data, test_data, train_data = model_and_splits(
-            task_spec, model, reward_data, test_data, train_data, data_dir, weights, split_seed, synthetic, input_shape,
+            self.task, model, reward_data, test_data, train_data, data_dir, weights, split_seed, synthetic, input_shape,
             synthetic_samples, "ChannelPruneEnv")
-        if bn_recalibration_batches and train_data is None:
+        if self.config.bn_recalibration_batches and train_data is None:
             raise ConfigError("bn_recalibration_batches needs train_data= (or a task) to re-estimate on")
         self.model = model.to(self.device).eval()
-        self.engine = ChannelEngine(
-            self.model, reward_data, test_data, train_data, self.device,
-            stages=self.task.model_stages(self.model) if self.task is not None else None, batch_size=batch_size,
-            amp=self.amp, channels_last=channels_last, cache_activations=cache_activations, compile=self.compiled,
-            exclude_layers=exclude_layers, bn_recalibration_batches=int(bn_recalibration_batches), seed=split_seed,
-        )
+        self.engine = ChannelEngine(self.model, reward_data, test_data, train_data, self.config,
+                                    stages=self.task.model_stages(self.model) if self.task is not None else None)
         self.train_data, self.test_data = train_data, test_data
         self.latency_table_path = None
         if budget == "latency":
@@ -232,9 +229,7 @@ class ChannelPruneEnv(gym.Env):
         self.allowed = [allowed_counts(c, self.max_sparsity, self.channel_multiple) for c in self.channels]
         self.caps = [int(options[-1]) for options in self.allowed]
         self._check_reachable(self.target_sparsity)
-        test_evaluator = self.engine.test_evaluator
-        self.evaluate_test_at_end = test_evaluator is not None and (
-            evaluate_test if evaluate_test is not None else test_evaluator.resident)
+        self.evaluate_test_at_end = test_at_episode_end(self.engine, evaluate_test)
         self._static = self._static_features()
         # Per (method, target, seed): the counts and the seconds computing them took.
         self._allocations: dict[tuple[str, float, int], tuple[list[int], float]] = {}
@@ -385,12 +380,6 @@ class ChannelPruneEnv(gym.Env):
         if self._dense_architecture is None:
             self._dense_architecture = copy.deepcopy(self.model).to("cpu", memory_format=torch.contiguous_format).eval()
         return self._dense_architecture
-
-    def evaluate_test(self) -> float:
-        return self.engine.test_accuracy()
-
-    def measure_dense_test_accuracy(self) -> float:
-        return self.engine.measure_dense_test_accuracy()
 
     def removed_channels(self) -> list[list[int]]:
         """The removed channel indices of each group now (what the smaller network drops)."""

@@ -24,6 +24,7 @@ from prune_gym.calibration import (
     capture_state,
     restore_state,
 )
+from prune_gym.envs.settings import EngineConfig
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import (
     DataLike,
@@ -47,14 +48,12 @@ class PruningEngine:
         model: the network, on ``device`` and in eval mode.
         reward_data, test_data, train_data: the splits (``test_data`` and ``train_data`` may be
             None; ``train_data`` is needed for re-calibration and fine-tuning).
-        device: where everything runs.
+        config: the device, the evaluation settings (batch size, AMP, channels-last, activation
+            cache, compile: see :class:`~prune_gym.evaluation.Evaluator`), the layers never
+            pruned, what follows each pruning step (re-calibration, fine-tuning) and the
+            fine-tuning seed (:class:`~prune_gym.envs.settings.EngineConfig`).
         stages: modules whose composition is ``model.forward`` (a task's ``model_stages``), or
             None to let the evaluator find them.
-        batch_size, amp, channels_last, cache_activations, compile: evaluation settings (see
-            :class:`~prune_gym.evaluation.Evaluator`).
-        exclude_layers: name patterns of layers never pruned.
-        bn_recalibration_batches, finetune_steps, finetune_lr: what follows each pruning step.
-        seed: the fine-tuning generator's seed.
 
     Raises:
         ValueError: naming the split, if a split does not fit the model (checked here, not at
@@ -63,16 +62,15 @@ class PruningEngine:
 
     def __init__(
         self, model: nn.Module, reward_data: DataLike, test_data: DataLike | None, train_data: DataLike | None,
-        device: torch.device, *, stages: Sequence[nn.Module] | None = None, batch_size: int = 1024,
-        amp: bool = True, channels_last: bool = True, cache_activations: bool = True, compile: bool = False,
-        exclude_layers: Sequence[str] = (), bn_recalibration_batches: int = 0, finetune_steps: int = 0,
-        finetune_lr: float = 0.01, seed: int = 0,
+        config: EngineConfig, *, stages: Sequence[nn.Module] | None = None,
     ) -> None:
         check_finite_model(model)
-        self.model, self.device = model, device
+        self.config = config
+        self.model, self.device = model, config.device
+        device, cache_activations = config.device, config.cache_activations
         self.train_data, self.test_data = train_data, test_data
-        self.finetune_steps, self.finetune_lr = finetune_steps, finetune_lr
-        options = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last, "compile": compile}
+        self.finetune_steps, self.finetune_lr = config.finetune_steps, config.finetune_lr
+        options = config.evaluator_options()
         self.evaluator = Evaluator(model, reward_data, device, cache_activations=cache_activations, stages=stages, **options)
         self.num_classes = self.evaluator.check("reward split")
         self.test_evaluator: Evaluator | None = None
@@ -86,7 +84,7 @@ class PruningEngine:
             self.test_evaluator.check("test split")
 
         example = _example_input(reward_data, device)
-        self.layers = find_prunable_layers(model, example_input=example, exclude_names=exclude_layers)
+        self.layers = find_prunable_layers(model, example_input=example, exclude_names=config.exclude_layers)
         self.state = self._build_state(model)
         self.layer_flops = layer_flops(model, example, self.layers)
         stages = self.evaluator.stages
@@ -97,16 +95,16 @@ class PruningEngine:
         self.unit_stage = self.layer_stage
         # Fine-tuning changes every parameter and buffer: keep a device copy of all of them to
         # reset from. Re-calibration alone changes only BatchNorm statistics: keep those.
-        self._full_snapshot = capture_state(model) if finetune_steps else None
+        self._full_snapshot = capture_state(model) if config.finetune_steps else None
         self._train_tensors: tuple[Tensor, Tensor] | None = None
-        if bn_recalibration_batches or finetune_steps:
+        if config.bn_recalibration_batches or config.finetune_steps:
             self._check_train_split()
         self.calibrator: BatchNormCalibrator | None = None
-        if bn_recalibration_batches:
-            inputs = self.resident_train()[0][: bn_recalibration_batches * BN_RECALIBRATION_BATCH]
+        if config.bn_recalibration_batches:
+            inputs = self.resident_train()[0][: config.bn_recalibration_batches * BN_RECALIBRATION_BATCH]
             self.calibrator = BatchNormCalibrator(model, inputs, stages if cache_activations else None)
         self._norm_snapshot = self.calibrator.capture(0) if self.calibrator is not None else None
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(config.seed)
         #: Test accuracy of the dense network, once :meth:`measure_dense_test_accuracy` ran.
         self.dense_test_accuracy: float | None = None
         #: Per-sample correctness (bool, CPU) of the last :meth:`test_accuracy`, for paired tests.

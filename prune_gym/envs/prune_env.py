@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,35 +12,37 @@ from gymnasium import spaces
 from torch import nn
 
 from prune_gym.accounting import flops_removed
-from prune_gym.allocation import ALLOCATION_METHODS, allocation_method, allocation_sparsities
-from prune_gym.envs.actions import (
-    DEFAULT_RELATIVE_RANGE,
-    ActionMap,
-    feasible_counts,
-    reference_sparsity,
-)
+from prune_gym.allocation import ALLOCATION_METHODS, AllocationCache, allocation_method
+from prune_gym.envs.actions import DEFAULT_RELATIVE_RANGE, ActionMap
+from prune_gym.envs.budget import EpisodeBudget
 from prune_gym.envs.engine import PruningEngine
 from prune_gym.envs.render import render_ansi, render_rgb_array
-from prune_gym.envs.rewards import RewardContext, RewardFunction, checked_reward, get_reward
+from prune_gym.envs.rewards import (
+    RewardContext,
+    RewardFunction,
+    checked_reward,
+    get_reward,
+    reward_label,
+)
 from prune_gym.envs.settings import (
+    EngineView,
     check_data_settings,
     check_settings,
     check_step,
+    engine_config,
     episode_end_info,
     model_and_splits,
     reset_target,
+    test_at_episode_end,
 )
 from prune_gym.errors import ConfigError
-from prune_gym.evaluation import (
-    DataLike,
-    resolve_device,
-)
+from prune_gym.evaluation import DataLike
 from prune_gym.pruning import check_sparsity
 from prune_gym.stats import FEATURE_INDEX, observation, observation_bounds, static_features
 from prune_gym.tasks import get_task
 
 
-class PruneEnv(gym.Env):
+class PruneEnv(EngineView, gym.Env):
     """Prune a trained network one layer at a time, in forward order.
 
     ## Description
@@ -269,71 +270,52 @@ class PruneEnv(gym.Env):
         self.target_sparsity = self._check_target(target_sparsity)
         #: The allocation method the relative actions step around (``prune_gym.allocation``).
         self.reference = allocation_method(reference).name
-        task_spec = get_task(task) if task is not None else None  # resolved once (no loading yet)
-        if bn_recalibration_batches is None:
-            bn_recalibration_batches = task_spec.env_defaults.get("bn_recalibration_batches", 0) if task_spec else 0
-        if amp is None:
-            amp = task_spec.amp if task_spec else True
-        check_settings(sparsity_weight, batch_size, render_mode, self.metadata["render_modes"], bn_recalibration_batches,
-                       finetune_steps, finetune_lr)
-        check_data_settings(amp, channels_last, cache_activations, compile, evaluate_test, synthetic, synthetic_samples,
-                            split_seed, input_shape, weights)
-        self.reward_fn = get_reward(reward)
-        self.reward_name = reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
-        self.render_mode = render_mode
-        self.action_type = action_type
-        self.action_mode = action_mode
-        self.sparsity_weight = float(sparsity_weight)
-        self.device = resolve_device(device)
-        #: Whether evaluation runs through torch.compile (resolved: "auto" asks the device and task).
-        self.compiled = compile if isinstance(compile, bool) else (
-            self.device.type == "cuda" and task_spec is not None and task_spec.compile_on_cuda)
-        self.bn_recalibration_batches = int(bn_recalibration_batches)
-        self.finetune_steps = int(finetune_steps)
-        self.finetune_lr = float(finetune_lr)
-        #: Whether evaluation on CUDA uses autocast (resolved: the task's choice when amp=None).
-        self.amp = bool(amp)
+        self.task = get_task(task) if task is not None else None  # resolved once (no loading yet)
+        check_settings(sparsity_weight, render_mode, self.metadata["render_modes"])
+        check_data_settings(evaluate_test, synthetic, synthetic_samples, split_seed, input_shape, weights)
+        #: The engine's settings, resolved (the task's defaults, the device, compile="auto").
+        self.config = engine_config(
+            self.task, device=device, amp=amp, compile=compile, batch_size=batch_size, channels_last=channels_last,
+            cache_activations=cache_activations, exclude_layers=exclude_layers,
+            bn_recalibration_batches=bn_recalibration_batches, finetune_steps=finetune_steps, finetune_lr=finetune_lr,
+            split_seed=split_seed)
+        self.reward_fn, self.reward_name = get_reward(reward), reward_label(reward)
+        self.render_mode, self.action_type, self.action_mode = render_mode, action_type, action_mode
+        self.sparsity_weight, self.synthetic = float(sparsity_weight), bool(synthetic)
 
-        self.task = task_spec
-        self.synthetic = bool(synthetic)
         model, reward_data, test_data, train_data = model_and_splits(
-            task_spec, model, reward_data, test_data, train_data, data_dir, weights, split_seed, synthetic, input_shape,
+            self.task, model, reward_data, test_data, train_data, data_dir, weights, split_seed, synthetic, input_shape,
             synthetic_samples)
-        if (self.bn_recalibration_batches or self.finetune_steps) and train_data is None:
+        if (self.config.bn_recalibration_batches or self.config.finetune_steps) and train_data is None:
             raise ConfigError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
         self.model = model.to(self.device).eval()
-        self.engine = PruningEngine(
-            self.model, reward_data, test_data, train_data, self.device,
-            stages=self.task.model_stages(self.model) if self.task is not None else None, batch_size=batch_size,
-            amp=amp, channels_last=channels_last, cache_activations=cache_activations, compile=self.compiled,
-            exclude_layers=exclude_layers,
-            bn_recalibration_batches=self.bn_recalibration_batches, finetune_steps=self.finetune_steps,
-            finetune_lr=self.finetune_lr, seed=split_seed,
-        )
+        self.engine = PruningEngine(self.model, reward_data, test_data, train_data, self.config,
+                                    stages=self.task.model_stages(self.model) if self.task is not None else None)
+        self.train_data, self.test_data = train_data, test_data
+        #: Whether each episode's last step scores the test split (see ``evaluate_test``).
+        self.evaluate_test_at_end = test_at_episode_end(self.engine, evaluate_test)
+        self._set_up_layers()
+
+    # ------------------------------------------------------------------------------------------
+    # Construction helpers
+
+    def _set_up_layers(self) -> None:
+        """What the engine's layers give the env: the static features, the spaces, Global MP's
+        allocation and the dense network's reward-split accuracy."""
         # The engine's parts a user reads (see "Episode state").
         self.layers, self.state, self.evaluator = self.engine.layers, self.engine.state, self.engine.evaluator
-        self.train_data, self.test_data = train_data, test_data
-        test_evaluator = self.engine.test_evaluator
-        #: Whether each episode's last step scores the test split (see ``evaluate_test``).
-        self.evaluate_test_at_end = test_evaluator is not None and (
-            evaluate_test if evaluate_test is not None else test_evaluator.resident)
         self.num_layers, self.layer_flops = len(self.layers), self.engine.layer_flops
         self._static = static_features(self.layers, self.state.dense, self.layer_flops)
-        # Per (method, target, Minimum Threshold, seed): the sparsities and the seconds computing them took.
-        self._allocation_cache: dict[tuple[str, float, float | None, int], tuple[list[float], float]] = {}
+        self._allocations = AllocationCache(self.state.dense)
 
         self.levels = self.actions.levels  # sparsities (absolute) or logit steps (relative)
         self.action_space = self.actions.space()
         low, high = observation_bounds()
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.global_mp_sparsities()  # observation features: computed here, not on the first reset
-        self._reference_counts()
         self.dense_reward_accuracy = self.evaluator.accuracy()
         self._t: int | None = None
         self._reset_episode_state()
-
-    # ------------------------------------------------------------------------------------------
-    # Construction helpers
 
     def _check_target(self, target_sparsity: float | None) -> float | None:
         """The target as a float, or ValueError unless the action range can reach it exactly."""
@@ -379,12 +361,10 @@ class PruneEnv(gym.Env):
         remaining ones (``prune_gym.envs.actions.reference_sparsity``). The centre action of
         ``action_mode="relative"`` takes it; an observation feature."""
         index = min(self._t or 0, self.num_layers - 1)
-        counts = self._reference_counts()
-        target_count = round(self.target_sparsity * self.state.total) if self.target_sparsity is not None else None
         pruned = self._pruned
         if self._t == self.num_layers:  # after the last step: the state before it
             pruned -= round(self.applied[index] * self.state.numels[index])
-        return reference_sparsity(index, self.state.numels, counts, pruned, target_count)
+        return self.episode_budget.reference(index, pruned)
 
     def allocation_sparsities(self, method: str, target: float | None = None,
                               min_threshold: float | None = None, seed: int = 0) -> list[float]:
@@ -401,13 +381,7 @@ class PruneEnv(gym.Env):
     def _allocation(self, method: str, target: float | None, min_threshold: float | None,
                     seed: int) -> tuple[list[float], float]:
         target = target if target is not None else (self.target_sparsity if self.target_sparsity is not None else 0.5)
-        key = (method, float(target), min_threshold, int(seed))
-        if key not in self._allocation_cache:
-            started = time.perf_counter()
-            sparsities = allocation_sparsities(method, self.state.dense, float(target), min_threshold=min_threshold,
-                                               seed=seed)
-            self._allocation_cache[key] = (sparsities, time.perf_counter() - started)
-        return self._allocation_cache[key]
+        return self._allocations.get(method, target, min_threshold, seed)
 
     def global_mp_sparsities(self, target: float | None = None, min_threshold: float | None = None) -> list[float]:
         """Per-layer sparsities of Global MP on the dense model (with the Minimum Threshold
@@ -419,28 +393,6 @@ class PruneEnv(gym.Env):
     def reference_sparsities(self, target: float | None = None) -> list[float]:
         """Per-layer sparsities of the reference allocation (``reference``) at ``target``."""
         return self.allocation_sparsities(self.reference, target)
-
-    def _reference_counts(self) -> list[int]:
-        """Weights the reference allocation prunes in each layer at the target (0.5 with none)."""
-        return [round(s * n) for s, n in zip(self.reference_sparsities(), self.state.numels, strict=True)]
-
-    def evaluate_test(self) -> float:
-        """Test-split accuracy of the model as it is now (pruned or dense)."""
-        return self.engine.test_accuracy()
-
-    def measure_dense_test_accuracy(self) -> float:
-        """Test accuracy of the dense model (measured once, then the pruned state is put back)."""
-        return self.engine.measure_dense_test_accuracy()
-
-    @property
-    def dense_test_accuracy(self) -> float | None:
-        """The dense model's test accuracy once measured (every episode's last step does)."""
-        return self.engine.dense_test_accuracy
-
-    @property
-    def calibrator(self):
-        """The BatchNorm re-calibration after each step (None when off)."""
-        return self.engine.calibrator
 
     def layer_names(self) -> list[str]:
         return [layer.name for layer in self.layers]
@@ -456,14 +408,15 @@ class PruneEnv(gym.Env):
         self.engine.restore_dense(seed)
         self._reset_episode_state()
         self._t = 0
-        info = {
-            "dense_reward_accuracy": self.dense_reward_accuracy,
-            "num_layers": self.num_layers,
-            "synthetic": self.synthetic,
-        }
+        info = {"dense_reward_accuracy": self.dense_reward_accuracy, "num_layers": self.num_layers,
+                "synthetic": self.synthetic}
         return self._observation(), info
 
     def _reset_episode_state(self) -> None:
+        #: The target as a weight count, the reference's counts and the caps (``envs.budget``).
+        self.episode_budget = EpisodeBudget.build(
+            self.state.numels, self.target_sparsity, self.reference_sparsities(), self.min_sparsity, self.max_sparsity,
+            self.actions.relative_range if self.action_mode == "relative" else None)
         self._pruned = 0
         self._accuracy = self.dense_reward_accuracy
         self._previous_sparsity_applied = 0.0
@@ -477,7 +430,7 @@ class PruneEnv(gym.Env):
         requested = self.action_to_sparsity(action)  # raises before anything changes
         index = self._t
         numel = self.state.numels[index]
-        low, high = self._feasible_pruned_counts(index)
+        low, high = self.episode_budget.bounds(index, self._pruned)
         count = int(np.clip(round(requested * numel), low, high))
         accuracy = self.engine.prune(index, count)  # a failed step leaves the network as it was
         # Everything the step reports is computed before the episode state changes: a reward
@@ -526,22 +479,13 @@ class PruneEnv(gym.Env):
     # ------------------------------------------------------------------------------------------
     # Internals
 
-    def _feasible_pruned_counts(self, index: int) -> tuple[int, int]:
-        """Bounds on how many weights layer ``index`` may lose (``actions.feasible_counts``)."""
-        target_count = round(self.target_sparsity * self.state.total) if self.target_sparsity is not None else None
-        spread = (self._reference_counts(), self.actions.relative_range) if self.action_mode == "relative" else None
-        return feasible_counts(
-            index, self.state.numels, self._pruned, target_count, self.min_sparsity, self.max_sparsity, spread
-        )
-
     def _observation(self) -> np.ndarray:
         index = min(self._t or 0, self.num_layers - 1)
         total = self.state.total
         target = {}
         if self.target_sparsity is not None:
-            remaining = sum(self.state.numels[index:]) if self._t is not None and self._t < self.num_layers else 0
-            needed = round(self.target_sparsity * total) - self._pruned
-            target = {"budget_left": needed / remaining if remaining else 0.0, "target_sparsity": self.target_sparsity}
+            at = self._t if self._t is not None else self.num_layers  # before reset: nothing left to prune
+            target = {"budget_left": self.episode_budget.left(at, self._pruned), "target_sparsity": self.target_sparsity}
         return observation(
             self._static[index],
             global_mp_sparsity=self.global_mp_sparsities()[index],

@@ -109,6 +109,11 @@ def get_reward(reward: str | RewardFunction) -> RewardFunction:
     )
 
 
+def reward_label(reward: str | RewardFunction) -> str:
+    """The name a reward is reported under: its name, or a callable's ``__name__``."""
+    return reward if isinstance(reward, str) else getattr(reward, "__name__", "custom")
+
+
 def checked_reward(reward_fn: RewardFunction, name: str, context: RewardContext) -> float:
     """``reward_fn(context)`` as a finite float, or ConfigError naming the reward (the envs then
     take the step back)."""

@@ -1,25 +1,147 @@
-"""PruneEnv's settings, checked before anything loads, and the task it loads.
+"""The envs' settings, checked before anything loads, and the task they load.
 
-Every argument of :class:`prune_gym.envs.prune_env.PruneEnv` is validated here first (a bad one
-is a ``ConfigError`` naming it and the fix, with nothing loaded or changed), then the task's
-model and splits are loaded.
+Every argument of :class:`prune_gym.envs.prune_env.PruneEnv` (and of the channel env) is
+validated here first (a bad one is a ``ConfigError`` naming it and the fix, with nothing loaded
+or changed); the engine's settings are resolved once into an :class:`EngineConfig` (the task's
+defaults, the device, ``compile="auto"``); then the task's model and splits are loaded.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from prune_gym.errors import ConfigError
+from prune_gym.evaluation import resolve_device
 from prune_gym.tasks.base import Splits, Task
 
 __all__ = [
-    "check_data_settings", "check_settings", "check_step", "load_task", "model_and_splits", "refuse_torch_pruned",
-    "reset_target",
+    "EngineConfig", "EngineView", "check_data_settings", "check_settings", "check_step", "engine_config", "load_task",
+    "model_and_splits", "refuse_torch_pruned", "reset_target", "test_at_episode_end",
 ]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How an engine evaluates the network and what follows each pruning step, resolved once
+    from the env's kwargs by :func:`engine_config` (the engines take it as it is)."""
+
+    device: torch.device
+    #: Autocast on CUDA (the task's choice when the env's ``amp`` is None).
+    amp: bool
+    #: Evaluation through ``torch.compile`` (``"auto"`` resolved for the device and the task).
+    compile: bool
+    batch_size: int = 1024
+    channels_last: bool = True
+    cache_activations: bool = True
+    exclude_layers: tuple[str, ...] = ()
+    bn_recalibration_batches: int = 0
+    finetune_steps: int = 0
+    finetune_lr: float = 0.01
+    #: Seeds the per-step fine-tuning's batches (the env's ``split_seed``).
+    seed: int = 0
+
+    def evaluator_options(self) -> dict:
+        """The keyword arguments every :class:`~prune_gym.evaluation.Evaluator` of the engine shares."""
+        return {"batch_size": self.batch_size, "amp": self.amp, "channels_last": self.channels_last,
+                "compile": self.compile}
+
+
+class EngineView:
+    """What both envs show of their engine (``self.engine``, built from ``self.config``): the
+    resolved settings, read-only, and the test split's evaluation."""
+
+    config: EngineConfig
+    engine: Any
+
+    def evaluate_test(self) -> float:
+        """Test-split accuracy of the model as it is now (pruned or dense)."""
+        return self.engine.test_accuracy()
+
+    def measure_dense_test_accuracy(self) -> float:
+        """Test accuracy of the dense model (measured once, then the pruned state is put back)."""
+        return self.engine.measure_dense_test_accuracy()
+
+    @property
+    def dense_test_accuracy(self) -> float | None:
+        """The dense model's test accuracy once measured (every episode's last step does)."""
+        return self.engine.dense_test_accuracy
+
+    @property
+    def calibrator(self):
+        """The BatchNorm re-calibration after each step (None when off)."""
+        return self.engine.calibrator
+
+    @property
+    def device(self) -> torch.device:
+        return self.config.device
+
+    @property
+    def amp(self) -> bool:
+        """Whether evaluation on CUDA uses autocast (the task's choice when ``amp=None``)."""
+        return self.config.amp
+
+    @property
+    def compiled(self) -> bool:
+        """Whether evaluation runs through torch.compile (``compile="auto"`` resolved)."""
+        return self.config.compile
+
+    @property
+    def bn_recalibration_batches(self) -> int:
+        return self.config.bn_recalibration_batches
+
+    @property
+    def finetune_steps(self) -> int:
+        return self.config.finetune_steps
+
+    @property
+    def finetune_lr(self) -> float:
+        return self.config.finetune_lr
+
+
+def engine_config(task: Task | None, *, device, amp, compile, batch_size, channels_last, cache_activations,
+                  exclude_layers, bn_recalibration_batches, finetune_steps=0, finetune_lr=0.01,
+                  split_seed=0) -> EngineConfig:
+    """The env kwargs an engine reads, checked (``ConfigError`` naming the bad one) and resolved:
+    ``bn_recalibration_batches=None`` and ``amp=None`` take the task's defaults, ``device="auto"``
+    CUDA when present, ``compile="auto"`` on for CUDA on the tasks whose passes pay the
+    compilation back."""
+    if bn_recalibration_batches is None:
+        bn_recalibration_batches = task.env_defaults.get("bn_recalibration_batches", 0) if task else 0
+    for name, value in (("bn_recalibration_batches", bn_recalibration_batches), ("finetune_steps", finetune_steps)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+    if isinstance(finetune_lr, bool) or not isinstance(finetune_lr, int | float | np.number) \
+            or not (math.isfinite(finetune_lr) and finetune_lr > 0):
+        raise ConfigError(f"finetune_lr must be a finite number > 0, got {finetune_lr!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+    if compile not in ("auto", True, False):
+        raise ConfigError(f"compile must be 'auto', True or False, got {compile!r}")
+    amp = (task.amp if task else True) if amp is None else amp
+    for name, value in (("amp", amp), ("channels_last", channels_last), ("cache_activations", cache_activations)):
+        if not isinstance(value, bool | np.bool_):  # "false" would pass as True
+            raise ConfigError(f"{name} must be True or False, got {value!r}")
+    # A single string is one pattern; the patterns themselves are checked with the layers.
+    if exclude_layers is None or isinstance(exclude_layers, str):
+        exclude_layers = () if exclude_layers is None else (exclude_layers,)
+    if not isinstance(exclude_layers, Iterable):
+        raise ConfigError(f"exclude_layers must be name patterns, e.g. ['fc', 'layer4.*'], got {exclude_layers!r}")
+    device = resolve_device(device)
+    compiled = compile if isinstance(compile, bool) else (device.type == "cuda" and task is not None and task.compile_on_cuda)
+    return EngineConfig(
+        device=device, amp=bool(amp), compile=compiled, batch_size=int(batch_size), channels_last=bool(channels_last),
+        cache_activations=bool(cache_activations), exclude_layers=tuple(exclude_layers),
+        bn_recalibration_batches=int(bn_recalibration_batches), finetune_steps=int(finetune_steps),
+        finetune_lr=float(finetune_lr), seed=int(split_seed),
+    )
 
 
 def refuse_torch_pruned(model: nn.Module) -> None:
@@ -37,35 +159,21 @@ def refuse_torch_pruned(model: nn.Module) -> None:
         )
 
 
-def check_settings(sparsity_weight, batch_size, render_mode, render_modes, bn_recalibration_batches, finetune_steps,
-                   finetune_lr) -> None:
-    """The reward's, batches', rendering's and per-step training's settings, checked before anything loads."""
+def check_settings(sparsity_weight, render_mode, render_modes) -> None:
+    """The reward's and rendering's settings, checked before anything loads."""
     if isinstance(sparsity_weight, bool) or not isinstance(sparsity_weight, int | float | np.number) or not math.isfinite(sparsity_weight):
         raise ConfigError(f"sparsity_weight must be a finite number (the reward's beta), got {sparsity_weight!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if render_mode is not None and render_mode not in render_modes:
         raise ConfigError(f"render_mode must be one of {render_modes} or None, got {render_mode!r}")
-    for name, value in (("bn_recalibration_batches", bn_recalibration_batches), ("finetune_steps", finetune_steps)):
-        if not isinstance(value, int | np.integer) or value < 0:
-            raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
-    if isinstance(finetune_lr, bool) or not isinstance(finetune_lr, int | float | np.number) \
-            or not (math.isfinite(finetune_lr) and finetune_lr > 0):
-        raise ConfigError(f"finetune_lr must be a finite number > 0, got {finetune_lr!r}")
 
 
-def check_data_settings(amp, channels_last, cache_activations, compile, evaluate_test, synthetic, synthetic_samples,
-                        split_seed, input_shape, weights) -> None:
-    """The switches, seeds and shapes of the data and evaluation, checked before anything loads."""
-    if compile not in ("auto", True, False):
-        raise ConfigError(f"compile must be 'auto', True or False, got {compile!r}")
+def check_data_settings(evaluate_test, synthetic, synthetic_samples, split_seed, input_shape, weights) -> None:
+    """The test evaluation's switch and the data's seeds and shapes, checked before anything loads."""
     if evaluate_test not in (None, True, False):
         raise ConfigError(f"evaluate_test must be True, False or None (only where the test split is on the "
                           f"device), got {evaluate_test!r}")
-    for name, value in (("amp", amp), ("channels_last", channels_last), ("cache_activations", cache_activations),
-                        ("synthetic", synthetic)):
-        if not isinstance(value, bool | np.bool_):  # "false" would pass as True
-            raise ConfigError(f"{name} must be True or False, got {value!r}")
+    if not isinstance(synthetic, bool | np.bool_):  # "false" would pass as True
+        raise ConfigError(f"synthetic must be True or False, got {synthetic!r}")
     if isinstance(synthetic_samples, bool) or not isinstance(synthetic_samples, int | np.integer) or synthetic_samples < 1:
         raise ConfigError(f"synthetic_samples must be a whole number >= 1, got {synthetic_samples!r}")
     if isinstance(split_seed, bool) or not isinstance(split_seed, int | np.integer):
@@ -112,6 +220,13 @@ def model_and_splits(task: Task | None, model, reward_data, test_data, train_dat
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     refuse_torch_pruned(model)
     return copy.deepcopy(model), reward_data, test_data, train_data
+
+
+def test_at_episode_end(engine, evaluate_test: bool | None) -> bool:
+    """Whether each episode's last step scores the test split: ``evaluate_test``, where None means
+    only where the test split is held on the device (the engine has one)."""
+    evaluator = engine.test_evaluator
+    return evaluator is not None and (evaluate_test if evaluate_test is not None else evaluator.resident)
 
 
 def reset_target(seed, options, current, check_target):
