@@ -68,7 +68,7 @@ from prune_gym.agents import (
     make_agent,
 )
 from prune_gym.agents.callbacks import EpisodeRecorder
-from prune_gym.agents.compare import make_reference_env
+from prune_gym.agents.methods import make_reference_env
 from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
 from prune_gym.agents.report import MethodResult, pyplot
 from prune_gym.agents.rollout import finetune_and_test, run_episode

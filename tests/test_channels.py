@@ -20,9 +20,9 @@ from prune_gym.agents.compare import (
     DEFAULT_LATENCY_TARGETS,
     DEFAULT_SPARSITIES,
     _check_compare_options,
-    _reference_kwargs,
     compare,
 )
+from prune_gym.agents.methods import reference_env_kwargs
 from prune_gym.agents.policies import reference_policy
 from prune_gym.agents.report import write_recipes
 from prune_gym.agents.rollout import run_episode
@@ -375,7 +375,7 @@ def test_a_channel_recipe_carries_its_env_kwargs_to_export_and_validate(digits_m
     """A recipe made on an env with other kwargs (here channel_multiple=8) exports and replays
     through that env, not the defaults: same channel counts, same accuracy as its row."""
     kwargs = {"channel_multiple": 8}
-    env = gym.make(CHANNELS_ID, **_reference_kwargs(kwargs, 0.5))
+    env = gym.make(CHANNELS_ID, **reference_env_kwargs(kwargs, 0.5))
     row = run_episode(reference_policy("uniform", env)[1], env, 0.5, method="uniform")
     env.close()
     write_recipes([row], tmp_path / "recipes", CHANNELS_ID, 1, kwargs)

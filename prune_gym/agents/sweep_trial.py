@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from prune_gym.agents.compare import (
+from prune_gym.agents.methods import (
     Entry,
     agent_entries,
     make_reference_env,

@@ -28,6 +28,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from prune_gym.agents.methods import reference_env_kwargs
 from prune_gym.agents.policies import RecipePolicy
 from prune_gym.agents.rollout import run_episode
 from prune_gym.errors import ConfigError, MissingResourceError
@@ -224,8 +225,7 @@ def validate(
 def _replay_env(record: ReplayRecord, device: str | None, say: Callable[[str], None]) -> gym.Env:
     # The reference policies' env, as compare builds it: continuous absolute actions play the
     # recorded sparsities exactly; the test split is scored once per replay by run_episode.
-    kwargs = {"evaluate_test": None, **record.env_kwargs, "action_type": "continuous", "action_mode": "absolute",
-              "target_sparsity": record.target}
+    kwargs = reference_env_kwargs(record.env_kwargs, record.target)
     if device is not None:
         kwargs["device"] = device
     say(f"building {record.env_id} ({', '.join(f'{k}={v}' for k, v in record.env_kwargs.items()) or 'default kwargs'})")
