@@ -353,3 +353,16 @@ def test_validate_refuses_what_it_cannot_replay(tmp_path, capsys):
     empty.mkdir()
     with pytest.raises(MissingResourceError, match="no record to replay"):
         validate([empty])
+
+
+def test_the_agents_settings_are_read_once_per_comparison(tmp_path, monkeypatch):
+    from prune_gym.agents import factory
+
+    yaml_file = tmp_path / "dqn.yml"
+    yaml_file.write_text(factory._hyperparams_file("dqn").read_text())
+    reads = []
+    read_yaml = factory._read_yaml
+    monkeypatch.setattr(factory, "_read_yaml", lambda path: reads.append(str(path)) or read_yaml(path))
+    compare(ENV_ID, [0.5], "dqn", timesteps=30, hyperparams=yaml_file, n_envs=1, search=False, write_files=False,
+            progress_bar=False, env_kwargs={"device": "cpu"}, log=lambda _: None)
+    assert reads == [str(yaml_file)]  # checked before anything loads, then passed on resolved

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
-from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo
+from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo, resolve_hyperparams
 from prune_gym.agents.methods import (
     ComparedAgent,
     agent_entries,
@@ -143,6 +143,7 @@ def compare(
     targets, algo, agent_action_type, shared, output = _check_compare_options(
         env_id, sparsities, algo, finetune_epochs, env_kwargs, agent_path, output_dir, write_files
     )
+    hyperparams = resolve_hyperparams(algo, env_id, hyperparams)  # the agent's settings, read once
     # Files go to <output>.partial until everything is written, then the folder is renamed: a
     # failed or interrupted run leaves no folder that looks finished.
     staging = output.with_name(output.name + ".partial")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import functools
 import os
 from collections.abc import Callable, Mapping
 from importlib import resources
@@ -159,19 +160,29 @@ def load_hyperparams(
             defaults) or rl-zoo3 style (``{"PruneResNet20Digits-v1": {...}}``).
     """
     name = algo_name(algo)
-    defaults = _entry(_read_yaml(_hyperparams_file(name)), env_id, f"the shipped {name}.yml")
-    if hyperparams is None:
-        return copy.deepcopy(defaults)
     if isinstance(hyperparams, str | os.PathLike):
         return _entry(_read_yaml(hyperparams), env_id, str(hyperparams))
-    if not isinstance(hyperparams, Mapping):
+    if hyperparams is not None and not isinstance(hyperparams, Mapping):
         raise ConfigError(f"hyperparams must be None, a YAML path or a dict, got {type(hyperparams).__name__}")
     nested = hyperparams and all(isinstance(v, Mapping) for v in hyperparams.values()) and "policy_kwargs" not in hyperparams
     if nested:
-        return _entry(hyperparams, env_id, "the hyperparams dict")
-    merged = copy.deepcopy(defaults)
-    merged.update(copy.deepcopy(dict(hyperparams)))
-    return merged
+        return copy.deepcopy(_entry(hyperparams, env_id, "the hyperparams dict"))
+    merged = _entry(_shipped_hyperparams(name), env_id, f"the shipped {name}.yml")
+    merged.update(dict(hyperparams or {}))
+    return copy.deepcopy(merged)
+
+
+def resolve_hyperparams(algo: str, env_id: str, hyperparams: str | os.PathLike | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The settings read and checked once, in the rl-zoo3 form ``{env_id: settings}``, which every
+    later :func:`load_hyperparams` takes as it is: a workflow resolves them at its start, and no
+    file is read or merged again on the way to the agent."""
+    return {env_id: load_hyperparams(algo, env_id, hyperparams)}
+
+
+@functools.cache
+def _shipped_hyperparams(algo: str) -> dict[str, Any]:
+    """The shipped ``<algo>.yml``, parsed once per process (callers copy what they take)."""
+    return _read_yaml(_hyperparams_file(algo))
 
 
 def default_timesteps(algo: str = "dqn", env: Any = None, hyperparams: Any = None) -> int:

@@ -46,6 +46,7 @@ from prune_gym.agents.factory import (
     env_kwargs_from_hyperparams,
     load_hyperparams,
     make_agent,
+    resolve_hyperparams,
 )
 from prune_gym.agents.run_folder import (
     checkpoints_to_resume,
@@ -222,6 +223,7 @@ def train_agent(
     """
     algo = algo.lower()
     env_kwargs = dict(env_kwargs or {})
+    hyperparams = resolve_hyperparams(algo, env_id, hyperparams)  # read once, before anything else
     output = Path(output_dir) if output_dir is not None else Path("runs") / f"{env_id}-{algo}"
     if isinstance(checkpoint_freq, bool) or not isinstance(checkpoint_freq, int) or checkpoint_freq < 0:
         raise ConfigError(f"checkpoint_freq must be a whole number >= 0 (0: only at the end), got {checkpoint_freq!r}")
