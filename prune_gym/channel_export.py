@@ -56,6 +56,11 @@ __all__ = [
 
 #: The batch sizes latency is measured at: one sample (interactive use) and a batch (throughput).
 LATENCY_BATCHES = (1, 256)
+#: How a comparison's rows and an export measure a smaller network beside the dense one: this
+#: many alternating rounds, each timing every batch size for at least this many seconds. One
+#: setting for both, so a row and the export of its recipe report the same speed-up within noise.
+LATENCY_ROUNDS = 5
+LATENCY_MIN_SECONDS = 0.1
 #: The checkpoint's format version.
 SLIM_FORMAT = 1
 
@@ -144,7 +149,8 @@ def measure_latency(model: nn.Module, sample_shape: Sequence[int], batch_sizes: 
 
 
 def latency_side_by_side(dense: nn.Module, pruned: nn.Module, sample_shape: Sequence[int],
-                         batch_sizes: Sequence[int] = LATENCY_BATCHES, rounds: int = 3, min_seconds: float = 0.05,
+                         batch_sizes: Sequence[int] = LATENCY_BATCHES, rounds: int = LATENCY_ROUNDS,
+                         min_seconds: float = LATENCY_MIN_SECONDS,
                          device: str | torch.device = "cpu") -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """The dense and the pruned network measured alternately (``rounds`` rounds of
     :func:`measure_latency` each, on ``device``): their median milliseconds and the speed-up, the
@@ -217,6 +223,8 @@ class ChannelExport:
     latency_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     #: The latency table's prediction (batch 1, the env's device) when the env's budget is latency.
     predicted_speedup: float | None = None
+    #: The torch threads the latency was measured with (small networks run fastest on one).
+    torch_threads: int = 1
 
     def summary(self) -> str:
         lines = [f"wrote {self.checkpoint}" + (f" and {self.onnx}" if self.onnx else ""),
@@ -229,7 +237,7 @@ class ChannelExport:
             lines.append(f"the latency table predicted {self.predicted_speedup:.2f}x at batch 1")
         for where, timings in self.latency_ms.items():
             lines += [f"latency on {where}, batch {batch}: dense {timings['dense'][batch]:.3f} ms, pruned {ms:.3f} ms "
-                      f"({timings['speedup'][batch]:.2f}x, measured alternately)"
+                      f"({timings['speedup'][batch]:.2f}x, measured alternately, {self.torch_threads} torch thread(s))"
                       for batch, ms in timings["pruned"].items()]
         return "\n".join(lines)
 
@@ -277,17 +285,17 @@ def export_channel_recipe(env: Any, layer_sparsities: Mapping[str, float], outpu
     if latency:
         dense = env.dense_architecture()
         for place in ["cpu"] + (["cuda"] if env.device.type == "cuda" else []):
-            measured = latency_side_by_side(dense, slim, env.evaluator.sample_shape, rounds=5, min_seconds=0.2,
-                                            device=place)
+            measured = latency_side_by_side(dense, slim, env.evaluator.sample_shape, device=place)
             timings[place] = dict(zip(("dense", "pruned", "speedup"), measured, strict=True))
         folded = [fold_batchnorm(model) for model in (dense.to("cpu"), slim.to("cpu"))]
         if all(model is not None for model in folded):  # as deployed: BatchNorm folded into the convolutions
-            measured = latency_side_by_side(*folded, env.evaluator.sample_shape, rounds=5, min_seconds=0.2)
+            measured = latency_side_by_side(*folded, env.evaluator.sample_shape)
             timings["cpu, BatchNorm folded"] = dict(zip(("dense", "pruned", "speedup"), measured, strict=True))
-    atomic_write_json(output / "export.json", {**record, "latency_ms": timings, "onnx_max_difference": difference})
+    atomic_write_json(output / "export.json", {**record, "latency_ms": timings, "torch_threads": torch.get_num_threads(),
+                                               "onnx_max_difference": difference})
     return ChannelExport(checkpoint, onnx_path, slim_accuracy, info["reward_accuracy"], info["flops_reduction"],
                          info["overall_sparsity"], int(env.cost.total_params), sum(p.numel() for p in slim.parameters()),
-                         difference, timings, record.get("predicted_speedup"))
+                         difference, timings, record.get("predicted_speedup"), torch.get_num_threads())
 
 
 def export_channel_task(env_id: str, output: str | Path, *, policy: str | None = None, sparsity: float | None = None,

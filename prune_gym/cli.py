@@ -123,6 +123,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (default: 0)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning of the same command")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.set_defaults(handler=_run_export)
 
@@ -131,6 +132,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from prune_gym.export import export_task
     from prune_gym.registration import is_channel_env
 
+    set_threads(args)  # the latency measured, and the fine-tuning, run on these threads
     if is_channel_env(args.task):
         return _run_channel_export(args)
 

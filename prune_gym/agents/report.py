@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from prune_gym.agents.policies import prune_env_of
+from prune_gym.channel_export import LATENCY_ROUNDS
 from prune_gym.io import atomic_write_json, atomic_write_text
 from prune_gym.recipes import Recipe
 
@@ -171,7 +172,8 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
                  f"total {metadata['total_seconds']:.0f} s")
     if dense_latency:
         lines.append("ms bN (x) = median CPU latency of the physically smaller network at batch N, and its speed-up "
-                     "over the dense network measured alternately with it (the median of 3 rounds; the dense one: "
+                     f"over the dense network measured alternately with it (the median of {LATENCY_ROUNDS} rounds, as "
+                     "prune-gym export measures it; the dense one: "
                      + ", ".join(f"{ms:.2f} ms at b{b}" for b, ms in dense_latency.items()) + "), "
                      f"{metadata.get('latency_note', '')}".rstrip(", "))
     if strongest:
