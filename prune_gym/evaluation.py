@@ -239,24 +239,9 @@ class Evaluator:
         self.loader: DataLoader | None = None
         self.batches: list[tuple[Tensor, Tensor]] = []
         if resident:
-            inputs, labels = as_tensors(data, num_workers=num_workers)
-            self.channels_last = channels_last and inputs.dim() == 4
-            inputs = inputs.to(self.device, non_blocking=True)
-            if self.channels_last:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            labels = labels.to(self.device, non_blocking=True)
-            self.batches = list(zip(inputs.split(self.batch_size), labels.split(self.batch_size)))
-            self.num_samples = len(labels)
-            self.sample_shape = tuple(inputs.shape[1:])
+            self._hold_on_device(data, num_workers, channels_last)
         else:
-            dataset = data.dataset if isinstance(data, DataLoader) else data
-            self.loader = DataLoader(
-                dataset, batch_size=self.batch_size, shuffle=False, num_workers=num_workers,
-                pin_memory=on_cuda,
-            )
-            self.num_samples = len(dataset)
-            self.sample_shape = tuple(torch.as_tensor(dataset[0][0]).shape) if self.num_samples else ()
-            self.channels_last = channels_last and len(self.sample_shape) == 3
+            self._stream(data, num_workers, channels_last)
         if self.num_samples == 0:
             raise ConfigError("the split is empty: it needs at least one sample")
         if self.channels_last:
@@ -271,6 +256,27 @@ class Evaluator:
         self._cache: list[Tensor] = []
         #: Which samples the last :meth:`accuracy` got right (None once the weights changed).
         self._last_hits: Tensor | None = None
+
+    def _hold_on_device(self, data: DataLike, num_workers: int, channels_last: bool) -> None:
+        """The whole split as batches of tensors on the device (read once)."""
+        inputs, labels = as_tensors(data, num_workers=num_workers)
+        self.channels_last = channels_last and inputs.dim() == 4
+        inputs = inputs.to(self.device, non_blocking=True)
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(self.device, non_blocking=True)
+        self.batches = list(zip(inputs.split(self.batch_size), labels.split(self.batch_size)))
+        self.num_samples = len(labels)
+        self.sample_shape = tuple(inputs.shape[1:])
+
+    def _stream(self, data: DataLike, num_workers: int, channels_last: bool) -> None:
+        """A loader that reads the split again at every pass (too large to hold on the device)."""
+        dataset = data.dataset if isinstance(data, DataLoader) else data
+        self.loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=num_workers,
+                                 pin_memory=self.device.type == "cuda")
+        self.num_samples = len(dataset)
+        self.sample_shape = tuple(torch.as_tensor(dataset[0][0]).shape) if self.num_samples else ()
+        self.channels_last = channels_last and len(self.sample_shape) == 3
 
     @property
     def resident(self) -> bool:

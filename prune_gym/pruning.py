@@ -60,6 +60,33 @@ class PrunableLayer:
         return "conv"
 
 
+def _name_patterns(exclude_names: Iterable[str] | str | None) -> list[str]:
+    """The exclude patterns as a list: a single string is one pattern, not a sequence of
+    one-letter patterns; None excludes nothing."""
+    if exclude_names is None:
+        return []
+    if not isinstance(exclude_names, str | Iterable):
+        raise ConfigError(f"exclude_names (exclude_layers) must be name patterns, e.g. ['fc', 'layer4.*'], got {exclude_names!r}")
+    patterns = [exclude_names] if isinstance(exclude_names, str) else list(exclude_names)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise ConfigError(f"exclude_names must be name patterns (strings), got {pattern!r}")
+    return patterns
+
+
+def _refuse_tied_weights(layers: Sequence[PrunableLayer]) -> None:
+    """ConfigError if two layers share one weight tensor: pruning one would rewrite the other."""
+    owners: dict[int, str] = {}
+    for layer in layers:
+        other = owners.setdefault(id(layer.module.weight), layer.name)
+        if other != layer.name:
+            raise ConfigError(
+                f"layers {other!r} and {layer.name!r} share one weight tensor (tied weights): pruning "
+                f"one would rewrite the other. Exclude one of them (exclude_layers=[{layer.name!r}]) "
+                f"to prune the shared tensor once"
+            )
+
+
 def find_prunable_layers(
     model: nn.Module,
     example_input: Tensor | None = None,
@@ -83,15 +110,7 @@ def find_prunable_layers(
             prunable layer (a typo would silently exclude nothing), or if two layers share one
             weight tensor (tied weights: pruning one would rewrite the other).
     """
-    # A single string is one pattern, not a sequence of one-letter patterns; None excludes nothing.
-    if exclude_names is None:
-        exclude_names = ()
-    if not isinstance(exclude_names, str | Iterable):
-        raise ConfigError(f"exclude_names (exclude_layers) must be name patterns, e.g. ['fc', 'layer4.*'], got {exclude_names!r}")
-    patterns = [exclude_names] if isinstance(exclude_names, str) else list(exclude_names)
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise ConfigError(f"exclude_names must be name patterns (strings), got {pattern!r}")
+    patterns = _name_patterns(exclude_names)
     skip_types = tuple(exclude_types)
     candidates = [(name, module) for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name, _ in candidates)]
@@ -106,15 +125,7 @@ def find_prunable_layers(
         if not (skip_types and isinstance(module, skip_types))
         and not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
     ]
-    owners: dict[int, str] = {}
-    for layer in layers:
-        other = owners.setdefault(id(layer.module.weight), layer.name)
-        if other != layer.name:
-            raise ConfigError(
-                f"layers {other!r} and {layer.name!r} share one weight tensor (tied weights): pruning "
-                f"one would rewrite the other. Exclude one of them (exclude_layers=[{layer.name!r}]) "
-                f"to prune the shared tensor once"
-            )
+    _refuse_tied_weights(layers)
     if not layers:
         raise ConfigError(
             f"{type(model).__name__} has no prunable layer (Conv1d/Conv2d/Conv3d/Linear)"

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import torch
 
 from prune_gym.agents.methods import (
@@ -114,8 +115,6 @@ def _play_guarded(entries: list[Entry], reference_env, target: float, settings: 
 
 def _agent_trial(spec, settings, shared, reference_env, folder: Path, say) -> tuple[list[MethodResult], dict[str, Any]]:
     """``compare``'s agent part: train across the targets, then greedy and best found at each."""
-    import gymnasium as gym
-
     algo, seed, targets = spec["algo"], spec["seed"], settings["sparsities"]
     agent_settings = settings["agents"][algo]
     env_id, hyperparams = settings["env_id"], agent_settings["hyperparams"]

@@ -47,10 +47,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
+
 from prune_gym.agents.compare import (
     DEFAULT_SPARSITIES,
 )
-from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo, load_hyperparams
+from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo, resolve_hyperparams
 from prune_gym.agents.sweep_report import SweepResult, TrialOutcome, write_sweep
 from prune_gym.agents.sweep_trial import run_trial, trial_label
 from prune_gym.agents.training import agent_env_kwargs_for
@@ -181,8 +183,6 @@ def _check_sweep_options(
     n_envs, cpus_per_trial, gpus_per_trial, max_concurrent, scheduler, storage, output_dir,
 ) -> tuple[dict[str, Any], Path]:
     """Every option checked and resolved before anything starts: (settings, output folder)."""
-    import gymnasium as gym
-
     spec = gym.spec(env_id)  # an unknown id raises here, naming the registry
     targets = [check_sparsity(s, "sparsity") for s in sparsities]
     if not targets:
@@ -195,29 +195,10 @@ def _check_sweep_options(
         raise ConfigError("give at least one algorithm (--algo) and one seed (--seeds)")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must differ, got {seeds}")
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-    for value, what in ((cpus_per_trial, "cpus_per_trial"), (gpus_per_trial, "gpus_per_trial")):
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or math.isnan(value)):
-            raise ConfigError(f"{what} must be a number >= 0, got {value!r}")
-    if cpus_per_trial is not None and cpus_per_trial <= 0:
-        raise ConfigError(f"cpus_per_trial must be > 0, got {cpus_per_trial}")
-    hyperparams = dict(hyperparams or {})
-    unknown = sorted(set(hyperparams) - set(algos))
-    if unknown:
-        raise ConfigError(f"hyperparams given for {', '.join(unknown)}, which the sweep does not run ({', '.join(algos)})")
+    _check_resources(scheduler, cpus_per_trial, gpus_per_trial)
     shared = dict(env_kwargs or {})
     shared.pop("target_sparsity", None)
-    agents = {}
-    for algo in algos:
-        action_type = shared.get("action_type", ALGORITHMS[algo][1][0])
-        check_algo(algo, action_type)
-        resolved = load_hyperparams(algo, env_id, hyperparams.get(algo))  # reads and checks the file here
-        budget = _whole(timesteps if timesteps is not None else resolved.get("n_timesteps", 0), "timesteps")
-        envs = _whole(n_envs if n_envs is not None else resolved.get("n_envs", 1), "n_envs", minimum=1)
-        kwargs = agent_env_kwargs_for(algo, env_id, shared, action_type, {env_id: resolved})
-        agents[algo] = {"hyperparams": {env_id: resolved}, "timesteps": budget, "n_envs": envs, "action_type": action_type,
-                        "reference": allocation_method(kwargs.get("reference", "global-mp")).name}
+    agents = _resolve_agents(env_id, algos, hyperparams, shared, timesteps, n_envs)
     shared.pop("action_type", None)
     output = Path(output_dir) if output_dir is not None else Path("results") / f"{env_id}-sweep-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -252,6 +233,38 @@ def _check_sweep_options(
         "experiment": f"{storage_path.rstrip('/')}/{name}",
     }
     return settings, output
+
+
+def _check_resources(scheduler: str, cpus_per_trial: float | None, gpus_per_trial: float | None) -> None:
+    if scheduler not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    for value, what in ((cpus_per_trial, "cpus_per_trial"), (gpus_per_trial, "gpus_per_trial")):
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0 or math.isnan(value)):
+            raise ConfigError(f"{what} must be a number >= 0, got {value!r}")
+    if cpus_per_trial is not None and cpus_per_trial <= 0:
+        raise ConfigError(f"cpus_per_trial must be > 0, got {cpus_per_trial}")
+
+
+def _resolve_agents(env_id: str, algos: list[str], hyperparams: Mapping[str, Any] | None, shared: Mapping[str, Any],
+                    timesteps: int | None, n_envs: int | None) -> dict[str, dict[str, Any]]:
+    """Each algorithm's settings, read here once (the trials on other machines get the settings,
+    not the path), with its budget, env count, action type and the reference its actions centre on."""
+    hyperparams = dict(hyperparams or {})
+    unknown = sorted(set(hyperparams) - set(algos))
+    if unknown:
+        raise ConfigError(f"hyperparams given for {', '.join(unknown)}, which the sweep does not run ({', '.join(algos)})")
+    agents = {}
+    for algo in algos:
+        action_type = shared.get("action_type", ALGORITHMS[algo][1][0])
+        check_algo(algo, action_type)
+        resolved = resolve_hyperparams(algo, env_id, hyperparams.get(algo))
+        settings = resolved[env_id]
+        budget = _whole(timesteps if timesteps is not None else settings.get("n_timesteps", 0), "timesteps")
+        envs = _whole(n_envs if n_envs is not None else settings.get("n_envs", 1), "n_envs", minimum=1)
+        kwargs = agent_env_kwargs_for(algo, env_id, shared, action_type, resolved)
+        agents[algo] = {"hyperparams": resolved, "timesteps": budget, "n_envs": envs, "action_type": action_type,
+                        "reference": allocation_method(kwargs.get("reference", "global-mp")).name}
+    return agents
 
 
 def _whole(value: Any, what: str, minimum: int | None = 0) -> int:
