@@ -19,7 +19,7 @@ from prune_gym.agents.compare import (
     DEFAULT_CHANNEL_TARGETS,
     DEFAULT_LATENCY_TARGETS,
     DEFAULT_SPARSITIES,
-    _check_compare_options,
+    Experiment,
     compare,
 )
 from prune_gym.agents.methods import reference_env_kwargs
@@ -416,12 +416,12 @@ def test_a_parameter_budget_is_met_too(digits_model_state):
 
 
 def test_compare_defaults_to_flops_targets_on_a_channel_env(tmp_path):
-    targets = _check_compare_options(CHANNELS_ID, None, "dqn", 0, None, None, tmp_path / "a", False)[0]
+    targets = list(Experiment.resolve(CHANNELS_ID).targets)
     assert targets == list(DEFAULT_CHANNEL_TARGETS) == [0.3, 0.5, 0.7]
-    targets = _check_compare_options("PruneResNet20Digits-v1", None, "dqn", 0, None, None, tmp_path / "b", False)[0]
+    targets = list(Experiment.resolve("PruneResNet20Digits-v1").targets)
     assert targets == list(DEFAULT_SPARSITIES)
     # With the latency budget: lower targets (half the predicted latency is often beyond the caps).
-    targets = _check_compare_options(CHANNELS_ID, None, "dqn", 0, {"budget": "latency"}, None, tmp_path / "c", False)[0]
+    targets = list(Experiment.resolve(CHANNELS_ID, env_kwargs={"budget": "latency"}).targets)
     assert targets == list(DEFAULT_LATENCY_TARGETS) == [0.2, 0.3, 0.4]
 
 

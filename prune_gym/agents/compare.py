@@ -44,7 +44,12 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
-from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo, resolve_hyperparams
+from prune_gym.agents.experiment import (
+    DEFAULT_CHANNEL_TARGETS,
+    DEFAULT_LATENCY_TARGETS,
+    DEFAULT_SPARSITIES,
+    Experiment,
+)
 from prune_gym.agents.methods import (
     ComparedAgent,
     agent_entries,
@@ -65,26 +70,21 @@ from prune_gym.agents.report import (
     write_tables,
 )
 from prune_gym.agents.search import DEFAULT_STEP
-from prune_gym.agents.training import agent_env_kwargs_for
 from prune_gym.agents.verdict import paired_tests, strongest_heuristic
 from prune_gym.channel_export import granularity_record
 from prune_gym.errors import ConfigError, MissingResourceError
-from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, check_sparsity
-from prune_gym.registration import is_channel_env
+from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from prune_gym.envs.prune_env import PruneEnv
 
-__all__ = ["Comparison", "MethodResult", "compare", "format_table"]
+__all__ = [
+    "DEFAULT_CHANNEL_TARGETS", "DEFAULT_LATENCY_TARGETS", "DEFAULT_SPARSITIES", "Comparison", "Experiment",
+    "MethodResult", "compare", "format_table", "run_comparison",
+]
 
-DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
-#: A channel env's default targets: the share of FLOPs removed.
-DEFAULT_CHANNEL_TARGETS = (0.3, 0.5, 0.7)
-#: With ``budget="latency"``: the share of the predicted latency removed (on small inputs most of
-#: a network's time is per-layer overhead, so half of it is often beyond the caps).
-DEFAULT_LATENCY_TARGETS = (0.2, 0.3, 0.4)
 def compare(
     env_id: str = "PruneResNet20Digits-v1",
     sparsities: Sequence[float] | None = None,
@@ -138,12 +138,24 @@ def compare(
         log: where progress messages go (None: the ``prune_gym`` logger at INFO level, which
             the CLI shows on stderr; ``print`` to see them in a notebook).
     """
-    say = log or logger.info
     started = time.perf_counter()
-    targets, algo, agent_action_type, shared, output = _check_compare_options(
-        env_id, sparsities, algo, finetune_epochs, env_kwargs, agent_path, output_dir, write_files
-    )
-    hyperparams = resolve_hyperparams(algo, env_id, hyperparams)  # the agent's settings, read once
+    experiment = Experiment.resolve(
+        env_id, sparsities, algo, timesteps=timesteps, hyperparams=hyperparams, env_kwargs=env_kwargs, seed=seed,
+        n_envs=n_envs, min_threshold=min_threshold, finetune_epochs=finetune_epochs, search=search)
+    output = _check_output(env_id, agent_path, output_dir, write_files)
+    return run_comparison(experiment, output, agent_path=agent_path, progress_bar=progress_bar,
+                          tensorboard=tensorboard, write_files=write_files, log=log, started=started)
+
+
+def run_comparison(
+    experiment: Experiment, output: Path, *, agent_path: str | os.PathLike | None = None, progress_bar: bool = True,
+    tensorboard: bool = True, write_files: bool = True, log: Callable[[str], None] | None = None,
+    started: float | None = None,
+) -> Comparison:
+    """:func:`compare` on a resolved :class:`Experiment`, into the folder ``output`` (checked)."""
+    say = log or logger.info
+    started = time.perf_counter() if started is None else started
+    env_id, targets = experiment.env_id, list(experiment.targets)
     # Files go to <output>.partial until everything is written, then the folder is renamed: a
     # failed or interrupted run leaves no folder that looks finished.
     staging = output.with_name(output.name + ".partial")
@@ -152,22 +164,22 @@ def compare(
 
     # -- the reference env, and a sparsity range that admits Global MP at every target -------
     say(f"building {env_id} (reference policies: continuous actions)")
-    reference_env, shared, max_sparsity_note = make_reference_env(env_id, targets, shared, min_threshold)
+    reference_env, shared, max_sparsity_note = make_reference_env(
+        env_id, targets, experiment.env_kwargs, experiment.min_threshold)
     say(max_sparsity_note)
-    agent_env_kwargs = agent_env_kwargs_for(algo, env_id, shared, agent_action_type, hyperparams)
+    experiment = experiment.with_env_kwargs(shared)  # max_sparsity raised where a rule needs more
+    agent_env_kwargs = experiment.agent_env_kwargs()
     agent_env = gym.make(env_id, target_sparsity=targets[0], **agent_env_kwargs)
     reference = prune_env_of(reference_env)
     try:
-        agent = train_or_load_agent(
-            env_id, algo, targets, agent_env, agent_env_kwargs, agent_path, timesteps, hyperparams, seed, n_envs,
-            staging / "agent" if write_files else None, progress_bar, tensorboard and write_files, say,
-        )
+        agent = train_or_load_agent(experiment, agent_env, agent_env_kwargs, agent_path,
+                                    staging / "agent" if write_files else None, progress_bar,
+                                    tensorboard and write_files, say)
         search_start = prune_env_of(agent_env).reference  # where the agent's relative steps are centred
-        search_record = _search_record(agent, targets, search, search_start, say)
-        results = _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs,
-                                    search_record["episodes_per_target"], search_start, say)
-        metadata = _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwargs, agent_action_type,
-                             shared, min_threshold, max_sparsity_note, finetune_epochs)
+        search_record = _search_record(experiment, agent, search_start, say)
+        results = _evaluate_methods(experiment, agent, agent_env, reference_env, search_record["episodes_per_target"],
+                                    search_start, say)
+        metadata = _metadata(experiment, reference, agent, agent_env, agent_env_kwargs, max_sparsity_note)
         metadata["search"] = search_record
         metadata["strongest_heuristic"] = {
             f"{t:.6g}": getattr(strongest_heuristic(results, t), "method", None) for t in targets}
@@ -190,11 +202,11 @@ def compare(
     return comparison
 
 
-def _search_record(agent: ComparedAgent, targets: Sequence[float], search: bool, start: str,
+def _search_record(experiment: Experiment, agent: ComparedAgent, start: str,
                    say: Callable[[str], None]) -> dict[str, Any]:
-    """The search at equal cost: as many env episodes as the agent trained, split evenly over the
-    targets (``episodes_per_target`` 0: off, and ``budget`` says why)."""
-    episodes = max(agent.episodes // len(targets), 1) if search and agent.episodes else 0
+    """The search at equal cost (``Experiment.search_episodes``; ``episodes_per_target`` 0: off,
+    and ``budget`` says why)."""
+    search, episodes = experiment.search, experiment.search_episodes(agent.episodes)
     off = None if episodes else ("off (search=False)" if not search else "off: the agent's run records no training "
                                  "episodes (no best_found.json beside --agent), so no equal cost")
     if search and not episodes:
@@ -208,41 +220,17 @@ def _search_record(agent: ComparedAgent, targets: Sequence[float], search: bool,
     }
 
 
-def _check_compare_options(
-    env_id: str, sparsities: Sequence[float] | None, algo: str, finetune_epochs: int, env_kwargs: Mapping[str, Any] | None,
-    agent_path: str | os.PathLike | None, output_dir: str | os.PathLike | None, write_files: bool,
-) -> tuple[list[float], str, str, dict[str, Any], Path]:
-    """``compare``'s options checked before anything loads: (targets, algo, the agent's action
-    type, the env kwargs shared by all methods, the output folder)."""
-    if sparsities is None:
-        if not is_channel_env(env_id):
-            sparsities = DEFAULT_SPARSITIES
-        else:
-            latency = (env_kwargs or {}).get("budget") == "latency"
-            sparsities = DEFAULT_LATENCY_TARGETS if latency else DEFAULT_CHANNEL_TARGETS
-    targets = [check_sparsity(s, "sparsity") for s in sparsities]
-    if not targets:
-        raise ConfigError("give at least one sparsity to compare at")
-    repeated = sorted({t for t in targets if targets.count(t) > 1})
-    if repeated:
-        raise ConfigError(f"sparsity {', '.join(f'{t:g}' for t in repeated)} given more than once: each target is compared "
-                         "once (its recipes would overwrite each other)")
-    if int(finetune_epochs) < 0:
-        raise ConfigError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
-    algo = algo_name(algo)
-    shared = dict(env_kwargs or {})
-    agent_action_type = shared.pop("action_type", ALGORITHMS[algo][1][0])
-    check_algo(algo, agent_action_type)
-    shared.pop("target_sparsity", None)
+def _check_output(env_id: str, agent_path: str | os.PathLike | None, output_dir: str | os.PathLike | None,
+                  write_files: bool) -> Path:
+    """The agent file and the output folder, checked before anything loads: the folder to write."""
     if agent_path is not None and not Path(agent_path).is_file():
         raise MissingResourceError(f"no agent file at {agent_path}: train one with `prune-gym train ENV` first")
     if output_dir is None:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        output_dir = Path("results") / f"{env_id}-{stamp}"
+        output_dir = Path("results") / f"{env_id}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     output = Path(output_dir)
     if write_files and output.exists() and any(output.iterdir()):
         raise ConfigError(f"{output} exists and is not empty: pass another --output (output_dir=) so results never mix")
-    return targets, algo, agent_action_type, shared, output
+    return output
 
 
 def _write_comparison(
@@ -261,23 +249,25 @@ def _write_comparison(
     staging.rename(output)
 
 
-def _evaluate_methods(agent, algo, targets, agent_env, reference_env, min_threshold, seed, finetune_epochs,
-                      search_episodes, start, say) -> list[MethodResult]:
+def _evaluate_methods(experiment: Experiment, agent: ComparedAgent, agent_env, reference_env, search_episodes: int,
+                      start: str, say: Callable[[str], None]) -> list[MethodResult]:
     """Every method at every target: the agent greedy, its best-found recipe, the search at
     equal cost (from ``start``, the agent's reference allocation), every allocation method."""
     results: list[MethodResult] = []
-    for target in targets:
-        entries = agent_entries(algo, agent, target, agent_env, reference_env)
+    seed = experiment.seed
+    for target in experiment.targets:
+        entries = agent_entries(experiment.algo, agent, target, agent_env, reference_env)
         if search_episodes:
             entries.append(search_entry(reference_env, target, search_episodes, seed, say, start=start))
-        entries += reference_entries(reference_env, seed, min_threshold)
-        results += play(entries, target, finetune_epochs, seed)
+        entries += reference_entries(reference_env, seed, experiment.min_threshold)
+        results += play(entries, target, experiment.finetune_epochs, seed)
         say(f"evaluated every method at sparsity {target}")
     return results
 
 
-def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwargs, agent_action_type, shared,
-              min_threshold, max_sparsity_note, finetune_epochs) -> dict[str, Any]:
+def _metadata(experiment: Experiment, reference, agent: ComparedAgent, agent_env, agent_env_kwargs: dict[str, Any],
+              max_sparsity_note: str) -> dict[str, Any]:
+    env_id, algo, targets, shared = experiment.env_id, experiment.algo, list(experiment.targets), experiment.env_kwargs
     dense_test = reference.measure_dense_test_accuracy() if reference.test_data is not None else float("nan")
     levels = prune_env_of(agent_env).levels
     registry = reference.allocation_methods
@@ -291,7 +281,7 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
         "dense_reward_accuracy": reference.dense_reward_accuracy,
         "agent": {
             "algo": algo,
-            "action_type": agent_action_type,
+            "action_type": experiment.action_type,
             "action_mode": prune_env_of(agent_env).action_mode,
             "env_kwargs": agent_env_kwargs,
             "levels": None if levels is None else len(levels),
@@ -311,7 +301,7 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
             "action_mode": "absolute",
             "why": "every policy's exact per-layer sparsities (recipes, search allocations) are played as they are",
             "random": registry["random"].description,
-            "min_threshold": min_threshold,
+            "min_threshold": experiment.min_threshold,
         },
         "matched": {
             "task": reference.task.name if reference.task is not None else None,
@@ -325,6 +315,6 @@ def _metadata(env_id, algo, targets, reference, agent, agent_env, agent_env_kwar
             "env_kwargs": dict(shared),
             "same model, reward split, test split and target for every method": True,
         },
-        "finetune_epochs": int(finetune_epochs),
+        "finetune_epochs": experiment.finetune_epochs,
         "total_seconds": None,
     }

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import gymnasium as gym
 
+from prune_gym.agents.experiment import Experiment
 from prune_gym.agents.policies import (
     AllocationPolicy,
     RecipePolicy,
@@ -116,14 +117,15 @@ class ComparedAgent:
 
 
 def train_or_load_agent(
-    env_id, algo, targets, agent_env, agent_env_kwargs, agent_path, timesteps, hyperparams, seed, n_envs,
-    run_dir, progress_bar, tensorboard, say, on_episode=None,
+    experiment: Experiment, agent_env: gym.Env, agent_env_kwargs: dict[str, Any], agent_path: str | Path | None,
+    run_dir: Path | None, progress_bar: bool, tensorboard: bool, say: Callable[[str], None],
+    on_episode: Callable[..., None] | None = None,
 ) -> ComparedAgent:
-    """``compare``'s agent: loaded from ``agent_path``, or trained with :func:`train_agent` into
-    ``run_dir`` (a scratch folder when None) across ``targets``."""
+    """``experiment``'s agent: loaded from ``agent_path``, or trained with :func:`train_agent` into
+    ``run_dir`` (a scratch folder when None) across its targets, in ``agent_env_kwargs``."""
     if agent_path is not None:
         say(f"loading the agent from {agent_path} (an SB3 file: load only files you trust)")
-        model = load_agent(agent_path, env=agent_env, algo=algo)
+        model = load_agent(agent_path, env=agent_env, algo=experiment.algo)
         best_file = Path(agent_path).parent / "best_found.json"
         try:
             record = json.loads(best_file.read_text()) if best_file.is_file() else {}
@@ -134,9 +136,10 @@ def train_or_load_agent(
         return ComparedAgent(model, False, int(model.num_timesteps), 0.0, None, Path(agent_path), best, episodes)
     with tempfile.TemporaryDirectory(prefix="prune-gym-agent-") as scratch:
         run = train_agent(
-            env_id, algo, timesteps, output_dir=run_dir if run_dir is not None else Path(scratch) / "agent",
-            hyperparams=hyperparams, targets=targets, env_kwargs=agent_env_kwargs, seed=seed, checkpoint_freq=0,
-            progress_bar=progress_bar, tensorboard=tensorboard, resumable=False, n_envs=n_envs, log=say,
+            experiment.env_id, experiment.algo, experiment.timesteps,
+            output_dir=run_dir if run_dir is not None else Path(scratch) / "agent", hyperparams=experiment.hyperparams,
+            targets=experiment.targets, env_kwargs=agent_env_kwargs, seed=experiment.seed, checkpoint_freq=0,
+            progress_bar=progress_bar, tensorboard=tensorboard, resumable=False, n_envs=experiment.n_envs, log=say,
             on_episode=on_episode,
         )
     say(f"trained {run.num_timesteps:,} steps ({len(run.episodes.records):,} episodes) in {run.seconds:.0f} s")

@@ -23,6 +23,7 @@ from typing import Any
 import gymnasium as gym
 import torch
 
+from prune_gym.agents.experiment import Experiment
 from prune_gym.agents.methods import (
     Entry,
     agent_entries,
@@ -34,7 +35,6 @@ from prune_gym.agents.methods import (
 )
 from prune_gym.agents.policies import prune_env_of
 from prune_gym.agents.report import MethodResult, write_recipes
-from prune_gym.agents.training import agent_env_kwargs_for
 from prune_gym.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
@@ -116,16 +116,12 @@ def _play_guarded(entries: list[Entry], reference_env, target: float, settings: 
 def _agent_trial(spec, settings, shared, reference_env, folder: Path, say) -> tuple[list[MethodResult], dict[str, Any]]:
     """``compare``'s agent part: train across the targets, then greedy and best found at each."""
     algo, seed, targets = spec["algo"], spec["seed"], settings["sparsities"]
-    agent_settings = settings["agents"][algo]
-    env_id, hyperparams = settings["env_id"], agent_settings["hyperparams"]
-    kwargs = agent_env_kwargs_for(algo, env_id, shared, agent_settings["action_type"], hyperparams)
-    agent_env = gym.make(env_id, target_sparsity=targets[0], **kwargs)
+    experiment = Experiment.from_sweep(settings, algo, seed).with_env_kwargs(shared)
+    kwargs = experiment.agent_env_kwargs()
+    agent_env = gym.make(experiment.env_id, target_sparsity=targets[0], **kwargs)
     try:
-        agent = train_or_load_agent(
-            env_id, algo, targets, agent_env, kwargs, None, agent_settings["timesteps"], hyperparams, seed,
-            agent_settings["n_envs"], folder / "agent", True, True, say,
-            on_episode=TuneReporter(targets, agent_settings["timesteps"]),
-        )
+        agent = train_or_load_agent(experiment, agent_env, kwargs, None, folder / "agent", True, True, say,
+                                    on_episode=TuneReporter(targets, experiment.timesteps))
         rows = [row for t in targets for row in _play_guarded(
             agent_entries(algo, agent, t, agent_env, reference_env), reference_env, t, settings, seed)]
     finally:

@@ -52,6 +52,7 @@ import gymnasium as gym
 from prune_gym.agents.compare import (
     DEFAULT_SPARSITIES,
 )
+from prune_gym.agents.experiment import Experiment
 from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo, resolve_hyperparams
 from prune_gym.agents.sweep_report import SweepResult, TrialOutcome, write_sweep
 from prune_gym.agents.sweep_trial import run_trial, trial_label
@@ -209,7 +210,6 @@ def _check_sweep_options(
     else:
         storage_path = storage if "://" in str(storage) else str(Path(storage).resolve())
         name = f"{output.name}-{sweep_id}"
-    episodes = max(a["timesteps"] for a in agents.values()) // (spec.max_episode_steps or 1) // len(targets)
     settings = {
         "sweep_id": sweep_id,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -220,7 +220,7 @@ def _check_sweep_options(
         "agents": agents,
         "env_kwargs": shared,
         "min_threshold": min_threshold,
-        "search_episodes_per_target": episodes if search else 0,
+        "search": bool(search),
         # The search starts where the (first) agent's relative actions are centred.
         "search_start": agents[algos[0]]["reference"],
         "finetune_epochs": _whole(finetune_epochs, "finetune_epochs"),
@@ -232,6 +232,10 @@ def _check_sweep_options(
         "name": name,
         "experiment": f"{storage_path.rstrip('/')}/{name}",
     }
+    # The search at equal cost, by compare's rule over the episodes of the largest agent budget
+    # (counted before training: its steps over the episode length).
+    episodes = max(a["timesteps"] for a in agents.values()) // (spec.max_episode_steps or 1)
+    settings["search_episodes_per_target"] = Experiment.from_sweep(settings, algos[0], seeds[0]).search_episodes(episodes)
     return settings, output
 
 
