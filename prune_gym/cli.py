@@ -129,7 +129,7 @@ def _add_export(subparsers) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from prune_gym.export import export_task
+    from prune_gym.export_task import export_task
     from prune_gym.registration import is_channel_env
 
     set_threads(args)  # the latency measured, and the fine-tuning, run on these threads

@@ -243,7 +243,7 @@ def test_an_existing_results_folder_is_never_mixed_into(tmp_path):
 
 
 def test_an_exported_agent_recipe_scores_what_the_table_said(comparison, tmp_path):
-    from prune_gym.export import export_task
+    from prune_gym.export_task import export_task
 
     result, output = comparison
     row = result.result("DQN (greedy)", 0.8)
@@ -276,7 +276,7 @@ def test_compare_unpickles_only_the_agent_file_it_was_given(comparison, tmp_path
 
 
 def test_a_training_runs_best_found_exports_directly_and_scores_what_the_table_said(comparison, tmp_path):
-    from prune_gym.export import export_task
+    from prune_gym.export_task import export_task
 
     result, output = comparison
     best_file = output / "agent" / "best_found.json"

@@ -14,7 +14,8 @@ import torch
 import prune_gym  # noqa: F401  (registers the envs)
 from prune_gym.agents.policies import GlobalMagnitudePolicy
 from prune_gym.evaluation import evaluate_accuracy
-from prune_gym.export import export_task, load_pruned
+from prune_gym.export import load_pruned
+from prune_gym.export_task import export_task
 from prune_gym.pruning import find_prunable_layers, global_magnitude_masks
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible: these tests check the CUDA paths")
