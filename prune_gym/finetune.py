@@ -23,10 +23,12 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from tqdm.auto import tqdm
 
 from prune_gym.errors import ConfigError
 from prune_gym.io import atomic_save
@@ -137,6 +139,17 @@ def check_epochs(epochs: object, name: str = "epochs") -> int:
 # Training
 
 
+def _sgd_with_cosine(model: nn.Module, config: TrainConfig, batches_per_epoch: int):
+    """The recipe's optimiser (SGD, Nesterov momentum when there is momentum) and its cosine
+    schedule over every step of the run."""
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+        nesterov=config.momentum > 0,  # Nesterov needs momentum; plain SGD without it
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * batches_per_epoch))
+    return optimizer, scheduler
+
+
 def train_classifier(
     model: nn.Module,
     data: Dataset | tuple[Tensor, Tensor],
@@ -200,11 +213,7 @@ def train_classifier(
     )
     if len(loader) == 0:
         raise ConfigError("the training data is empty: it needs at least one sample")
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-        nesterov=config.momentum > 0,  # Nesterov needs momentum; plain SGD without it
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs * len(loader)))
+    optimizer, scheduler = _sgd_with_cosine(model, config, len(loader))
     # The fingerprint a checkpoint must match to be resumed: another recipe or dataset size
     # would silently continue a different run.
     fingerprint = {**dataclasses.asdict(config), "num_samples": len(data)}
@@ -220,8 +229,6 @@ def train_classifier(
                 apply_masks(layers, masks)
         epochs = range(start_epoch, config.epochs)
         if progress:
-            from tqdm.auto import tqdm
-
             epochs = tqdm(epochs, desc=description, unit="epoch", initial=start_epoch, total=config.epochs)
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         bf16 = amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -374,6 +381,29 @@ def finetune_pruned(
     )
 
 
+def _check_step_data(data: Any, batch_size: int, layers: Sequence[PrunableLayer]) -> tuple[Tensor, Tensor]:
+    """:func:`finetune_steps`' data, batch size and layers checked: ``(inputs, labels)``."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if not (isinstance(data, tuple | list) and len(data) == 2):
+        raise ConfigError("data must be an (inputs, labels) tuple of tensors, ideally on the model's device")
+    inputs, labels = data
+    if len(inputs) == 0 or len(inputs) != len(labels):
+        raise ConfigError(f"inputs and labels must be non-empty and of equal length, got {len(inputs)} and {len(labels)}")
+    if not layers:
+        raise ConfigError("finetune_steps needs the model's prunable layers (find_prunable_layers(model))")
+    return inputs, labels
+
+
+def _train_mode(model: nn.Module, update_batchnorm: bool) -> None:
+    """Training mode, with the BatchNorm layers kept in eval mode unless ``update_batchnorm``."""
+    model.train()
+    if not update_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def finetune_steps(
     model: nn.Module,
     layers: Sequence[PrunableLayer],
@@ -422,15 +452,7 @@ def finetune_steps(
         - The model is left in the mode it was in (eval, for the next evaluation).
     """
     steps = check_epochs(steps, "steps")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if not (isinstance(data, tuple | list) and len(data) == 2):
-        raise ConfigError("data must be an (inputs, labels) tuple of tensors, ideally on the model's device")
-    inputs, labels = data
-    if len(inputs) == 0 or len(inputs) != len(labels):
-        raise ConfigError(f"inputs and labels must be non-empty and of equal length, got {len(inputs)} and {len(labels)}")
-    if not layers:
-        raise ConfigError("finetune_steps needs the model's prunable layers (find_prunable_layers(model))")
+    inputs, labels = _check_step_data(data, batch_size, layers)
     if steps == 0:
         return math.nan
     device = layers[0].weight.device
@@ -439,11 +461,7 @@ def finetune_steps(
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     was_training = model.training
-    model.train()
-    if not update_batchnorm:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+    _train_mode(model, update_batchnorm)
     total_loss = 0.0
     try:
         apply_masks(layers, masks)
