@@ -398,7 +398,8 @@ def _add_validate(subparsers) -> None:
             "Prune the dense model again with each record's per-layer sparsities, through the env the "
             "comparison used (its env id and kwargs, continuous actions), and check that the "
             "reward-split and test accuracies are the recorded ones. PATH: a comparison's folder "
-            "(results.json and recipes/), a results.json, a folder of recipes or one recipe file. "
+            "(results.json and recipes/), a sweep's folder (its trials' recipes), a results.json, a folder "
+            "of recipes or one recipe file. "
             "Exits 1 if any record does not replay to its accuracies, naming the method, the target "
             "and both accuracies. Fine-tuned accuracies are not replayed."
         ),

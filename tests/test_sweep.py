@@ -69,6 +69,14 @@ def test_the_aggregate_is_the_mean_and_std_of_the_trials_own_results(finished_sw
     assert "5 of 5 trials finished" in log
 
 
+def test_validate_replays_every_trials_recipes(finished_sweep, capsys):
+    output, _ = finished_sweep
+    recipes = sorted(output.glob("trials/*/recipes/*.json"))
+    assert recipes and all("env_kwargs" in json.loads(r.read_text())["meta"] for r in recipes)
+    assert main(["validate", str(output)]) == 0
+    assert f"{len(recipes)} of {len(recipes)} records replay to their accuracies" in capsys.readouterr().out
+
+
 def test_each_trial_ran_in_its_own_process_with_threads_and_device_from_its_resources(finished_sweep):
     output, _ = finished_sweep
     records = [json.loads(p.read_text()) for p in output.glob("trials/*/trial.json")]

@@ -1,7 +1,8 @@
 """Replay what a comparison recorded and check it scores what it says (``prune-gym validate``).
 
 A comparison's folder holds two kinds of record of each method at each target: the rows of
-``results.json`` and the recipes in ``recipes/``, each with its per-layer sparsities and the
+``results.json`` and the recipes in ``recipes/`` (a sweep's folder: each finished trial's
+``trials/<trial>/recipes/``), each with its per-layer sparsities and the
 accuracies the env reported. :func:`validate` prunes the dense model again with each record's
 sparsities, through the same env (the env id and kwargs the comparison used, continuous
 absolute actions, exactly as ``compare`` replays a recipe), and checks that the reward-split
@@ -40,6 +41,7 @@ __all__ = ["Replay", "ReplayRecord", "format_replays", "read_records", "validate
 
 RESULTS_FILE = "results.json"
 RECIPES_FOLDER = "recipes"
+SWEEP_FILE = "sweep.json"
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,8 @@ class Replay:
 
 def read_records(paths: Iterable[str | Path]) -> list[ReplayRecord]:
     """Every record in ``paths``: a comparison folder (its ``results.json`` rows and its
-    ``recipes/``), a ``results.json``, a folder of recipes, or one recipe file; all read and
-    checked before anything is replayed.
+    ``recipes/``), a sweep's folder (its trials' recipes), a ``results.json``, a folder of
+    recipes, or one recipe file; all read and checked before anything is replayed.
 
     Raises:
         MissingResourceError: a path that does not exist, or a folder with no record in it.
@@ -104,6 +106,8 @@ def read_records(paths: Iterable[str | Path]) -> list[ReplayRecord]:
 def _records_in(path: Path) -> list[ReplayRecord]:
     if path.is_file():
         return _results_records(path) if path.name == RESULTS_FILE else [_recipe_record(path)]
+    if (path / SWEEP_FILE).is_file():  # a sweep: every finished trial's recipes
+        return [_recipe_record(file) for file in sorted(path.glob(f"trials/*/{RECIPES_FOLDER}/*.json"))]
     records = _results_records(path / RESULTS_FILE) if (path / RESULTS_FILE).is_file() else []
     recipes = path / RECIPES_FOLDER if (path / RECIPES_FOLDER).is_dir() else path
     return records + [_recipe_record(file) for file in sorted(recipes.glob("*.json")) if file.name != RESULTS_FILE]
