@@ -38,7 +38,7 @@ from machine import cpu_model, machine_info  # benchmarks/machine.py, beside thi
 from prune_gym.accounting import accounting, layer_flops
 from prune_gym.calibration import capture_state, recalibrate_batchnorm, restore_state
 from prune_gym.evaluation import evaluate_accuracy
-from prune_gym.finetune import apply_masks, finetune_pruned, recipe_for
+from prune_gym.finetune import apply_masks, finetune_pruned
 from prune_gym.gradual import gradual_global_magnitude_pruning
 from prune_gym.pruning import (
     DEFAULT_MIN_THRESHOLD,
@@ -55,7 +55,7 @@ TASK = "resnet20-digits"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.8, 0.9])
-    parser.add_argument("--epochs", type=int, default=recipe_for("digits").epochs, help="fine-tuning epochs")
+    parser.add_argument("--epochs", type=int, default=get_task("resnet20-digits").finetune_recipe.epochs, help="fine-tuning epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds")
     parser.add_argument("--gradual-steps", type=int, default=5, help="steps of gradual Global MP (0: skip it)")
     parser.add_argument(
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             tic = time.perf_counter()
             if method == "gradual-global-mp":
                 per_step = max(1, args.epochs // args.gradual_steps)
-                config = recipe_for("digits")
+                config = get_task("resnet20-digits").recipe("finetune")
                 config.seed = seed
                 masks, history = gradual_global_magnitude_pruning(
                     model, layers, splits.train, sparsity, args.gradual_steps, per_step,
@@ -187,7 +187,7 @@ def command_line() -> str:
 
 def render(args: argparse.Namespace, rows: list[dict], accuracy_dense: float, seconds: float) -> str:
     command = command_line()
-    recipe = recipe_for("digits")
+    recipe = get_task("resnet20-digits").recipe("finetune")
     lines = [
         "# Masked fine-tuning on digits (ResNet-20, 8x8 digits)",
         "",

@@ -77,8 +77,8 @@ from prune_gym.agents.sweep_report import mean_std
 from prune_gym.agents.training import agent_env_kwargs_for, make_training_env
 from prune_gym.agents.verdict import guard_selection, paired_tests, strongest_heuristic
 from prune_gym.allocation import ALLOCATION_METHODS, HEURISTICS
-from prune_gym.finetune import recipe_for
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
+from prune_gym.tasks import get_task
 
 ENV_ID = "PruneResNet20Digits-v1"
 STEM = "quality_digits"
@@ -628,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "seeds": args.seeds, "sparsities": args.sparsities, "algos": args.algos, "timesteps": args.budgets, "n_envs": args.n_envs,
             "default_timesteps": default_timesteps,
-            "finetune_epochs": args.finetune_epochs, "finetune_recipe": vars(recipe_for("digits")),
+            "finetune_epochs": args.finetune_epochs, "finetune_recipe": vars(get_task("resnet20-digits").recipe("finetune")),
             "hyperparams": {a: {k: str(v) for k, v in load_hyperparams(a, ENV_ID).items()} for a in args.algos},
             "env_kwargs": shared, "min_threshold": DEFAULT_MIN_THRESHOLD,
             "agents": "the env's default actions, one agent per seed for all targets (a target drawn per episode), "

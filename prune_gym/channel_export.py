@@ -337,7 +337,7 @@ def export_channel_task(env_id: str, output: str | Path, *, policy: str | None =
             slim = load_slim(result.checkpoint, prune_env.task.build_model(), _example(prune_env))
             layers = find_prunable_layers(slim)
             masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
-            finetune_pruned(slim, layers, masks, prune_env.train_data, int(finetune_epochs), family=prune_env.task.family,
+            finetune_pruned(slim, layers, masks, prune_env.train_data, int(finetune_epochs), config=prune_env.task.recipe("finetune"),
                             device=prune_env.device, seed=seed)
             extra["finetuned_test_accuracy"] = evaluate_accuracy(slim, prune_env.test_data, prune_env.device,
                                                                  amp=prune_env.amp)

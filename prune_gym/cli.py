@@ -68,7 +68,7 @@ def _add_pretrain(subparsers) -> None:
         "pretrain",
         help="train a task's model from scratch and save it where the task loads its weights",
         description=(
-            "Train TASK's architecture on its train split with the family's standard recipe, "
+            "Train TASK's architecture on its train split with the task's own recipe (Task.pretrain_recipe), "
             "report the test accuracy and save the weights (by default to the path the task "
             "loads them from). A checkpoint <output>.partial is written after every epoch: "
             "after Ctrl-C, run the same command with --resume to continue."

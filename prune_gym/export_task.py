@@ -96,7 +96,7 @@ def export_task(
             keeps, e.g. 0.0005); global-mp / global-mp+mt only (global-mp with it is global-mp+mt).
         recipe: a recipe (file) of per-layer sparsities, e.g. an agent's, applied with
             per-layer magnitude pruning.
-        finetune_epochs: masked fine-tuning epochs with the task family's recipe (0: none);
+        finetune_epochs: masked fine-tuning epochs with the task's recipe (``Task.finetune_recipe``; 0: none);
             with ``gradual_steps > 1``, the epochs after each step.
         gradual_steps: > 1 prunes gradually on the cubic schedule (global-mp only).
         bn_recalibration_batches: re-estimate BatchNorm statistics after pruning on this many
@@ -251,7 +251,7 @@ def _prune_gradually(
 
     masks, history = gradual_global_magnitude_pruning(
         model, layers, splits.train, sparsity, steps, finetune_epochs, min_threshold,
-        family=task_obj.family, eval_data=splits.reward, device=device, progress=progress,
+        config=task_obj.recipe("finetune"), eval_data=splits.reward, device=device, progress=progress,
     )
     if finetune_epochs:  # fine-tuning after every step re-estimated the statistics
         accuracy = evaluate_accuracy(model, splits.test, device=device, amp=task_obj.amp)
@@ -285,7 +285,7 @@ def _prune_once(
         partial.unlink()  # a stale run: start anew (resume=True continues it)
     try:
         finetune_pruned(
-            model, layers, masks, splits.train, finetune_epochs, family=task_obj.family, seed=seed,
+            model, layers, masks, splits.train, finetune_epochs, config=task_obj.recipe("finetune"), seed=seed,
             device=device, progress=progress, description=f"fine-tune {method}", checkpoint_path=partial,
         )
     except KeyboardInterrupt:

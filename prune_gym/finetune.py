@@ -5,8 +5,8 @@
   and a resumable checkpoint written after every epoch.
 - Given masks, pruned weights are held at exactly zero: their gradients are zeroed before each
   optimiser step (so momentum and weight decay never see them) and the masks are multiplied
-  back in after it. ``finetune_pruned`` is that, with a fine-tuning recipe per task family
-  (``recipe_for``).
+  back in after it. ``finetune_pruned`` is that, with a recipe (each task has its own:
+  ``Task.recipe("finetune")``).
 - ``finetune_steps`` is a short retraining of a few optimiser steps (the PuRL-style schedule
   retrains briefly after each pruning step); ``prune_gym.calibration.capture_state`` /
   ``restore_state`` let an environment undo it on reset.
@@ -59,45 +59,9 @@ class TrainConfig:
     seed: int = 0
 
 
-# --------------------------------------------------------------------------------------------
-# Recipes per task family
-
-#: Fine-tuning recipes: a smaller learning rate and budget than pretraining, since a pruned
-#: model starts close to a good solution. ImageNet uses label smoothing 0.1 as in the Global MP
-#: paper's fine-tuning; its 120 epochs are out of reach for most users, so the default is 10
-#: (pass ``epochs=`` for more).
-FINETUNE_RECIPES: dict[str, TrainConfig] = {
-    "digits": TrainConfig(epochs=5, batch_size=64, lr=0.01, weight_decay=5e-4),
-    "cifar10": TrainConfig(epochs=30, batch_size=128, lr=0.01, weight_decay=5e-4),
-    "imagenet": TrainConfig(epochs=10, batch_size=256, lr=0.01, weight_decay=1e-4, label_smoothing=0.1),
-    "har2": TrainConfig(epochs=20, batch_size=64, lr=0.01, weight_decay=1e-4),
-}
-
-#: Training-from-scratch recipes (the digits one is the recipe of its cached model).
-PRETRAIN_RECIPES: dict[str, TrainConfig] = {
-    "digits": TrainConfig(epochs=40, batch_size=64, lr=0.05, weight_decay=5e-4),
-    "cifar10": TrainConfig(epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4),
-    "imagenet": TrainConfig(epochs=90, batch_size=256, lr=0.1, weight_decay=1e-4, label_smoothing=0.1),
-    "har2": TrainConfig(epochs=100, batch_size=64, lr=0.05, weight_decay=1e-4),
-}
-
-#: The recipe ``finetune_pruned`` uses when neither a config nor a family is given.
+#: The recipe ``finetune_pruned`` uses when no config is given (a task's own is
+#: ``Task.finetune_recipe``: each task file sets its fine-tuning and pretraining recipes).
 DEFAULT_FINETUNE_RECIPE = TrainConfig(epochs=5, batch_size=64, lr=0.01, weight_decay=5e-4)
-
-
-def recipe_for(family: str, purpose: str = "finetune") -> TrainConfig:
-    """The standard training recipe of a task family (a fresh copy: change it freely).
-
-    Args:
-        family: ``"digits"``, ``"cifar10"``, ``"imagenet"`` or ``"har2"`` (``Task.family``).
-        purpose: ``"finetune"`` (masked fine-tuning of a pruned model) or ``"pretrain"``.
-    """
-    recipes = {"finetune": FINETUNE_RECIPES, "pretrain": PRETRAIN_RECIPES}.get(purpose)
-    if recipes is None:
-        raise ConfigError(f"purpose must be 'finetune' or 'pretrain', got {purpose!r}")
-    if family not in recipes:
-        raise ConfigError(f"no {purpose} recipe for task family {family!r}; known families: {', '.join(recipes)}")
-    return dataclasses.replace(recipes[family])
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +300,6 @@ def finetune_pruned(
     epochs: int | None = None,
     *,
     config: TrainConfig | None = None,
-    family: str | None = None,
     lr: float | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
@@ -355,9 +318,8 @@ def finetune_pruned(
         model, layers, masks: the model, its prunable layers and one keep-mask per layer.
         data: the training split (a dataset of ``(input, label)`` pairs or a tensor tuple).
         epochs: overrides the recipe's epoch count (0 only applies the masks).
-        config: the recipe; default ``recipe_for(family)``, or ``DEFAULT_FINETUNE_RECIPE``
-            when no family is given either.
-        family: task family whose fine-tuning recipe to use (``Task.family``).
+        config: the recipe (a task's is ``task.recipe("finetune")``); default
+            ``DEFAULT_FINETUNE_RECIPE``. It is copied, never changed.
         lr, seed: override the recipe's learning rate / seed.
         device, progress, description, checkpoint_path, augment, amp: as in
             :func:`train_classifier` (so fine-tuning is resumable too).
@@ -365,10 +327,7 @@ def finetune_pruned(
     Returns:
         ``model``, fine-tuned in place, in eval mode.
     """
-    if config is None:
-        config = recipe_for(family) if family is not None else dataclasses.replace(DEFAULT_FINETUNE_RECIPE)
-    else:
-        config = dataclasses.replace(config)
+    config = dataclasses.replace(config if config is not None else DEFAULT_FINETUNE_RECIPE)
     if epochs is not None:
         config.epochs = check_epochs(epochs)
     if lr is not None:

@@ -22,7 +22,6 @@ from prune_gym.finetune import (
     TrainConfig,
     apply_masks,
     check_epochs,
-    recipe_for,
     train_classifier,
 )
 from prune_gym.pruning import (
@@ -75,7 +74,6 @@ def gradual_global_magnitude_pruning(
     *,
     initial_sparsity: float = 0.0,
     config: TrainConfig | None = None,
-    family: str | None = None,
     eval_data: Dataset | tuple[Tensor, Tensor] | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
@@ -97,8 +95,8 @@ def gradual_global_magnitude_pruning(
         epochs_per_step: fine-tuning epochs after each step.
         min_threshold: Global MP's Minimum Threshold (fraction of all prunable weights each
             layer keeps), respected at every step.
-        config, family: the fine-tuning recipe (as in :func:`finetune_pruned`); each step uses
-            a different shuffling seed.
+        config: the fine-tuning recipe (as in :func:`finetune_pruned`); each step uses a
+            different shuffling seed.
         eval_data: if given, accuracy on it (e.g. the reward split) before and after each
             step's fine-tuning is recorded in the history.
 
@@ -113,7 +111,7 @@ def gradual_global_magnitude_pruning(
     model.to(device)
     # Fail before any training if Minimum Threshold makes the target unreachable.
     global_magnitude_masks([layer.weight for layer in layers], final_sparsity, min_threshold)
-    base = config if config is not None else (recipe_for(family) if family else DEFAULT_FINETUNE_RECIPE)
+    base = config if config is not None else DEFAULT_FINETUNE_RECIPE
 
     evaluate = None
     if eval_data is not None:

@@ -311,9 +311,10 @@ def test_cli_export_writes_loadable_files(digits_model_state, fresh_digits_model
 
 def test_cli_export_fine_tunes_with_masks(digits_model_state, fresh_digits_model, tmp_path, monkeypatch):
     # One quick epoch: the fine-tuning recipe's batch size is raised to keep the test short.
-    import prune_gym.finetune as finetune
+    from prune_gym.finetune import TrainConfig
+    from prune_gym.tasks import get_task
 
-    monkeypatch.setitem(finetune.FINETUNE_RECIPES, "digits", finetune.TrainConfig(epochs=5, batch_size=256, lr=0.01))
+    monkeypatch.setattr(get_task("resnet20-digits"), "finetune_recipe", TrainConfig(epochs=5, batch_size=256, lr=0.01))
     output = tmp_path / "uniform.pt"
     assert main(["export", "resnet20-digits", "--policy", "uniform", "--sparsity", "0.5",
                  "--finetune-epochs", "1", "--output", str(output), "--device", "cpu", "--no-progress"]) == 0

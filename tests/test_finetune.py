@@ -14,11 +14,11 @@ from prune_gym.finetune import (
     apply_masks,
     finetune_pruned,
     finetune_steps,
-    recipe_for,
     train_classifier,
 )
 from prune_gym.gradual import cubic_sparsity_schedule, gradual_global_magnitude_pruning
 from prune_gym.pruning import find_prunable_layers, global_magnitude_masks, minimum_keep
+from prune_gym.tasks import get_task, list_tasks
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_pruned_weights_stay_exactly_zero_through_finetuning(digits_model, small
     assert all(moved)
 
 
-def test_finetune_pruned_uses_the_family_recipe_and_overrides(digits_model, small_train, monkeypatch):
+def test_finetune_pruned_uses_the_tasks_recipe_and_overrides(digits_model, small_train, monkeypatch):
     import prune_gym.finetune as finetune
 
     seen = {}
@@ -70,23 +70,22 @@ def test_finetune_pruned_uses_the_family_recipe_and_overrides(digits_model, smal
     monkeypatch.setattr(finetune, "train_classifier", fake_train)
     layers = find_prunable_layers(digits_model)
     masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
-    finetune_pruned(digits_model, layers, masks, small_train, 3, family="imagenet", lr=0.002)
+    imagenet = get_task("resnet50-imagenet")
+    finetune_pruned(digits_model, layers, masks, small_train, 3, config=imagenet.finetune_recipe, lr=0.002)
     assert seen["config"].epochs == 3 and seen["config"].lr == 0.002
-    assert seen["config"].label_smoothing == recipe_for("imagenet").label_smoothing
-    assert recipe_for("imagenet").epochs != 3  # the recipe itself was not changed
+    assert seen["config"].label_smoothing == imagenet.finetune_recipe.label_smoothing == 0.1
+    assert imagenet.finetune_recipe.epochs != 3  # the recipe itself was not changed
 
 
-def test_recipes_cover_every_family_and_finetune_gently():
-    for family in ("digits", "cifar10", "imagenet", "har2"):
-        finetune, pretrain = recipe_for(family), recipe_for(family, "pretrain")
-        assert finetune.lr < pretrain.lr and finetune.epochs < pretrain.epochs
-    copy = recipe_for("digits")
+def test_every_task_has_recipes_that_finetune_gently():
+    for task in list_tasks():
+        finetune, pretrain = task.recipe("finetune"), task.recipe("pretrain")
+        assert finetune.lr < pretrain.lr and finetune.epochs < pretrain.epochs, task.name
+    copy = get_task("resnet20-digits").recipe()
     copy.lr = 123.0
-    assert recipe_for("digits").lr != 123.0
-    with pytest.raises(ValueError, match="known families"):
-        recipe_for("mnist")
+    assert get_task("resnet20-digits").recipe().lr != 123.0
     with pytest.raises(ValueError, match="purpose"):
-        recipe_for("digits", "distill")
+        get_task("resnet20-digits").recipe("distill")
 
 
 @pytest.mark.parametrize("epochs", [-1, 1.5, True])

@@ -8,8 +8,8 @@ from uci_har_files import write_uci_har
 
 from prune_gym.cli import main
 from prune_gym.tasks import get_task
+from prune_gym.tasks.image_data import crop_flip
 from prune_gym.tasks.pretrain import (
-    crop_flip,
     default_output,
     partial_path,
     pretrain,

@@ -93,7 +93,7 @@ def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> tuple[float, floa
         model = copy.deepcopy(prune_env.model)
         layers = [PrunableLayer(layer.name, model.get_submodule(layer.name)) for layer in prune_env.layers]
         masks = [mask.clone() for mask in prune_env.state.masks]
-    family = prune_env.task.family if prune_env.task is not None else None
-    finetune_pruned(model, layers, masks, train_data, epochs, family=family, device=prune_env.device, seed=seed)
+    config = prune_env.task.recipe("finetune") if prune_env.task is not None else None  # None: the default recipe
+    finetune_pruned(model, layers, masks, train_data, epochs, config=config, device=prune_env.device, seed=seed)
     accuracy = evaluate_accuracy(model, test_data, prune_env.device, amp=prune_env.amp)
     return accuracy, time.perf_counter() - started

@@ -7,6 +7,7 @@ environment variable and the command that fix it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import struct
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.evaluation import model_stages
+from prune_gym.finetune import DEFAULT_FINETUNE_RECIPE, Augment, TrainConfig
 
 
 @dataclass
@@ -83,12 +85,27 @@ class Task(ABC):
     #: Whether the task has a channel-pruning env (``channel_env_id``): its model is a
     #: convolutional network whose channels Torch-Pruning can remove.
     channel_pruning: bool = True
+    #: Masked fine-tuning of a pruned model (``finetune_pruned``, ``prune-gym export
+    #: --finetune-epochs``, ``compare --finetune-epochs``): a smaller learning rate and budget
+    #: than training from scratch, since a pruned model starts close to a good solution.
+    finetune_recipe: TrainConfig = field(default_factory=lambda: dataclasses.replace(DEFAULT_FINETUNE_RECIPE), repr=False)
+    #: Training from scratch (``prune-gym pretrain``).
+    pretrain_recipe: TrainConfig = field(default_factory=TrainConfig, repr=False)
+    #: Augmentation of decoded train batches on the device while pretraining (None: none, or the
+    #: task's own streaming loader augments, see ``streams_train_split``).
+    train_augment: Augment | None = field(default=None, repr=False)
 
     @property
     def channel_env_id(self) -> str | None:
         """The id of the task's channel-pruning env (``ChannelPruneEnv``), e.g.
         ``"PruneResNet20DigitsChannels-v1"``; None where it has none."""
         return self.env_id.rsplit("-v", 1)[0] + "Channels-v1" if self.channel_pruning else None
+
+    def recipe(self, purpose: str = "finetune") -> TrainConfig:
+        """A fresh copy of the task's ``"finetune"`` or ``"pretrain"`` recipe (change it freely)."""
+        if purpose not in ("finetune", "pretrain"):
+            raise ConfigError(f"purpose must be 'finetune' or 'pretrain', got {purpose!r}")
+        return dataclasses.replace(self.finetune_recipe if purpose == "finetune" else self.pretrain_recipe)
 
     @property
     def amp(self) -> bool:

@@ -27,6 +27,7 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Dataset
 
+from prune_gym.finetune import TrainConfig
 from prune_gym.tasks.base import (
     Availability,
     MissingResourceError,
@@ -35,7 +36,12 @@ from prune_gym.tasks.base import (
     load_state_dict_file,
     resolve_path,
 )
-from prune_gym.tasks.image_data import TransformedSubset, explicit_weights_file, held_out_split
+from prune_gym.tasks.image_data import (
+    TransformedSubset,
+    crop_flip,
+    explicit_weights_file,
+    held_out_split,
+)
 from prune_gym.tasks.models.cifar_resnet import resnet32
 from prune_gym.tasks.models.mobilenet_v1 import mobilenet_v1
 from prune_gym.tasks.models.wrn import wrn28x8
@@ -130,6 +136,10 @@ class Cifar10Task(Task):
             name=name,
             env_id=env_id,
             family="cifar10",
+            finetune_recipe=TrainConfig(epochs=30, batch_size=128, lr=0.01, weight_decay=5e-4),
+            pretrain_recipe=TrainConfig(epochs=200, batch_size=128, lr=0.1, weight_decay=5e-4),
+            # Decoded once; random crops and flips then run on tensor batches on the device.
+            train_augment=crop_flip,
             architecture=architecture,
             dataset="CIFAR-10",
             input_shape=(3, 32, 32),

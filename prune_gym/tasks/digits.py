@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from prune_gym.errors import ConfigError
-from prune_gym.finetune import TrainConfig, recipe_for, train_classifier
+from prune_gym.finetune import TrainConfig, train_classifier
 from prune_gym.io import atomic_save
 from prune_gym.tasks.base import (
     Availability,
@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Bump when the data, split or training recipe changes: a new file name invalidates old caches.
 CACHE_VERSION = 2
-#: How the cached model is trained: the digits pretraining recipe (``finetune.PRETRAIN_RECIPES``).
-TRAIN_RECIPE = recipe_for("digits", "pretrain")
+#: How the cached model is trained (the task's pretraining recipe).
+TRAIN_RECIPE = TrainConfig(epochs=40, batch_size=64, lr=0.05, weight_decay=5e-4)
 
 
 def load_digits_tensors() -> tuple[Tensor, Tensor]:
@@ -59,6 +59,8 @@ class DigitsTask(Task):
             name="resnet20-digits",
             env_id="PruneResNet20Digits-v1",
             family="digits",
+            finetune_recipe=TrainConfig(epochs=5, batch_size=64, lr=0.01, weight_decay=5e-4),
+            pretrain_recipe=TRAIN_RECIPE,
             architecture="ResNet-20",
             dataset="digits (scikit-learn, 8x8)",
             input_shape=(1, 8, 8),

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from prune_gym.errors import ConfigError
+from prune_gym.finetune import TrainConfig
 from prune_gym.tasks.base import (
     Availability,
     MissingResourceError,
@@ -191,6 +192,8 @@ class HAR2Task(Task):
             name="fastgrnn-har2",
             env_id="PruneFastGRNNHAR2-v1",
             family="har2",
+            finetune_recipe=TrainConfig(epochs=20, batch_size=64, lr=0.01, weight_decay=1e-4),
+            pretrain_recipe=TrainConfig(epochs=100, batch_size=64, lr=0.05, weight_decay=1e-4),
             architecture="FastGRNN",
             dataset="HAR-2 (UCI HAR, 2 classes)",
             input_shape=(TIME_STEPS, len(SIGNALS)),

@@ -65,3 +65,31 @@ def explicit_weights_file(task: Task, weights: str | os.PathLike | None) -> Path
             "state-dict file, or leave it unset to use the default weights."
         )
     return path
+
+
+#: Padding of the random crops of ``crop_flip`` (the standard CIFAR recipe).
+CROP_PADDING = 4
+
+
+def crop_flip(images: Tensor, padding: int = CROP_PADDING) -> Tensor:
+    """Random crops from zero-padded images and random horizontal flips, per image.
+
+    ``images`` is an ``(N, C, H, W)`` batch on any device; the randomness comes from torch's
+    global generator (so a resumed training run draws the same crops). Zero padding of
+    normalised images pads with the dataset mean, as padding the raw image with black would
+    up to a shift.
+    """
+    if images.dim() != 4:
+        raise ConfigError(f"crop_flip expects (N, C, H, W) images, got shape {tuple(images.shape)}")
+    n, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    # Offsets and flips are drawn on the CPU so the stream does not depend on the device.
+    offset_y = torch.randint(0, 2 * padding + 1, (n,)).to(images.device)
+    offset_x = torch.randint(0, 2 * padding + 1, (n,)).to(images.device)
+    flip = (torch.rand(n) < 0.5).to(images.device)
+    rows = offset_y[:, None] + torch.arange(height, device=images.device)  # (N, H)
+    columns = torch.arange(width, device=images.device).expand(n, width)
+    columns = torch.where(flip[:, None], columns.flip(1), columns) + offset_x[:, None]  # (N, W)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    cropped = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], columns[:, None, :]]  # (N, H, W, C)
+    return cropped.permute(0, 3, 1, 2).contiguous()

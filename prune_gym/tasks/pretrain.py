@@ -1,17 +1,13 @@
 """Train a task's model from scratch and save it where the task looks for its weights.
 
 ``pretrain("fastgrnn-har2", data_dir=...)`` (CLI: ``prune-gym pretrain TASK``) builds the
-task's architecture, trains it on the train split with the family's standard recipe
-(``prune_gym.finetune.recipe_for(family, "pretrain")``; the digits task uses its own recipe, so
-the result equals its cached model), reports the test accuracy and saves the weights
-atomically to ``output`` or the task's default weights path.
-
-Recipes (SGD with Nesterov momentum, cosine learning rate stepped per batch):
-
-- ``cifar10``: lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, 200 epochs; random crops
-  (4-pixel zero padding) and horizontal flips, applied to tensor batches on the device.
-- ``har2``, ``digits``, ``imagenet``: see ``prune_gym.finetune.PRETRAIN_RECIPES``. ImageNet
-  trains from the data folder through worker processes with the task's own augmentation.
+task's architecture, trains it on the train split with the task's own recipe
+(``Task.pretrain_recipe``, set in each task's file: SGD with Nesterov momentum, cosine learning
+rate stepped per batch; the digits task's is the recipe of its cached model, so the result
+equals it), reports the test accuracy and saves the weights atomically to ``output`` or the
+task's default weights path. The CIFAR-10 tasks (``Task.train_augment``) decode the train split
+once and take random crops (4-pixel zero padding) and flips of tensor batches on the device;
+ImageNet trains from the data folder through worker processes with its loader's augmentation.
 
 Resumable: after every epoch, model, optimiser, scheduler, epoch count and random state are
 saved atomically to ``<output>.partial``. ``resume=True`` continues from it and ends exactly as
@@ -33,46 +29,16 @@ from torch.utils.data import Dataset
 
 from prune_gym.errors import ConfigError
 from prune_gym.evaluation import Evaluator, as_tensors, resolve_device
-from prune_gym.finetune import Augment, TrainConfig, recipe_for, train_classifier
+from prune_gym.finetune import Augment, TrainConfig, train_classifier
 from prune_gym.io import atomic_save, check_writable_path
 from prune_gym.tasks import get_task
 from prune_gym.tasks.base import Splits, Task
 
 logger = logging.getLogger(__name__)
 
-#: Families whose train split is decoded once into tensors and augmented on the device.
-TENSOR_AUGMENTED_FAMILIES = ("cifar10",)
-#: Padding of the random crops of ``crop_flip`` (the standard CIFAR recipe).
-CROP_PADDING = 4
-
-
-def crop_flip(images: Tensor, padding: int = CROP_PADDING) -> Tensor:
-    """Random crops from zero-padded images and random horizontal flips, per image.
-
-    ``images`` is an ``(N, C, H, W)`` batch on any device; the randomness comes from torch's
-    global generator (so a resumed training run draws the same crops). Zero padding of
-    normalised images pads with the dataset mean, as padding the raw image with black would
-    up to a shift.
-    """
-    if images.dim() != 4:
-        raise ConfigError(f"crop_flip expects (N, C, H, W) images, got shape {tuple(images.shape)}")
-    n, _, height, width = images.shape
-    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
-    # Offsets and flips are drawn on the CPU so the stream does not depend on the device.
-    offset_y = torch.randint(0, 2 * padding + 1, (n,)).to(images.device)
-    offset_x = torch.randint(0, 2 * padding + 1, (n,)).to(images.device)
-    flip = (torch.rand(n) < 0.5).to(images.device)
-    rows = offset_y[:, None] + torch.arange(height, device=images.device)  # (N, H)
-    columns = torch.arange(width, device=images.device).expand(n, width)
-    columns = torch.where(flip[:, None], columns.flip(1), columns) + offset_x[:, None]  # (N, W)
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    cropped = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], columns[:, None, :]]  # (N, H, W, C)
-    return cropped.permute(0, 3, 1, 2).contiguous()
-
-
 def pretrain_recipe(task: Task) -> TrainConfig:
-    """The recipe ``pretrain`` uses for ``task`` (a fresh copy)."""
-    return recipe_for(task.family, "pretrain")
+    """The recipe ``pretrain`` uses for ``task`` (a fresh copy of ``task.pretrain_recipe``)."""
+    return task.recipe("pretrain")
 
 
 def default_output(task: Task) -> Path:
@@ -189,7 +155,7 @@ def _training_data(
         splits = task.training_splits(data_dir, seed=seed)
         return splits, splits.train, None, min(8, os.cpu_count() or 1), on_cuda
     splits = task.load_splits(data_dir, seed=seed)
-    if task.family in TENSOR_AUGMENTED_FAMILIES:
-        # Decoded once; crops and flips then run on tensor batches on the device.
-        return splits, as_tensors(splits.train), crop_flip, 0, on_cuda
+    if task.train_augment is not None:
+        # Decoded once; the task's augmentation then runs on tensor batches on the device.
+        return splits, as_tensors(splits.train), task.train_augment, 0, on_cuda
     return splits, splits.train, None, 0, False
