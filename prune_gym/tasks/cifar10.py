@@ -28,20 +28,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from prune_gym.finetune import TrainConfig
-from prune_gym.tasks.base import (
-    Availability,
-    MissingResourceError,
-    Splits,
-    Task,
-    load_state_dict_file,
-    resolve_path,
-)
-from prune_gym.tasks.image_data import (
-    TransformedSubset,
-    crop_flip,
-    explicit_weights_file,
-    held_out_split,
-)
+from prune_gym.tasks.base import MissingResourceError, resolve_path
+from prune_gym.tasks.image_data import ImageClassificationTask, crop_flip
 from prune_gym.tasks.models.cifar_resnet import resnet32
 from prune_gym.tasks.models.mobilenet_v1 import mobilenet_v1
 from prune_gym.tasks.models.wrn import wrn28x8
@@ -113,7 +101,7 @@ def _read_cifar10(root: Path, train: bool) -> Dataset:
         ) from None
 
 
-class Cifar10Task(Task):
+class Cifar10Task(ImageClassificationTask):
     """A CIFAR-10 classifier to prune; see the module docstring for data, splits and weights.
 
     Args:
@@ -155,65 +143,23 @@ class Cifar10Task(Task):
     def build_model(self) -> nn.Module:
         return self.builder(num_classes=self.num_classes)
 
-    def weights_file(self, weights: str | os.PathLike | None = None) -> Path | None:
-        """The checkpoint ``load_model(weights)`` would read, or None if there is none."""
-        explicit = explicit_weights_file(self, weights)
-        if explicit is not None:
-            return explicit
-        default = self.default_weights_path()
-        return default if default.is_file() else None
+    @property
+    def weights_hint(self) -> str:
+        return f"run `prune-gym pretrain {self.name}`"
 
-    def load_model(self, weights: str | os.PathLike | None = None) -> nn.Module:
-        """The trained model (eval mode, CPU) from ``weights``, ``$<weights_env_var>`` or the cache.
+    def locate(self, data_dir: str | os.PathLike | None) -> Path:
+        return locate_cifar10(data_dir)
 
-        Raises:
-            MissingResourceError: if none of them holds a checkpoint; the message gives the
-                ``prune-gym pretrain`` command that writes the default one.
-        """
-        path = self.weights_file(weights)
-        if path is None:
-            raise MissingResourceError(
-                f"{self.name}: no trained weights. Train them once with "
-                f"`prune-gym pretrain {self.name} --data-dir DIR` (saved to "
-                f"{self.default_weights_path()}), or pass weights=PATH / set "
-                f"${self.weights_env_var} to a state-dict checkpoint."
-            )
-        return load_state_dict_file(self.build_model(), path, f"{self.name} weights")
+    def read(self, root: Path) -> tuple[Dataset, Dataset]:
+        return _read_cifar10(root, train=True), _read_cifar10(root, train=False)
 
-    def load_splits(
-        self, data_dir: str | os.PathLike | None = None, seed: int = 0, augment: bool = False
-    ) -> Splits:
-        """Train (45k) / reward (5k held-out training images) / test (10k) splits.
+    def transform(self, augment: bool) -> Callable:
+        return cifar10_transform(augment)
 
-        ``seed`` picks the reward images; ``augment=True`` adds random crops and flips to the
-        train split only (for training; reward and test are never augmented).
-
-        Raises:
-            MissingResourceError: if the data folder or one of its files is missing.
-        """
-        root = locate_cifar10(data_dir)
-        train_set = _read_cifar10(root, train=True)
-        test_set = _read_cifar10(root, train=False)
-        train_indices, reward_indices = held_out_split(len(train_set), self.reward_size, seed)
-        plain = cifar10_transform(augment=False)
-        return Splits(
-            train=TransformedSubset(train_set, train_indices.tolist(), cifar10_transform(augment)),
-            reward=TransformedSubset(train_set, reward_indices.tolist(), plain),
-            test=TransformedSubset(test_set, range(len(test_set)), plain),
-        )
-
-    def availability(self) -> Availability:
-        try:
-            root = locate_cifar10(None)
-            data, data_detail = True, f"data in {root / CIFAR10_FOLDER}"
-        except MissingResourceError:
-            data, data_detail = False, f"data: set ${CIFAR10_DIR_ENV}"
-        try:
-            path = self.weights_file()
-        except MissingResourceError:
-            path = None
-        weights_detail = f"weights {path}" if path else f"weights: run `prune-gym pretrain {self.name}`"
-        return Availability(data=data, weights=path is not None, detail=f"{data_detail}; {weights_detail}")
+    def missing_weights_message(self) -> str:
+        return (f"{self.name}: no trained weights. Train them once with `prune-gym pretrain {self.name} --data-dir DIR` "
+                f"(saved to {self.default_weights_path()}), or pass weights=PATH / set ${self.weights_env_var} to a "
+                "state-dict checkpoint.")
 
 
 def resnet32_cifar10(reward_size: int = DEFAULT_REWARD_SIZE) -> Cifar10Task:

@@ -1,5 +1,6 @@
-"""Shared pieces of the image task families (CIFAR-10, ImageNet): split indices, lazily
-transformed subsets and the lookup of a task's weights file."""
+"""What the image classification tasks (CIFAR-10, ImageNet) share: :class:`ImageClassificationTask`
+(weights lookup, splits from a data folder, availability), split indices, lazily transformed
+subsets, and the random crops and flips of train batches on the device."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from prune_gym.errors import ConfigError
-from prune_gym.tasks.base import MissingResourceError, Task, resolve_path
+from prune_gym.tasks.base import (
+    Availability,
+    MissingResourceError,
+    Splits,
+    Task,
+    load_state_dict_file,
+    resolve_path,
+)
 
 
 class TransformedSubset(Dataset):
@@ -65,6 +73,85 @@ def explicit_weights_file(task: Task, weights: str | os.PathLike | None) -> Path
             "state-dict file, or leave it unset to use the default weights."
         )
     return path
+
+
+class ImageClassificationTask(Task):
+    """An image classifier on a dataset read from a folder: the train images minus
+    ``reward_size`` held-out ones (chosen by the split seed) form the train split, those the
+    reward split, the dataset's test (validation) images the test split. A subclass says where
+    the data is (:meth:`locate`), how to read it (:meth:`read`), how to transform an image
+    (:meth:`transform`), where default weights may be (:meth:`default_weights_files`) and what to
+    say when there are none (:meth:`missing_weights_message`, :attr:`weights_hint`)."""
+
+    reward_size: int = 0
+    #: What ``availability`` says when no weights are found.
+    weights_hint: str = ""
+
+    def locate(self, data_dir: str | os.PathLike | None) -> Path:
+        """The dataset's root folder (``data_dir``, else ``$data_env_var``); MissingResourceError naming the fix."""
+        raise NotImplementedError
+
+    def read(self, root: Path) -> tuple[Dataset, Dataset]:
+        """The train and test images as ``(PIL image, label)`` datasets."""
+        raise NotImplementedError
+
+    def transform(self, augment: bool) -> Callable[[Any], Tensor]:
+        """PIL image -> normalised tensor; with ``augment``, the training augmentation."""
+        raise NotImplementedError
+
+    def default_weights_files(self) -> list[Path]:
+        """Where weights are looked for, in order, when none are named."""
+        return [self.default_weights_path()]
+
+    def missing_weights_message(self) -> str:
+        raise NotImplementedError
+
+    def weights_file(self, weights: str | os.PathLike | None = None) -> Path | None:
+        """The checkpoint ``load_model(weights)`` would read, or None if there is none."""
+        explicit = explicit_weights_file(self, weights)
+        if explicit is not None:
+            return explicit
+        return next((path for path in self.default_weights_files() if path.is_file()), None)
+
+    def load_model(self, weights: str | os.PathLike | None = None) -> Any:
+        """The trained model (eval mode, CPU) from ``weights``, ``$<weights_env_var>`` or the
+        default files; never downloads.
+
+        Raises:
+            MissingResourceError: if none of them holds a checkpoint; the message says how to get one.
+        """
+        path = self.weights_file(weights)
+        if path is None:
+            raise MissingResourceError(self.missing_weights_message())
+        return load_state_dict_file(self.build_model(), path, f"{self.name} weights")
+
+    def load_splits(self, data_dir: str | os.PathLike | None = None, seed: int = 0, augment: bool = False) -> Splits:
+        """Train / reward (``reward_size`` held-out training images, picked by ``seed``) / test
+        splits; ``augment=True`` augments the train split only (reward and test never are).
+
+        Raises:
+            MissingResourceError: if the data folder or a file of it is missing.
+        """
+        train_set, test_set = self.read(self.locate(data_dir))
+        train_indices, reward_indices = held_out_split(len(train_set), self.reward_size, seed)
+        plain = self.transform(False)
+        return Splits(
+            train=TransformedSubset(train_set, train_indices.tolist(), self.transform(augment)),
+            reward=TransformedSubset(train_set, reward_indices.tolist(), plain),
+            test=TransformedSubset(test_set, range(len(test_set)), plain),
+        )
+
+    def availability(self) -> Availability:
+        try:
+            data, data_detail = True, f"data in {self.locate(None)}"
+        except MissingResourceError:
+            data, data_detail = False, f"data: set ${self.data_env_var}"
+        try:
+            path = self.weights_file()
+        except MissingResourceError:
+            path = None
+        weights_detail = f"weights {path}" if path else f"weights: {self.weights_hint}"
+        return Availability(data=data, weights=path is not None, detail=f"{data_detail}; {weights_detail}")
 
 
 #: Padding of the random crops of ``crop_flip`` (the standard CIFAR recipe).

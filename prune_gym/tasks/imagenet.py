@@ -34,14 +34,11 @@ from torch.utils.data import Dataset
 from prune_gym.errors import ConfigError
 from prune_gym.finetune import TrainConfig
 from prune_gym.tasks.base import (
-    Availability,
     MissingResourceError,
     Splits,
-    Task,
-    load_state_dict_file,
     resolve_path,
 )
-from prune_gym.tasks.image_data import TransformedSubset, explicit_weights_file, held_out_split
+from prune_gym.tasks.image_data import ImageClassificationTask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -106,7 +103,7 @@ def _image_folder(folder: Path) -> Dataset:
         raise MissingResourceError(_missing_data_message(f"{folder}: {error}")) from None
 
 
-class ImageNetTask(Task):
+class ImageNetTask(ImageClassificationTask):
     """A torchvision ImageNet classifier to prune; see the module docstring.
 
     Args:
@@ -184,76 +181,38 @@ class ImageNetTask(Task):
         url = getattr(torchvision.models, self.weights_enum)[self.torchvision_weights].url
         return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
-    def weights_file(self, weights: str | os.PathLike | None = None) -> Path | None:
-        """The checkpoint ``load_model(weights)`` would read, or None if there is none."""
-        explicit = explicit_weights_file(self, weights)
-        if explicit is not None:
-            return explicit
-        for path in (self.default_weights_path(), self.torchvision_weights_path()):
-            if path.is_file():
-                return path
-        return None
+    def default_weights_files(self) -> list[Path]:
+        return [self.default_weights_path(), self.torchvision_weights_path()]
 
-    def load_model(self, weights: str | os.PathLike | None = None) -> nn.Module:
-        """The trained model (eval mode, CPU); never downloads.
+    @property
+    def weights_hint(self) -> str:
+        return f"torchvision {self.torchvision_weights} not in hub cache"
 
-        Raises:
-            MissingResourceError: if no checkpoint is found; the message says how to put
-                torchvision's weights into the hub cache once, or to pass ``weights=``.
-        """
-        path = self.weights_file(weights)
-        if path is None:
-            hub_file = self.torchvision_weights_path()
-            raise MissingResourceError(
-                f"{self.name}: no weights found. Either pass weights=PATH (or set "
-                f"${self.weights_env_var}) to a state-dict checkpoint, or fetch torchvision's "
-                f"{self.torchvision_weights} weights once on a machine with internet:\n"
-                f"    python -c \"import torchvision; torchvision.models.{self.builder_name}"
-                f"(weights='{self.torchvision_weights}')\"\n"
-                f"and copy the file it saves (torch hub cache, checkpoints/{hub_file.name}) to "
-                f"{hub_file} on this machine."
-            )
-        return load_state_dict_file(self.build_model(), path, f"{self.name} weights")
+    def missing_weights_message(self) -> str:
+        hub_file = self.torchvision_weights_path()
+        return (
+            f"{self.name}: no weights found. Either pass weights=PATH (or set "
+            f"${self.weights_env_var}) to a state-dict checkpoint, or fetch torchvision's "
+            f"{self.torchvision_weights} weights once on a machine with internet:\n"
+            f"    python -c \"import torchvision; torchvision.models.{self.builder_name}"
+            f"(weights='{self.torchvision_weights}')\"\n"
+            f"and copy the file it saves (torch hub cache, checkpoints/{hub_file.name}) to "
+            f"{hub_file} on this machine."
+        )
 
     streams_train_split = True
 
     def training_splits(self, data_dir: str | os.PathLike | None = None, seed: int = 0) -> Splits:
         return self.load_splits(data_dir, seed=seed, augment=True)
 
-    def load_splits(
-        self, data_dir: str | os.PathLike | None = None, seed: int = 0, augment: bool = False
-    ) -> Splits:
-        """Train / reward (``reward_size`` training images) / test (validation set) splits.
+    def locate(self, data_dir: str | os.PathLike | None) -> Path:
+        return locate_imagenet(data_dir)
 
-        ``seed`` picks the reward images; ``augment=True`` gives the train split random resized
-        crops and flips (for training; reward and test always get the evaluation transform).
+    def read(self, root: Path) -> tuple[Dataset, Dataset]:
+        return _image_folder(root / "train"), _image_folder(root / "val")
 
-        Raises:
-            MissingResourceError: if ``train/`` or ``val/`` is missing or holds no class folders.
-        """
-        root = locate_imagenet(data_dir)
-        train_set = _image_folder(root / "train")
-        val_set = _image_folder(root / "val")
-        train_indices, reward_indices = held_out_split(len(train_set), self.reward_size, seed)
-        plain = imagenet_transform(self.image_size)
-        return Splits(
-            train=TransformedSubset(train_set, train_indices.tolist(), imagenet_transform(self.image_size, augment)),
-            reward=TransformedSubset(train_set, reward_indices.tolist(), plain),
-            test=TransformedSubset(val_set, range(len(val_set)), plain),
-        )
-
-    def availability(self) -> Availability:
-        try:
-            root = locate_imagenet(None)
-            data, data_detail = True, f"data in {root}"
-        except MissingResourceError:
-            data, data_detail = False, f"data: set ${IMAGENET_DIR_ENV}"
-        try:
-            path = self.weights_file()
-        except MissingResourceError:
-            path = None
-        weights_detail = f"weights {path}" if path else f"weights: torchvision {self.torchvision_weights} not in hub cache"
-        return Availability(data=data, weights=path is not None, detail=f"{data_detail}; {weights_detail}")
+    def transform(self, augment: bool) -> Callable:
+        return imagenet_transform(self.image_size, augment)
 
 
 def resnet50_imagenet(image_size: int = DEFAULT_IMAGE_SIZE, reward_size: int = DEFAULT_REWARD_SIZE) -> ImageNetTask:
