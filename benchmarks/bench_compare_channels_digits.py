@@ -42,10 +42,10 @@ import onnxruntime
 import torch
 from machine import machine_info  # benchmarks/machine.py, beside this script
 
-from prune_gym.agents.compare import DEFAULT_CHANNEL_TARGETS, compare
 from prune_gym.agents.report import method_slug
 from prune_gym.channel_export import BUDGET_LABELS, export_channel_task, export_onnx, load_slim
 from prune_gym.tasks import get_task
+from prune_gym.workflows.compare import DEFAULT_CHANNEL_TARGETS, compare
 
 ENV_ID = "PruneResNet20DigitsChannels-v1"
 

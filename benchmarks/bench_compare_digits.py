@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from machine import machine_info  # benchmarks/machine.py, beside this script
 
-from prune_gym.agents.compare import DEFAULT_SPARSITIES, compare
+from prune_gym.workflows.compare import DEFAULT_SPARSITIES, compare
 
 
 def cpu_seconds() -> float:

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             tic = time.perf_counter()
             if method == "gradual-global-mp":
                 per_step = max(1, args.epochs // args.gradual_steps)
-                config = get_task("resnet20-digits").recipe("finetune")
+                config = task.recipe("finetune")
                 config.seed = seed
                 masks, history = gradual_global_magnitude_pruning(
                     model, layers, splits.train, sparsity, args.gradual_steps, per_step,
@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                 recalibrate_batchnorm(model, splits.train.tensors[0].to(device))
                 recalibrated = evaluate_accuracy(model, splits.test, device=device)
                 restore_state(model, snapshot)
-                finetune_pruned(model, layers, masks, splits.train, args.epochs, family="digits", seed=seed, device=device)
+                finetune_pruned(model, layers, masks, splits.train, args.epochs, config=task.recipe("finetune"), seed=seed,
+                                device=device)
             after = evaluate_accuracy(model, splits.test, device=device)
             seconds.append(time.perf_counter() - tic)
             reached = overall_sparsity(masks)
@@ -187,7 +188,7 @@ def command_line() -> str:
 
 def render(args: argparse.Namespace, rows: list[dict], accuracy_dense: float, seconds: float) -> str:
     command = command_line()
-    recipe = get_task("resnet20-digits").recipe("finetune")
+    recipe = get_task(TASK).recipe("finetune")
     lines = [
         "# Masked fine-tuning on digits (ResNet-20, 8x8 digits)",
         "",

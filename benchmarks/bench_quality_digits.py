@@ -68,17 +68,17 @@ from prune_gym.agents import (
     make_agent,
 )
 from prune_gym.agents.callbacks import EpisodeRecorder
-from prune_gym.agents.methods import make_reference_env
 from prune_gym.agents.policies import RecipePolicy, prune_env_of, reference_policies
 from prune_gym.agents.report import MethodResult, pyplot
 from prune_gym.agents.rollout import finetune_and_test, run_episode
 from prune_gym.agents.search import local_search
-from prune_gym.agents.sweep_report import mean_std
 from prune_gym.agents.training import agent_env_kwargs_for, make_training_env
 from prune_gym.agents.verdict import guard_selection, paired_tests, strongest_heuristic
 from prune_gym.allocation import ALLOCATION_METHODS, HEURISTICS
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
 from prune_gym.tasks import get_task
+from prune_gym.workflows.methods import make_reference_env
+from prune_gym.workflows.sweep_report import mean_std
 
 ENV_ID = "PruneResNet20Digits-v1"
 STEM = "quality_digits"

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from machine import machine_info  # benchmarks/machine.py, beside this script
 
-from prune_gym.agents import sweep
+from prune_gym.workflows import sweep
 
 
 def run(settings: dict, max_concurrent: int, folder: Path) -> tuple[float, object]:

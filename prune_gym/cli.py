@@ -86,7 +86,7 @@ def _add_pretrain(subparsers) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from prune_gym.tasks.pretrain import pretrain
+    from prune_gym.workflows.pretrain import pretrain
 
     path = pretrain(args.task, data_dir=args.data_dir, epochs=args.epochs, output=args.output, resume=args.resume,
                     device=args.device, progress=args.progress, seed=args.seed)
@@ -129,8 +129,8 @@ def _add_export(subparsers) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from prune_gym.export_task import export_task
     from prune_gym.registration import is_channel_env
+    from prune_gym.workflows.export_task import export_task
 
     set_threads(args)  # the latency measured, and the fine-tuning, run on these threads
     if is_channel_env(args.task):
@@ -304,8 +304,8 @@ def _add_compare(subparsers) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from prune_gym.agents.compare import compare
     from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
+    from prune_gym.workflows.compare import compare
 
     min_threshold = DEFAULT_MIN_THRESHOLD if args.min_threshold is None else args.min_threshold
     comparison = compare(
@@ -357,8 +357,8 @@ def _add_sweep(subparsers) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from prune_gym.agents.sweeps import resume_sweep, sweep
     from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
+    from prune_gym.workflows.sweeps import resume_sweep, sweep
 
     settings = ("env", "algo", "seeds", "sparsity", "timesteps", "hyperparams", "action_type", "action_mode", "reward",
                 "max_sparsity", "min_threshold", "finetune_epochs", "search", "n_envs", "cpus_per_trial",
@@ -412,7 +412,7 @@ def _add_validate(subparsers) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from prune_gym.agents.validate import format_replays, validate
+    from prune_gym.workflows.validate import format_replays, validate
 
     set_threads(args)
     replays = validate(args.paths, tolerance=args.tolerance, device=args.device)

@@ -16,7 +16,7 @@ ACTION_MODE_CHOICES = ("relative", "absolute")
 POLICY_CHOICES = ("global-mp", "global-mp+mt", "lamp", "erk", "uniform", "uniform+", "random")
 # prune_gym.channel_allocation.CHANNEL_METHODS, likewise (those not already above).
 CHANNEL_POLICY_CHOICES = ("global-norm",)
-# prune_gym.agents.compare.DEFAULT_SPARSITIES, likewise.
+# prune_gym.workflows.compare.DEFAULT_SPARSITIES, likewise.
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 # prune_gym.envs.channel_env.BUDGETS, likewise.
 BUDGET_CHOICES = ("flops", "params", "latency")

@@ -6,7 +6,7 @@
 - :func:`load_pruned` reads a checkpoint back into a model.
 - :func:`to_torch_prune` / :func:`from_torch_prune` hand masks to and from
   ``torch.nn.utils.prune`` (``custom_from_mask``, the ``weight_mask`` buffers).
-- ``prune_gym.export_task.export_task`` (the ``prune-gym export`` command) builds on these.
+- ``prune_gym.workflows.export_task.export_task`` (the ``prune-gym export`` command) builds on these.
 """
 
 from __future__ import annotations

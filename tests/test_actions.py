@@ -11,12 +11,12 @@ import pytest
 
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents import GlobalMagnitudePolicy, RandomPolicy
-from prune_gym.agents.compare import DEFAULT_SPARSITIES
 from prune_gym.agents.policies import REFERENCE_POLICIES
 from prune_gym.cli import ACTION_MODE_CHOICES, POLICY_CHOICES
 from prune_gym.cli import DEFAULT_SPARSITIES as CLI_SPARSITIES
 from prune_gym.envs.actions import ACTION_MODES, ActionMap, feasible_counts, reference_sparsity
 from prune_gym.stats import FEATURE_INDEX
+from prune_gym.workflows.compare import DEFAULT_SPARSITIES
 
 ENV_ID = "PruneResNet20Digits-v1"
 

@@ -406,7 +406,7 @@ def test_synthetic_settings_that_were_silently_ignored_are_refused():
 
 
 def test_a_repeated_target_is_refused_before_anything_runs(tmp_path):
-    from prune_gym.agents.compare import compare
+    from prune_gym.workflows.compare import compare
 
     with pytest.raises(ValueError, match="sparsity 0.5 given more than once"):
         compare(ENV_ID, [0.5, 0.5], timesteps=22, hyperparams={"learning_starts": 1000}, n_envs=1, search=False,

@@ -15,14 +15,6 @@ from torch import nn
 
 import prune_gym
 from prune_gym.accounting import layer_flops
-from prune_gym.agents.compare import (
-    DEFAULT_CHANNEL_TARGETS,
-    DEFAULT_LATENCY_TARGETS,
-    DEFAULT_SPARSITIES,
-    Experiment,
-    compare,
-)
-from prune_gym.agents.methods import reference_env_kwargs
 from prune_gym.agents.policies import reference_policy
 from prune_gym.agents.report import write_recipes
 from prune_gym.agents.rollout import run_episode
@@ -50,6 +42,14 @@ from prune_gym.errors import ConfigError
 from prune_gym.evaluation import evaluate_accuracy, sample_tensors
 from prune_gym.pruning import find_prunable_layers
 from prune_gym.tasks.models.cifar_resnet import resnet20
+from prune_gym.workflows.compare import (
+    DEFAULT_CHANNEL_TARGETS,
+    DEFAULT_LATENCY_TARGETS,
+    DEFAULT_SPARSITIES,
+    Experiment,
+    compare,
+)
+from prune_gym.workflows.methods import reference_env_kwargs
 
 CHANNELS_ID = "PruneResNet20DigitsChannels-v1"
 

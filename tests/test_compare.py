@@ -11,11 +11,11 @@ import gymnasium as gym
 import pytest
 
 import prune_gym  # noqa: F401  (registers the env ids)
-from prune_gym.agents.compare import compare
 from prune_gym.agents.report import method_slug
-from prune_gym.agents.validate import validate
 from prune_gym.cli import main as cli_main
 from prune_gym.errors import ConfigError, MissingResourceError
+from prune_gym.workflows.compare import compare
+from prune_gym.workflows.validate import validate
 
 ENV_ID = "PruneResNet20Digits-v1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -161,7 +161,7 @@ def test_progress_notes_go_to_the_log_or_the_callable_given(comparison, caplog):
                 env_kwargs={"device": "cpu"}, write_files=False)
         compare(ENV_ID, [0.5], "dqn", agent_path=comparison[1] / "agent" / "model.zip", search=False,
                 env_kwargs={"device": "cpu"}, write_files=False, log=notes.append)
-    logged = [record.getMessage() for record in caplog.records if record.name == "prune_gym.agents.compare"]
+    logged = [record.getMessage() for record in caplog.records if record.name == "prune_gym.workflows.compare"]
     assert any(message.startswith("loading the agent from") for message in logged)
     assert len(logged) == len(notes) and any(note.startswith("loading the agent from") for note in notes)
 
@@ -222,7 +222,7 @@ def test_the_searched_rows_pass_the_selection_guard_against_the_strongest_rule(c
 
 
 def test_a_failed_run_leaves_no_finished_looking_folder(tmp_path, monkeypatch):
-    import prune_gym.agents.compare as compare_module
+    import prune_gym.workflows.compare as compare_module
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -243,7 +243,7 @@ def test_an_existing_results_folder_is_never_mixed_into(tmp_path):
 
 
 def test_an_exported_agent_recipe_scores_what_the_table_said(comparison, tmp_path):
-    from prune_gym.export_task import export_task
+    from prune_gym.workflows.export_task import export_task
 
     result, output = comparison
     row = result.result("DQN (greedy)", 0.8)
@@ -276,7 +276,7 @@ def test_compare_unpickles_only_the_agent_file_it_was_given(comparison, tmp_path
 
 
 def test_a_training_runs_best_found_exports_directly_and_scores_what_the_table_said(comparison, tmp_path):
-    from prune_gym.export_task import export_task
+    from prune_gym.workflows.export_task import export_task
 
     result, output = comparison
     best_file = output / "agent" / "best_found.json"

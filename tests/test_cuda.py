@@ -15,8 +15,8 @@ import prune_gym  # noqa: F401  (registers the envs)
 from prune_gym.agents.policies import GlobalMagnitudePolicy
 from prune_gym.evaluation import evaluate_accuracy
 from prune_gym.export import load_pruned
-from prune_gym.export_task import export_task
 from prune_gym.pruning import find_prunable_layers, global_magnitude_masks
+from prune_gym.workflows.export_task import export_task
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible: these tests check the CUDA paths")
 
@@ -110,7 +110,7 @@ def test_global_mps_selection_on_cuda_is_the_cpus_on_tied_scores():
 def test_a_sweep_trial_given_half_a_gpu_prunes_on_cuda(tmp_path, digits_model_state):
     """`prune-gym sweep --gpus-per-trial 0.5`: two trials share the GPU, each evaluates on cuda."""
     pytest.importorskip("ray.tune", reason="prune-gym sweep needs the [ray] extra")
-    from prune_gym.agents import sweep
+    from prune_gym.workflows import sweep
 
     result = sweep(ENV, ["dqn"], [0, 1], [0.9], timesteps=100, n_envs=1, search=False, cpus_per_trial=1,
                    gpus_per_trial=0.5, output_dir=tmp_path / "gpu", log=lambda message: None)

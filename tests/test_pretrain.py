@@ -9,7 +9,7 @@ from uci_har_files import write_uci_har
 from prune_gym.cli import main
 from prune_gym.tasks import get_task
 from prune_gym.tasks.image_data import crop_flip
-from prune_gym.tasks.pretrain import (
+from prune_gym.workflows.pretrain import (
     default_output,
     partial_path,
     pretrain,
@@ -172,7 +172,7 @@ def test_cli_pretrain_reports_missing_data(har_task, capsys):
 
 
 def test_an_output_that_cannot_be_written_fails_before_the_first_epoch(har_task, har_dir, tmp_path, capsys, monkeypatch):
-    import prune_gym.tasks.pretrain as pretrain_module
+    import prune_gym.workflows.pretrain as pretrain_module
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started although the output cannot be written")

@@ -10,7 +10,7 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 ALL_BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 #: The sweep example runs in tests/test_sweep.py, which checks its result further (one Ray sweep, not two).
-SWEEP_EXAMPLE = "from prune_gym.agents import sweep"
+SWEEP_EXAMPLE = "from prune_gym.workflows import sweep"
 BLOCKS = [block for block in ALL_BLOCKS if SWEEP_EXAMPLE not in block]
 
 

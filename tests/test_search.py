@@ -52,10 +52,10 @@ def test_the_search_never_scores_a_test_split_read_by_a_loader(monkeypatch):
     """The search's candidates select on the reward split: on the reference env (evaluate_test
     None) none of its episodes decodes the test split; the row compare reports scores it once."""
     from prune_gym import evaluation
-    from prune_gym.agents.methods import make_reference_env
     from prune_gym.agents.policies import RecipePolicy
     from prune_gym.agents.rollout import run_episode
     from prune_gym.envs.engine import PruningEngine
+    from prune_gym.workflows.methods import make_reference_env
 
     monkeypatch.setattr(evaluation, "MAX_RESIDENT_SAMPLES", 4)  # the 8-sample synthetic test split: "large"
     reference_env, _, _ = make_reference_env(ENV_ID, [0.5], {"synthetic": True, "synthetic_samples": 8, "device": "cpu"}, None)

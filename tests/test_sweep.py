@@ -18,9 +18,9 @@ pytest.importorskip("ray.tune", reason="prune-gym sweep needs the [ray] extra (i
 
 from sweep_cli import ENV, TINY, finish, run_cli, trial_rows  # noqa: E402
 
-from prune_gym.agents import resume_sweep  # noqa: E402  (the public API)
-from prune_gym.agents.sweep_report import learning_curve  # noqa: E402
 from prune_gym.cli import main  # noqa: E402
+from prune_gym.workflows import resume_sweep  # noqa: E402  (the public API)
+from prune_gym.workflows.sweep_report import learning_curve  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_the_python_api_runs_the_readmes_sweep_example(tmp_path, monkeypatch, ca
     the suite starts Ray for it once), and its result checked against the trials' own records."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     (example,) = [block for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-                  if "from prune_gym.agents import sweep" in block]
+                  if "from prune_gym.workflows import sweep" in block]
     monkeypatch.chdir(tmp_path)  # it writes its folder where it runs
     namespace: dict = {}
     exec(compile(example, "README.md sweep example", "exec"), namespace)

@@ -1,4 +1,6 @@
-"""Agents for prune-gym envs: reference policies, the SB3 agent factory, training, comparison.
+"""Agents for prune-gym envs: reference policies, the SB3 agent factory, training, rollouts,
+the search baseline and the selection guard (the workflows that use them, ``compare`` and
+``sweep``, are in ``prune_gym.workflows``).
 
 - :class:`AllocationPolicy` (any method of ``prune_gym.allocation``: Global MP with or
   without Minimum Threshold, LAMP, ERK, uniform, uniform+, random), with the shorthands
@@ -9,10 +11,6 @@
   hyperparameters from rl-zoo3 style YAML files.
 - :func:`train_agent`: training with a progress bar, TensorBoard logs, checkpoints, Ctrl-C
   saving and resuming.
-- :func:`prune_gym.agents.compare.compare`: the agent against every allocation method and
-  the search at equal cost, at matched sparsities (``prune-gym compare``).
-- :func:`sweep` / :func:`resume_sweep`: the comparison over algorithms and seeds as Ray Tune
-  trials, aggregated (``prune-gym sweep``; needs the ``[ray]`` extra only when called).
 """
 
 from prune_gym.agents.factory import (
@@ -30,7 +28,6 @@ from prune_gym.agents.policies import (
     UniformMagnitudePolicy,
 )
 from prune_gym.agents.run_folder import load_agent
-from prune_gym.agents.sweeps import resume_sweep, sweep
 from prune_gym.agents.training import TargetSamplingWrapper, train_agent
 
 __all__ = [
@@ -46,7 +43,5 @@ __all__ = [
     "load_agent",
     "load_hyperparams",
     "make_agent",
-    "resume_sweep",
-    "sweep",
     "train_agent",
 ]

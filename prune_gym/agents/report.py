@@ -1,6 +1,6 @@
 """How a comparison is reported: the result records, the table, JSON, CSV, recipes and plots.
 
-:func:`prune_gym.agents.compare.compare` produces a :class:`Comparison`; this module turns it
+:func:`prune_gym.workflows.compare.compare` produces a :class:`Comparison`; this module turns it
 into ``table.txt``, ``results.json``, ``results.csv``, ``recipes/<method>-<target>.json`` (each
 method's per-layer sparsities, with the env's post-pruning steps, for ``prune-gym export
 --recipe``), ``accuracy_vs_sparsity.png`` and ``layer_sparsity.png``.

@@ -44,21 +44,6 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
-from prune_gym.agents.experiment import (
-    DEFAULT_CHANNEL_TARGETS,
-    DEFAULT_LATENCY_TARGETS,
-    DEFAULT_SPARSITIES,
-    Experiment,
-)
-from prune_gym.agents.methods import (
-    ComparedAgent,
-    agent_entries,
-    make_reference_env,
-    play,
-    reference_entries,
-    search_entry,
-    train_or_load_agent,
-)
 from prune_gym.agents.policies import (
     prune_env_of,
 )
@@ -74,6 +59,21 @@ from prune_gym.agents.verdict import paired_tests, strongest_heuristic
 from prune_gym.channel_export import granularity_record
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
+from prune_gym.workflows.experiment import (
+    DEFAULT_CHANNEL_TARGETS,
+    DEFAULT_LATENCY_TARGETS,
+    DEFAULT_SPARSITIES,
+    Experiment,
+)
+from prune_gym.workflows.methods import (
+    ComparedAgent,
+    agent_entries,
+    make_reference_env,
+    play,
+    reference_entries,
+    search_entry,
+    train_or_load_agent,
+)
 
 logger = logging.getLogger(__name__)
 

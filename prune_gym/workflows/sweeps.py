@@ -2,7 +2,7 @@
 
 A result in this field is a table over seeds, targets and algorithms. :func:`sweep` runs it as
 Ray Tune trials, on this machine or on a cluster (``address=``), and aggregates the
-comparison's output over the seeds (``prune_gym.agents.sweep_report``):
+comparison's output over the seeds (``prune_gym.workflows.sweep_report``):
 
 - one trial per (algorithm, seed): ``compare``'s agent part, the same code (train one agent
   across the targets, record every episode, then play its greedy policy and its best-found
@@ -27,7 +27,7 @@ Output folder (``output_dir``)::
     sweep.json        the settings, the sweep's id and where Tune keeps the experiment
     tune/             Tune's experiment, unless ``storage`` points elsewhere (a folder, s3://...)
     table.txt, results.json, results.csv, trials.csv, accuracy_vs_sparsity.png,
-    learning_curves.png   the aggregate (prune_gym.agents.sweep_report)
+    learning_curves.png   the aggregate (prune_gym.workflows.sweep_report)
     trials/<trial>/   each finished trial's trial.json, recipes/ and agent/ (from its checkpoint)
 
 Ray Tune is an optional extra: ``pip install -e ".[ray]"``.
@@ -49,19 +49,19 @@ from typing import Any
 
 import gymnasium as gym
 
-from prune_gym.agents.compare import (
-    DEFAULT_SPARSITIES,
-)
-from prune_gym.agents.experiment import Experiment
 from prune_gym.agents.factory import ALGORITHMS, algo_name, check_algo, resolve_hyperparams
-from prune_gym.agents.sweep_report import SweepResult, TrialOutcome, write_sweep
-from prune_gym.agents.sweep_trial import run_trial, trial_label
 from prune_gym.agents.training import agent_env_kwargs_for
 from prune_gym.allocation import allocation_method
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.io import atomic_write_json
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, check_sparsity
 from prune_gym.tasks import get_task
+from prune_gym.workflows.compare import (
+    DEFAULT_SPARSITIES,
+)
+from prune_gym.workflows.experiment import Experiment
+from prune_gym.workflows.sweep_report import SweepResult, TrialOutcome, write_sweep
+from prune_gym.workflows.sweep_trial import run_trial, trial_label
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def sweep(
 
     Args:
         env_id, sparsities, timesteps, env_kwargs, min_threshold, search, finetune_epochs:
-            as in :func:`prune_gym.agents.compare.compare` (``timesteps`` for every algorithm).
+            as in :func:`prune_gym.workflows.compare.compare` (``timesteps`` for every algorithm).
         algos: the agents' algorithms (``prune_gym.agents.ALGORITHMS``).
         seeds: one trial per algorithm and seed (the agent's and the target draws' seed).
         hyperparams: per algorithm, a YAML path or a dict (as in ``make_agent``); read here,

@@ -29,11 +29,11 @@ from typing import Any
 
 import gymnasium as gym
 
-from prune_gym.agents.methods import reference_env_kwargs
 from prune_gym.agents.policies import RecipePolicy
 from prune_gym.agents.rollout import run_episode
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.recipes import recipe_from_json
+from prune_gym.workflows.methods import reference_env_kwargs
 
 logger = logging.getLogger(__name__)
 

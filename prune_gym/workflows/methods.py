@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 
 import gymnasium as gym
 
-from prune_gym.agents.experiment import Experiment
 from prune_gym.agents.policies import (
     AllocationPolicy,
     RecipePolicy,
@@ -42,6 +41,7 @@ from prune_gym.agents.verdict import guard_selection, strongest_heuristic
 from prune_gym.channel_export import latency_side_by_side, slim_model
 from prune_gym.envs.channel_env import ChannelPruneEnv
 from prune_gym.errors import ConfigError
+from prune_gym.workflows.experiment import Experiment
 
 __all__ = [
     "MAX_SPARSITY_CEILING", "ComparedAgent", "Entry", "agent_entries", "make_reference_env", "play",

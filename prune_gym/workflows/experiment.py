@@ -62,7 +62,7 @@ class Experiment:
         seed: int = 0, n_envs: int | None = None, min_threshold: float | None = DEFAULT_MIN_THRESHOLD,
         finetune_epochs: int = 0, search: bool = True,
     ) -> Experiment:
-        """Check and resolve ``compare``'s arguments (see :func:`prune_gym.agents.compare.compare`):
+        """Check and resolve ``compare``'s arguments (see :func:`prune_gym.workflows.compare.compare`):
         a bad one is a ``ConfigError`` naming it, before anything loads; the hyperparameters'
         file is read here, once."""
         targets = _targets(env_id, sparsities, env_kwargs)

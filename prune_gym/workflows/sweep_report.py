@@ -1,6 +1,6 @@
 """How a sweep is reported: the trials' rows aggregated over seeds, as a table, JSON, CSV and plots.
 
-:func:`prune_gym.agents.sweeps.sweep` collects its trials (:class:`~prune_gym.agents.sweeps.TrialOutcome`);
+:func:`prune_gym.workflows.sweeps.sweep` collects its trials (:class:`~prune_gym.workflows.sweeps.TrialOutcome`);
 :func:`aggregate` groups their rows by (target, method) and takes the mean and the sample
 standard deviation over the trials that finished (the seeds); :func:`write_sweep` writes
 ``table.txt``, ``results.json`` (settings, every trial with its status, error and rows, the

@@ -1,4 +1,4 @@
-"""One trial of a sweep, inside its Ray worker process (``prune_gym.agents.sweeps`` drives them).
+"""One trial of a sweep, inside its Ray worker process (``prune_gym.workflows.sweeps`` drives them).
 
 :func:`run_trial` builds the trial's own env and model from the sweep's resolved settings (its
 parameters, never module globals), plays ``compare``'s pieces (an agent trained across the
@@ -23,8 +23,11 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from prune_gym.agents.experiment import Experiment
-from prune_gym.agents.methods import (
+from prune_gym.agents.policies import prune_env_of
+from prune_gym.agents.report import MethodResult, write_recipes
+from prune_gym.io import atomic_write_json
+from prune_gym.workflows.experiment import Experiment
+from prune_gym.workflows.methods import (
     Entry,
     agent_entries,
     make_reference_env,
@@ -33,9 +36,6 @@ from prune_gym.agents.methods import (
     search_entry,
     train_or_load_agent,
 )
-from prune_gym.agents.policies import prune_env_of
-from prune_gym.agents.report import MethodResult, write_recipes
-from prune_gym.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
