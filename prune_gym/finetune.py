@@ -103,6 +103,16 @@ def check_epochs(epochs: object, name: str = "epochs") -> int:
 # Training
 
 
+def _shuffled_loader(data: Dataset | tuple[Tensor, Tensor], batch_size: int, generator: torch.Generator,
+                     num_workers: int, device: torch.device) -> DataLoader:
+    data = TensorDataset(*data) if isinstance(data, tuple) else data
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator, drop_last=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    if len(loader) == 0:
+        raise ConfigError("the training data is empty: it needs at least one sample")
+    return loader
+
+
 def _sgd_with_cosine(model: nn.Module, config: TrainConfig, batches_per_epoch: int):
     """The recipe's optimiser (SGD, Nesterov momentum when there is momentum) and its cosine
     schedule over every step of the run."""
@@ -115,18 +125,10 @@ def _sgd_with_cosine(model: nn.Module, config: TrainConfig, batches_per_epoch: i
 
 
 def train_classifier(
-    model: nn.Module,
-    data: Dataset | tuple[Tensor, Tensor],
-    config: TrainConfig | None = None,
-    device: torch.device | str = "cpu",
-    masks: Sequence[Tensor] | None = None,
-    layers: Sequence[PrunableLayer] | None = None,
-    progress: bool = False,
-    description: str = "train",
-    *,
-    checkpoint_path: str | Path | None = None,
-    augment: Augment | None = None,
-    amp: bool = False,
+    model: nn.Module, data: Dataset | tuple[Tensor, Tensor], config: TrainConfig | None = None,
+    device: torch.device | str = "cpu", masks: Sequence[Tensor] | None = None,
+    layers: Sequence[PrunableLayer] | None = None, progress: bool = False, description: str = "train", *,
+    checkpoint_path: str | Path | None = None, augment: Augment | None = None, amp: bool = False,
     num_workers: int = 0,
 ) -> nn.Module:
     """Train ``model`` on ``data`` in place and return it in eval mode.
@@ -157,50 +159,60 @@ def train_classifier(
         ValueError: for negative epochs, masks without layers (or vice versa), masks of the wrong
             number or shape, or a checkpoint written by a run with another recipe or dataset.
     """
-    config = config or TrainConfig()
-    check_epochs(config.epochs, "config.epochs")
-    if config.batch_size < 1:
-        raise ConfigError(f"config.batch_size must be >= 1, got {config.batch_size}")
-    if (masks is None) != (layers is None):
-        raise ConfigError("pass masks and layers together (one mask per prunable layer)")
-    if isinstance(data, tuple):
-        data = TensorDataset(*data)
+    config = _checked_config(config or TrainConfig(), masks, layers)
     device = torch.device(device)
     model.to(device).train()
     if masks is not None:
         masks = _checked_masks(layers, masks, device)
         apply_masks(layers, masks)
     generator = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(
-        data, batch_size=config.batch_size, shuffle=True, generator=generator, drop_last=False,
-        num_workers=num_workers, pin_memory=device.type == "cuda",
-    )
-    if len(loader) == 0:
-        raise ConfigError("the training data is empty: it needs at least one sample")
+    loader = _shuffled_loader(data, config.batch_size, generator, num_workers, device)
     optimizer, scheduler = _sgd_with_cosine(model, config, len(loader))
-    # The fingerprint a checkpoint must match to be resumed: another recipe or dataset size
-    # would silently continue a different run.
-    fingerprint = {**dataclasses.asdict(config), "num_samples": len(data)}
-    checkpoint = Path(checkpoint_path) if checkpoint_path is not None else None
-    cuda_rng = [device] if device.type == "cuda" else []
-
-    with torch.random.fork_rng(devices=cuda_rng):
+    # What a checkpoint must match to be resumed: another recipe or dataset would continue another run.
+    saved = _RunCheckpoint(Path(checkpoint_path) if checkpoint_path is not None else None,
+                           {**dataclasses.asdict(config), "num_samples": len(loader.dataset)}, generator)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
-        start_epoch = 0
-        if checkpoint is not None and checkpoint.exists():
-            start_epoch = _resume(checkpoint, fingerprint, model, optimizer, scheduler, generator, device)
-            if masks is not None:
-                apply_masks(layers, masks)
+        start_epoch = saved.resume(model, optimizer, scheduler, device)
+        if start_epoch:
+            apply_masks(layers or [], masks or [])
         epochs = range(start_epoch, config.epochs)
-        if progress:
-            epochs = tqdm(epochs, desc=description, unit="epoch", initial=start_epoch, total=config.epochs)
+        epochs = tqdm(epochs, desc=description, unit="epoch", initial=start_epoch, total=config.epochs) if progress else epochs
         loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         bf16 = amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
         for epoch in epochs:
             _train_epoch(model, loader, optimizer, scheduler, loss_fn, device, masks, layers, augment, bf16)
-            if checkpoint is not None:
-                _save_checkpoint(checkpoint, fingerprint, epoch + 1, model, optimizer, scheduler, generator, device)
+            saved.save(epoch + 1, model, optimizer, scheduler, device)
     return model.eval()
+
+
+def _checked_config(config: TrainConfig, masks: Any, layers: Any) -> TrainConfig:
+    check_epochs(config.epochs, "config.epochs")
+    if config.batch_size < 1:
+        raise ConfigError(f"config.batch_size must be >= 1, got {config.batch_size}")
+    if (masks is None) != (layers is None):
+        raise ConfigError("pass masks and layers together (one mask per prunable layer)")
+    return config
+
+
+@dataclass
+class _RunCheckpoint:
+    """Where a training run is saved after every epoch (None: nowhere), and the fingerprint a
+    checkpoint must match to be resumed."""
+
+    path: Path | None
+    fingerprint: dict[str, Any]
+    generator: torch.Generator
+
+    def resume(self, model: nn.Module, optimizer, scheduler, device: torch.device) -> int:
+        """The epochs a checkpoint at ``path`` completed, restored into the run (0: none)."""
+        if self.path is None or not self.path.exists():
+            return 0
+        return _resume(self.path, self.fingerprint, model, optimizer, scheduler, self.generator, device)
+
+    def save(self, epochs_done: int, model: nn.Module, optimizer, scheduler, device: torch.device) -> None:
+        if self.path is not None:
+            _save_checkpoint(self.path, self.fingerprint, epochs_done, model, optimizer, scheduler, self.generator, device)
 
 
 def _train_epoch(
@@ -364,19 +376,9 @@ def _train_mode(model: nn.Module, update_batchnorm: bool) -> None:
 
 
 def finetune_steps(
-    model: nn.Module,
-    layers: Sequence[PrunableLayer],
-    masks: Sequence[Tensor],
-    data: tuple[Tensor, Tensor],
-    steps: int,
-    lr: float = 0.01,
-    *,
-    batch_size: int = 64,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    generator: torch.Generator | None = None,
-    update_batchnorm: bool = True,
-    augment: Augment | None = None,
+    model: nn.Module, layers: Sequence[PrunableLayer], masks: Sequence[Tensor], data: tuple[Tensor, Tensor],
+    steps: int, lr: float = 0.01, *, batch_size: int = 64, momentum: float = 0.9, weight_decay: float = 5e-4,
+    generator: torch.Generator | None = None, update_batchnorm: bool = True, augment: Augment | None = None,
 ) -> float:
     """A short masked retraining: ``steps`` SGD steps on random batches of ``data``.
 
@@ -421,22 +423,28 @@ def finetune_steps(
     loss_fn = nn.CrossEntropyLoss()
     was_training = model.training
     _train_mode(model, update_batchnorm)
-    total_loss = 0.0
     try:
         apply_masks(layers, masks)
-        for _ in range(steps):
-            index = torch.randint(0, len(inputs), (batch_size,), generator=generator)
-            x = inputs[index.to(inputs.device)].to(device, non_blocking=True)
-            y = labels[index.to(labels.device)].to(device, non_blocking=True)
-            if augment is not None:
-                x = augment(x)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            _mask_gradients(layers, masks)
-            optimizer.step()
-            apply_masks(layers, masks)
-            total_loss += float(loss.detach())
+        total_loss = sum(_masked_step(model, layers, masks, optimizer, loss_fn, inputs, labels, batch_size, generator,
+                                      augment) for _ in range(steps))
     finally:
         model.train(was_training)
     return total_loss / steps
+
+
+def _masked_step(model, layers, masks, optimizer, loss_fn, inputs: Tensor, labels: Tensor, batch_size: int,
+                 generator: torch.Generator | None, augment: Augment | None) -> float:
+    """One SGD step on a random batch (drawn with replacement), pruned weights held at zero; its loss."""
+    device = layers[0].weight.device
+    index = torch.randint(0, len(inputs), (batch_size,), generator=generator)
+    x = inputs[index.to(inputs.device)].to(device, non_blocking=True)
+    y = labels[index.to(labels.device)].to(device, non_blocking=True)
+    if augment is not None:
+        x = augment(x)
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    _mask_gradients(layers, masks)
+    optimizer.step()
+    apply_masks(layers, masks)
+    return float(loss.detach())

@@ -63,21 +63,25 @@ class GradualStep:
     accuracy_finetuned: float | None = None
 
 
+def _prune_further(layers: Sequence[PrunableLayer], masks: list[Tensor], target: float,
+                   min_threshold: float | None) -> list[Tensor]:
+    """One step of the schedule: Global MP to ``target`` on the current weights, with every weight
+    pruned so far kept pruned; the new masks, applied."""
+    # Surviving weights score at least `tiny` and pruned ones 0, so the pruned ones are removed
+    # first and never come back (the removal count only grows along the schedule).
+    tiny = torch.finfo(torch.float32).tiny
+    scores = [torch.where(mask, layer.weight.detach().abs().float().clamp_min(tiny), 0.0)
+              for layer, mask in zip(layers, masks, strict=True)]
+    masks = global_magnitude_masks(scores, target, min_threshold)
+    apply_masks(layers, masks)
+    return masks
+
+
 def gradual_global_magnitude_pruning(
-    model: nn.Module,
-    layers: Sequence[PrunableLayer],
-    data: Dataset | tuple[Tensor, Tensor],
-    final_sparsity: float,
-    steps: int,
-    epochs_per_step: int,
-    min_threshold: float | None = None,
-    *,
-    initial_sparsity: float = 0.0,
-    config: TrainConfig | None = None,
-    eval_data: Dataset | tuple[Tensor, Tensor] | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-    augment: Augment | None = None,
+    model: nn.Module, layers: Sequence[PrunableLayer], data: Dataset | tuple[Tensor, Tensor], final_sparsity: float,
+    steps: int, epochs_per_step: int, min_threshold: float | None = None, *, initial_sparsity: float = 0.0,
+    config: TrainConfig | None = None, eval_data: Dataset | tuple[Tensor, Tensor] | None = None,
+    device: torch.device | str = "cpu", progress: bool = False, augment: Augment | None = None,
 ) -> tuple[list[Tensor], list[GradualStep]]:
     """Gradual Global MP: prune to ``final_sparsity`` in ``steps`` steps, fine-tuning between.
 
@@ -113,30 +117,13 @@ def gradual_global_magnitude_pruning(
     global_magnitude_masks([layer.weight for layer in layers], final_sparsity, min_threshold)
     base = config if config is not None else DEFAULT_FINETUNE_RECIPE
 
-    evaluate = None
-    if eval_data is not None:
-
-        def evaluate() -> float:
-            return evaluate_accuracy(model, eval_data, device=device)
-
+    evaluate = (lambda: evaluate_accuracy(model, eval_data, device=device)) if eval_data is not None else None
     masks = [torch.ones_like(layer.weight, dtype=torch.bool) for layer in layers]
     history: list[GradualStep] = []
-    tiny = torch.finfo(torch.float32).tiny
     for step, target in enumerate(schedule):
-        # Surviving weights score at least `tiny` and pruned ones 0, so the pruned ones are
-        # removed first and never come back (the removal count only grows along the schedule).
-        scores = [
-            torch.where(mask, layer.weight.detach().abs().float().clamp_min(tiny), 0.0)
-            for layer, mask in zip(layers, masks, strict=True)
-        ]
-        masks = global_magnitude_masks(scores, target, min_threshold)
-        apply_masks(layers, masks)
-        record = GradualStep(
-            step=step + 1,
-            target_sparsity=target,
-            sparsity=overall_sparsity(masks),
-            layer_sparsities=[mask_sparsity(m) for m in masks],
-        )
+        masks = _prune_further(layers, masks, target, min_threshold)
+        record = GradualStep(step=step + 1, target_sparsity=target, sparsity=overall_sparsity(masks),
+                             layer_sparsities=[mask_sparsity(m) for m in masks])
         if evaluate is not None:
             record.accuracy_pruned = evaluate()
         if epochs_per_step:

@@ -55,14 +55,9 @@ def partial_path(output: str | os.PathLike) -> Path:
 
 
 def pretrain(
-    task_name: str,
-    data_dir: str | os.PathLike | None = None,
-    epochs: int | None = None,
-    output: str | os.PathLike | None = None,
-    resume: bool = False,
-    device: str | torch.device = "auto",
-    progress: bool = True,
-    seed: int = 0,
+    task_name: str, data_dir: str | os.PathLike | None = None, epochs: int | None = None,
+    output: str | os.PathLike | None = None, resume: bool = False, device: str | torch.device = "auto",
+    progress: bool = True, seed: int = 0,
 ) -> Path:
     """Train ``task_name``'s model from scratch; return the path of the saved weights.
 
@@ -96,14 +91,7 @@ def pretrain(
     checkpoint = partial_path(output)
     # Data first: a missing folder must not cost the user a partial checkpoint.
     splits, train, augment, loader_workers, amp = _training_data(task, data_dir, seed, torch_device)
-    if resume and checkpoint.exists():
-        logger.info(f"resuming from {checkpoint}")
-    elif checkpoint.exists():
-        # train_classifier resumes from any checkpoint it finds; without resume we start anew.
-        logger.info(f"discarding the partial checkpoint {checkpoint} (pass resume=True / --resume to continue it)")
-        checkpoint.unlink()
-    elif resume:
-        logger.info(f"no partial checkpoint at {checkpoint}: training from scratch")
+    _resume_or_start_anew(checkpoint, resume)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = task.build_model()
@@ -112,18 +100,8 @@ def pretrain(
         f"{config.epochs} epochs ({len(splits.train)} training samples)"
     )
     try:
-        train_classifier(
-            model,
-            train,
-            config,
-            device=torch_device,
-            progress=progress,
-            description=f"pretrain {task.name}",
-            checkpoint_path=checkpoint,
-            augment=augment,
-            amp=amp,
-            num_workers=loader_workers,
-        )
+        train_classifier(model, train, config, device=torch_device, progress=progress, description=f"pretrain {task.name}",
+                         checkpoint_path=checkpoint, augment=augment, amp=amp, num_workers=loader_workers)
     except KeyboardInterrupt:
         if checkpoint.exists():
             logger.warning(f"interrupted; continue with `prune-gym pretrain {task.name} --resume` (checkpoint {checkpoint})")
@@ -131,18 +109,23 @@ def pretrain(
 
     accuracy = Evaluator(model, splits.test, device=torch_device, cache_activations=False).accuracy()
     model.cpu()
-    atomic_save(
-        {
-            "state_dict": model.state_dict(),
-            "task": task.name,
-            "recipe": dataclasses.asdict(config),
-            "test_accuracy": accuracy,
-        },
-        output,
-    )
+    atomic_save({"state_dict": model.state_dict(), "task": task.name, "recipe": dataclasses.asdict(config),
+                 "test_accuracy": accuracy}, output)
     checkpoint.unlink(missing_ok=True)
     logger.info(f"test accuracy {accuracy:.4f} ({len(splits.test)} samples); weights saved to {output}")
     return output
+
+
+def _resume_or_start_anew(checkpoint: Path, resume: bool) -> None:
+    """Keep the partial checkpoint to resume from, or discard it: ``train_classifier`` resumes
+    from any checkpoint it finds, so without ``resume`` an old one must go."""
+    if resume and checkpoint.exists():
+        logger.info(f"resuming from {checkpoint}")
+    elif checkpoint.exists():
+        logger.info(f"discarding the partial checkpoint {checkpoint} (pass resume=True / --resume to continue it)")
+        checkpoint.unlink()
+    elif resume:
+        logger.info(f"no partial checkpoint at {checkpoint}: training from scratch")
 
 
 def _training_data(
