@@ -60,7 +60,7 @@ LATENCY_BATCHES = (1, 256)
 #: many alternating rounds, each timing every batch size for at least this many seconds. One
 #: setting for both, so a row and the export of its recipe report the same speed-up within noise.
 LATENCY_ROUNDS = 5
-LATENCY_MIN_SECONDS = 0.1
+LATENCY_MIN_SECONDS = 0.2
 #: The checkpoint's format version.
 SLIM_FORMAT = 1
 
