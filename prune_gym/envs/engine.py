@@ -69,7 +69,6 @@ class PruningEngine:
         self.model, self.device = model, config.device
         device, cache_activations = config.device, config.cache_activations
         self.train_data, self.test_data = train_data, test_data
-        self.finetune_steps, self.finetune_lr = config.finetune_steps, config.finetune_lr
         options = config.evaluator_options()
         self.evaluator = Evaluator(model, reward_data, device, cache_activations=cache_activations, stages=stages, **options)
         self.num_classes = self.evaluator.check("reward split")
@@ -143,7 +142,7 @@ class PruningEngine:
     def _mask_unit(self, index: int, count: int) -> None:
         """Prune ``count`` weights of layer ``index``, the smallest first."""
         numel = self.state.numels[index]
-        if self.finetune_steps:
+        if self.config.finetune_steps:
             # Retrained weights differ from the dense copy: rank the current ones.
             self.state.prune_current(index, keep_top_mask(self.layers[index].weight, numel - count))
         else:
@@ -192,10 +191,10 @@ class PruningEngine:
         """Fine-tune / re-calibrate as configured, and tell the evaluator the first stage whose
         output changed (it resumes from its cache when that is not before the cached stage)."""
         stage = self.unit_stage[index]
-        if self.finetune_steps:
+        if self.config.finetune_steps:
             finetune_steps(
-                self.model, self.layers, self.state.masks, self.resident_train(), self.finetune_steps,
-                lr=self.finetune_lr, generator=self._generator,
+                self.model, self.layers, self.state.masks, self.resident_train(), self.config.finetune_steps,
+                lr=self.config.finetune_lr, generator=self._generator,
             )
             stage = 0
         if self.calibrator is not None:
