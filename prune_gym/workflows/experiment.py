@@ -21,7 +21,7 @@ from prune_gym.errors import ConfigError
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD, check_sparsity
 from prune_gym.registration import is_channel_env
 
-__all__ = ["DEFAULT_CHANNEL_TARGETS", "DEFAULT_LATENCY_TARGETS", "DEFAULT_SPARSITIES", "Experiment"]
+__all__ = ["DEFAULT_CHANNEL_TARGETS", "DEFAULT_LATENCY_TARGETS", "DEFAULT_SPARSITIES", "Experiment", "equal_cost_episodes"]
 
 DEFAULT_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 #: A channel env's default targets: the share of FLOPs removed.
@@ -104,11 +104,14 @@ class Experiment:
         return agent_env_kwargs_for(self.algo, self.env_id, self.env_kwargs, self.action_type, self.hyperparams)
 
     def search_episodes(self, agent_episodes: int) -> int:
-        """The search at equal cost: as many env episodes as the agent trained, split evenly over
-        the targets (at least one each); 0 when the search is off or the agent trained none here."""
-        if not self.search or agent_episodes <= 0:
-            return 0
-        return max(agent_episodes // len(self.targets), 1)
+        """The search's episodes per target (:func:`equal_cost_episodes`; 0 when it is off)."""
+        return equal_cost_episodes(agent_episodes, len(self.targets)) if self.search else 0
+
+
+def equal_cost_episodes(agent_episodes: int, targets: int) -> int:
+    """The search at equal cost: as many env episodes as the agent trained, split evenly over the
+    targets (at least one each); 0 when the agent trained none here."""
+    return max(agent_episodes // targets, 1) if agent_episodes > 0 else 0
 
 
 def _targets(env_id: str, sparsities: Sequence[float] | None, env_kwargs: Mapping[str, Any] | None) -> list[float]:

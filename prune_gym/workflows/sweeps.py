@@ -59,7 +59,7 @@ from prune_gym.tasks import get_task
 from prune_gym.workflows.compare import (
     DEFAULT_SPARSITIES,
 )
-from prune_gym.workflows.experiment import Experiment
+from prune_gym.workflows.experiment import equal_cost_episodes
 from prune_gym.workflows.sweep_report import SweepResult, TrialOutcome, write_sweep
 from prune_gym.workflows.sweep_trial import run_trial, trial_label
 
@@ -235,7 +235,7 @@ def _check_sweep_options(
     # The search at equal cost, by compare's rule over the episodes of the largest agent budget
     # (counted before training: its steps over the episode length).
     episodes = max(a["timesteps"] for a in agents.values()) // (spec.max_episode_steps or 1)
-    settings["search_episodes_per_target"] = Experiment.from_sweep(settings, algos[0], seeds[0]).search_episodes(episodes)
+    settings["search_episodes_per_target"] = equal_cost_episodes(episodes, len(targets)) if search else 0
     return settings, output
 
 
