@@ -92,25 +92,27 @@ def read_records(paths: Iterable[str | Path]) -> list[ReplayRecord]:
         ConfigError: a file that is not a comparison's results or a recipe with its env id.
     """
     records: list[ReplayRecord] = []
+    comparisons: dict[Path, dict[str, Any] | None] = {}  # each results.json's env kwargs, read once
     for path in map(Path, paths):
         if not path.exists():
             raise MissingResourceError(f"nothing at {path}: give a comparison's folder (`prune-gym compare --output`), "
                                        "its results.json, its recipes/ folder or one recipe file")
-        records += _records_in(path)
+        records += _records_in(path, comparisons)
     if not records:
         raise MissingResourceError(f"no record to replay in {', '.join(map(str, paths))}: a comparison's folder holds "
                                    "results.json and recipes/")
     return records
 
 
-def _records_in(path: Path) -> list[ReplayRecord]:
+def _records_in(path: Path, comparisons: dict[Path, dict[str, Any] | None]) -> list[ReplayRecord]:
     if path.is_file():
-        return _results_records(path) if path.name == RESULTS_FILE else [_recipe_record(path)]
+        return _results_records(path, comparisons) if path.name == RESULTS_FILE else [_recipe_record(path, comparisons)]
     if (path / SWEEP_FILE).is_file():  # a sweep: every finished trial's recipes
-        return [_recipe_record(file) for file in sorted(path.glob(f"trials/*/{RECIPES_FOLDER}/*.json"))]
-    records = _results_records(path / RESULTS_FILE) if (path / RESULTS_FILE).is_file() else []
+        return [_recipe_record(file, comparisons) for file in sorted(path.glob(f"trials/*/{RECIPES_FOLDER}/*.json"))]
+    records = _results_records(path / RESULTS_FILE, comparisons) if (path / RESULTS_FILE).is_file() else []
     recipes = path / RECIPES_FOLDER if (path / RECIPES_FOLDER).is_dir() else path
-    return records + [_recipe_record(file) for file in sorted(recipes.glob("*.json")) if file.name != RESULTS_FILE]
+    return records + [_recipe_record(file, comparisons) for file in sorted(recipes.glob("*.json"))
+                      if file.name != RESULTS_FILE]
 
 
 def _read_json(path: Path) -> Any:
@@ -120,12 +122,12 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path} is not valid JSON ({error}): restore the file the comparison wrote") from None
 
 
-def _results_records(path: Path) -> list[ReplayRecord]:
-    """The rows of a comparison's ``results.json``."""
+def _results_records(path: Path, comparisons: dict[Path, dict[str, Any] | None]) -> list[ReplayRecord]:
+    """The rows of a comparison's ``results.json`` (its env kwargs kept in ``comparisons``)."""
     data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "env_id" not in data:
         raise ConfigError(f"{path} is not a comparison's results.json (it needs 'env_id' and 'results')")
-    env_kwargs = _matched_env_kwargs(data, str(path))
+    env_kwargs = comparisons[path] = _matched_env_kwargs(data, str(path))
     records = []
     for index, row in enumerate(data["results"]):
         source = f"{path} row {index + 1}"
@@ -144,7 +146,7 @@ def _matched_env_kwargs(results: Mapping[str, Any], source: str) -> dict[str, An
     return env_kwargs
 
 
-def _recipe_record(path: Path) -> ReplayRecord:
+def _recipe_record(path: Path, comparisons: dict[Path, dict[str, Any] | None]) -> ReplayRecord:
     """A recipe that ``compare`` wrote (its ``meta`` names the env, method, target and accuracies).
     A recipe from before recipes recorded their env kwargs takes them from the ``results.json``
     of its comparison (the folder above ``recipes/``), else the env's defaults."""
@@ -153,10 +155,14 @@ def _recipe_record(path: Path) -> ReplayRecord:
     if "env_id" not in meta or "reward_accuracy" not in meta:
         raise ConfigError(f"{path}: a recipe to replay needs meta.env_id and meta.reward_accuracy (the recipes "
                           "`prune-gym compare` writes have them); this one cannot be checked")
-    env_kwargs, results = meta.get("env_kwargs"), path.parent.parent / RESULTS_FILE
-    recorded = env_kwargs is not None or results.is_file()
+    env_kwargs = meta.get("env_kwargs")
     if env_kwargs is None:
-        env_kwargs = _matched_env_kwargs(_read_json(results), str(results)) if results.is_file() else {}
+        results = path.parent.parent / RESULTS_FILE
+        if results not in comparisons:
+            comparisons[results] = _matched_env_kwargs(_read_json(results), str(results)) if results.is_file() else None
+        env_kwargs = comparisons[results]
+    recorded = env_kwargs is not None
+    env_kwargs = {} if env_kwargs is None else env_kwargs
     if not isinstance(env_kwargs, dict):
         raise ConfigError(f"{path}: meta.env_kwargs must be a JSON object (the env kwargs of the comparison)")
     record = _record(str(path), meta["env_id"], env_kwargs, meta.get("method", path.stem), meta.get("target_sparsity"),
