@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "compare_wall_seconds": compare_seconds,
         "agent_train_seconds": result.metadata["agent"]["train_seconds"],
         "table": result.table,
-        "results": [row.record() for row in result.results],
+        "results": [row.to_json() for row in result.results],
         "exported": {"method": chosen.method, "target": args.export_target, "table_test_accuracy": chosen.test_accuracy,
                      "exported_test_accuracy": exported.test_accuracy, "flops_reduction": exported.flops_reduction,
                      "params": exported.params, "dense_params": exported.dense_params,

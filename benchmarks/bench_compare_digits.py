@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "agent_train_seconds": result.metadata["agent"]["train_seconds"],
         "agent_timesteps": result.metadata["agent"]["timesteps"],
         "table": result.table,
-        "results": [row.record() for row in result.results],
+        "results": [row.to_json() for row in result.results],
     }
     print(result.table)
     print(f"\nwall {wall:.0f} s, CPU (main process) {cpu:.0f} s, load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}")

@@ -196,7 +196,7 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
                 env, args.finetune_epochs, seed)
         results.append(result)
         row = {k: getattr(result, k) for k in (
-            "method", "target_sparsity", "test_accuracy", "reward_accuracy", "param_sparsity", "flops_sparsity",
+            "method", "target_sparsity", "test_accuracy", "reward_accuracy", "overall_sparsity", "flops_reduction",
             "episode_return", "action_type", "layer_sparsities", "fallback", "selection")}
         if args.finetune_epochs:
             row["finetuned_test_accuracy"], row["finetune_seconds"] = result.finetuned_test_accuracy, result.finetune_seconds
@@ -266,7 +266,7 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
     for target in targets:
         found = local_search(reference_env, target, per_target, seed=seed, start=start)
         search["best_so_far"][str(target)] = found.best_so_far
-        policy = RecipePolicy(reference_env, found.layer_sparsities)
+        policy = RecipePolicy(reference_env, found.best.layer_sparsities)
         searched = run_episode(policy, reference_env, target, method="local search")
         record(guard_selection(searched, strongest[str(target)]), reference_env,
                per_target * prune_env_of(reference_env).num_layers)
@@ -288,7 +288,7 @@ def aggregate(runs: list[dict[str, Any]], methods: list[str], targets: list[floa
         for target in targets:
             rows = [r for run in runs for r in run["rows"] if r["method"] == method and r["target_sparsity"] == target]
             entry = {"method": method, "target_sparsity": target, "seeds": [r["seed"] for r in rows]}
-            for key in ("test_accuracy", "finetuned_test_accuracy", "reward_accuracy", "flops_sparsity"):
+            for key in ("test_accuracy", "finetuned_test_accuracy", "reward_accuracy", "flops_reduction"):
                 values = [r[key] for r in rows if r.get(key) is not None]
                 if values:
                     entry[f"{key}_mean"], entry[f"{key}_std"] = mean_std(values)

@@ -267,7 +267,7 @@ def _run_baseline(args: argparse.Namespace) -> int:
     if args.json:
         from prune_gym.io import atomic_write_json
 
-        record = {"env_id": args.env, "dense_test_accuracy": prune_env.dense_test_accuracy, **result.record()}
+        record = {"env_id": args.env, "dense_test_accuracy": prune_env.dense_test_accuracy, **result.to_json()}
         atomic_write_json(args.json, record)
         print(f"wrote {args.json}")
     env.close()

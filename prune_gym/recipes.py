@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from prune_gym.episode import EpisodeRecord
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.pruning import (
     PrunableLayer,
@@ -121,11 +122,11 @@ def _best_found_recipe(best: Mapping[str, Any], target: float | None, source: st
     key = targets[0] if target is None else f"{float(target):.6g}"
     if key not in best or not isinstance(best[key], dict):
         raise ConfigError(f"{source} has no episode at target {key}: its targets are {targets}")
-    episode = best[key]
-    meta = {"method": "best found", "selected_from": "best_found", "target_sparsity": episode.get("target_sparsity"),
-            "reward_accuracy": episode.get("reward_accuracy"), "selected_on": "reward split"}
-    return Recipe(layers=_check_layer_sparsities(episode.get("layer_sparsities") or {}, source),
-                  overall_sparsity=episode.get("overall_sparsity"), meta=meta)
+    episode = EpisodeRecord.from_json(best[key], f"{source} target {key}")
+    meta = {"method": "best found", "selected_from": "best_found", "target_sparsity": episode.target_sparsity,
+            "reward_accuracy": episode.reward_accuracy, "selected_on": "reward split"}
+    return Recipe(layers=_check_layer_sparsities(episode.layer_sparsities, source),
+                  overall_sparsity=episode.overall_sparsity, meta=meta)
 
 
 def recipe_from_json(data: Any, source: str = "recipe") -> Recipe:

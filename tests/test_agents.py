@@ -17,14 +17,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents import ALGORITHMS, algorithms_for, load_hyperparams, make_agent, train_agent
-from prune_gym.agents.callbacks import (
-    EpisodeRecord,
-    EpisodeRecorder,
-    TrainingProgress,
-    best_per_target,
-)
+from prune_gym.agents.callbacks import EpisodeRecorder, TrainingProgress
 from prune_gym.agents.factory import parse_policy_kwargs
 from prune_gym.agents.run_folder import latest_checkpoint, load_agent
+from prune_gym.episode import EpisodeRecord, best_per_target
 
 ENV_ID = "PruneResNet20Digits-v1"
 SYNTHETIC = {"synthetic": True, "synthetic_samples": 8, "device": "cpu"}

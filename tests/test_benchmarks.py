@@ -74,7 +74,7 @@ def test_run_all_quick_smoke(tmp_path, digits_model_state):
             assert 0.0 <= entry[f"{key}_mean"] <= 1.0 and math.isfinite(entry[f"{key}_std"])
     rows = record["runs"][0]["rows"]
     for row in rows:
-        assert abs(row["param_sparsity"] - row["target_sparsity"]) < 1e-3, row["method"]
+        assert abs(row["overall_sparsity"] - row["target_sparsity"]) < 1e-3, row["method"]
     # Global MP at half sparsity keeps the digits model's accuracy (dense 98%).
     gmp = next(r for r in rows if r["method"] == "Global MP" and r["target_sparsity"] == min(targets))
     assert gmp["test_accuracy"] > 0.9

@@ -22,7 +22,7 @@ def test_baseline_prints_accuracy_sparsity_and_layers(tmp_path, capsys, digits_m
     assert "Global MP + MT at sparsity 0.8" in out and "param sparsity 80.00%" in out
     assert "stem.0" in out and "head.2" in out  # the per-layer table
     record = json.loads(path.read_text())
-    assert record["param_sparsity"] == pytest.approx(0.8, abs=1e-5)
+    assert record["overall_sparsity"] == pytest.approx(0.8, abs=1e-5)
     assert record["action_type"] == "continuous"
     assert len(record["layer_sparsities"]) == 22
 
@@ -82,7 +82,7 @@ def test_compare_prints_the_table_writes_files_and_finetunes(tmp_path, capsys):
     assert "paired tests on the same test images, against the strongest rule" in out
     assert (output / "results.json").is_file() and (output / "layer_sparsity.png").is_file()
     rows = json.loads((output / "results.json").read_text())["results"]
-    assert {row["method"]: round(row["param_sparsity"], 4) for row in rows} == dict.fromkeys(methods, 0.7)
+    assert {row["method"]: round(row["overall_sparsity"], 4) for row in rows} == dict.fromkeys(methods, 0.7)
     # --finetune-epochs: every method is fine-tuned with its masks, reported next to one-shot.
     assert "after FT (1 ep)" in out
     random = next(row for row in rows if row["method"] == "random")

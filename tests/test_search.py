@@ -26,22 +26,22 @@ def test_search_starts_at_global_mp_and_only_improves_on_the_reward_split(env):
     global_mp = prune_env.global_mp_sparsities(0.9)
     assert len(result.best_so_far) == 6
     assert result.best_so_far == sorted(result.best_so_far)  # the best so far never falls
-    assert result.reward_accuracy == result.best_so_far[-1] >= result.best_so_far[0]
+    assert result.best.reward_accuracy == result.best_so_far[-1] >= result.best_so_far[0]
     # The chosen allocation ends at the target (the env's projection) and replays to the same accuracy.
     numels = prune_env.state.numels
-    pruned = sum(result.layer_sparsities[name] * n for name, n in zip(names, numels, strict=True))
+    pruned = sum(result.best.layer_sparsities[name] * n for name, n in zip(names, numels, strict=True))
     assert pruned == pytest.approx(0.9 * prune_env.state.total, abs=1.0)
     from prune_gym.agents.policies import RecipePolicy
     from prune_gym.agents.rollout import run_episode
 
-    replay = run_episode(RecipePolicy(env, result.layer_sparsities), env, 0.9)
-    assert replay.reward_accuracy == result.reward_accuracy
+    replay = run_episode(RecipePolicy(env, result.best.layer_sparsities), env, 0.9)
+    assert replay.reward_accuracy == result.best.reward_accuracy
     first = run_episode(RecipePolicy(env, dict(zip(names, global_mp, strict=True))), env, 0.9)
     assert first.reward_accuracy == result.best_so_far[0]
 
 
 def test_search_is_reproducible_and_needs_continuous_actions(env, digits_model_state):
-    assert local_search(env, 0.9, 3, seed=4).layer_sparsities == local_search(env, 0.9, 3, seed=4).layer_sparsities
+    assert local_search(env, 0.9, 3, seed=4).best.layer_sparsities == local_search(env, 0.9, 3, seed=4).best.layer_sparsities
     with pytest.raises(ValueError, match="action_type='continuous'"):
         local_search(gym.make(ENV_ID, device="cpu"), 0.9, 3)
     with pytest.raises(ValueError, match="episodes must be a whole number"):
@@ -64,7 +64,7 @@ def test_the_search_never_scores_a_test_split_read_by_a_loader(monkeypatch):
     monkeypatch.setattr(PruningEngine, "test_accuracy", lambda self: calls.append(1) or original(self))
     result = local_search(reference_env, 0.5, episodes=4, seed=0)
     assert calls == []
-    row = run_episode(RecipePolicy(reference_env, result.layer_sparsities), reference_env, 0.5, method="local search")
+    row = run_episode(RecipePolicy(reference_env, result.best.layer_sparsities), reference_env, 0.5, method="local search")
     assert len(calls) == 1 and 0.0 <= row.test_accuracy <= 1.0
 
 

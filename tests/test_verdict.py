@@ -20,7 +20,7 @@ def _row(method: str, reward_correct: np.ndarray, test_accuracy: float, sparsiti
          evaluations: int = 0, finetuned: float | None = None) -> MethodResult:
     return MethodResult(
         method=method, target_sparsity=0.7, test_accuracy=test_accuracy,
-        reward_accuracy=float(reward_correct.mean()), param_sparsity=0.7, flops_sparsity=0.6, seconds=0.1,
+        reward_accuracy=float(reward_correct.mean()), overall_sparsity=0.7, flops_reduction=0.6, seconds=0.1,
         episode_return=1.0, action_type="continuous", layer_sparsities=sparsities, evaluations=evaluations,
         cost_seconds=float(evaluations), finetuned_test_accuracy=finetuned, reward_correct=reward_correct,
         test_correct=np.ones(10, dtype=bool),

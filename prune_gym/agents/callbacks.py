@@ -15,55 +15,26 @@
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
-from prune_gym.io import atomic_write_text
+from prune_gym.episode import (
+    EpisodeRecord,
+    append_episode,
+    best_per_target,
+    read_episodes,
+    target_key,
+    write_episodes,
+)
 
-__all__ = ["EpisodeRecord", "EpisodeRecorder", "TrainingProgress", "best_per_target"]
-
-
-@dataclass
-class EpisodeRecord:
-    """One finished training episode, from its last step's ``info``."""
-
-    timesteps: int
-    seconds: float
-    target_sparsity: float | None
-    reward_accuracy: float
-    overall_sparsity: float
-    flops_reduction: float
-    episode_return: float
-    layer_sparsities: dict[str, float] = field(default_factory=dict)
-    #: Reported only: never read when choosing the best episode.
-    test_accuracy: float | None = None
-
-
-def _target_key(target: float | None) -> str:
-    return "none" if target is None else f"{target:.6g}"
-
-
-def best_per_target(records: Iterable[EpisodeRecord]) -> dict[str, EpisodeRecord]:
-    """The episode with the highest reward-split accuracy for each target (earliest on ties).
-
-    Keys are the targets as short strings (``"0.8"``; ``"none"`` for free-choice episodes).
-    """
-    best: dict[str, EpisodeRecord] = {}
-    for record in records:
-        key = _target_key(record.target_sparsity)
-        if key not in best or record.reward_accuracy > best[key].reward_accuracy:
-            best[key] = record
-    return best
+__all__ = ["EpisodeRecorder", "TrainingProgress"]
 
 
 class EpisodeRecorder(BaseCallback):
@@ -108,23 +79,11 @@ class EpisodeRecorder(BaseCallback):
         return True
 
     def _record(self, info: dict[str, Any], episode_return: float) -> None:
-        target = info.get("target_sparsity")
-        record = EpisodeRecord(
-            timesteps=int(self.num_timesteps),
-            seconds=time.perf_counter() - self._started,
-            target_sparsity=None if target is None else float(target),
-            reward_accuracy=float(info["reward_accuracy"]),
-            overall_sparsity=float(info["overall_sparsity"]),
-            flops_reduction=float(info.get("flops_reduction", math.nan)),
-            episode_return=episode_return,
-            layer_sparsities={name: float(value) for name, value in info["layer_sparsities"].items()},
-            test_accuracy=None if info.get("test_accuracy") is None else float(info["test_accuracy"]),
-        )
+        record = EpisodeRecord.from_info(info, episode_return=episode_return, timesteps=int(self.num_timesteps),
+                                         seconds=time.perf_counter() - self._started)
         self.records.append(record)
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(asdict(record)) + "\n")
+            append_episode(self.path, record)
         if self.tensorboard:
             self._log(record)
         if self.on_episode is not None:
@@ -137,9 +96,9 @@ class EpisodeRecorder(BaseCallback):
         logger.record_mean("prune/flops_reduction", record.flops_reduction)
         if record.test_accuracy is not None:
             logger.record_mean("prune/test_accuracy", record.test_accuracy)
-        best = self.best().get(_target_key(record.target_sparsity))
+        best = self.best().get(target_key(record.target_sparsity))
         if best is not None:
-            logger.record(f"prune/best_reward_accuracy/target_{_target_key(record.target_sparsity)}", best.reward_accuracy)
+            logger.record(f"prune/best_reward_accuracy/target_{target_key(record.target_sparsity)}", best.reward_accuracy)
         # Only TensorBoard draws a histogram; the text formats cannot hold an array.
         logger.record(
             "prune/layer_sparsity", np.asarray(list(record.layer_sparsities.values()), dtype=np.float32),
@@ -153,19 +112,8 @@ class EpisodeRecorder(BaseCallback):
         resumed training plays those steps again."""
         if self.path is None or not self.path.is_file():
             return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = EpisodeRecord(**json.loads(line))
-            except (ValueError, TypeError):
-                break  # a line cut off when the run was killed: nothing after it is whole
-            if record.timesteps > timesteps:
-                break
-            kept.append(record)
-        self.records = kept
-        atomic_write_text(self.path, "".join(json.dumps(asdict(record)) + "\n" for record in kept))
+        self.records = [record for record in read_episodes(self.path) if record.timesteps <= timesteps]
+        write_episodes(self.path, self.records)
 
     def best(self) -> dict[str, EpisodeRecord]:
         """The best episode per target so far (see :func:`best_per_target`)."""
@@ -282,12 +230,3 @@ def _duration(seconds: float) -> str:
         return f"{minutes}m{seconds:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
-
-
-def write_best_found(recorder: EpisodeRecorder, path: str | os.PathLike) -> Path:
-    """Write the best episode per target (reward split) as JSON; returns the path."""
-    path = Path(path)
-    best = {key: asdict(record) for key, record in sorted(recorder.best().items())}
-    atomic_write_text(path, json.dumps({"selected_on": "reward split", "episodes": len(recorder.records),
-                                        "best_per_target": best}, indent=2) + "\n")
-    return path

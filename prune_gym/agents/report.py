@@ -13,7 +13,7 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from prune_gym.agents.policies import prune_env_of
 from prune_gym.channel_export import LATENCY_ROUNDS
+from prune_gym.episode import EpisodeRecord
 from prune_gym.io import atomic_write_json, atomic_write_text
 from prune_gym.recipes import Recipe
 
@@ -40,20 +41,14 @@ __all__ = [
 ]
 
 
-@dataclass
-class MethodResult:
-    """One method pruned to one target: the last step's metrics of its episode."""
+@dataclass(kw_only=True)
+class MethodResult(EpisodeRecord):
+    """One method pruned to one target: its episode's record (test accuracy NaN when the env
+    has no test split), the method's name and what choosing its allocation cost."""
 
-    method: str
     target_sparsity: float
-    test_accuracy: float
-    reward_accuracy: float
-    param_sparsity: float
-    flops_sparsity: float
-    seconds: float
-    episode_return: float
+    method: str
     action_type: str
-    layer_sparsities: dict[str, float] = field(default_factory=dict)
     finetuned_test_accuracy: float | None = None
     finetune_seconds: float | None = None
     #: What choosing the allocation cost: network evaluations on the reward split (an agent's
@@ -75,13 +70,6 @@ class MethodResult:
     #: tests; not written to files).
     test_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
     reward_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def record(self) -> dict[str, Any]:
-        """The row as written to JSON (everything but the per-sample correctness)."""
-        values = asdict(self)
-        values.pop("test_correct")
-        values.pop("reward_correct")
-        return values
 
 
 @dataclass
@@ -152,8 +140,8 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
             row.method + (f" -> {row.fallback}" if row.fallback else "") + (" *" if marked else ""),
             percent(row.test_accuracy),
             percent(row.reward_accuracy),
-            percent(row.param_sparsity, 2),
-            percent(row.flops_sparsity, 2),
+            percent(row.overall_sparsity, 2),
+            percent(row.flops_reduction, 2),
             f"{row.seconds:.2f}",
             "-" if row.evaluations is None else f"{row.evaluations:,}",
             "-" if row.cost_seconds is None else f"{row.cost_seconds:.2f}",
@@ -215,7 +203,7 @@ def format_episode(env_id: str, result: MethodResult, env: Any) -> str:
         f"{env_id}: {result.method} at sparsity {result.target_sparsity} ({env.action_type} actions)",
         f"  test accuracy  {percent(result.test_accuracy, 2)}%  (dense {percent(env.dense_test_accuracy, 2)}%)",
         f"  reward acc.    {percent(result.reward_accuracy, 2)}%  (dense {percent(env.dense_reward_accuracy, 2)}%)",
-        f"  param sparsity {percent(result.param_sparsity, 2)}%   FLOPs sparsity {percent(result.flops_sparsity, 2)}%   "
+        f"  param sparsity {percent(result.overall_sparsity, 2)}%   FLOPs sparsity {percent(result.flops_reduction, 2)}%   "
         f"{result.seconds:.2f} s",
         f"  {'layer'.ljust(width)}  weights  sparsity",
     ]
@@ -238,7 +226,7 @@ def text_table(rows: Sequence[Sequence[str]], text_columns: int) -> list[str]:
 
 
 _CSV_FIELDS = (
-    "target_sparsity", "method", "test_accuracy", "reward_accuracy", "param_sparsity", "flops_sparsity",
+    "target_sparsity", "method", "test_accuracy", "reward_accuracy", "overall_sparsity", "flops_reduction",
     "seconds", "episode_return", "action_type", "finetuned_test_accuracy", "finetune_seconds", "evaluations",
     "cost_seconds", "fallback", "latency_ms", "speedup",
 )
@@ -269,13 +257,13 @@ def write_figures(comparison: Comparison, output: Path, env: Any | None = None) 
 def write_tables(comparison: Comparison, output: Path) -> None:
     """Write ``results.json``, ``results.csv`` and ``table.txt``."""
     output.mkdir(parents=True, exist_ok=True)
-    record = {**comparison.metadata, "results": [row.record() for row in comparison.results]}
+    record = {**comparison.metadata, "results": [row.to_json() for row in comparison.results]}
     atomic_write_json(output / "results.json", record)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_CSV_FIELDS)
     writer.writeheader()
     for row in comparison.results:
-        values = row.record()
+        values = row.to_json()
         writer.writerow({key: json.dumps(values[key]) if isinstance(values[key], dict) else values[key]
                          for key in _CSV_FIELDS})
     atomic_write_text(output / "results.csv", buffer.getvalue())
@@ -291,7 +279,7 @@ def write_recipes(results: Sequence[MethodResult], folder: Path, env_id: str, bn
     ``max_sparsity``), so ``prune-gym validate`` and the channel export rebuild the same env."""
     for row in results:
         recipe = Recipe(
-            layers=row.layer_sparsities, overall_sparsity=row.param_sparsity,
+            layers=row.layer_sparsities, overall_sparsity=row.overall_sparsity,
             meta={"env_id": env_id, "env_kwargs": dict(env_kwargs), "method": row.method,
                   "target_sparsity": row.target_sparsity,
                   "bn_recalibration_batches": bn_recalibration_batches, "test_accuracy": row.test_accuracy,

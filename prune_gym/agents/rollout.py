@@ -60,19 +60,11 @@ def run_episode(
     correct = prune_env.engine.last_test_correct if "test_accuracy" in info else None
     # Reported rows keep their reward-split correctness too (for the selection guard).
     reward_correct = prune_env.engine.reward_correct().numpy().copy() if score_test else None
-    return MethodResult(
-        method=method,
-        target_sparsity=float(target if target is not None else prune_env.target_sparsity or 0.0),
-        test_accuracy=float(info.get("test_accuracy", float("nan"))),
-        reward_accuracy=float(info["reward_accuracy"]),
-        param_sparsity=float(info["overall_sparsity"]),
-        flops_sparsity=float(info["flops_reduction"]),
-        seconds=seconds,
-        episode_return=episode_return,
-        action_type=prune_env.action_type,
-        layer_sparsities={name: float(value) for name, value in info["layer_sparsities"].items()},
-        test_correct=None if correct is None else correct.numpy().copy(),
-        reward_correct=reward_correct,
+    return MethodResult.from_info(
+        info, target_sparsity=float(target if target is not None else prune_env.target_sparsity or 0.0),
+        test_accuracy=float(info.get("test_accuracy", float("nan"))), seconds=seconds, episode_return=episode_return,
+        method=method, action_type=prune_env.action_type,
+        test_correct=None if correct is None else correct.numpy().copy(), reward_correct=reward_correct,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from prune_gym.agents.policies import RecipePolicy, method_of, prune_env_of
+from prune_gym.agents.report import MethodResult
 from prune_gym.agents.rollout import run_episode
 from prune_gym.errors import ConfigError
 
@@ -32,12 +33,12 @@ _EPSILON = 1e-4
 
 @dataclass
 class SearchResult:
-    """The best allocation a :func:`local_search` found at one target (reward split only)."""
+    """What a :func:`local_search` at one target found (reward split only)."""
 
-    target_sparsity: float
+    #: The record of the best episode (its per-layer sparsities, reward-split accuracy, ...;
+    #: its test accuracy NaN: never scored).
+    best: MethodResult
     episodes: int
-    layer_sparsities: dict[str, float]
-    reward_accuracy: float
     #: The best reward-split accuracy after each episode (non-decreasing).
     best_so_far: list[float] = field(default_factory=list)
 
@@ -76,17 +77,18 @@ def local_search(env: Any, target: float, episodes: int, seed: int = 0, step: fl
     names = prune_env.layer_names()
     rng = np.random.default_rng(seed)
 
-    def play(sparsities: np.ndarray) -> tuple[float, np.ndarray]:
+    def play(sparsities: np.ndarray) -> MethodResult:
         policy = RecipePolicy(env, dict(zip(names, sparsities.tolist(), strict=True)))
-        row = run_episode(policy, env, target, score_test=False)  # selects on the reward split
-        return row.reward_accuracy, np.array([row.layer_sparsities[name] for name in names])
+        return run_episode(policy, env, target, score_test=False, method="local search")  # the reward split only
 
-    best_accuracy, best = play(np.asarray(prune_env.allocation_sparsities(start, target), dtype=np.float64))
-    history = [best_accuracy]
+    def applied(row: MethodResult) -> np.ndarray:
+        return np.array([row.layer_sparsities[name] for name in names])
+
+    best = play(np.asarray(prune_env.allocation_sparsities(start, target), dtype=np.float64))
+    history = [best.reward_accuracy]
     for _ in range(int(episodes) - 1):
-        candidate = _sigmoid(_logit(best) + step * rng.standard_normal(len(names)))
-        accuracy, applied = play(candidate)
-        if accuracy > best_accuracy:
-            best_accuracy, best = accuracy, applied
-        history.append(best_accuracy)
-    return SearchResult(float(target), int(episodes), dict(zip(names, best.tolist(), strict=True)), best_accuracy, history)
+        candidate = play(_sigmoid(_logit(applied(best)) + step * rng.standard_normal(len(names))))
+        if candidate.reward_accuracy > best.reward_accuracy:
+            best = candidate
+        history.append(best.reward_accuracy)
+    return SearchResult(best, int(episodes), history)

@@ -39,7 +39,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
-from prune_gym.agents.callbacks import EpisodeRecorder, TrainingProgress, write_best_found
+from prune_gym.agents.callbacks import EpisodeRecorder, TrainingProgress
 from prune_gym.agents.factory import (
     check_algo,
     default_timesteps,
@@ -57,6 +57,7 @@ from prune_gym.agents.run_folder import (
     run_lock,
     save_agent,
 )
+from prune_gym.episode import write_best_found
 from prune_gym.errors import ConfigError
 from prune_gym.io import atomic_write_json
 from prune_gym.pruning import check_sparsity
@@ -267,7 +268,7 @@ def train_agent(
         if resumable:
             save_agent(model, output / "checkpoints" / f"{algo}_{model.num_timesteps}_steps.zip")
         model_path = save_agent(model, output / "model.zip", replay_buffer=resumable)
-        write_best_found(recorder, output / "best_found.json")
+        write_best_found(recorder.records, output / "best_found.json")
         atomic_write_json(output / "run.json", {**run_record, "status": "finished", "num_timesteps": int(model.num_timesteps)})
         if owned_env:
             env.close()
@@ -348,7 +349,7 @@ def _learn(
         # Ctrl-C (a worker process of a parallel env may see it first and close its pipe).
         path = save_agent(model, output / "checkpoints" / f"{algo}_interrupted_{model.num_timesteps}_steps.zip")
         atomic_write_json(output / "run.json", {**run_record, "status": "interrupted"})
-        write_best_found(recorder, output / "best_found.json")
+        write_best_found(recorder.records, output / "best_found.json")
         logger.warning(f"interrupted: saved {model.num_timesteps} steps to {path}; continue with --resume")
         raise
     except BaseException:

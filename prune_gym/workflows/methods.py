@@ -15,12 +15,11 @@ sweep's trials share them):
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,7 +39,7 @@ from prune_gym.agents.training import train_agent
 from prune_gym.agents.verdict import guard_selection, strongest_heuristic
 from prune_gym.channel_export import latency_side_by_side, slim_model
 from prune_gym.envs.channel_env import ChannelPruneEnv
-from prune_gym.errors import ConfigError
+from prune_gym.episode import EpisodeRecord, read_best_found, target_key
 from prune_gym.workflows.experiment import Experiment
 
 __all__ = [
@@ -112,7 +111,7 @@ class ComparedAgent:
     seconds: float
     n_envs: int | None
     path: Path | None
-    best_found: dict[str, dict[str, Any]]
+    best_found: dict[str, EpisodeRecord]
     episodes: int
 
 
@@ -127,12 +126,7 @@ def train_or_load_agent(
         say(f"loading the agent from {agent_path} (an SB3 file: load only files you trust)")
         model = load_agent(agent_path, env=agent_env, algo=experiment.algo)
         best_file = Path(agent_path).parent / "best_found.json"
-        try:
-            record = json.loads(best_file.read_text()) if best_file.is_file() else {}
-        except ValueError as error:
-            raise ConfigError(f"{best_file} (beside --agent) is not valid JSON ({error}): remove it to compare the "
-                              "agent without its best-found recipes, or restore the run's file") from None
-        best, episodes = record.get("best_per_target", {}), int(record.get("episodes", 0))
+        best, episodes = read_best_found(best_file) if best_file.is_file() else ({}, 0)
         return ComparedAgent(model, False, int(model.num_timesteps), 0.0, None, Path(agent_path), best, episodes)
     with tempfile.TemporaryDirectory(prefix="prune-gym-agent-") as scratch:
         run = train_agent(
@@ -144,9 +138,8 @@ def train_or_load_agent(
         )
     say(f"trained {run.num_timesteps:,} steps ({len(run.episodes.records):,} episodes) in {run.seconds:.0f} s")
     n_envs = run.model.n_envs
-    best = {key: asdict(record) for key, record in run.episodes.best().items()}
     return ComparedAgent(run.model, True, int(run.num_timesteps), run.seconds, n_envs,
-                  run.model_path if run_dir is not None else None, best, len(run.episodes.records))
+                         run.model_path if run_dir is not None else None, run.episodes.best(), len(run.episodes.records))
 
 
 class Entry(NamedTuple):
@@ -171,9 +164,9 @@ def agent_entries(algo: str, agent: ComparedAgent, target: float, agent_env: gym
     name = algo.upper()
     cost = {"evaluations": agent.timesteps, "cost_seconds": agent.seconds}
     entries = [Entry(f"{name} (greedy)", agent.model, agent_env, True, **cost)]
-    best = agent.best_found.get(f"{target:.6g}")
+    best = agent.best_found.get(target_key(target))
     if best is not None:
-        policy = RecipePolicy(reference_env, best["layer_sparsities"])
+        policy = RecipePolicy(reference_env, best.layer_sparsities)
         entries.append(Entry(f"{name} (best found)", policy, reference_env, True, **cost, searched=True))
     return entries
 
@@ -186,8 +179,8 @@ def search_entry(reference_env: gym.Env, target: float, episodes: int, seed: int
     found = local_search(reference_env, target, episodes, seed=seed, start=start)
     seconds = time.perf_counter() - started
     say(f"local search at {target}: {episodes} episodes from {start}, best reward-split accuracy "
-        f"{100 * found.reward_accuracy:.1f}% (the start's: {100 * found.best_so_far[0]:.1f}%)")
-    policy = RecipePolicy(reference_env, found.layer_sparsities)
+        f"{100 * found.best.reward_accuracy:.1f}% (the start's: {100 * found.best_so_far[0]:.1f}%)")
+    policy = RecipePolicy(reference_env, found.best.layer_sparsities)
     return Entry("local search", policy, reference_env, True, episodes * prune_env_of(reference_env).num_layers, seconds,
                  searched=True)
 

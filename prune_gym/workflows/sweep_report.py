@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prune_gym.agents.report import MethodResult, percent, pyplot, text_table
+from prune_gym.episode import read_episodes, target_key
 from prune_gym.io import atomic_write_json, atomic_write_text
 
 __all__ = ["AggregateRow", "SweepResult", "TrialOutcome", "aggregate", "format_sweep_table", "mean_std", "write_sweep"]
@@ -45,7 +45,7 @@ class TrialOutcome:
     folder: Path | None = None
 
     def rows(self) -> list[MethodResult]:
-        return [MethodResult(**row) for row in (self.record or {}).get("rows", [])]
+        return [MethodResult.from_json(row, f"trial {self.name}") for row in (self.record or {}).get("rows", [])]
 
 
 @dataclass
@@ -80,8 +80,8 @@ class AggregateRow:
     test_accuracy_std: float
     reward_accuracy_mean: float
     reward_accuracy_std: float
-    param_sparsity_mean: float
-    flops_sparsity_mean: float
+    overall_sparsity_mean: float
+    flops_reduction_mean: float
     finetuned_test_accuracy_mean: float | None = None
     finetuned_test_accuracy_std: float | None = None
     trials: list[str] = field(default_factory=list)
@@ -109,7 +109,7 @@ def aggregate(trials: Sequence[TrialOutcome], targets: Sequence[float]) -> list[
             tuned_stats = mean_std(tuned) if len(tuned) == len(rows) and tuned else (None, None)
             out.append(AggregateRow(
                 target, method, len(rows), *test, *reward,
-                statistics.fmean(r.param_sparsity for r in rows), statistics.fmean(r.flops_sparsity for r in rows),
+                statistics.fmean(r.overall_sparsity for r in rows), statistics.fmean(r.flops_reduction for r in rows),
                 *tuned_stats, [name for name, _ in members], [r.test_accuracy for r in rows],
             ))
     return out
@@ -147,7 +147,7 @@ def format_sweep_table(settings: Mapping[str, Any], trials: Sequence[TrialOutcom
         cells = [
             percent(row.target_sparsity, 0) + "%" if row.target_sparsity != previous else "", row.method, str(row.n),
             _cell(row.test_accuracy_mean, row.test_accuracy_std, row.n),
-            _cell(row.reward_accuracy_mean, row.reward_accuracy_std, row.n), percent(row.param_sparsity_mean, 2),
+            _cell(row.reward_accuracy_mean, row.reward_accuracy_std, row.n), percent(row.overall_sparsity_mean, 2),
         ]
         if tuned:
             cells.insert(4, _cell(row.finetuned_test_accuracy_mean, row.finetuned_test_accuracy_std, row.n))
@@ -169,11 +169,11 @@ def format_sweep_table(settings: Mapping[str, Any], trials: Sequence[TrialOutcom
 
 _CSV_FIELDS = (
     "target_sparsity", "method", "n", "test_accuracy_mean", "test_accuracy_std", "reward_accuracy_mean",
-    "reward_accuracy_std", "param_sparsity_mean", "flops_sparsity_mean", "finetuned_test_accuracy_mean",
+    "reward_accuracy_std", "overall_sparsity_mean", "flops_reduction_mean", "finetuned_test_accuracy_mean",
     "finetuned_test_accuracy_std",
 )
 _TRIAL_FIELDS = ("trial", "kind", "algo", "seed", "target_sparsity", "method", "test_accuracy", "reward_accuracy",
-                 "param_sparsity", "flops_sparsity", "finetuned_test_accuracy", "seconds")
+                 "overall_sparsity", "flops_reduction", "finetuned_test_accuracy", "seconds")
 
 
 def _csv(fields: Sequence[str], records: Sequence[Mapping[str, Any]]) -> str:
@@ -198,7 +198,7 @@ def write_sweep(settings: Mapping[str, Any], trials: Sequence[TrialOutcome], out
     }
     atomic_write_json(output / "results.json", record)
     atomic_write_text(output / "results.csv", _csv(_CSV_FIELDS, [asdict(r) for r in rows]))
-    per_trial = [{"trial": t.name, "kind": t.kind, "algo": t.algo, "seed": t.seed, **row.record()}
+    per_trial = [{"trial": t.name, "kind": t.kind, "algo": t.algo, "seed": t.seed, **row.to_json()}
                  for t in trials if t.status == "finished" for row in t.rows()]
     atomic_write_text(output / "trials.csv", _csv(_TRIAL_FIELDS, per_trial))
     atomic_write_text(output / "table.txt", table + "\n")
@@ -249,15 +249,14 @@ def plot_accuracy_bands(settings: Mapping[str, Any], trials: Sequence[TrialOutco
 def learning_curve(episodes_file: Path, targets: Sequence[float]) -> tuple[list[int], list[float]]:
     """From an agent's ``episodes.jsonl``: after each episode, the best reward-split accuracy so
     far averaged over the targets (0 for a target not yet drawn), as Tune was told."""
-    keys = [f"{t:.6g}" for t in targets]
+    keys = [target_key(t) for t in targets]
     best = dict.fromkeys(keys, 0.0)
     steps, values = [], []
-    for line in episodes_file.read_text().splitlines():
-        episode = json.loads(line)
-        key = f"{episode['target_sparsity']:.6g}" if episode["target_sparsity"] is not None else "none"
+    for episode in read_episodes(episodes_file):
+        key = target_key(episode.target_sparsity)
         if key in best:
-            best[key] = max(best[key], episode["reward_accuracy"])
-        steps.append(int(episode["timesteps"]))
+            best[key] = max(best[key], episode.reward_accuracy)
+        steps.append(int(episode.timesteps))
         values.append(statistics.fmean(best.values()))
     return steps, values
 

@@ -85,7 +85,7 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
             dense = reference.measure_dense_test_accuracy() if reference.test_data is not None else None
             record = {
                 "sweep_id": settings["sweep_id"], "trial": dict(spec), "name": trial_label(spec), **extra,
-                "rows": [row.record() for row in rows],
+                "rows": [row.to_json() for row in rows],
                 "dense_test_accuracy": float("nan") if dense is None else dense,
                 "dense_reward_accuracy": reference.dense_reward_accuracy,
                 "max_sparsity": reference.max_sparsity, "max_sparsity_note": note,

@@ -30,6 +30,7 @@ from typing import Any
 import gymnasium as gym
 
 from prune_gym.agents.policies import RecipePolicy
+from prune_gym.agents.report import MethodResult
 from prune_gym.agents.rollout import run_episode
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.recipes import recipe_from_json
@@ -131,10 +132,9 @@ def _results_records(path: Path, comparisons: dict[Path, dict[str, Any] | None])
     records = []
     for index, row in enumerate(data["results"]):
         source = f"{path} row {index + 1}"
-        if not isinstance(row, dict):
-            raise ConfigError(f"{source} is not a JSON object")
-        records.append(_record(source, data["env_id"], env_kwargs, row.get("method"), row.get("target_sparsity"),
-                               row.get("layer_sparsities"), row.get("reward_accuracy"), row.get("test_accuracy")))
+        row = MethodResult.from_json(row, source)
+        records.append(_record(source, data["env_id"], env_kwargs, row.method, row.target_sparsity,
+                               row.layer_sparsities, row.reward_accuracy, row.test_accuracy))
     return records
 
 
