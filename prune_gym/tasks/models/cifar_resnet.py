@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from prune_gym.errors import ConfigError
+from prune_gym.tasks.models.staged import StemBlocksHead
 
 
 class BasicBlock(nn.Module):
@@ -32,21 +33,15 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
-    """ResNet of depth ``6n + 2`` for small images.
-
-    The body is an ``nn.Sequential`` (``stem``, blocks..., ``head``) so that evaluation can
-    resume from any block boundary (see ``prune_gym.evaluation``).
-    """
+class CifarResNet(StemBlocksHead):
+    """ResNet of depth ``6n + 2`` for small images (``stem``, blocks, ``head``: evaluation can
+    resume from any block boundary, see ``prune_gym.evaluation``)."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3) -> None:
-        super().__init__()
         if (depth - 2) % 6:
             raise ConfigError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110), got {depth}")
         blocks_per_stage = (depth - 2) // 6
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True)
-        )
+        stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
         blocks: list[nn.Module] = []
         in_planes = 16
         for stage, planes in enumerate((16, 32, 64)):
@@ -54,18 +49,7 @@ class CifarResNet(nn.Module):
                 stride = 2 if stage > 0 and index == 0 else 1
                 blocks.append(BasicBlock(in_planes, planes, stride))
                 in_planes = planes
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    def stages(self) -> list[nn.Module]:
-        """Modules whose composition in order is ``forward``: evaluation can resume between them."""
-        return [self.stem, *self.blocks, self.head]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(self.stem(x)))
+        super().__init__(stem, blocks, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)))
 
 
 def resnet20(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:

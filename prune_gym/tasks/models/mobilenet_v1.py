@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from prune_gym.errors import ConfigError
+from prune_gym.tasks.models.staged import StemBlocksHead
 
 #: (output channels, stride) of the 13 depthwise-separable blocks, at width multiplier 1.
 CIFAR_BLOCKS: tuple[tuple[int, int], ...] = (
@@ -49,7 +50,7 @@ class DepthwiseSeparableBlock(nn.Module):
         return self.relu(self.bn2(self.pointwise(out)))
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(StemBlocksHead):
     """MobileNet-V1 for 32x32 inputs.
 
     Args:
@@ -62,7 +63,6 @@ class MobileNetV1(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, width_multiplier: float = 1.0, in_channels: int = 3) -> None:
-        super().__init__()
         if not width_multiplier > 0:
             raise ConfigError(f"width_multiplier must be > 0 (e.g. 1.0, 0.75, 0.5, 0.25), got {width_multiplier}")
 
@@ -70,7 +70,7 @@ class MobileNetV1(nn.Module):
             return max(8, int(channels * width_multiplier))
 
         stem_planes = scaled(32)
-        self.stem = nn.Sequential(
+        stem = nn.Sequential(
             nn.Conv2d(in_channels, stem_planes, 3, 1, 1, bias=False),
             nn.BatchNorm2d(stem_planes),
             nn.ReLU(inplace=True),
@@ -81,18 +81,8 @@ class MobileNetV1(nn.Module):
             planes = scaled(channels)
             blocks.append(DepthwiseSeparableBlock(in_planes, planes, stride))
             in_planes = planes
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_planes, num_classes))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    def stages(self) -> list[nn.Module]:
-        """Modules whose composition in order is ``forward``: evaluation can resume between them."""
-        return [self.stem, *self.blocks, self.head]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(self.stem(x)))
+        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_planes, num_classes))
+        super().__init__(stem, blocks, head)
 
 
 def mobilenet_v1(num_classes: int = 10, width_multiplier: float = 1.0, in_channels: int = 3) -> MobileNetV1:

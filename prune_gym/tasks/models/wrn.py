@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from prune_gym.errors import ConfigError
+from prune_gym.tasks.models.staged import StemBlocksHead
 
 
 class WideBasicBlock(nn.Module):
@@ -43,7 +44,7 @@ class WideBasicBlock(nn.Module):
         return out + residual
 
 
-class WideResNet(nn.Module):
+class WideResNet(StemBlocksHead):
     """WRN-``depth``-``widen_factor`` for 32x32 inputs.
 
     Args:
@@ -64,7 +65,6 @@ class WideResNet(nn.Module):
         dropout: float = 0.0,
         in_channels: int = 3,
     ) -> None:
-        super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ConfigError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 40), got {depth}")
         if widen_factor < 1:
@@ -73,7 +73,7 @@ class WideResNet(nn.Module):
             raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
         blocks_per_group = (depth - 4) // 6
         widths = (16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.stem = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        stem = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         blocks: list[nn.Module] = []
         in_planes = 16
         for group, planes in enumerate(widths):
@@ -81,26 +81,15 @@ class WideResNet(nn.Module):
                 stride = 2 if group > 0 and index == 0 else 1
                 blocks.append(WideBasicBlock(in_planes, planes, stride, dropout))
                 in_planes = planes
-        self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(
+        head = nn.Sequential(
             nn.BatchNorm2d(in_planes),
             nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
             nn.Linear(in_planes, num_classes),
         )
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
-
-    def stages(self) -> list[nn.Module]:
-        """Modules whose composition in order is ``forward``: evaluation can resume between them."""
-        return [self.stem, *self.blocks, self.head]
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.blocks(self.stem(x)))
+        super().__init__(stem, blocks, head)
+        nn.init.zeros_(head[-1].bias)
 
 
 def wrn28x8(num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3) -> WideResNet:
