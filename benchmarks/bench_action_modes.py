@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import torch
-from machine import machine_info  # benchmarks/machine.py, beside this script
+from machine import machine_info, write_record  # benchmarks/machine.py, beside this script
 
 import prune_gym  # noqa: F401  (registers the env ids)
 from prune_gym.agents import GlobalMagnitudePolicy, RandomPolicy
@@ -107,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {100 * gmp['reward_accuracy']:.1f} / {100 * gmp['test_accuracy']:.1f} "
             f"| {100 * row['classifier_sparsity_of_best']:.1f} |"
         )
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "action_modes_digits.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    (args.output / "action_modes_digits.md").write_text("\n".join(lines) + "\n")
+    write_record(args.output, "action_modes_digits", record, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

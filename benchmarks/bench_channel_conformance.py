@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import multiprocessing
 import sys
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from machine import machine_info  # benchmarks/machine.py, beside this script
+from machine import machine_info, write_record  # benchmarks/machine.py, beside this script
 
 #: Models whose architecture fixes the input size (vision transformers, Swin, MaxViT).
 NEEDS_224 = ("vit_", "swin_", "maxvit")
@@ -176,10 +175,7 @@ def main() -> int:
     }
     markdown = to_markdown(record)
     print(markdown)
-    if args.output:
-        args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / "channel_conformance.json").write_text(json.dumps(record, indent=2) + "\n")
-        (args.output / "channel_conformance.md").write_text(markdown)
+    write_record(args.output, "channel_conformance", record, markdown)
     return 0
 
 

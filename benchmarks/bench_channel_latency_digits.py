@@ -28,7 +28,7 @@ import gymnasium as gym
 import onnxruntime
 import torch
 from bench_compare_channels_digits import median_ms  # beside this script
-from machine import machine_info  # benchmarks/machine.py, beside this script
+from machine import machine_info, write_record  # benchmarks/machine.py, beside this script
 
 import prune_gym  # noqa: F401  (registers the envs)
 from prune_gym.channel_export import export_onnx, fold_batchnorm, slim_model
@@ -131,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     f"{cells[r]['speedup_max']:.2f})" for r in RUNTIMES) + " |")
     markdown = "\n".join(lines) + "\n"
     print(markdown)
-    if args.output is not None:
-        args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / "channel_latency_digits.json").write_text(json.dumps(record, indent=2) + "\n")
-        (args.output / "channel_latency_digits.md").write_text(markdown)
+    write_record(args.output, "channel_latency_digits", record, markdown)
     return 0
 
 

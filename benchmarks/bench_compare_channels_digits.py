@@ -40,7 +40,7 @@ from pathlib import Path
 import gymnasium as gym
 import onnxruntime
 import torch
-from machine import machine_info  # benchmarks/machine.py, beside this script
+from machine import machine_info, write_record  # benchmarks/machine.py, beside this script
 
 from prune_gym.agents.report import method_slug
 from prune_gym.channel_export import BUDGET_LABELS, export_channel_task, export_onnx, load_slim
@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     markdown = "\n".join(lines)
     print(markdown)
-    if args.output is not None:
-        (args.output / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-        (args.output / f"{stem}.md").write_text(markdown)
+    write_record(args.output, stem, record, markdown)
     return 0
 
 

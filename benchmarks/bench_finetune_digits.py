@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import statistics
 import sys
@@ -33,7 +32,11 @@ import time
 from pathlib import Path
 
 import torch
-from machine import cpu_model, machine_info  # benchmarks/machine.py, beside this script
+from machine import (  # benchmarks/machine.py, beside this script
+    cpu_model,
+    machine_info,
+    write_record,
+)
 
 from prune_gym.accounting import accounting, layer_flops
 from prune_gym.calibration import capture_state, recalibrate_batchnorm, restore_state
@@ -166,15 +169,12 @@ def main(argv: list[str] | None = None) -> int:
 
     report = render(args, rows, accuracy_dense, time.perf_counter() - started)
     print(report)
-    if args.output:
-        args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / f"{args.name}.md").write_text(report)
-        record = {
-            "benchmark": args.name, "date": datetime.date.today().isoformat(), "command": command_line(),
-            "machine": machine_info(), "dense_accuracy": accuracy_dense, "epochs": args.epochs, "seeds": args.seeds,
-            "rows": rows,
-        }
-        (args.output / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    record = {
+        "benchmark": args.name, "date": datetime.date.today().isoformat(), "command": command_line(),
+        "machine": machine_info(), "dense_accuracy": accuracy_dense, "epochs": args.epochs, "seeds": args.seeds,
+        "rows": rows,
+    }
+    write_record(args.output, args.name, record, report)
     return 0
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from machine import cpu_model  # benchmarks/machine.py, beside this script
+from machine import cpu_model, write_record  # benchmarks/machine.py, beside this script
 from torch.nn.utils import prune as torch_prune
 
 from prune_gym.pruning import PruningState, find_prunable_layers, global_magnitude_masks
@@ -277,10 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         result = bench_device(device, args.sparsities, args.repeats)
         table = markdown(result)
         stem = f"global_mp_{device.type}"
-        if args.output is not None:
-            args.output.mkdir(parents=True, exist_ok=True)
-            (args.output / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-            (args.output / f"{stem}.md").write_text(table + "\n")
+        write_record(args.output, stem, result, table)
         print(table, flush=True)
         failed |= not all(row["masks_equal"] for row in [*result["results"], *result["selection_paths"]])
     return 1 if failed else 0

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from machine import machine_info  # benchmarks/machine.py, beside this script
+from machine import machine_info, write_record  # benchmarks/machine.py, beside this script
 
 import prune_gym  # noqa: F401  (registers the envs)
 from prune_gym.evaluation import Evaluator
@@ -219,11 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     table = markdown(record)
     print(table)
-    if args.output is not None:
-        args.output.mkdir(parents=True, exist_ok=True)
-        stem = f"resnet50_cost_{device.type}"
-        (args.output / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
-        (args.output / f"{stem}.md").write_text(table + "\n")
+    write_record(args.output, f"resnet50_cost_{device.type}", record, table)
     return 0
 
 

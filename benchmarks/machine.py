@@ -1,10 +1,12 @@
-"""What machine a benchmark ran on, for its recorded results."""
+"""What machine a benchmark ran on, for its recorded results, and how a result is written."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,3 +33,13 @@ def machine_info() -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def write_record(folder: Path | None, stem: str, record: Any, markdown: str) -> None:
+    """Write a benchmark's ``<stem>.json`` (the record, machine included) and ``<stem>.md`` (its
+    table, ending in one newline) into ``folder`` (None: nothing written)."""
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    (folder / f"{stem}.md").write_text(markdown.rstrip("\n") + "\n")

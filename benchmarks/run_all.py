@@ -261,12 +261,17 @@ def table_finetune(results: Path, link: str) -> str | None:
     return "\n\n".join(parts) or None
 
 
-def table_compare(results: Path, link: str) -> str | None:
-    # The markdown the script writes (or a hand-written account of the same run), as it is.
-    path = results / "compare_digits.md"
-    if not path.is_file():
-        return None
-    return _relink(_without_title(path.read_text()), link) + f"\n\nRecord: [`compare_digits.json`]({link}compare_digits.json)."
+def recorded_table(stem: str) -> Callable[[Path, str], str | None]:
+    """The table of a benchmark that writes its own markdown: ``<stem>.md`` as it is (title
+    dropped, links made the README's) and a link to its record ``<stem>.json``."""
+
+    def table(results: Path, link: str) -> str | None:
+        path = results / f"{stem}.md"
+        if not path.is_file():
+            return None
+        return _relink(_without_title(path.read_text()), link) + f"\n\nRecord: [`{stem}.json`]({link}{stem}.json)."
+
+    return table
 
 
 def table_quality(results: Path, link: str) -> str | None:
@@ -292,13 +297,6 @@ def table_sweep(results: Path, link: str) -> str | None:
             + "\n\n".join(images))
 
 
-def table_action_modes(results: Path, link: str) -> str | None:
-    path = results / "action_modes_digits.md"
-    if not path.is_file():
-        return None
-    return path.read_text().strip() + f"\n\nRecord: [`action_modes_digits.json`]({link}action_modes_digits.json)."
-
-
 def table_resnet50_cost(results: Path, link: str) -> str | None:
     parts = [f"**{device.upper()}** ([JSON]({link}resnet50_cost_{device}.json)): "
              + (results / f"resnet50_cost_{device}.md").read_text().strip()
@@ -316,22 +314,6 @@ def table_compare_channels(results: Path, link: str) -> str | None:
         if path.is_file():
             parts.append(f"**{label}** ([JSON]({link}{stem}.json)):\n\n" + _relink(_without_title(path.read_text()), link))
     return "\n\n".join(parts) or None
-
-
-def table_channel_latency(results: Path, link: str) -> str | None:
-    path = results / "channel_latency_digits.md"
-    if not path.is_file():
-        return None
-    return (_without_title(path.read_text())
-            + f"\n\nRecord: [`channel_latency_digits.json`]({link}channel_latency_digits.json).")
-
-
-def table_channel_conformance(results: Path, link: str) -> str | None:
-    path = results / "channel_conformance.md"
-    if not path.is_file():
-        return None
-    return (_without_title(path.read_text())
-            + f"\n\nRecord: [`channel_conformance.json`]({link}channel_conformance.json).")
 
 
 def _date_and_machine(name: str, results: Path) -> tuple[str, str] | None:
@@ -374,14 +356,14 @@ TABLES: dict[str, Callable[[Path, str], str | None]] = {
     "env_steps": table_env_steps,
     "soak": table_soak,
     "finetune": table_finetune,
-    "compare": table_compare,
+    "compare": recorded_table("compare_digits"),
     "quality": table_quality,
     "sweep": table_sweep,
-    "action_modes": table_action_modes,
+    "action_modes": recorded_table("action_modes_digits"),
     "resnet50_cost": table_resnet50_cost,
     "compare_channels": table_compare_channels,
-    "channel_latency": table_channel_latency,
-    "channel_conformance": table_channel_conformance,
+    "channel_latency": recorded_table("channel_latency_digits"),
+    "channel_conformance": recorded_table("channel_conformance"),
 }
 
 

@@ -319,23 +319,29 @@ def test_a_failing_reward_takes_the_step_back(reward, message):
     assert info["layer_index"] == 0
 
 
-def test_a_failing_test_evaluation_at_the_last_step_takes_the_step_back(monkeypatch):
+@pytest.mark.parametrize("at_last_step, part, method, error", [
+    (False, "evaluator", "accuracy", RuntimeError("simulated out-of-memory")),  # the reward split, mid-episode
+    (True, "engine", "test_accuracy", OSError("test split unreadable")),  # the test split, at the last step
+])
+def test_a_failing_evaluation_takes_the_step_back(at_last_step, part, method, error, monkeypatch):
     env = tiny_env(target_sparsity=0.5)
     env.reset(seed=0)
-    for _ in range(env.num_layers - 1):
+    for _ in range(env.num_layers - 1 if at_last_step else 1):
         env.step(5)
     before = _snapshot(env)
 
-    def unreadable(*args, **kwargs):
-        raise OSError("test split unreadable")
+    def failing(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(env.engine, "test_accuracy", unreadable)
-    with pytest.raises(OSError, match="unreadable"):
+    monkeypatch.setattr(getattr(env, part), method, failing)
+    with pytest.raises(type(error), match=str(error)):
         env.step(5)
     assert _same(before, _snapshot(env))
     monkeypatch.undo()
-    _, _, terminated, _, info = env.step(5)
-    assert terminated and "test_accuracy" in info and info["overall_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    terminated = False
+    while not terminated:  # the same step now goes through, and the episode ends at its target
+        _, _, terminated, _, info = env.step(5)
+    assert "test_accuracy" in info and info["overall_sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
 @pytest.mark.parametrize("seed, options, message", [

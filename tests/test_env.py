@@ -322,24 +322,6 @@ def test_out_of_space_actions_are_rejected_without_changing_the_model(digits_mod
     env.step(env.sparsity_to_action(0.5))  # the episode goes on normally
 
 
-def test_failed_evaluation_rolls_the_step_back(env, monkeypatch):
-    unwrapped = env.unwrapped
-    env.reset(seed=0)
-    env.step(4)
-    before = weights_of(env)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("simulated out-of-memory")
-
-    monkeypatch.setattr(unwrapped.evaluator, "accuracy", broken)
-    with pytest.raises(RuntimeError, match="simulated"):
-        env.step(4)
-    assert_same_state(weights_of(env), before)
-    monkeypatch.undo()
-    env.reset()
-    rollout(env)
-
-
 def test_stepping_after_the_episode_or_before_reset_is_an_error(digits_model_state):
     env = gym.make(DIGITS).unwrapped
     with pytest.raises(RuntimeError, match="reset"):

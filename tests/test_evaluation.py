@@ -250,12 +250,18 @@ def test_the_last_scored_samples_are_kept_until_the_weights_change(calibrated_re
     assert evaluator.last_correct() is full and passes == [1]
 
 
-def test_changing_an_earlier_layer_drops_the_cache(calibrated_resnet20_split):
+@pytest.fixture
+def staged_evaluation(calibrated_resnet20_split):
+    """The split's model with its layers' mask state, an Evaluator over the split and each layer's stage."""
     model, inputs, labels = calibrated_resnet20_split
     layers = find_prunable_layers(model)
-    state = PruningState(model, layers)
     evaluator = Evaluator(model, (inputs, labels), batch_size=32)
-    layer_stage = stage_of_modules(evaluator.stages, [layer.module for layer in layers])
+    return model, inputs, labels, layers, PruningState(model, layers), evaluator, stage_of_modules(
+        evaluator.stages, [layer.module for layer in layers])
+
+
+def test_changing_an_earlier_layer_drops_the_cache(staged_evaluation):
+    model, inputs, labels, layers, state, evaluator, layer_stage = staged_evaluation
     late = layer_stage[-2]
     assert evaluator.accuracy(keep_stage=late) == 1.0
     assert evaluator.cached_stage == late
@@ -278,12 +284,8 @@ def test_changing_an_earlier_layer_drops_the_cache(calibrated_resnet20_split):
     assert evaluator.accuracy() == 1.0
 
 
-def test_a_change_after_the_cached_stage_resumes_from_the_cached_stage(calibrated_resnet20_split):
-    model, inputs, labels = calibrated_resnet20_split
-    layers = find_prunable_layers(model)
-    state = PruningState(model, layers)
-    evaluator = Evaluator(model, (inputs, labels), batch_size=32)
-    layer_stage = stage_of_modules(evaluator.stages, [layer.module for layer in layers])
+def test_a_change_after_the_cached_stage_resumes_from_the_cached_stage(staged_evaluation):
+    model, inputs, labels, layers, state, evaluator, layer_stage = staged_evaluation
     stem_calls = []
     evaluator.stages[0].register_forward_hook(lambda *_: stem_calls.append(1))
     assert evaluator.accuracy(keep_stage=1) == 1.0

@@ -54,6 +54,11 @@ class EngineConfig:
                 "compile": self.compile}
 
 
+def _read_only(owner: str, name: str, doc: str) -> property:
+    """A read-only attribute that is ``self.<owner>.<name>``."""
+    return property(lambda self: getattr(getattr(self, owner), name), doc=doc)
+
+
 class EngineView:
     """What both envs show of their engine (``self.engine``, built from ``self.config``): the
     resolved settings, read-only, and the test split's evaluation."""
@@ -69,41 +74,16 @@ class EngineView:
         """Test accuracy of the dense model (measured once, then the pruned state is put back)."""
         return self.engine.measure_dense_test_accuracy()
 
-    @property
-    def dense_test_accuracy(self) -> float | None:
-        """The dense model's test accuracy once measured (every episode's last step does)."""
-        return self.engine.dense_test_accuracy
-
-    @property
-    def calibrator(self):
-        """The BatchNorm re-calibration after each step (None when off)."""
-        return self.engine.calibrator
-
-    @property
-    def device(self) -> torch.device:
-        return self.config.device
-
-    @property
-    def amp(self) -> bool:
-        """Whether evaluation on CUDA uses autocast (the task's choice when ``amp=None``)."""
-        return self.config.amp
-
-    @property
-    def compiled(self) -> bool:
-        """Whether evaluation runs through torch.compile (``compile="auto"`` resolved)."""
-        return self.config.compile
-
-    @property
-    def bn_recalibration_batches(self) -> int:
-        return self.config.bn_recalibration_batches
-
-    @property
-    def finetune_steps(self) -> int:
-        return self.config.finetune_steps
-
-    @property
-    def finetune_lr(self) -> float:
-        return self.config.finetune_lr
+    dense_test_accuracy = _read_only("engine", "dense_test_accuracy",
+                                     "The dense model's test accuracy once measured (every episode's last step does).")
+    calibrator = _read_only("engine", "calibrator", "The BatchNorm re-calibration after each step (None when off).")
+    device = _read_only("config", "device", "Where the pruned model runs (``device='auto'`` resolved).")
+    amp = _read_only("config", "amp", "Whether evaluation on CUDA uses autocast (the task's choice when ``amp=None``).")
+    compiled = _read_only("config", "compile", "Whether evaluation runs through torch.compile (``compile='auto'`` resolved).")
+    bn_recalibration_batches = _read_only("config", "bn_recalibration_batches",
+                                          "Batches of train data that re-estimate BatchNorm after each step (0: off).")
+    finetune_steps = _read_only("config", "finetune_steps", "Masked fine-tuning steps after each step (0: off).")
+    finetune_lr = _read_only("config", "finetune_lr", "The learning rate of those fine-tuning steps.")
 
 
 def engine_config(task: Task | None, *, device, amp, compile, batch_size, channels_last, cache_activations,

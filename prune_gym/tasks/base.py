@@ -202,6 +202,14 @@ def cache_dir() -> Path:
     return Path(base) / "prune-gym"
 
 
+def missing_data(dataset: str, detail: str, env_var: str, layout: str) -> MissingResourceError:
+    """The error for a dataset not found where it was looked for: what was wrong (``detail``), the
+    two ways to point at it (``data_dir=`` / ``--data-dir``, the environment variable) and the
+    folder ``layout`` expected there."""
+    return MissingResourceError(f"{dataset} data not found: {detail}. Pass data_dir=DIR (CLI: --data-dir DIR) or set "
+                                f"${env_var} to {layout}.")
+
+
 def resolve_path(
     value: str | os.PathLike | None, env_var: str | None, default: Path | None = None
 ) -> Path | None:

@@ -27,8 +27,9 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Dataset
 
+from prune_gym.errors import MissingResourceError
 from prune_gym.finetune import TrainConfig
-from prune_gym.tasks.base import MissingResourceError, resolve_path
+from prune_gym.tasks.base import missing_data, resolve_path
 from prune_gym.tasks.image_data import ImageClassificationTask, crop_flip
 from prune_gym.tasks.models.cifar_resnet import resnet32
 from prune_gym.tasks.models.mobilenet_v1 import mobilenet_v1
@@ -58,12 +59,9 @@ def cifar10_transform(augment: bool = False) -> Callable:
     return transforms.Compose(steps)
 
 
-def _missing_data_message(detail: str) -> str:
-    return (
-        f"CIFAR-10 data not found: {detail}. Pass data_dir=DIR (CLI: --data-dir DIR) or set "
-        f"${CIFAR10_DIR_ENV} to the folder that contains {CIFAR10_FOLDER}/ (extract "
-        f"{CIFAR10_URL} there)."
-    )
+def _missing_data(detail: str) -> MissingResourceError:
+    return missing_data("CIFAR-10", detail, CIFAR10_DIR_ENV,
+                        f"the folder that contains {CIFAR10_FOLDER}/ (extract {CIFAR10_URL} there)")
 
 
 def locate_cifar10(data_dir: str | os.PathLike | None) -> Path:
@@ -77,15 +75,15 @@ def locate_cifar10(data_dir: str | os.PathLike | None) -> Path:
     """
     root = resolve_path(data_dir, CIFAR10_DIR_ENV)
     if root is None:
-        raise MissingResourceError(_missing_data_message("no folder given"))
+        raise _missing_data("no folder given")
     if root.name == CIFAR10_FOLDER and not (root / CIFAR10_FOLDER).is_dir():
         root = root.parent
     folder = root / CIFAR10_FOLDER
     if not folder.is_dir():
-        raise MissingResourceError(_missing_data_message(f"{folder} is not a folder"))
+        raise _missing_data(f"{folder} is not a folder")
     missing = [name for name in CIFAR10_FILES if not (folder / name).is_file()]
     if missing:
-        raise MissingResourceError(_missing_data_message(f"{folder} lacks {', '.join(missing)}"))
+        raise _missing_data(f"{folder} lacks {', '.join(missing)}")
     return root
 
 

@@ -50,14 +50,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from prune_gym.errors import ConfigError
+from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.finetune import TrainConfig
 from prune_gym.tasks.base import (
     Availability,
-    MissingResourceError,
     Splits,
     Task,
     load_state_dict_file,
+    missing_data,
     resolve_path,
 )
 from prune_gym.tasks.models.fastgrnn import fastgrnn_har2
@@ -209,16 +209,11 @@ class HAR2Task(Task):
     def build_model(self) -> nn.Module:
         return fastgrnn_har2(num_classes=self.num_classes)
 
-    def _missing_data_message(self) -> str:
-        return (
-            "HAR-2 needs the UCI HAR Dataset (raw inertial signals): pass data_dir= (the extracted "
-            f"'{ARCHIVE_FOLDER}' folder or its parent) or set ${self.data_env_var}."
-        )
-
     def _data_dir(self, data_dir: str | os.PathLike | None) -> Path:
         path = resolve_path(data_dir, self.data_env_var)
         if path is None:
-            raise MissingResourceError(self._missing_data_message())
+            raise missing_data("HAR-2", "no folder given", self.data_env_var,
+                               f"the extracted '{ARCHIVE_FOLDER}' folder (its raw inertial signals are read) or its parent")
         return path
 
     def _weights_path(self, weights: str | os.PathLike | None) -> Path:

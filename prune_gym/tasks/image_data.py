@@ -13,15 +13,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from prune_gym.errors import ConfigError
-from prune_gym.tasks.base import (
-    Availability,
-    MissingResourceError,
-    Splits,
-    Task,
-    load_state_dict_file,
-    resolve_path,
-)
+from prune_gym.errors import ConfigError, MissingResourceError
+from prune_gym.tasks.base import Availability, Splits, Task, load_state_dict_file, resolve_path
 
 
 class TransformedSubset(Dataset):

@@ -31,13 +31,9 @@ from urllib.parse import urlparse
 from torch import nn
 from torch.utils.data import Dataset
 
-from prune_gym.errors import ConfigError
+from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.finetune import TrainConfig
-from prune_gym.tasks.base import (
-    MissingResourceError,
-    Splits,
-    resolve_path,
-)
+from prune_gym.tasks.base import Splits, missing_data, resolve_path
 from prune_gym.tasks.image_data import ImageClassificationTask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,13 +66,11 @@ def imagenet_transform(image_size: int = DEFAULT_IMAGE_SIZE, augment: bool = Fal
     return transforms.Compose(steps)
 
 
-def _missing_data_message(detail: str) -> str:
-    return (
-        f"ImageNet data not found: {detail}. Pass data_dir=DIR (CLI: --data-dir DIR) or set "
-        f"${IMAGENET_DIR_ENV} to a folder with train/ and val/ subfolders, each holding one "
-        "folder of images per class (the ILSVRC-2012 layout that torchvision's ImageFolder reads; "
-        "sort the flat validation images into class folders first)."
-    )
+def _missing_data(detail: str) -> MissingResourceError:
+    return missing_data("ImageNet", detail, IMAGENET_DIR_ENV,
+                        "a folder with train/ and val/ subfolders, each holding one folder of images per class (the "
+                        "ILSVRC-2012 layout that torchvision's ImageFolder reads; sort the flat validation images into "
+                        "class folders first)")
 
 
 def locate_imagenet(data_dir: str | os.PathLike | None) -> Path:
@@ -87,10 +81,10 @@ def locate_imagenet(data_dir: str | os.PathLike | None) -> Path:
     """
     root = resolve_path(data_dir, IMAGENET_DIR_ENV)
     if root is None:
-        raise MissingResourceError(_missing_data_message("no folder given"))
+        raise _missing_data("no folder given")
     missing = [name for name in ("train", "val") if not (root / name).is_dir()]
     if missing:
-        raise MissingResourceError(_missing_data_message(f"{root} has no {' or '.join(missing)}/ folder"))
+        raise _missing_data(f"{root} has no {' or '.join(missing)}/ folder")
     return root
 
 
@@ -100,7 +94,7 @@ def _image_folder(folder: Path) -> Dataset:
     try:
         return ImageFolder(str(folder))
     except FileNotFoundError as error:  # no class folders, or no images inside them
-        raise MissingResourceError(_missing_data_message(f"{folder}: {error}")) from None
+        raise _missing_data(f"{folder}: {error}") from None
 
 
 class ImageNetTask(ImageClassificationTask):

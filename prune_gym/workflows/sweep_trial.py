@@ -25,17 +25,10 @@ import torch
 
 from prune_gym.agents.policies import prune_env_of
 from prune_gym.agents.report import MethodResult, write_recipes
+from prune_gym.episode import target_key
 from prune_gym.io import atomic_write_json
+from prune_gym.workflows import methods  # compare's pieces, played here one trial kind at a time
 from prune_gym.workflows.experiment import Experiment
-from prune_gym.workflows.methods import (
-    Entry,
-    agent_entries,
-    make_reference_env,
-    play,
-    reference_entries,
-    search_entry,
-    train_or_load_agent,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +59,7 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="prune-gym-trial-") as scratch:
         folder = Path(scratch)
-        reference_env, shared, note = make_reference_env(settings["env_id"], targets, env_kwargs, settings["min_threshold"])
+        reference_env, shared, note = methods.make_reference_env(settings["env_id"], targets, env_kwargs, settings["min_threshold"])
         reference = prune_env_of(reference_env)
         try:
             if spec["kind"] == "agent":
@@ -74,12 +67,12 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
             elif spec["kind"] == "search":
                 episodes = settings["search_episodes_per_target"]
                 rows = [row for t in targets for row in _play_guarded(
-                    [search_entry(reference_env, t, episodes, spec["seed"], say, start=settings.get("search_start", "global-mp"))],
+                    [methods.search_entry(reference_env, t, episodes, spec["seed"], say, start=settings.get("search_start", "global-mp"))],
                     reference_env, t, settings, spec["seed"])]
                 extra = {"episodes_per_target": episodes}
             else:
-                rows = [row for t in targets for row in play(
-                    reference_entries(reference_env, spec["seed"], settings["min_threshold"]), t,
+                rows = [row for t in targets for row in methods.play(
+                    methods.reference_entries(reference_env, spec["seed"], settings["min_threshold"]), t,
                     settings["finetune_epochs"], spec["seed"])]
                 extra = {}
             dense = reference.measure_dense_test_accuracy() if reference.test_data is not None else None
@@ -105,12 +98,12 @@ def run_trial(config: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(scratch))
 
 
-def _play_guarded(entries: list[Entry], reference_env, target: float, settings: Mapping[str, Any],
+def _play_guarded(entries: list[methods.Entry], reference_env, target: float, settings: Mapping[str, Any],
                   seed: int) -> list[MethodResult]:
     """The entries' rows at ``target``, the searched ones guarded as in ``compare``: the zero-cost
     rules are played beside them (their rows are the reference trial's to report, not this one's)."""
-    rules = reference_entries(reference_env, seed, settings["min_threshold"])
-    return play([*entries, *rules], target, settings["finetune_epochs"], seed)[: len(entries)]
+    rules = methods.reference_entries(reference_env, seed, settings["min_threshold"])
+    return methods.play([*entries, *rules], target, settings["finetune_epochs"], seed)[: len(entries)]
 
 
 def _agent_trial(spec, settings, shared, reference_env, folder: Path, say) -> tuple[list[MethodResult], dict[str, Any]]:
@@ -120,10 +113,10 @@ def _agent_trial(spec, settings, shared, reference_env, folder: Path, say) -> tu
     kwargs = experiment.agent_env_kwargs()
     agent_env = gym.make(experiment.env_id, target_sparsity=targets[0], **kwargs)
     try:
-        agent = train_or_load_agent(experiment, agent_env, kwargs, None, folder / "agent", True, True, say,
+        agent = methods.train_or_load_agent(experiment, agent_env, kwargs, None, folder / "agent", True, True, say,
                                     on_episode=TuneReporter(targets, experiment.timesteps))
         rows = [row for t in targets for row in _play_guarded(
-            agent_entries(algo, agent, t, agent_env, reference_env), reference_env, t, settings, seed)]
+            methods.agent_entries(algo, agent, t, agent_env, reference_env), reference_env, t, settings, seed)]
     finally:
         agent_env.close()
     return rows, {"timesteps": agent.timesteps, "episodes": agent.episodes, "train_seconds": agent.seconds,
@@ -137,7 +130,7 @@ class TuneReporter:
     is reported with the trial's evaluation instead."""
 
     def __init__(self, targets: Sequence[float], timesteps: int) -> None:
-        self.keys = [f"{t:.6g}" for t in targets]
+        self.keys = [target_key(t) for t in targets]
         self.timesteps = int(timesteps)
 
     def __call__(self, recorder: Any) -> None:
