@@ -45,7 +45,8 @@ from machine import machine_info, write_record  # benchmarks/machine.py, beside 
 from prune_gym.agents.report import method_slug
 from prune_gym.channel_export import BUDGET_LABELS, export_channel_task, export_onnx, load_slim
 from prune_gym.tasks import get_task
-from prune_gym.workflows.compare import DEFAULT_CHANNEL_TARGETS, compare
+from prune_gym.workflows.compare import compare
+from prune_gym.workflows.experiment import DEFAULT_CHANNEL_TARGETS, DEFAULT_LATENCY_TARGETS
 
 ENV_ID = "PruneResNet20DigitsChannels-v1"
 
@@ -96,8 +97,10 @@ def side_by_side(dense: torch.nn.Module, slim: torch.nn.Module, dense_onnx: Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timesteps", type=int, help="agent budget (default: the shipped n_timesteps)")
-    parser.add_argument("--sparsity", type=float, nargs="+", default=list(DEFAULT_CHANNEL_TARGETS))
-    parser.add_argument("--export-target", type=float, default=0.5, help="the target whose best recipe is exported")
+    parser.add_argument("--sparsity", type=float, nargs="+",
+                        help="targets (default: compare's for the budget, 0.3 0.5 0.7; with --budget latency 0.2 0.3 0.4)")
+    parser.add_argument("--export-target", type=float,
+                        help="the target whose best recipe is exported (default 0.5; with --budget latency 0.3)")
     parser.add_argument("--rounds", type=int, default=7, help="alternating latency rounds (default: 7)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--channel-multiple", type=int, default=1,
@@ -106,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the targets count (default flops, the env's default; the record's name gets _<budget>)")
     parser.add_argument("--output", type=Path, help="write compare_channels_digits.json and .md here")
     args = parser.parse_args(argv)
+    latency = args.budget == "latency"
+    args.sparsity = args.sparsity or list(DEFAULT_LATENCY_TARGETS if latency else DEFAULT_CHANNEL_TARGETS)
+    args.export_target = args.export_target if args.export_target is not None else (0.3 if latency else 0.5)
     torch.set_num_threads(1)
     env_kwargs = {key: value for key, value, default in (("channel_multiple", args.channel_multiple, 1),
                                                          ("budget", args.budget, "flops")) if value != default}
