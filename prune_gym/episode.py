@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from prune_gym.errors import ConfigError
-from prune_gym.io import atomic_write_json, atomic_write_text
+from prune_gym.io import atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["EpisodeRecord", "best_per_target", "read_best_found", "read_episodes", "target_key", "write_best_found",
            "write_episodes", "append_episode"]
@@ -145,11 +145,7 @@ def write_best_found(records: Iterable[EpisodeRecord], path: str | os.PathLike) 
 
 def read_best_found(path: str | os.PathLike) -> tuple[dict[str, EpisodeRecord], int]:
     """A ``best_found.json``: its best record per target and how many episodes it chose from."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path} is not valid JSON ({error}): restore the training run's file") from None
+    data = read_json(path, "restore the training run's file")
     best = data.get("best_per_target") if isinstance(data, dict) else None
     if not isinstance(best, dict):
         raise ConfigError(f"{path} is not a training run's best_found.json (it needs 'best_per_target')")

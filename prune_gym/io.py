@@ -18,7 +18,9 @@ import torch
 
 from prune_gym.errors import ConfigError
 
-__all__ = ["atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text", "check_writable_path", "json_text"]
+__all__ = [
+    "atomic_save", "atomic_write", "atomic_write_json", "atomic_write_text", "check_writable_path", "json_text", "read_json",
+]
 
 
 def check_writable_path(path: str | os.PathLike, what: str = "output") -> Path:
@@ -70,3 +72,13 @@ def json_text(data: Any) -> str:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write ``data`` as indented JSON to ``path``, atomically."""
     return atomic_write_text(path, json_text(data))
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """The JSON in the file ``path``; a ConfigError naming the file and ``fix`` (what to do about
+    it) when it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path} is not valid JSON ({error}): {fix}") from None

@@ -20,7 +20,6 @@ Layers a recipe does not name are left dense.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 
 from prune_gym.episode import EpisodeRecord
 from prune_gym.errors import ConfigError, MissingResourceError
+from prune_gym.io import read_json
 from prune_gym.pruning import (
     PrunableLayer,
     check_mask,
@@ -104,10 +104,7 @@ def load_recipe(path: str | os.PathLike, target: float | None = None) -> Recipe:
             f"no recipe file at {path}: export one with `prune-gym export ... --output model.pt` "
             "(it writes model.pt.recipe.json)"
         )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"recipe {path} is not valid JSON: {error}") from None
+    data = read_json(path, "export the recipe again or restore the file")
     if isinstance(data, dict) and isinstance(data.get("best_per_target"), dict):
         return _best_found_recipe(data["best_per_target"], target, str(path))
     return recipe_from_json(data, source=str(path))

@@ -33,6 +33,7 @@ from prune_gym.agents.policies import RecipePolicy
 from prune_gym.agents.report import MethodResult
 from prune_gym.agents.rollout import run_episode
 from prune_gym.errors import ConfigError, MissingResourceError
+from prune_gym.io import read_json
 from prune_gym.recipes import recipe_from_json
 from prune_gym.workflows.methods import reference_env_kwargs
 
@@ -116,16 +117,13 @@ def _records_in(path: Path, comparisons: dict[Path, dict[str, Any] | None]) -> l
                       if file.name != RESULTS_FILE]
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{path} is not valid JSON ({error}): restore the file the comparison wrote") from None
+def _read_record_file(path: Path) -> Any:
+    return read_json(path, "restore the file the comparison wrote")
 
 
 def _results_records(path: Path, comparisons: dict[Path, dict[str, Any] | None]) -> list[ReplayRecord]:
     """The rows of a comparison's ``results.json`` (its env kwargs kept in ``comparisons``)."""
-    data = _read_json(path)
+    data = _read_record_file(path)
     if not isinstance(data, dict) or not isinstance(data.get("results"), list) or "env_id" not in data:
         raise ConfigError(f"{path} is not a comparison's results.json (it needs 'env_id' and 'results')")
     env_kwargs = comparisons[path] = _matched_env_kwargs(data, str(path))
@@ -150,7 +148,7 @@ def _recipe_record(path: Path, comparisons: dict[Path, dict[str, Any] | None]) -
     """A recipe that ``compare`` wrote (its ``meta`` names the env, method, target and accuracies).
     A recipe from before recipes recorded their env kwargs takes them from the ``results.json``
     of its comparison (the folder above ``recipes/``), else the env's defaults."""
-    recipe = recipe_from_json(_read_json(path), source=str(path))
+    recipe = recipe_from_json(_read_record_file(path), source=str(path))
     meta = recipe.meta
     if "env_id" not in meta or "reward_accuracy" not in meta:
         raise ConfigError(f"{path}: a recipe to replay needs meta.env_id and meta.reward_accuracy (the recipes "
@@ -159,7 +157,7 @@ def _recipe_record(path: Path, comparisons: dict[Path, dict[str, Any] | None]) -
     if env_kwargs is None:
         results = path.parent.parent / RESULTS_FILE
         if results not in comparisons:
-            comparisons[results] = _matched_env_kwargs(_read_json(results), str(results)) if results.is_file() else None
+            comparisons[results] = _matched_env_kwargs(_read_record_file(results), str(results)) if results.is_file() else None
         env_kwargs = comparisons[results]
     recorded = env_kwargs is not None
     env_kwargs = {} if env_kwargs is None else env_kwargs
