@@ -75,6 +75,7 @@ from prune_gym.agents.search import local_search
 from prune_gym.agents.training import agent_env_kwargs_for, make_training_env
 from prune_gym.agents.verdict import guard_selection, paired_tests, strongest_heuristic
 from prune_gym.allocation import ALLOCATION_METHODS, HEURISTICS
+from prune_gym.episode import target_key
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
 from prune_gym.tasks import get_task
 from prune_gym.workflows.methods import make_reference_env
@@ -235,7 +236,7 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
         for target in targets:
             record(run_episode(agent, eval_env, target, deterministic=True, method=f"{name} (greedy)"), eval_env,
                    int(agent.num_timesteps))
-            found = best.get(f"{target:.6g}")
+            found = best.get(target_key(target))
             if found is not None:  # replayed exactly through the reference env
                 policy = RecipePolicy(reference_env, found.layer_sparsities)
                 found_row = run_episode(policy, reference_env, target, method=f"{name} (best found)")

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from prune_gym.episode import EpisodeRecord
+from prune_gym.episode import EpisodeRecord, target_key
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.io import read_json
 from prune_gym.pruning import (
@@ -116,7 +116,7 @@ def _best_found_recipe(best: Mapping[str, Any], target: float | None, source: st
     if target is None and len(targets) != 1:
         raise ConfigError(f"{source} holds the best episode of each of the targets {targets}: choose one with "
                          "--sparsity (target=)")
-    key = targets[0] if target is None else f"{float(target):.6g}"
+    key = targets[0] if target is None else target_key(float(target))
     if key not in best or not isinstance(best[key], dict):
         raise ConfigError(f"{source} has no episode at target {key}: its targets are {targets}")
     episode = EpisodeRecord.from_json(best[key], f"{source} target {key}")

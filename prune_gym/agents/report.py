@@ -21,7 +21,7 @@ import numpy as np
 
 from prune_gym.agents.policies import prune_env_of
 from prune_gym.channel_export import LATENCY_ROUNDS
-from prune_gym.episode import EpisodeRecord
+from prune_gym.episode import EpisodeRecord, target_key
 from prune_gym.io import atomic_write_json, atomic_write_text
 from prune_gym.recipes import Recipe
 
@@ -134,7 +134,7 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
     rows = [header]
     previous = None
     for row in results:
-        marked = strongest.get(f"{row.target_sparsity:.6g}") == row.method
+        marked = strongest.get(target_key(row.target_sparsity)) == row.method
         cells = [
             percent(row.target_sparsity, 0) + "%" if row.target_sparsity != previous else "",
             row.method + (f" -> {row.fallback}" if row.fallback else "") + (" *" if marked else ""),
@@ -344,7 +344,7 @@ def plot_layer_sparsity(comparison: Comparison, path: Path) -> None:
     colours = {anchor: "tab:blue", agent_label: "tab:orange", best_label: "tab:green"}
     legend: dict[str, Any] = {}
     for axis, target in zip(axes[:, 0], targets, strict=True):
-        strongest = (comparison.metadata.get("strongest_heuristic") or {}).get(f"{target:.6g}")
+        strongest = (comparison.metadata.get("strongest_heuristic") or {}).get(target_key(target))
         bars = [comparison.result(anchor, target)]
         if strongest not in (None, anchor):
             bars.append(comparison.result(strongest, target))

@@ -57,6 +57,7 @@ from prune_gym.agents.report import (
 from prune_gym.agents.search import DEFAULT_STEP
 from prune_gym.agents.verdict import paired_tests, strongest_heuristic
 from prune_gym.channel_export import granularity_record
+from prune_gym.episode import target_key
 from prune_gym.errors import ConfigError, MissingResourceError
 from prune_gym.pruning import DEFAULT_MIN_THRESHOLD
 from prune_gym.workflows.experiment import (
@@ -182,7 +183,7 @@ def run_comparison(
         metadata = _metadata(experiment, reference, agent, agent_env, agent_env_kwargs, max_sparsity_note)
         metadata["search"] = search_record
         metadata["strongest_heuristic"] = {
-            f"{t:.6g}": getattr(strongest_heuristic(results, t), "method", None) for t in targets}
+            target_key(t): getattr(strongest_heuristic(results, t), "method", None) for t in targets}
         metadata["paired_tests"] = paired_tests(results, targets)
         comparison = Comparison(env_id, results, metadata, output if write_files else None, table="")
         if write_files:  # the table says the total time, the plots included: formatted there
