@@ -41,6 +41,20 @@ def tiny_env(**kwargs) -> PruneEnv:
 # -- constructor arguments ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bn_recalibration_batches": 1}, "bn_recalibration_batches needs"),
+    ({"finetune_steps": 1}, "finetune_steps needs"),
+    ({"bn_recalibration_batches": 1, "finetune_steps": 2}, "bn_recalibration_batches and finetune_steps need"),
+])
+def test_training_after_each_step_needs_train_data(kwargs, message):
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"^{message} train_data= \(or a task\)"):
+        tiny_env(model=model, **kwargs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert tiny_env(train_data=tiny_data(), **kwargs).engine.train_data is not None
+
+
 def test_a_target_below_min_sparsity_is_refused():
     with pytest.raises(ValueError, match=r"outside \[min_sparsity, max_sparsity\].*lower min_sparsity"):
         tiny_env(target_sparsity=0.3, min_sparsity=0.5)

@@ -232,6 +232,9 @@ def test_bad_channel_env_arguments_are_refused_before_loading(digits_model):
                             **kwargs)
     with pytest.raises(ConfigError, match="beyond what max_sparsity"):
         ChannelPruneEnv("resnet20-digits", target_sparsity=0.97, max_sparsity=0.5)
+    with pytest.raises(ConfigError, match=r"^bn_recalibration_batches needs train_data= \(or a task\)"):
+        ChannelPruneEnv(model=digits_model, reward_data=(torch.rand(8, 1, 8, 8), torch.arange(8) % 10),
+                        bn_recalibration_batches=1)
     before = {k: v.clone() for k, v in digits_model.state_dict().items()}
     env = ChannelPruneEnv(model=digits_model, reward_data=(torch.rand(8, 1, 8, 8), torch.arange(8) % 10))
     env.reset()

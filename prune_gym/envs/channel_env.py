@@ -35,7 +35,6 @@ from prune_gym.envs.settings import (
     check_step,
     engine_config,
     episode_end_info,
-    model_and_splits,
     reset_target,
     test_at_episode_end,
 )
@@ -198,15 +197,9 @@ class ChannelPruneEnv(EngineView, gym.Env):
         self.reward_fn, self.reward_name = get_reward(reward), reward_label(reward)
         self.render_mode, self.action_type, self.action_mode = render_mode, action_type, action_mode
         self.sparsity_weight, self.synthetic = float(sparsity_weight), bool(synthetic)
-        model, reward_data, test_data, train_data = model_and_splits(
-            self.task, model, reward_data, test_data, train_data, data_dir, weights, split_seed, synthetic, input_shape,
-            synthetic_samples, "ChannelPruneEnv")
-        if self.config.bn_recalibration_batches and train_data is None:
-            raise ConfigError("bn_recalibration_batches needs train_data= (or a task) to re-estimate on")
-        self.model = model.to(self.device).eval()
-        self.engine = ChannelEngine(self.model, reward_data, test_data, train_data, self.config,
-                                    stages=self.task.model_stages(self.model) if self.task is not None else None)
-        self.train_data, self.test_data = train_data, test_data
+        self._build_engine(ChannelEngine, model, reward_data, test_data, train_data, data_dir=data_dir, weights=weights,
+                           split_seed=split_seed, synthetic=synthetic, input_shape=input_shape,
+                           synthetic_samples=synthetic_samples)
         self.latency_table_path = None
         if budget == "latency":
             table, self.latency_table_path = resolve_latency_table(

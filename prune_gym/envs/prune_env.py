@@ -31,7 +31,6 @@ from prune_gym.envs.settings import (
     check_step,
     engine_config,
     episode_end_info,
-    model_and_splits,
     reset_target,
     test_at_episode_end,
 )
@@ -259,15 +258,9 @@ class PruneEnv(EngineView, gym.Env):
         self.render_mode, self.action_type, self.action_mode = render_mode, action_type, action_mode
         self.sparsity_weight, self.synthetic = float(sparsity_weight), bool(synthetic)
 
-        model, reward_data, test_data, train_data = model_and_splits(
-            self.task, model, reward_data, test_data, train_data, data_dir, weights, split_seed, synthetic, input_shape,
-            synthetic_samples)
-        if (self.config.bn_recalibration_batches or self.config.finetune_steps) and train_data is None:
-            raise ConfigError("bn_recalibration_batches and finetune_steps need train_data= (or a task) to train on")
-        self.model = model.to(self.device).eval()
-        self.engine = PruningEngine(self.model, reward_data, test_data, train_data, self.config,
-                                    stages=self.task.model_stages(self.model) if self.task is not None else None)
-        self.train_data, self.test_data = train_data, test_data
+        self._build_engine(PruningEngine, model, reward_data, test_data, train_data, data_dir=data_dir, weights=weights,
+                           split_seed=split_seed, synthetic=synthetic, input_shape=input_shape,
+                           synthetic_samples=synthetic_samples)
         #: Whether each episode's last step scores the test split (see ``evaluate_test``).
         self.evaluate_test_at_end = test_at_episode_end(self.engine, evaluate_test)
         self._set_up_layers()

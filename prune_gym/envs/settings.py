@@ -65,6 +65,24 @@ class EngineView:
 
     config: EngineConfig
     engine: Any
+    task: Task | None
+
+    def _build_engine(self, engine_type: type, model, reward_data, test_data, train_data, *, data_dir, weights,
+                      split_seed, synthetic, input_shape, synthetic_samples) -> None:
+        """What both envs do once every kwarg is checked and ``self.task`` / ``self.config`` are
+        resolved: load the model and splits (the task's, or a copy of the model given), move the
+        model to the device, and build the engine (``engine_type``) from ``self.config``."""
+        model, reward_data, test_data, train_data = model_and_splits(
+            self.task, model, reward_data, test_data, train_data, data_dir, weights, split_seed, synthetic, input_shape,
+            synthetic_samples, type(self).__name__)
+        trains = [name for name in ("bn_recalibration_batches", "finetune_steps") if getattr(self.config, name)]
+        if trains and train_data is None:
+            raise ConfigError(f"{' and '.join(trains)} need{'s' if len(trains) == 1 else ''} train_data= (or a task) "
+                              "to draw its batches from")
+        self.model = model.to(self.device).eval()
+        self.engine = engine_type(self.model, reward_data, test_data, train_data, self.config,
+                                  stages=self.task.model_stages(self.model) if self.task is not None else None)
+        self.train_data, self.test_data = train_data, test_data
 
     def evaluate_test(self) -> float:
         """Test-split accuracy of the model as it is now (pruned or dense)."""
