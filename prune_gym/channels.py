@@ -13,8 +13,11 @@ Within an episode a removed channel is *masked*: every layer producing it (convo
 Linear rows, their bias, the BatchNorm's scale and shift) is zeroed, so the channel carries
 exactly 0 everywhere and the layers reading it get nothing from it: the masked network computes
 what the network with those channels removed computes (:func:`check_masks_match_slim` checks it
-on the model at hand, and refuses a model where it does not hold, e.g. a LayerNorm across
-channels). :func:`slim_copy` removes the channels for real (Torch-Pruning), for export.
+on the model at hand, and refuses a model where it does not hold). A group whose channels reach
+a layer a mask cannot zero (a LayerNorm or GroupNorm normalising across them, an attention
+layer, a bare parameter such as a position embedding or a layer scale) keeps its channels, and
+a warning names it: the residual streams of ViT and ConvNeXt, whose MLP channels still prune.
+:func:`slim_copy` removes the channels for real (Torch-Pruning), for export.
 
 Which channels go: the least important first, by the group's L2 norm over all its layers
 (Torch-Pruning's ``GroupMagnitudeImportance(p=2)``), computed once on the dense weights.
@@ -23,6 +26,7 @@ Which channels go: the least important first, by the group's L2 norm over all it
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,7 +38,7 @@ from torch import Tensor, nn
 
 from prune_gym.accounting import layer_flops
 from prune_gym.errors import ConfigError
-from prune_gym.pruning import PrunableLayer, find_prunable_layers
+from prune_gym.pruning import PrunableLayer, find_prunable_layers, first_calls
 
 if TYPE_CHECKING:
     from prune_gym.latency import LatencyTable
@@ -111,35 +115,42 @@ def find_channel_groups(
     every layer of the group, divided by the group's mean so that groups compare).
 
     The output layer (the last Conv / Linear called) keeps its outputs: they are the classes.
-    ``exclude_names`` (shell patterns) keeps the output channels of the matching layers too.
+    ``exclude_names`` (shell patterns) keeps the output channels of the matching layers too, and
+    so do the groups a mask cannot remove (:func:`_unmaskable`; a ``UserWarning`` names them;
+    excluding their roots says so and silences it).
     """
-    layers = find_prunable_layers(model, example_input=example_input)
+    layers = find_prunable_layers(model)
     if not layers:
         raise ConfigError("the model has no Conv or Linear layer: there are no channels to prune")
     # find_prunable_layers checks the patterns (one that matches nothing is an error).
     kept = {layer.name for layer in find_prunable_layers(model, exclude_names=exclude_names)}
     names = {module: name for name, module in model.named_modules()}
-    order = {layer.name: index for index, layer in enumerate(layers)}
-    ignored = [layers[-1].module] + [layer.module for layer in layers if layer.name not in kept]
+    order = first_calls(model, layers, example_input)
+    if not order:
+        raise ConfigError("no Conv or Linear layer of the model is called as a module in its forward pass: there are "
+                          "no channels to prune that the env can follow")
+    # The output layer is the last one called (an attention layer's out_proj, never called as a
+    # module, comes after it in registration order).
+    output = max(order, key=order.__getitem__)
+    ignored = [layer.module for layer in layers if layer.name == output or layer.name not in kept]
     graph = build_graph(model, example_input)
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     found: list[tuple[int, ChannelGroup, Tensor]] = []
+    kept_whole: list[str] = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        root = names[group[0].dep.target.module]
+        reason = _unmaskable(group, names)
+        if reason is not None:
+            kept_whole.append(f"{root!r} ({reason})")
+            continue
         slices = []
         for item in group:
             module = item.dep.target.module
             if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
-                if isinstance(module, nn.Parameter):
-                    raise ConfigError(
-                        f"a channel group rooted at {names[group[0].dep.target.module]!r} reaches a bare parameter "
-                        f"of shape {tuple(module.shape)}: channel masks cannot stand in for removing it; exclude "
-                        "that layer (exclude_layers=...) or prune weights instead"
-                    )
                 continue  # an operation without parameters (ReLU, add, flatten)
             side = "out" if item.dep.handler.__func__.__name__ == "prune_out_channels" else "in"
             slices.append(ChannelSlice(names[module], side, tuple(int(i) for i in item.idxs),
                                        tuple(int(r) for r in item.root_idxs)))
-        root = names[group[0].dep.target.module]
         channels = len(group[0].idxs)
         if channels < 2:
             continue  # one channel: removing it would empty the layer
@@ -147,12 +158,40 @@ def find_channel_groups(
             # A grouped convolution (ResNeXt's) keeps its groups' sizes equal: its channels stay.
             continue
         producers = [s.module for s in slices if s.side == "out" and s.module in order]
-        first = min(order[name] for name in producers)
+        first = min((order[name] for name in producers), default=len(layers))  # never called: last
         found.append((first, ChannelGroup(root, channels, tuple(slices)), importance(group).detach().float().cpu()))
+    if kept_whole:
+        warnings.warn(
+            f"{len(kept_whole)} channel group(s) keep their channels: a mask cannot stand in for removing them "
+            f"({', '.join(kept_whole[:5])}{', ...' if len(kept_whole) > 5 else ''}); pass their roots in "
+            "exclude_layers=[...] to say so and silence this", stacklevel=2,
+        )
     if not found:
-        raise ConfigError("the model has no channel group to prune (every Conv / Linear is excluded or the output layer)")
+        raise ConfigError(
+            "the model has no channel group to prune (every Conv / Linear is excluded or the output layer"
+            + (f"; kept whole, as masks cannot stand in for removing them: {', '.join(kept_whole)}" if kept_whole else "")
+            + "): prune weights instead"
+        )
     found.sort(key=lambda entry: entry[0])
     return [group for _, group, _ in found], [scores for _, _, scores in found]
+
+
+def _unmaskable(group: tp.Group, names: dict) -> str | None:
+    """Why a mask cannot stand in for removing this group's channels, or None when it can: a
+    layer with parameters other than Conv / Linear / BatchNorm loses channels (a LayerNorm or
+    GroupNorm normalises across them, an attention layer mixes them), or a bare parameter (a
+    position embedding, a layer scale) does."""
+    for item in group:
+        module = item.dep.target.module
+        if isinstance(module, nn.Parameter):
+            return f"reaches a bare parameter of shape {tuple(module.shape)}"
+        if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
+            continue
+        if item.dep.handler.__func__.__name__ != "prune_out_channels":
+            continue  # a layer reading the channels: a zero input is no input
+        if not isinstance(module, _MASKABLE) or isinstance(module, nn.modules.conv._ConvTransposeNd):
+            return f"reaches {names.get(module, '?')!r}, a {type(module).__name__}"
+    return None
 
 
 def check_multiple(multiple: object) -> int:
@@ -218,7 +257,9 @@ class ChannelMasks:
         removed = torch.zeros(group.channels, dtype=torch.bool)
         removed[self.channels_to_remove(index, count)] = True
         for param, dense, positions, roots in self._targets[index]:
-            param.data.copy_(dense)
+            # Only this group's positions: a BatchNorm after a concatenation (DenseNet) holds the
+            # channels of several groups, and another group's removed channels stay removed.
+            param.data.index_copy_(0, positions, dense.index_select(0, positions))
             hit = positions[removed.to(roots.device)[roots]]
             if len(hit):
                 param.data.index_fill_(0, hit, 0.0)

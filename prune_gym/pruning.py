@@ -138,6 +138,15 @@ def find_prunable_layers(
 
 
 def _in_forward_order(model: nn.Module, layers: list[PrunableLayer], example_input: Tensor) -> list[PrunableLayer]:
+    first_call = first_calls(model, layers, example_input)
+    # Layers never called in forward keep their registration order, after the called ones.
+    return sorted(layers, key=lambda layer: first_call.get(layer.name, len(layers) + layers.index(layer)))
+
+
+def first_calls(model: nn.Module, layers: Sequence[PrunableLayer], example_input: Tensor) -> dict[str, int]:
+    """The position of each layer's first call in one forward pass of ``example_input``; layers
+    never called as modules (an attention layer's ``out_proj``, whose weight the attention
+    function reads) are missing."""
     first_call: dict[str, int] = {}
     handles = []
     for layer in layers:
@@ -150,8 +159,7 @@ def _in_forward_order(model: nn.Module, layers: list[PrunableLayer], example_inp
     finally:
         for handle in handles:
             handle.remove()
-    # Layers never called in forward keep their registration order, after the called ones.
-    return sorted(layers, key=lambda layer: first_call.get(layer.name, len(layers) + layers.index(layer)))
+    return first_call
 
 
 @contextmanager

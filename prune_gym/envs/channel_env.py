@@ -138,7 +138,9 @@ class ChannelPruneEnv(EngineView, gym.Env):
     episode removes. ``latency_table`` (``budget="latency"`` only): a ``LatencyTable`` or its JSON
     file; by default the table of this model, input and machine in the cache, measured at
     construction if there is none (batch 1, the env's device; ``prune_gym.latency``). ``exclude_layers``:
-    name patterns of layers whose output channels stay. ``action_type``, ``action_mode``,
+    name patterns of layers whose output channels stay; groups whose channels a mask cannot remove
+    exactly (they reach a LayerNorm, an attention layer or a bare parameter) stay too, with a
+    warning naming them. ``action_type``, ``action_mode``,
     ``n_actions``, ``relative_range``, ``reference``, ``max_sparsity``: the action space.
     ``reward``, ``sparsity_weight``: the reward and its ``beta``. ``channel_multiple`` (default 1):
     every group that loses channels keeps a multiple of this many (Torch-Pruning's ``round_to``;
@@ -148,7 +150,10 @@ class ChannelPruneEnv(EngineView, gym.Env):
 
     ## Version History
 
-    - v1: initial release (2026-12-04); ``budget="latency"`` added 2026-12-05 (the defaults unchanged).
+    - v1: initial release (2026-12-04); ``budget="latency"`` added 2026-12-05 (the defaults unchanged);
+      later that day: a model's groups a mask cannot remove keep their channels instead of refusing the
+      model, and masks of groups sharing a BatchNorm (DenseNet) no longer undo each other (the
+      registered tasks have neither: their episodes are unchanged).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
