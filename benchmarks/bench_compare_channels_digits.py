@@ -5,8 +5,9 @@ beside the dense one's.
 1. Runs the comparison with the command's defaults (DQN with the shipped hyperparameters across
    the FLOPs targets 0.3, 0.5 and 0.7, the search at equal cost, every channel rule, one torch
    thread) and records the wall-clock time and the table.
-2. Exports the recipe of the row with the best reward-split accuracy at 0.5 among the agent's and
-   the search's (selection on the reward split, the test split only reports) with
+2. Exports the recipe that the comparison names to export at 0.5 (``verdict.fastest_within_noise``:
+   the fastest of the rows that the most accurate on the reward split does not beat there by more
+   than noise; the test split only reports) with
    ``prune-gym export``'s code: the smaller network's checkpoint and ONNX file, its test accuracy
    (checked against the table's).
 3. Measures the latency of the dense and the smaller network side by side: rounds alternate the
@@ -42,8 +43,8 @@ import onnxruntime
 import torch
 from machine import machine_info, write_record  # benchmarks/machine.py, beside this script
 
-from prune_gym.agents.report import method_slug
 from prune_gym.channel_export import BUDGET_LABELS, export_channel_task, export_onnx, load_slim
+from prune_gym.episode import target_key
 from prune_gym.tasks import get_task
 from prune_gym.workflows.compare import compare
 from prune_gym.workflows.experiment import DEFAULT_CHANNEL_TARGETS, DEFAULT_LATENCY_TARGETS
@@ -124,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         result = compare(ENV_ID, args.sparsity, "dqn", timesteps=args.timesteps, output_dir=folder / "compare",
                          seed=args.seed, env_kwargs=env_kwargs or None)
         compare_seconds = time.perf_counter() - started
-        candidates = [row for row in result.results if row.method in ("DQN (best found)", "local search", "DQN (greedy)")
-                      and abs(row.target_sparsity - args.export_target) < 1e-9]
-        chosen = max(candidates, key=lambda row: row.reward_accuracy)  # the reward split selects
-        recipe = folder / "compare" / "recipes" / f"{method_slug(chosen.method)}-{args.export_target:.2f}.json"
+        pick = result.metadata["export_picks"][target_key(args.export_target)]  # reward split + measured speed
+        chosen = next(row for row in result.results if row.method == pick["method"]
+                      and abs(row.target_sparsity - args.export_target) < 1e-9)
+        recipe = folder / "compare" / "recipes" / pick["recipe"]
         exported, _ = export_channel_task(ENV_ID, folder / "export", recipe=recipe, device="cpu", latency=False)
         task = get_task(ENV_ID)
         slim = load_slim(exported.checkpoint, task.build_model(), torch.zeros(1, 1, 8, 8))
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "agent_train_seconds": result.metadata["agent"]["train_seconds"],
         "table": result.table,
         "results": [row.to_json() for row in result.results],
+        "export_pick": pick,
         "exported": {"method": chosen.method, "target": args.export_target, "table_test_accuracy": chosen.test_accuracy,
                      "exported_test_accuracy": exported.test_accuracy, "flops_reduction": exported.flops_reduction,
                      "params": exported.params, "dense_params": exported.dense_params,
@@ -171,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{record['agent_train_seconds']:.0f} s); load average {load_start[0]:.1f} at the start.",
         "",
         "```", result.table, "```", "",
-        f"Exported: {chosen.method} at {args.export_target:.0%} (the best reward-split accuracy among the agent's and "
-        f"the search's rows): test accuracy {100 * exported.test_accuracy:.2f}% (the table: "
+        f"Exported: {chosen.method} at {args.export_target:.0%} (the comparison's pick to export: the fastest of the rows "
+        f"that the most accurate on the reward split, {pick['most_accurate']}, does not beat there by more than noise): "
+        f"test accuracy {100 * exported.test_accuracy:.2f}% (the table: "
         f"{100 * chosen.test_accuracy:.2f}%), FLOPs removed {100 * exported.flops_reduction:.1f}%, parameters "
         f"{exported.params:,} of {exported.dense_params:,}; ONNX against PyTorch: largest logit difference "
         f"{exported.onnx_max_difference:.1e}.",

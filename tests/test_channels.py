@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -71,6 +72,9 @@ MODELS = {
     "resnet20": (lambda: resnet20(10, 1), (1, 8, 8)),
     "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(num_classes=10), (3, 32, 32)),
     "resnet50": (lambda: torchvision.models.resnet50(num_classes=10), (3, 32, 32)),
+    # Concatenations: a BatchNorm reads the channels of several groups (each keeps the others' masks).
+    "densenet": (lambda: torchvision.models.DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8,
+                                                     bn_size=2, num_classes=10), (3, 16, 16)),
 }
 
 
@@ -131,14 +135,46 @@ class _NormAcrossChannels(nn.Module):
         return self.fc(self.pool(self.conv2(torch.relu(self.norm(self.conv1(x))))).flatten(1))
 
 
-def test_a_model_where_masks_are_not_removal_is_refused_naming_the_layer():
+def test_groups_a_mask_cannot_remove_keep_their_channels_and_say_so():
     model = _NormAcrossChannels().eval()
     x = torch.randn(4, 3, 8, 8)
-    with pytest.raises(ConfigError, match="'conv1'") as caught:
+    with pytest.warns(UserWarning, match=r"'conv1' \(reaches 'norm', a GroupNorm\)"):
         groups, importance = find_channel_groups(model, x[:1])
-        ChannelMasks(model, groups, importance)
-        check_masks_match_slim(model, groups, importance, x, x[:1])
-    assert "GroupNorm" in str(caught.value) or "mixes channels" in str(caught.value)
+    assert [group.name for group in groups] == ["conv2"]
+    check_masks_match_slim(model, groups, importance, x, x[:1])  # what is left masks exactly
+    with warnings.catch_warnings():  # excluding the group says so: no warning
+        warnings.simplefilter("error")
+        assert [g.name for g in find_channel_groups(model, x[:1], exclude_names=["conv1"])[0]] == ["conv2"]
+
+
+def test_a_model_with_only_groups_a_mask_cannot_remove_is_refused_naming_them():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 3)).eval()
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match=r"no channel group.*'0' \(reaches '1', a GroupNorm\)"):
+        find_channel_groups(model, torch.randn(1, 3, 8, 8))
+
+
+def test_a_vision_transformer_prunes_its_mlp_channels_and_keeps_its_classes():
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2,
+                                                 hidden_dim=8, mlp_dim=16, num_classes=3).eval()
+    nn.init.normal_(model.heads.head.weight)  # initialised to zeros: the outputs would not depend on anything
+    x = torch.randn(4, 3, 16, 16)
+    # The residual stream reaches the LayerNorms and the position embedding: it keeps its channels.
+    with pytest.warns(UserWarning, match="LayerNorm|bare parameter"):
+        groups, importance = find_channel_groups(model, x[:1])
+    # The attention's out_proj is never called as a module: the head (called last) keeps the classes.
+    assert [group.name for group in groups] == [f"encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)]
+    masks = ChannelMasks(model, groups, importance)
+    with torch.no_grad():
+        dense = model(x)
+        masks.set_all([8, 5])
+        masked = model(x)
+    slim = slim_copy(model, [g.name for g in groups], masks.removed_channels(), x[:1]).eval()
+    with torch.no_grad():
+        assert torch.allclose(slim(x), masked, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(masked, dense, atol=1e-3)  # the pruning changed the outputs
+    assert slim.heads.head.out_features == 3 and slim.encoder.layers[0].mlp[0].out_features == 8
 
 
 def test_channel_rules_meet_the_target_within_the_caps():
@@ -360,12 +396,19 @@ def test_compare_on_a_channel_env_plays_the_channel_rules_and_measures_latency(c
     table = (output / "table.txt").read_text()
     assert "ms b256 (x)" in table and "global L2 norm" in table
     assert (output / "recipes" / "global-l2-norm-0.50.json").is_file()
+    # The recipe to export: named in the table and in results.json, and the fastest of its ties.
+    pick = meta["export_picks"]["0.5"]
+    assert f"recipes/{pick['recipe']}" in table and (output / "recipes" / pick["recipe"]).is_file()
+    assert json.loads((output / "results.json").read_text())["export_picks"]["0.5"] == pick
+    chosen = comparison.result(pick["method"], 0.5)
+    assert chosen.speedup == pick["speedup"] and chosen.method != "random"
 
 
-def test_a_compared_channel_recipe_exports_to_what_the_table_said(channel_comparison, tmp_path, capsys):
+def test_the_recipe_the_comparison_picks_exports_to_what_the_table_said(channel_comparison, tmp_path, capsys):
     comparison, output = channel_comparison
-    row = comparison.result("DQN (best found)", 0.5)
-    recipe = output / "recipes" / "dqn-best-found-0.50.json"
+    pick = comparison.metadata["export_picks"]["0.5"]
+    row = comparison.result(pick["method"], 0.5)
+    recipe = output / "recipes" / pick["recipe"]
     assert cli_main(["export", CHANNELS_ID, "--recipe", str(recipe), "--output", str(tmp_path / "exported")]) == 0
     printed = capsys.readouterr().out
     assert f"test accuracy {100 * row.test_accuracy:.2f}%" in printed and "latency on cpu, batch 256" in printed

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prune_gym.agents.report import MethodResult, format_table
-from prune_gym.agents.verdict import SELECTION_ALPHA, guard_selection, strongest_heuristic
+from prune_gym.agents.verdict import SELECTION_ALPHA, fastest_within_noise, guard_selection, strongest_heuristic
 from prune_gym.significance import mcnemar
 
 
@@ -102,3 +102,27 @@ def test_the_table_marks_a_row_that_fell_back_and_says_what_its_own_allocation_s
     assert "DQN (best found) -> ERK" in table
     assert "70% DQN (best found): -> ERK (3 vs 1 of 359 reward-split samples differ from ERK" in table
     assert "test 98.0%" in table
+
+
+def test_the_recipe_to_export_is_the_fastest_that_the_most_accurate_does_not_beat_by_more_than_noise():
+    def timed(method, wrong, speedup):
+        row = _row(method, _correct(359, wrong), 0.9, {})
+        row.speedup = {"1": speedup[0], "256": speedup[1]}
+        return row
+
+    rows = [timed("local search", [0, 1], (1.3, 1.4)),                 # the most accurate
+            timed("DQN (best found)", [0, 1, 2, 3], (1.25, 1.6)),       # 2 images behind: noise, and faster
+            timed("LAMP", list(range(30)), (1.5, 2.5)),                 # fastest, but 28 images behind
+            timed("random", [0, 1], (2.0, 3.0))]                        # a control: never the pick
+    pick = fastest_within_noise(rows, 0.7)
+    assert pick["method"] == "DQN (best found)" and pick["recipe"] == "dqn-best-found-0.70.json"
+    assert pick["most_accurate"] == "local search" and pick["p_worse"] >= SELECTION_ALPHA
+    assert pick["speedup"] == {"1": 1.25, "256": 1.6}
+    # Only the most accurate is fast: it is its own pick.
+    rows[1].speedup = {"1": 1.0, "256": 1.0}
+    assert fastest_within_noise(rows, 0.7)["method"] == "local search"
+    # No measured speed (a weight env), or another target: nothing to pick.
+    assert fastest_within_noise(rows, 0.5) is None
+    for row in rows:
+        row.speedup = None
+    assert fastest_within_noise(rows, 0.7) is None

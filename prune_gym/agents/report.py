@@ -167,6 +167,7 @@ def format_table(results: Sequence[MethodResult], metadata: Mapping[str, Any]) -
     if strongest:
         lines.append("* the strongest zero-cost rule at the target on the reward split (the random control excluded)")
     lines += _selection_notes(results)
+    lines += _export_picks(metadata.get("export_picks") or {})
     tests = metadata.get("paired_tests") or []
     if tests:
         lines += ["", "paired tests on the same test images, against the strongest rule (McNemar's exact test):"]
@@ -192,6 +193,24 @@ def _selection_notes(results: Sequence[MethodResult]) -> list[str]:
             f"{verdict['only_rule']} of {verdict['reward_samples']} reward-split samples differ from "
             f"{verdict['against']}, p = {verdict['p_better']:.2g}); its own allocation: reward "
             f"{percent(own['reward_accuracy'])}%, test {percent(own['test_accuracy'])}%")
+    return lines
+
+
+def _export_picks(picks: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Which recipe to export at each target when speed counts (``verdict.fastest_within_noise``)."""
+    if not picks:
+        return []
+    alpha = next(iter(picks.values()))["alpha"]
+    lines = ["", "to export (speed counts): the fastest of the rows that the most accurate on the reward split does "
+                 f"not beat there by more than noise (one-sided McNemar p >= {alpha:g}; speed = geometric mean of the "
+                 "speed-ups):"]
+    for pick in picks.values():
+        speed = " / ".join(f"{x:.2f}x b{batch}" for batch, x in pick["speedup"].items())
+        against = ("the most accurate" if pick["method"] == pick["most_accurate"] else
+                   f"most accurate: {pick['most_accurate']}, {percent(pick['most_accurate_reward_accuracy'])}%, "
+                   f"p = {pick['p_worse']:.2g}")
+        lines.append(f"  {100 * pick['target_sparsity']:.0f}%: {pick['method']}, reward {percent(pick['reward_accuracy'])}% "
+                     f"({against}), {speed}: recipes/{pick['recipe']}")
     return lines
 
 
@@ -285,7 +304,12 @@ def write_recipes(results: Sequence[MethodResult], folder: Path, env_id: str, bn
                   "bn_recalibration_batches": bn_recalibration_batches, "test_accuracy": row.test_accuracy,
                   "reward_accuracy": row.reward_accuracy, **({"fallback": row.fallback} if row.fallback else {})},
         )
-        atomic_write_json(folder / f"{method_slug(row.method)}-{row.target_sparsity:.2f}.json", recipe.to_json())
+        atomic_write_json(folder / recipe_name(row.method, row.target_sparsity), recipe.to_json())
+
+
+def recipe_name(method: str, target: float) -> str:
+    """The file a comparison writes a row's recipe to, in its ``recipes/`` folder."""
+    return f"{method_slug(method)}-{target:.2f}.json"
 
 
 def method_slug(method: str) -> str:

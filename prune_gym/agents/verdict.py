@@ -7,6 +7,8 @@
   strongest rule there by more than noise; otherwise the rule's allocation is used in its place.
 - :func:`paired_tests`: every method that spent evaluations against the strongest rule on the
   same test images (the report).
+- :func:`fastest_within_noise`: the recipe to export at a target of a channel env: the fastest
+  (measured) of those the most accurate one on the reward split does not beat by more than noise.
 
 Why the guard: the best of ~100 episodes on a 359-image reward split is the luckiest of them as
 much as the best. Where no allocation is truly better (on the digits model at 50-80% sparsity
@@ -25,13 +27,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from prune_gym.agents.report import MethodResult
+from prune_gym.agents.report import MethodResult, recipe_name
 from prune_gym.allocation import ALLOCATION_METHODS
 from prune_gym.channel_allocation import CHANNEL_METHODS
 from prune_gym.errors import ConfigError
 from prune_gym.significance import mcnemar
 
-__all__ = ["SELECTION_ALPHA", "guard_selection", "paired_tests", "strongest_heuristic"]
+__all__ = ["SELECTION_ALPHA", "fastest_within_noise", "guard_selection", "paired_tests", "strongest_heuristic"]
 
 #: A searched allocation replaces the strongest rule only when McNemar's one-sided p on the
 #: reward split is below this.
@@ -99,3 +101,38 @@ def paired_tests(rows: Sequence[MethodResult], targets: Sequence[float]) -> list
                 tests.append({"target_sparsity": target, "method": row.method, "against": best.method,
                               **test.record(), "summary": test.describe(row.method, best.method)})
     return tests
+
+
+def fastest_within_noise(rows: Sequence[MethodResult], target: float,
+                         alpha: float = SELECTION_ALPHA) -> dict[str, Any] | None:
+    """The recipe to export at ``target`` when speed counts too: among the rows with a measured
+    speed-up (a channel env's), the most accurate on the reward split, then the fastest (the
+    geometric mean of its speed-ups over the batch sizes measured) of the rows that it does not
+    beat there by more than noise (one-sided McNemar p >= ``alpha``). The random control is left
+    out; the test split is not read. None when no row at ``target`` has a speed-up.
+
+    Where recipes differ by a few reward-split images and by tenths of a speed-up (the agent's and
+    the search's on the digits model at 50% of the FLOPs), accuracy alone picks between them by
+    chance; this picks the faster one. Its speed-ups are the table's (a few short rounds): an
+    export measures again."""
+    random_label = CHANNEL_METHODS["random"].label
+    candidates = [row for row in rows if math.isclose(row.target_sparsity, target) and row.speedup
+                  and row.reward_correct is not None and row.method != random_label]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda row: row.reward_accuracy)  # ties: the first, the table's order
+
+    def p_worse(row: MethodResult) -> float:  # one-sided: does the most accurate beat it?
+        test = mcnemar(best.reward_correct, row.reward_correct)
+        return test.p_value / 2 if test.only_first > test.only_second else 1.0
+
+    def speed(row: MethodResult) -> float:
+        return math.exp(sum(math.log(x) for x in row.speedup.values()) / len(row.speedup))
+
+    tied = [row for row in candidates if row is best or p_worse(row) >= alpha]
+    chosen = max(tied, key=speed)
+    return {"target_sparsity": target, "method": chosen.method, "recipe": recipe_name(chosen.method, target),
+            "reward_accuracy": chosen.reward_accuracy,
+            "speedup": dict(chosen.speedup), "most_accurate": best.method,
+            "most_accurate_reward_accuracy": best.reward_accuracy,
+            "p_worse": 1.0 if chosen is best else p_worse(chosen), "alpha": alpha}

@@ -55,7 +55,7 @@ from prune_gym.agents.report import (
     write_tables,
 )
 from prune_gym.agents.search import DEFAULT_STEP
-from prune_gym.agents.verdict import paired_tests, strongest_heuristic
+from prune_gym.agents.verdict import fastest_within_noise, paired_tests, strongest_heuristic
 from prune_gym.channel_export import granularity_record
 from prune_gym.episode import target_key
 from prune_gym.errors import ConfigError, MissingResourceError
@@ -185,6 +185,9 @@ def run_comparison(
         metadata["strongest_heuristic"] = {
             target_key(t): getattr(strongest_heuristic(results, t), "method", None) for t in targets}
         metadata["paired_tests"] = paired_tests(results, targets)
+        picks = {target_key(t): pick for t in targets if (pick := fastest_within_noise(results, t)) is not None}
+        if picks:  # a channel env: the rows' latency was measured
+            metadata["export_picks"] = picks
         comparison = Comparison(env_id, results, metadata, output if write_files else None, table="")
         if write_files:  # the table says the total time, the plots included: formatted there
             _write_comparison(comparison, agent, reference, staging, output, started)
