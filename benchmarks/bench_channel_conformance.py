@@ -1,8 +1,9 @@
 """Benchmark: which torchvision classifiers the channel env handles.
 
-For every classification model of ``torchvision.models`` (random weights, BatchNorm statistics
-randomised so that masks are tested against non-trivial normalisation), in its own process with
-a time limit:
+For every classification model of ``torchvision.models`` (random weights; BatchNorm statistics,
+zero-initialised classifiers and layer scales randomised so that masks are tested against
+non-trivial normalisation and change the outputs: ``randomise``), in its own process with a time
+limit:
 
 1. build ``ChannelPruneEnv(model=..., reward_data=...)`` on random inputs of the model's size
    (64x64, or 224x224 for the models that need it): Torch-Pruning's dependency graph, the channel
@@ -12,8 +13,11 @@ a time limit:
 3. export the physically smaller network (``channel_export.slim_model``) and compare its outputs
    with the masked network's on fresh inputs.
 
-A model passes when all three work, the smaller network has fewer parameters, and the outputs
-agree (relative difference < 1e-2, the env's own check). Prints the table; ``--output DIR`` writes
+A model passes when all three work, the smaller network has fewer parameters, the episode
+changed the outputs (by more than 1e-3 of the largest, relative), and the masked and smaller
+networks' outputs agree (relative difference < 1e-2, the env's own check). Groups whose channels a
+mask cannot remove exactly (a LayerNorm across them, a position embedding) keep their channels, as
+the env does; the ``groups`` column counts the groups the episode prunes. Prints the table; ``--output DIR`` writes
 ``DIR/channel_conformance.json`` and ``.md`` (recorded: ``--output benchmarks/results``).
 
 Usage::
@@ -41,12 +45,36 @@ NEEDS_224 = ("vit_", "swin_", "maxvit")
 #: Largest output difference, relative to the largest output, of masked and smaller network (the
 #: env's own construction-time check uses the same bound: rounding in deep random networks).
 TOLERANCE = 1e-2
+#: Smallest output change, relative to the largest output, that the random episode must make
+#: (a smaller network that matches an unchanged one proves nothing).
+MIN_CHANGE = 1e-3
 #: Inception-v3 needs at least 75x75 inputs; 64x64 is too small for it alone.
 INPUT_SIZES = {"inception_v3": 96}
 
 
 def input_size(name: str) -> int:
     return 224 if name.startswith(NEEDS_224) else INPUT_SIZES.get(name, 64)
+
+
+def randomise(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Weights that make the comparison say something: random BatchNorm statistics (fresh ones are
+    the identity), random values for a classifier initialised to zeros (ViT's head) and for layer
+    scales initialised to 1e-6 (ConvNeXt's: the blocks would add nothing to the outputs)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+                size = module.num_features
+                module.running_mean.copy_(torch.rand(size, generator=generator) * 0.2 - 0.1)
+                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            if isinstance(module, torch.nn.Linear | torch.nn.Conv2d) and not module.weight.any():
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
+        for name, param in model.named_parameters():
+            if name.endswith("layer_scale"):
+                param.copy_(torch.rand(param.shape, generator=generator) + 0.5)
+
+
+def relative_difference(reference: torch.Tensor, other: torch.Tensor) -> float:
+    return float((reference - other).abs().max() / reference.abs().max().clamp_min(1e-12))
 
 
 def check_model(name: str) -> dict:
@@ -64,11 +92,7 @@ def check_model(name: str) -> dict:
         kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
         model = torchvision.models.get_model(name, weights=None, num_classes=10, **kwargs).eval()
         generator = torch.Generator().manual_seed(0)
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
-                size = module.num_features
-                module.running_mean.copy_(torch.rand(size, generator=generator) * 0.2 - 0.1)
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+        randomise(model, generator)
         size = input_size(name)
         inputs = torch.randn(2, 3, size, size, generator=generator)
         labels = torch.tensor([0, 1])
@@ -77,21 +101,28 @@ def check_model(name: str) -> dict:
                               action_type="continuous", channels_last=False, evaluate_test=False)
         record["groups"] = env.num_groups
         env.reset(seed=0)
+        probe = torch.randn(2, 3, size, size, generator=generator)
+        with torch.no_grad():
+            dense = env.model(probe).float()
         rng = np.random.default_rng(0)
         done, info = False, {}
         while not done:
             _, _, done, _, info = env.step(rng.uniform(-1, 1, size=(1,)).astype(np.float32))
         record["flops_reduction"] = info["flops_reduction"]
         slim = slim_model(env)
-        probe = torch.randn(2, 3, size, size, generator=generator)
         with torch.no_grad():
             masked, smaller = env.model(probe).float(), slim(probe).float()
-        difference = float((masked - smaller).abs().max() / masked.abs().max().clamp_min(1e-12))
+        difference = relative_difference(masked, smaller)
         record["slim_params"] = sum(p.numel() for p in slim.parameters())
         record["difference"] = difference
-        record["passed"] = difference < TOLERANCE and record["slim_params"] < record["params"]
+        # Pruning must change the outputs, or the comparison says nothing.
+        record["pruning_changed"] = relative_difference(dense, masked)
+        record["passed"] = (difference < TOLERANCE and record["slim_params"] < record["params"]
+                            and record["pruning_changed"] > MIN_CHANGE)
         if not record["passed"]:
-            record["error"] = f"outputs differ by {difference:.2g}" if difference >= TOLERANCE else "no parameter removed"
+            record["error"] = (f"outputs differ by {difference:.2g}" if difference >= TOLERANCE
+                               else "no parameter removed" if record["slim_params"] >= record["params"]
+                               else f"pruning changed the outputs by only {record['pruning_changed']:.1g}")
     except Exception as error:  # noqa: BLE001 - every failure is a result here
         record["passed"] = False
         record["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"
@@ -132,19 +163,21 @@ def to_markdown(record: dict) -> str:
         f"{record['torch_pruning']}. Command: `{record['command']}`.",
         "",
         f"**{passed} of {len(rows)} models pass** (build the channel env, an episode of random actions at 30% FLOPs "
-        f"removed, a physically smaller network whose outputs match the masked one's)"
+        f"removed that changes the outputs, a physically smaller network whose outputs match the masked one's; groups "
+        "a mask cannot remove keep their channels, as in the env: `groups` counts the pruned ones)"
         + (f"; {timed_out} did not finish within the {record['timeout']:.0f} s limit on this 2-core CPU" if timed_out else "")
         + ".",
         "",
-        "| model | params | input | groups | FLOPs removed | params after | max rel. diff | s | result |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | params | input | groups | FLOPs removed | params after | change by pruning | max rel. diff | s | result |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         def cell(key, fmt, row=row):
             return fmt.format(row[key]) if key in row and row[key] is not None else "-"
         lines.append(
             f"| {row['model']} | {cell('params', '{:,}')} | {cell('input', '{}')} | {cell('groups', '{}')} | "
-            f"{cell('flops_reduction', '{:.3f}')} | {cell('slim_params', '{:,}')} | {cell('difference', '{:.1e}')} | "
+            f"{cell('flops_reduction', '{:.3f}')} | {cell('slim_params', '{:,}')} | {cell('pruning_changed', '{:.1e}')} | "
+            f"{cell('difference', '{:.1e}')} | "
             f"{cell('seconds', '{:.0f}')} | {'ok' if row['passed'] else row.get('error', 'failed').replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from prune_gym.agents.report import MethodResult, format_table
-from prune_gym.agents.verdict import SELECTION_ALPHA, fastest_within_noise, guard_selection, strongest_heuristic
+from prune_gym.agents.verdict import (
+    SELECTION_ALPHA,
+    fastest_within_noise,
+    guard_selection,
+    strongest_heuristic,
+)
 from prune_gym.significance import mcnemar
 
 
