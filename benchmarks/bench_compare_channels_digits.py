@@ -12,7 +12,8 @@ beside the dense one's.
    (checked against the table's).
 3. Measures the latency of the dense and the smaller network side by side: rounds alternate the
    two (each round the median of repeated forward passes), on one CPU thread, in PyTorch and in
-   onnxruntime, at batch 1 and 256; the speed-up is the median over rounds of the ratio.
+   onnxruntime, at batch 1 and 256 (PyTorch also with BatchNorm folded into the convolutions, as a
+   deployment does); the speed-up is the median over rounds of the ratio.
 
 Run from the repository root::
 
@@ -43,7 +44,13 @@ import onnxruntime
 import torch
 from machine import machine_info, write_record  # benchmarks/machine.py, beside this script
 
-from prune_gym.channel_export import BUDGET_LABELS, export_channel_task, export_onnx, load_slim
+from prune_gym.channel_export import (
+    BUDGET_LABELS,
+    export_channel_task,
+    export_onnx,
+    fold_batchnorm,
+    load_slim,
+)
 from prune_gym.episode import target_key
 from prune_gym.tasks import get_task
 from prune_gym.workflows.compare import compare
@@ -64,21 +71,24 @@ def median_ms(run, repeats: int) -> float:
 
 def side_by_side(dense: torch.nn.Module, slim: torch.nn.Module, dense_onnx: Path, slim_onnx: Path,
                  shape: tuple[int, ...], batches: tuple[int, ...], rounds: int) -> dict:
-    """Alternate dense and smaller network, ``rounds`` times, in PyTorch and onnxruntime."""
+    """Alternate dense and smaller network, ``rounds`` times, in PyTorch (as exported, and with
+    BatchNorm folded into the convolutions as a deployment does) and onnxruntime."""
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     sessions = {name: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 for name, path in (("dense", dense_onnx), ("pruned", slim_onnx))}
+    networks = {"pytorch": {"dense": dense, "pruned": slim},
+                "pytorch, BN folded": {"dense": fold_batchnorm(dense), "pruned": fold_batchnorm(slim)}}
     results: dict = {}
     for batch in batches:
         x = torch.randn(batch, *shape)
         repeats = 200 if batch == 1 else 20
-        for runtime in ("pytorch", "onnxruntime"):
+        for runtime in ("pytorch", "pytorch, BN folded", "onnxruntime"):
             times: dict[str, list[float]] = {"dense": [], "pruned": []}
             for _ in range(rounds):
-                for name, model in (("dense", dense), ("pruned", slim)):
-                    if runtime == "pytorch":
-                        def run(model=model, x=x):
+                for name in ("dense", "pruned"):
+                    if runtime in networks:
+                        def run(model=networks[runtime][name], x=x):
                             with torch.inference_mode():
                                 model(x)
                     else:
