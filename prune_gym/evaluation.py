@@ -402,8 +402,17 @@ def _length(data: Dataset | DataLoader) -> int:
 def evaluate_accuracy(
     model: nn.Module, data: DataLike, device: torch.device | str = "auto", batch_size: int = 1024, amp: bool = True
 ) -> float:
-    """One-off top-1 accuracy of ``model`` on ``data`` (moves the model to ``device``)."""
+    """One-off top-1 accuracy of ``model`` on ``data`` (moves the model to ``device``, in eval
+    mode). The evaluation runs in ``channels_last`` for image inputs, as the envs do; the model's
+    parameters are given back in the memory format they came in (a latency measured afterwards
+    compares like with like)."""
     device = resolve_device(device)
     model = model.to(device).eval()
-    return Evaluator(model, data, device, batch_size=batch_size, amp=amp, cache_activations=False).accuracy()
+    contiguous = [param for param in model.parameters() if param.is_contiguous()]
+    try:
+        return Evaluator(model, data, device, batch_size=batch_size, amp=amp, cache_activations=False).accuracy()
+    finally:
+        for param in contiguous:
+            if not param.is_contiguous():
+                param.data = param.data.contiguous()
 
