@@ -145,7 +145,7 @@ BENCHMARKS: list[Benchmark] = [
     ),
     Benchmark(
         "channel_latency", "bench_channel_latency_digits.py",
-        "Channel-pruned digits networks: latency in three runtimes",
+        "Channel-pruned digits networks: latency in PyTorch and onnxruntime",
         full=lambda out, cuda: [["--recipes", str(out), "--output", str(out)]],
         quick=lambda out: [["--recipes", str(out), "--rounds", "1", "--batches", "1", "--output", str(out)]],
     ),
