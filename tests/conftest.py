@@ -31,6 +31,17 @@ def isolated_cache(tmp_path_factory) -> str:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sb3_log_folder(tmp_path_factory) -> str:
+    """Tests that call an agent's learn() directly (no logger of the package's) make SB3 create
+    an empty SB3-<time> folder; they go to the run's temporary folder, not the system's. (The
+    package's own training gives SB3 a logger that writes nowhere: test_agents.py checks that
+    with this variable unset.)"""
+    path = str(tmp_path_factory.mktemp("sb3-logs"))
+    os.environ["SB3_LOGDIR"] = path
+    return path
+
+
 @pytest.fixture(scope="session")
 def digits_task():
     from prune_gym.tasks import get_task

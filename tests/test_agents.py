@@ -364,6 +364,7 @@ def test_training_without_tensorboard_leaves_nothing_in_the_temporary_folder(tmp
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)  # as on a user's machine (conftest sets it)
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     train_agent(ENV_ID, "dqn", 44, output_dir=tmp_path / "run", hyperparams={**QUICK["dqn"], "n_envs": 1},
                 env_kwargs=SYNTHETIC, checkpoint_freq=0, progress_bar=False, tensorboard=False)
