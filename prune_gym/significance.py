@@ -40,6 +40,10 @@ class PairedTest:
         """Whether the margin is more than noise at level ``alpha``."""
         return self.p_value < alpha
 
+    def p_first_better(self) -> float:
+        """One-sided p that the first is better: half the two-sided p when it is ahead, else 1."""
+        return self.p_value / 2 if self.only_first > self.only_second else 1.0
+
     def describe(self, first: str = "first", second: str = "second") -> str:
         """One line: the margin in points, the discordant images, p and the verdict."""
         low, high = self.interval

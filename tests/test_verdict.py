@@ -40,6 +40,8 @@ def test_mcnemar_counts_the_discordant_images_and_gives_the_exact_binomial_p():
     assert test.difference == pytest.approx(0.06)
     # Two-sided: 2 * P(X <= 2) for X ~ Binomial(10, 1/2) = 2 * (1 + 10 + 45) / 1024.
     assert test.p_value == pytest.approx(112 / 1024)
+    # One-sided: half of it when the first is ahead; 1 when it is not.
+    assert test.p_first_better() == pytest.approx(56 / 1024) and mcnemar(second, first).p_first_better() == 1.0
     assert not test.significant()
     assert mcnemar(first, first).p_value == 1.0
     with pytest.raises(ValueError, match="equally long"):

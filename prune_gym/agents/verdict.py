@@ -67,8 +67,7 @@ def guard_selection(row: MethodResult, rule: MethodResult, alpha: float = SELECT
         raise ConfigError(f"guarding {row.method!r} against {rule.method!r} needs both rows' reward-split "
                          "correctness (run_episode with score_test=True records it)")
     test = mcnemar(row.reward_correct, rule.reward_correct)
-    # One-sided: is the searched allocation better? Half the two-sided p when it is ahead.
-    p_better = test.p_value / 2 if test.only_first > test.only_second else 1.0
+    p_better = test.p_first_better()  # one-sided: is the searched allocation better?
     kept = p_better < alpha
     selection: dict[str, Any] = {
         "against": rule.method,
@@ -123,8 +122,7 @@ def fastest_within_noise(rows: Sequence[MethodResult], target: float,
     best = max(candidates, key=lambda row: row.reward_accuracy)  # ties: the first, the table's order
 
     def p_worse(row: MethodResult) -> float:  # one-sided: does the most accurate beat it?
-        test = mcnemar(best.reward_correct, row.reward_correct)
-        return test.p_value / 2 if test.only_first > test.only_second else 1.0
+        return mcnemar(best.reward_correct, row.reward_correct).p_first_better()
 
     def speed(row: MethodResult) -> float:
         return math.exp(sum(math.log(x) for x in row.speedup.values()) / len(row.speedup))
