@@ -29,7 +29,7 @@ import copy
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -58,6 +58,22 @@ __all__ = [
 
 #: Module types whose output-channel parameters a mask zeroes (dimension 0 of weight and bias).
 _MASKABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.modules.batchnorm._BatchNorm)
+
+
+def _maskable(module: nn.Module) -> bool:
+    """Whether zeroing dimension 0 of the module's weight and bias removes an output channel."""
+    return isinstance(module, _MASKABLE) and not isinstance(module, nn.modules.conv._ConvTransposeNd)
+
+
+def _has_parameters(module: object) -> bool:
+    """A module with parameters of its own (not an operation such as ReLU, add or flatten)."""
+    return isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False))
+
+
+def _side(item: Any) -> str:
+    """Whether an item of a Torch-Pruning group (its ``GroupItem``: a dependency and indices) removes
+    the module's outputs or its inputs."""
+    return "out" if item.dep.handler.__func__.__name__ == "prune_out_channels" else "in"
 
 
 @dataclass(frozen=True)
@@ -146,10 +162,9 @@ def find_channel_groups(
         slices = []
         for item in group:
             module = item.dep.target.module
-            if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
+            if not _has_parameters(module):
                 continue  # an operation without parameters (ReLU, add, flatten)
-            side = "out" if item.dep.handler.__func__.__name__ == "prune_out_channels" else "in"
-            slices.append(ChannelSlice(names[module], side, tuple(int(i) for i in item.idxs),
+            slices.append(ChannelSlice(names[module], _side(item), tuple(int(i) for i in item.idxs),
                                        tuple(int(r) for r in item.root_idxs)))
         channels = len(group[0].idxs)
         if channels < 2:
@@ -185,11 +200,9 @@ def _unmaskable(group: tp.Group, names: dict) -> str | None:
         module = item.dep.target.module
         if isinstance(module, nn.Parameter):
             return f"reaches a bare parameter of shape {tuple(module.shape)}"
-        if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
-            continue
-        if item.dep.handler.__func__.__name__ != "prune_out_channels":
-            continue  # a layer reading the channels: a zero input is no input
-        if not isinstance(module, _MASKABLE) or isinstance(module, nn.modules.conv._ConvTransposeNd):
+        if not _has_parameters(module) or _side(item) != "out":
+            continue  # an operation, or a layer reading the channels: a zero input is no input
+        if not _maskable(module):
             return f"reaches {names.get(module, '?')!r}, a {type(module).__name__}"
     return None
 
@@ -230,7 +243,7 @@ class ChannelMasks:
                 if piece.side != "out":
                     continue
                 module = model.get_submodule(piece.module)
-                if not isinstance(module, _MASKABLE) or isinstance(module, nn.modules.conv._ConvTransposeNd):
+                if not _maskable(module):
                     raise ConfigError(
                         f"layer {piece.module!r} ({type(module).__name__}) loses channels with the group rooted at "
                         f"{group.name!r}, and a mask cannot stand in for removing them (supported: Conv, Linear, "
