@@ -22,14 +22,13 @@ import argparse
 import copy
 import datetime
 import json
-import statistics
 import tempfile
 from pathlib import Path
 
 import gymnasium as gym
 import onnxruntime
 import torch
-from bench_compare_channels_digits import median_ms  # beside this script
+from bench_compare_channels_digits import alternate  # beside this script
 from machine import machine_info, write_record  # benchmarks/machine.py, beside this script
 
 import prune_gym  # noqa: F401  (registers the envs)
@@ -104,18 +103,11 @@ def main(argv: list[str] | None = None) -> int:
             made = runners(dense, slim, Path(folder))
             for batch in args.batches:
                 x = torch.randn(batch, 1, 8, 8).numpy()
-                repeats = 200 if batch == 1 else 20
                 for runtime in RUNTIMES:
-                    times: dict[str, list[float]] = {"dense": [], "pruned": []}
-                    for _ in range(args.rounds):
-                        for name in ("dense", "pruned"):
-                            times[name].append(median_ms(lambda run=made[runtime][name], x=x: run(x), repeats))
-                    ratios = [d / p for d, p in zip(times["dense"], times["pruned"], strict=True)]
+                    runs = {name: lambda run=run, x=x: run(x) for name, run in made[runtime].items()}
                     rows.append({"recipe": label, "file": relative, "flops_reduction": info["flops_reduction"],
                                  "test_accuracy": info["test_accuracy"], "runtime": runtime, "batch": batch,
-                                 "dense_ms": statistics.median(times["dense"]),
-                                 "pruned_ms": statistics.median(times["pruned"]), "speedup": statistics.median(ratios),
-                                 "speedup_min": min(ratios), "speedup_max": max(ratios)})
+                                 **alternate(runs, batch, args.rounds)})
     record = {"benchmark": "channel_latency_digits",
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "python benchmarks/bench_channel_latency_digits.py", "machine": machine_info(),

@@ -37,6 +37,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import gymnasium as gym
@@ -69,6 +70,20 @@ def median_ms(run, repeats: int) -> float:
     return 1000 * statistics.median(samples)
 
 
+def alternate(runs: Mapping[str, Callable[[], object]], batch: int, rounds: int) -> dict[str, float]:
+    """``runs["dense"]`` and ``runs["pruned"]`` timed alternately, ``rounds`` times (each round the
+    median of repeated calls: 200 at batch 1, 20 above): the median milliseconds of each and the
+    speed-up, the median over rounds of dense / pruned, with its range."""
+    repeats = 200 if batch == 1 else 20
+    times: dict[str, list[float]] = {"dense": [], "pruned": []}
+    for _ in range(rounds):
+        for name in ("dense", "pruned"):
+            times[name].append(median_ms(runs[name], repeats))
+    ratios = [d / p for d, p in zip(times["dense"], times["pruned"], strict=True)]
+    return {"dense_ms": statistics.median(times["dense"]), "pruned_ms": statistics.median(times["pruned"]),
+            "speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios)}
+
+
 def side_by_side(dense: torch.nn.Module, slim: torch.nn.Module, dense_onnx: Path, slim_onnx: Path,
                  shape: tuple[int, ...], batches: tuple[int, ...], rounds: int) -> dict:
     """Alternate dense and smaller network, ``rounds`` times, in PyTorch (as exported, and with
@@ -79,29 +94,26 @@ def side_by_side(dense: torch.nn.Module, slim: torch.nn.Module, dense_onnx: Path
                 for name, path in (("dense", dense_onnx), ("pruned", slim_onnx))}
     networks = {"pytorch": {"dense": dense, "pruned": slim},
                 "pytorch, BN folded": {"dense": fold_batchnorm(dense), "pruned": fold_batchnorm(slim)}}
+
+    def eager(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode():
+                model(x)
+        return run
+
+    def onnx(session: onnxruntime.InferenceSession, x: torch.Tensor) -> Callable[[], object]:
+        feed = {session.get_inputs()[0].name: x.numpy()}
+        return lambda: session.run(None, feed)
+
     results: dict = {}
     for batch in batches:
         x = torch.randn(batch, *shape)
-        repeats = 200 if batch == 1 else 20
         for runtime in ("pytorch", "pytorch, BN folded", "onnxruntime"):
-            times: dict[str, list[float]] = {"dense": [], "pruned": []}
-            for _ in range(rounds):
-                for name in ("dense", "pruned"):
-                    if runtime in networks:
-                        def run(model=networks[runtime][name], x=x):
-                            with torch.inference_mode():
-                                model(x)
-                    else:
-                        session, feed = sessions[name], {sessions[name].get_inputs()[0].name: x.numpy()}
-
-                        def run(session=session, feed=feed):
-                            session.run(None, feed)
-                    times[name].append(median_ms(run, repeats))
-            ratios = [d / p for d, p in zip(times["dense"], times["pruned"], strict=True)]
-            results[f"{runtime} batch {batch}"] = {
-                "dense_ms": statistics.median(times["dense"]), "pruned_ms": statistics.median(times["pruned"]),
-                "speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
-            }
+            if runtime in networks:
+                runs = {name: eager(model, x) for name, model in networks[runtime].items()}
+            else:
+                runs = {name: onnx(session, x) for name, session in sessions.items()}
+            results[f"{runtime} batch {batch}"] = alternate(runs, batch, rounds)
     return results
 
 
