@@ -193,8 +193,8 @@ def run_seed(args: argparse.Namespace, seed: int, shared: dict[str, Any], refere
         result.evaluations = evaluations  # what choosing the allocation cost (0 for a rule)
         # A row that fell back to a rule carries that rule's fine-tuned accuracy already.
         if args.finetune_epochs and result.finetuned_test_accuracy is None:
-            result.finetuned_test_accuracy, result.finetune_seconds = finetune_and_test(
-                env, args.finetune_epochs, seed)
+            finetuned = finetune_and_test(env, args.finetune_epochs, seed)
+            result.finetuned_test_accuracy, result.finetune_seconds = finetuned.test_accuracy, finetuned.seconds
         results.append(result)
         row = {k: getattr(result, k) for k in (
             "method", "target_sparsity", "test_accuracy", "reward_accuracy", "overall_sparsity", "flops_reduction",

@@ -7,7 +7,8 @@ an ONNX file, and its measured latency beside the dense model's.
   from the dense one (the removed channels of each group) and loads its weights, with
   ``weights_only`` loading (no pickled code).
 - :func:`export_onnx` / :func:`onnx_logits`: ``torch.onnx.export`` (dynamic batch) and
-  onnxruntime's predictions, to check them against PyTorch's.
+  onnxruntime's predictions, to check them against PyTorch's; :class:`OnnxRunner` runs an ONNX
+  file like a module, for timing.
 - :func:`measure_latency`: median seconds of a forward pass at each batch size, after warm-up.
 - :func:`export_channel_recipe`: replay a recipe through a channel env, write checkpoint and
   ONNX, measure dense against pruned; :func:`export_channel_task` is the ``prune-gym export``
@@ -19,6 +20,7 @@ from __future__ import annotations
 import copy
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ from prune_gym.recipes import load_recipe
 __all__ = [
     "LATENCY_BATCHES",
     "ChannelExport",
+    "OnnxRunner",
     "export_channel_recipe",
     "export_channel_task",
     "export_onnx",
@@ -117,20 +120,39 @@ def export_onnx(model: nn.Module, example_input: Tensor, path: str | Path) -> Pa
 
 def onnx_logits(path: str | Path, inputs: Tensor) -> np.ndarray:
     """onnxruntime's outputs for ``inputs`` (one CPU thread)."""
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+    return OnnxRunner(path)(inputs)
+
+
+class OnnxRunner:
+    """An ONNX file run by onnxruntime (CPU, one thread) and called like a module: a CPU tensor
+    in, the first output as numpy out. :func:`measure_latency` and :func:`latency_side_by_side`
+    time it as they time a module. onnxruntime's default (full) graph optimisation: BatchNorm
+    folded, and blocked (NCHWc) kernels for convolutions whose channels are multiples of the CPU's
+    vector width (16 floats with AVX-512, 8 with AVX2)."""
+
+    def __init__(self, path: str | Path) -> None:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, inputs: Tensor) -> np.ndarray:
+        return self.session.run(None, {self.input_name: inputs.numpy()})[0]
 
 
 @torch.inference_mode()
-def measure_latency(model: nn.Module, sample_shape: Sequence[int], batch_sizes: Sequence[int] = LATENCY_BATCHES,
-                    device: str | torch.device = "cpu", min_seconds: float = 0.5, max_repeats: int = 200) -> dict[str, float]:
-    """Median milliseconds of one forward pass of ``model`` at each batch size on ``device``
-    (random inputs; warm-up first; repeats until ``min_seconds`` or ``max_repeats``), keyed by
-    the batch size as a string. Runs with this process's torch threads."""
+def measure_latency(model: nn.Module | OnnxRunner, sample_shape: Sequence[int],
+                    batch_sizes: Sequence[int] = LATENCY_BATCHES, device: str | torch.device = "cpu",
+                    min_seconds: float = 0.5, max_repeats: int = 200) -> dict[str, float]:
+    """Median milliseconds of one forward pass of ``model`` (a module, or an :class:`OnnxRunner`
+    on the CPU) at each batch size on ``device`` (random inputs; warm-up first; repeats until
+    ``min_seconds`` or ``max_repeats``), keyed by the batch size as a string. Runs with this
+    process's torch threads."""
     device = torch.device(device)
-    model = model.to(device).eval()
+    if isinstance(model, nn.Module):
+        model = model.to(device).eval()
+    elif device.type != "cpu":
+        raise ConfigError(f"an ONNX file runs on the CPU here (onnxruntime's CPU provider), not {device}")
     timings = {}
     for batch in batch_sizes:
         x = torch.randn(batch, *sample_shape, device=device)
@@ -148,7 +170,7 @@ def measure_latency(model: nn.Module, sample_shape: Sequence[int], batch_sizes: 
     return timings
 
 
-def latency_side_by_side(dense: nn.Module, pruned: nn.Module, sample_shape: Sequence[int],
+def latency_side_by_side(dense: nn.Module | OnnxRunner, pruned: nn.Module | OnnxRunner, sample_shape: Sequence[int],
                          batch_sizes: Sequence[int] = LATENCY_BATCHES, rounds: int = LATENCY_ROUNDS,
                          min_seconds: float = LATENCY_MIN_SECONDS,
                          device: str | torch.device = "cpu") -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
@@ -219,7 +241,8 @@ class ChannelExport:
     dense_params: int
     params: int
     onnx_max_difference: float | None
-    #: By device: the dense and the pruned network's median milliseconds and the speed-up, by batch size.
+    #: By device or runtime ("cpu", "cpu, BatchNorm folded", "cpu, onnxruntime", "cuda"): the dense and
+    #: the pruned network's median milliseconds and the speed-up, by batch size.
     latency_ms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     #: The latency table's prediction (batch 1, the env's device) when the env's budget is latency.
     predicted_speedup: float | None = None
@@ -236,20 +259,35 @@ class ChannelExport:
         if self.predicted_speedup is not None:
             lines.append(f"the latency table predicted {self.predicted_speedup:.2f}x at batch 1")
         for where, timings in self.latency_ms.items():
+            threads = "1 onnxruntime thread" if "onnxruntime" in where else f"{self.torch_threads} torch thread(s)"
             lines += [f"latency on {where}, batch {batch}: dense {timings['dense'][batch]:.3f} ms, pruned {ms:.3f} ms "
-                      f"({timings['speedup'][batch]:.2f}x, measured alternately, {self.torch_threads} torch thread(s))"
+                      f"({timings['speedup'][batch]:.2f}x, measured alternately, {threads})"
                       for batch, ms in timings["pruned"].items()]
         return "\n".join(lines)
 
 
+def write_onnx(model: nn.Module, env: Any, path: Path) -> tuple[Path, float]:
+    """``model`` (a channel env's smaller network, on the CPU) as ONNX at ``path``, and the largest
+    difference between onnxruntime's and PyTorch's logits on 64 of the env's test inputs."""
+    path = export_onnx(model, _example(env), path)
+    probe = sample_tensors(env.test_data, 64, seed=0)[0].float()
+    with torch.inference_mode():
+        expected = model(probe).numpy()
+    return path, float(np.abs(onnx_logits(path, probe) - expected).max())
+
+
 def export_channel_recipe(env: Any, layer_sparsities: Mapping[str, float], output: str | Path, *, onnx: bool = True,
-                          latency: bool = True, meta: Mapping[str, Any] | None = None) -> ChannelExport:
+                          latency: bool = True, latency_rounds: int = LATENCY_ROUNDS,
+                          meta: Mapping[str, Any] | None = None) -> ChannelExport:
     """Replay per-group shares of removed channels (a recipe's ``layers``) through the channel
     env ``env``, and write ``output/model.pt`` (:func:`save_slim`) and ``output/model.onnx``;
     the smaller network's test accuracy is measured on the env's test split (it equals the
-    env's, which a check asserts), and its latency beside the dense network's (CPU; and CUDA
-    where the env runs there)."""
+    env's, which a check asserts), and its latency beside the dense network's, alternating over
+    ``latency_rounds`` rounds (CPU: PyTorch, with BatchNorm folded, and onnxruntime with
+    ``onnx``; and CUDA where the env runs there)."""
     output = Path(output)
+    if latency and (not isinstance(latency_rounds, int) or latency_rounds < 1):
+        raise ConfigError(f"latency_rounds must be a whole number >= 1, got {latency_rounds!r}")
     names = env.group_names()
     unknown = sorted(set(layer_sparsities) - set(names))
     missing = [name for name in names if name not in layer_sparsities]
@@ -273,24 +311,22 @@ def export_channel_recipe(env: Any, layer_sparsities: Mapping[str, float], outpu
         record["predicted_speedup"] = 1.0 / max(1.0 - info["latency_reduction"], 1e-12)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = save_slim(slim, output / "model.pt", removed, record)
-    example = _example(env)
-    onnx_path, difference = None, None
-    if onnx:
-        onnx_path = export_onnx(slim, example, output / "model.onnx")
-        probe = sample_tensors(env.test_data, 64, seed=0)[0].float()
-        with torch.inference_mode():
-            expected = slim(probe).numpy()
-        difference = float(np.abs(onnx_logits(onnx_path, probe) - expected).max())
+    onnx_path, difference = write_onnx(slim, env, output / "model.onnx") if onnx else (None, None)
     timings: dict[str, dict[str, dict[str, float]]] = {}
     if latency:
         dense = env.dense_architecture()
-        for place in ["cpu"] + (["cuda"] if env.device.type == "cuda" else []):
-            measured = latency_side_by_side(dense, slim, env.evaluator.sample_shape, device=place)
-            timings[place] = dict(zip(("dense", "pruned", "speedup"), measured, strict=True))
+        shape = env.evaluator.sample_shape
+        pairs = {place: (dense, slim, place) for place in ["cpu"] + (["cuda"] if env.device.type == "cuda" else [])}
         folded = [fold_batchnorm(model) for model in (dense.to("cpu"), slim.to("cpu"))]
         if all(model is not None for model in folded):  # as deployed: BatchNorm folded into the convolutions
-            measured = latency_side_by_side(*folded, env.evaluator.sample_shape)
-            timings["cpu, BatchNorm folded"] = dict(zip(("dense", "pruned", "speedup"), measured, strict=True))
+            pairs["cpu, BatchNorm folded"] = (*folded, "cpu")
+        with tempfile.TemporaryDirectory() as folder:
+            if onnx_path is not None:  # onnxruntime folds BatchNorm itself and runs blocked kernels
+                dense_onnx = export_onnx(dense.to("cpu"), _example(env), Path(folder) / "dense.onnx")
+                pairs["cpu, onnxruntime"] = (OnnxRunner(dense_onnx), OnnxRunner(onnx_path), "cpu")
+            for where, (dense_runner, pruned_runner, place) in pairs.items():
+                measured = latency_side_by_side(dense_runner, pruned_runner, shape, rounds=latency_rounds, device=place)
+                timings[where] = dict(zip(("dense", "pruned", "speedup"), measured, strict=True))
     atomic_write_json(output / "export.json", {**record, "latency_ms": timings, "torch_threads": torch.get_num_threads(),
                                                "onnx_max_difference": difference})
     return ChannelExport(checkpoint, onnx_path, slim_accuracy, info["reward_accuracy"], info["flops_reduction"],
@@ -341,8 +377,11 @@ def export_channel_task(env_id: str, output: str | Path, *, policy: str | None =
                             device=prune_env.device, seed=seed)
             extra["finetuned_test_accuracy"] = evaluate_accuracy(slim, prune_env.test_data, prune_env.device,
                                                                  amp=prune_env.amp)
-            save_slim(slim.to("cpu"), Path(output) / "model-finetuned.pt", dict(zip(
+            slim = slim.to("cpu").eval()
+            save_slim(slim, Path(output) / "model-finetuned.pt", dict(zip(
                 prune_env.group_names(), prune_env.removed_channels(), strict=True)), {**meta, **extra})
+            if onnx:  # the same architecture as model.onnx: the latency measured above holds for it
+                _, extra["finetuned_onnx_max_difference"] = write_onnx(slim, prune_env, Path(output) / "model-finetuned.onnx")
     finally:
         env.close()
     return result, extra

@@ -175,8 +175,9 @@ def _run_channel_export(args: argparse.Namespace) -> int:
     )
     print(result.summary())
     if extra:
+        onnx = f" and {args.output}/model-finetuned.onnx" if "finetuned_onnx_max_difference" in extra else ""
         print(f"fine-tuned {args.finetune_epochs} epoch(s): test accuracy {100 * extra['finetuned_test_accuracy']:.2f}% "
-              f"({args.output}/model-finetuned.pt)")
+              f"({args.output}/model-finetuned.pt{onnx}; the same architecture, so the latency above holds for it)")
     print("load it with   prune_gym.channel_export.load_slim(path, task.build_model(), example_input)")
     return 0
 

@@ -372,22 +372,24 @@ class Evaluator:
         return torch.cat([self._logits(x).float() for x, _ in self.batches])
 
     @torch.inference_mode()
-    def correct(self) -> Tensor:
+    def correct(self, model: nn.Module | None = None) -> Tensor:
         """Whether each sample of the split is classified right: a bool CPU tensor in split
-        order, from a full forward pass (for paired tests between two pruned models)."""
+        order, from a full forward pass (for paired tests between two pruned models). ``model``:
+        another network to score on this split (e.g. a fine-tuned smaller one; in eval mode, on
+        this evaluator's device), instead of the evaluator's."""
         if self.loader is None:
-            return torch.cat([(self._logits(x).argmax(1) == y).cpu() for x, y in self.batches])
+            return torch.cat([(self._logits(x, forward=model).argmax(1) == y).cpu() for x, y in self.batches])
         parts = []
         for x, y in self.loader:
             x = x.to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            parts.append(self._logits(x).argmax(1).cpu() == torch.as_tensor(y))
+            parts.append(self._logits(x, forward=model).argmax(1).cpu() == torch.as_tensor(y))
         return torch.cat(parts)
 
-    def _logits(self, x: Tensor, eager: bool = False) -> Tensor:
+    def _logits(self, x: Tensor, eager: bool = False, forward: nn.Module | None = None) -> Tensor:
         with self._autocast():
-            return (self.model if eager else self._forward)(x)
+            return (forward or (self.model if eager else self._forward))(x)
 
     def _autocast(self):
         if self.amp_dtype is None:

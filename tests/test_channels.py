@@ -21,7 +21,9 @@ from prune_gym.agents.report import write_recipes
 from prune_gym.agents.rollout import run_episode
 from prune_gym.channel_allocation import CHANNEL_METHODS, channel_allocation, lamp_scores
 from prune_gym.channel_export import (
+    OnnxRunner,
     export_channel_recipe,
+    export_channel_task,
     export_onnx,
     fold_batchnorm,
     load_slim,
@@ -299,7 +301,7 @@ def test_synthetic_imagenet_channel_envs_run_an_episode(env_id):
 def test_export_writes_a_smaller_checkpoint_and_onnx_that_score_what_the_env_said(channel_env, digits_task, tmp_path):
     env = channel_env
     shares = env.allocation_sparsities("global-norm", 0.5)
-    result = export_channel_recipe(env, dict(zip(env.group_names(), shares, strict=True)), tmp_path)
+    result = export_channel_recipe(env, dict(zip(env.group_names(), shares, strict=True)), tmp_path, latency_rounds=2)
     assert result.test_accuracy == pytest.approx(env.evaluate_test())
     assert result.params < result.dense_params and result.flops_reduction >= 0.5
     slim = load_slim(result.checkpoint, digits_task.build_model(), torch.zeros(1, 1, 8, 8))
@@ -317,8 +319,15 @@ def test_export_writes_a_smaller_checkpoint_and_onnx_that_score_what_the_env_sai
     # As deployed, too: BatchNorm folded into the convolutions of both networks.
     assert set(record["latency_ms"]["cpu, BatchNorm folded"]["speedup"]) == {"1", "256"}
     assert "latency on cpu, BatchNorm folded, batch 1" in result.summary()
+    # And in onnxruntime: the exported file against the dense network's, side by side.
+    ort = record["latency_ms"]["cpu, onnxruntime"]
+    assert set(ort["speedup"]) == {"1", "256"} and all(v > 0 for v in ort["pruned"].values())
+    assert "latency on cpu, onnxruntime, batch 256" in result.summary()
     with pytest.raises(ConfigError, match="does not fit this env's channel groups"):
         export_channel_recipe(env, {"stem.0": 0.5}, tmp_path / "other")
+    with pytest.raises(ConfigError, match="latency_rounds must be"):
+        export_channel_recipe(env, dict(zip(env.group_names(), shares, strict=True)), tmp_path / "none", latency_rounds=0)
+    assert not (tmp_path / "none").exists()
 
 
 def test_latency_and_onnx_helpers(tmp_path):
@@ -329,6 +338,10 @@ def test_latency_and_onnx_helpers(tmp_path):
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         assert np.abs(onnx_logits(path, x) - model(x).numpy()).max() < 1e-4
+    runner = OnnxRunner(path)  # timed like a module
+    assert set(measure_latency(runner, (1, 8, 8), batch_sizes=(1, 4), min_seconds=0.01)) == {"1", "4"}
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        measure_latency(runner, (1, 8, 8), device="cuda")
 
 
 def test_folding_batchnorm_keeps_the_outputs_and_the_model_and_says_when_it_cannot():
@@ -492,6 +505,33 @@ def test_channel_multiple_keeps_multiples_in_every_step_and_rule(digits_model_st
         env.replay([1] * env.num_groups)
 
 
+def test_the_finetuned_export_scores_what_the_comparison_said_in_pytorch_and_onnx(digits_model_state, tmp_path):
+    """``prune-gym export --recipe R --finetune-epochs N`` trains the smaller network as
+    ``compare --finetune-epochs N`` does (same seed): the same test accuracy, and an ONNX file of
+    the fine-tuned network that gives its outputs."""
+    from prune_gym.agents.rollout import finetune_and_test
+
+    kwargs = {"channel_multiple": 16}
+    env = gym.make(CHANNELS_ID, **reference_env_kwargs(kwargs, 0.5))
+    row = run_episode(reference_policy("uniform", env)[1], env, 0.5, method="uniform")
+    table_accuracy = finetune_and_test(env, 1, seed=0).test_accuracy  # the comparison's fine-tuned column
+    env.close()
+    write_recipes([row], tmp_path / "recipes", CHANNELS_ID, 1, kwargs)
+    output = tmp_path / "exported"
+    result, extra = export_channel_task(CHANNELS_ID, output, recipe=tmp_path / "recipes" / "uniform-0.50.json",
+                                        finetune_epochs=1, device="cpu", seed=0, latency=False)
+    assert result.test_accuracy == pytest.approx(row.test_accuracy)
+    assert extra["finetuned_test_accuracy"] == pytest.approx(table_accuracy) and table_accuracy > row.test_accuracy
+    task = prune_gym.get_task(CHANNELS_ID)
+    slim = load_slim(output / "model-finetuned.pt", task.build_model(), torch.zeros(1, 1, 8, 8))
+    x = sample_tensors(task.load_splits().test, 16)[0]
+    with torch.no_grad():
+        assert np.abs(onnx_logits(output / "model-finetuned.onnx", x) - slim(x).numpy()).max() < 1e-4
+    assert extra["finetuned_onnx_max_difference"] < 1e-4
+    removed = torch.load(output / "model-finetuned.pt", weights_only=True)["removed"]
+    assert any(removed.values()) and all(len(channels) % 16 == 0 for channels in removed.values())
+
+
 def test_finetuning_a_channel_env_trains_the_smaller_network_and_leaves_the_env(channel_env):
     from prune_gym.agents.rollout import finetune_and_test
 
@@ -499,7 +539,10 @@ def test_finetuning_a_channel_env_trains_the_smaller_network_and_leaves_the_env(
     env.replay(env.allocation_counts("uniform", 0.5))
     one_shot = env.evaluate_test()
     state = {k: v.clone() for k, v in env.model.state_dict().items()}
-    accuracy, seconds = finetune_and_test(env, 1, seed=0)
-    assert accuracy > one_shot and seconds > 0  # 1 epoch recovers part of what pruning cost
+    finetuned = finetune_and_test(env, 1, seed=0)
+    assert finetuned.test_accuracy > one_shot and finetuned.seconds > 0  # 1 epoch recovers part of what pruning cost
+    # Scored on the reward split too, sample by sample (what the export pick selects on).
+    assert len(finetuned.reward_correct) == env.evaluator.num_samples
+    assert finetuned.reward_correct.mean() > env.engine.reward_correct().numpy().mean()
     assert all(torch.equal(state[k], v) for k, v in env.model.state_dict().items())
     assert env.evaluate_test() == one_shot

@@ -105,8 +105,13 @@ def test_a_table_given_as_a_file_is_used_and_latency_kwargs_are_checked(latency_
 def test_the_cli_budget_option_reaches_channel_envs_and_is_refused_for_weight_envs(tmp_path, capsys):
     output = tmp_path / "run"
     assert cli_main(["train", "PruneResNet20Digits-v1", "--budget", "latency", "--output", str(output)]) == 2
-    assert "--budget is for channel envs" in capsys.readouterr().err and not output.exists()
+    assert "--budget: for channel envs" in capsys.readouterr().err and not output.exists()
+    assert cli_main(["train", "PruneResNet20Digits-v1", "--channel-multiple", "8", "--output", str(output)]) == 2
+    assert "--channel-multiple: for channel envs" in capsys.readouterr().err and not output.exists()
+    args = build_parser().parse_args(["compare", CHANNELS_ID, "--channel-multiple", "16", "--threads", "1"])
+    assert env_kwargs_from(args)["channel_multiple"] == 16
     args = build_parser().parse_args(["compare", CHANNELS_ID, "--budget", "latency", "--threads", "1"])
     assert env_kwargs_from(args)["budget"] == "latency"
-    assert "budget" not in env_kwargs_from(build_parser().parse_args(["compare", CHANNELS_ID, "--threads", "1"]))
+    defaults = env_kwargs_from(build_parser().parse_args(["compare", CHANNELS_ID, "--threads", "1"]))
+    assert "budget" not in defaults and "channel_multiple" not in defaults  # the env's own defaults
     assert BUDGET_CHOICES == BUDGETS  # the CLI's copy (kept so --help needs no torch)

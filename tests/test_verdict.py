@@ -124,7 +124,20 @@ def test_the_recipe_to_export_is_the_fastest_that_the_most_accurate_does_not_bea
     pick = fastest_within_noise(rows, 0.7)
     assert pick["method"] == "DQN (best found)" and pick["recipe"] == "dqn-best-found-0.70.json"
     assert pick["most_accurate"] == "local search" and pick["p_worse"] >= SELECTION_ALPHA
-    assert pick["speedup"] == {"1": 1.25, "256": 1.6}
+    assert pick["speedup"] == {"1": 1.25, "256": 1.6} and pick["accuracy"] == "one-shot"
+    # Fine-tuned rows: the fine-tuned networks' reward-split accuracy counts. LAMP's network,
+    # 28 images behind one-shot, ties the others once trained: the fastest, it is the pick.
+    for row in rows:
+        row.finetuned_reward_correct = _correct(359, [5])
+    rows[1].finetuned_reward_correct = _correct(359, list(range(40)))  # the agent's trains worse
+    pick = fastest_within_noise(rows, 0.7)
+    assert pick["method"] == "LAMP" and pick["accuracy"] == "fine-tuned"
+    assert pick["reward_accuracy"] == pytest.approx(358 / 359)
+    # Not every row fine-tuned: one-shot accuracy for all.
+    rows[2].finetuned_reward_correct = None
+    assert fastest_within_noise(rows, 0.7)["method"] == "DQN (best found)"
+    for row in rows:
+        row.finetuned_reward_correct = None
     # Only the most accurate is fast: it is its own pick.
     rows[1].speedup = {"1": 1.0, "256": 1.0}
     assert fastest_within_noise(rows, 0.7)["method"] == "local search"

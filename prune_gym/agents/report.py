@@ -50,6 +50,9 @@ class MethodResult(EpisodeRecord):
     method: str
     action_type: str
     finetuned_test_accuracy: float | None = None
+    #: The fine-tuned network's reward-split accuracy (what the export pick selects on when the
+    #: rows were fine-tuned).
+    finetuned_reward_accuracy: float | None = None
     finetune_seconds: float | None = None
     #: What choosing the allocation cost: network evaluations on the reward split (an agent's
     #: training steps, the search's episodes x layers; 0 for a zero-cost rule) and seconds.
@@ -70,6 +73,7 @@ class MethodResult(EpisodeRecord):
     #: tests; not written to files).
     test_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
     reward_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
+    finetuned_reward_correct: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -200,10 +204,12 @@ def _export_picks(picks: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Which recipe to export at each target when speed counts (``verdict.fastest_within_noise``)."""
     if not picks:
         return []
-    alpha = next(iter(picks.values()))["alpha"]
-    lines = ["", "to export (speed counts): the fastest of the rows that the most accurate on the reward split does "
-                 f"not beat there by more than noise (one-sided McNemar p >= {alpha:g}; speed = geometric mean of the "
-                 "speed-ups):"]
+    first = next(iter(picks.values()))
+    # Older results.json files (before fine-tuned picks) hold one-shot picks.
+    networks = " (the fine-tuned networks)" if first.get("accuracy") == "fine-tuned" else ""
+    lines = ["", f"to export (speed counts): the fastest of the rows that the most accurate on the reward split{networks} "
+                 f"does not beat there by more than noise (one-sided McNemar p >= {first['alpha']:g}; speed = geometric "
+                 "mean of the speed-ups):"]
     for pick in picks.values():
         speed = " / ".join(f"{x:.2f}x b{batch}" for batch, x in pick["speedup"].items())
         against = ("the most accurate" if pick["method"] == pick["most_accurate"] else

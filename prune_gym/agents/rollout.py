@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
+import numpy as np
 import torch
 
 from prune_gym.agents.policies import prune_env_of
@@ -20,7 +21,7 @@ from prune_gym.evaluation import evaluate_accuracy
 from prune_gym.finetune import finetune_pruned
 from prune_gym.pruning import PrunableLayer, find_prunable_layers
 
-__all__ = ["finetune_and_test", "run_episode"]
+__all__ = ["Finetuned", "finetune_and_test", "run_episode"]
 
 
 def run_episode(
@@ -68,9 +69,19 @@ def run_episode(
     )
 
 
-def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> tuple[float, float]:
+class Finetuned(NamedTuple):
+    """What :func:`finetune_and_test` measured on the fine-tuned network."""
+
+    test_accuracy: float
+    #: Whether each reward-split sample was classified right (for the export pick).
+    reward_correct: np.ndarray
+    seconds: float
+
+
+def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> Finetuned:
     """Fine-tune a copy of the env's pruned model (masks held; for a channel env, the physically
-    smaller network) and return its test accuracy."""
+    smaller network) and score it on the test split and, per sample, on the reward split. The
+    env and its model are not changed."""
     prune_env = prune_env_of(env)
     train_data, test_data = prune_env.train_data, prune_env.test_data
     if train_data is None or test_data is None:
@@ -88,4 +99,5 @@ def finetune_and_test(env: gym.Env, epochs: int, seed: int) -> tuple[float, floa
     config = prune_env.task.recipe("finetune") if prune_env.task is not None else None  # None: the default recipe
     finetune_pruned(model, layers, masks, train_data, epochs, config=config, device=prune_env.device, seed=seed)
     accuracy = evaluate_accuracy(model, test_data, prune_env.device, amp=prune_env.amp)
-    return accuracy, time.perf_counter() - started
+    reward_correct = prune_env.engine.evaluator.correct(model.to(prune_env.device).eval()).numpy().copy()
+    return Finetuned(accuracy, reward_correct, time.perf_counter() - started)

@@ -143,10 +143,15 @@ class ChannelPruneEnv(EngineView, gym.Env):
     warning naming them. ``action_type``, ``action_mode``,
     ``n_actions``, ``relative_range``, ``reference``, ``max_sparsity``: the action space.
     ``reward``, ``sparsity_weight``: the reward and its ``beta``. ``channel_multiple`` (default 1):
-    every group that loses channels keeps a multiple of this many (Torch-Pruning's ``round_to``;
-    convolution kernels work on blocks of 4, 8 or 16 channels: onnxruntime ran the digits model
-    pruned to 50% of its FLOPs at 0.65x the dense speed with counts such as 9 and 27); the
-    actions and the rules snap to those counts.
+    every group that loses channels keeps a multiple of this many (Torch-Pruning's ``round_to``);
+    the actions and the rules snap to those counts. CPU convolution kernels work on blocks of
+    channels: onnxruntime runs a convolution with its fast blocked kernels only when its output
+    channels (and its input channels, unless fewer than one block) are multiples of the CPU's
+    vector width, 16 floats with AVX-512 and 8 with AVX2. It ran the digits model pruned to 50% of
+    its FLOPs with counts such as 9 and 27 at 0.65x the dense speed, and with
+    ``channel_multiple=16`` (on an AVX-512 CPU) at 1.53x (batch 1) and 1.72x (batch 256); such coarse
+    counts cost one-shot accuracy that 10 epochs of fine-tuning the smaller network won back
+    (``benchmarks/results/compare_channels_digits_m16_ft10.md``).
 
     ## Version History
 

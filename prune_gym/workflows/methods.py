@@ -208,7 +208,10 @@ def play(entries: Sequence[Entry], target: float, finetune_epochs: int = 0, seed
             _, row.latency_ms, row.speedup = latency_side_by_side(
                 prune_env.dense_architecture(), slim_model(prune_env), prune_env.evaluator.sample_shape)
         if finetune_epochs:
-            row.finetuned_test_accuracy, row.finetune_seconds = finetune_and_test(entry.env, int(finetune_epochs), seed)
+            finetuned = finetune_and_test(entry.env, int(finetune_epochs), seed)
+            row.finetuned_test_accuracy, row.finetune_seconds = finetuned.test_accuracy, finetuned.seconds
+            row.finetuned_reward_correct = finetuned.reward_correct
+            row.finetuned_reward_accuracy = float(finetuned.reward_correct.mean())
         results.append(row)
     rule = strongest_heuristic(results, target)
     if rule is not None:
