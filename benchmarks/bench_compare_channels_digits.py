@@ -24,7 +24,9 @@ It writes ``compare_channels_digits.json`` and ``.md`` (and keeps the table's re
 ``channel_multiple=8`` into ``compare_channels_digits_m8.*``; ``--budget latency`` with the env's
 latency budget (targets = shares of the latency that the per-layer latency table, measured first
 on this machine, predicts removed) into ``compare_channels_digits_latency.*``, with the table's
-prediction for the exported network beside the measured speed-up.
+prediction for the exported network beside the measured speed-up; ``--finetune-epochs N`` fine-tunes
+every row's smaller network for N epochs (the table's fine-tuned column) and exports the pick
+fine-tuned the same way (checkpoint and ONNX; the record's name gets _ft<N>).
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the env's channel_multiple (default 1, the env's default; the record's name gets _m<N>)")
     parser.add_argument("--budget", choices=("flops", "params", "latency"), default="flops",
                         help="what the targets count (default flops, the env's default; the record's name gets _<budget>)")
+    parser.add_argument("--finetune-epochs", type=int, default=0,
+                        help="fine-tune every row's smaller network, and the export, for N epochs (default 0)")
     parser.add_argument("--output", type=Path, help="write compare_channels_digits.json and .md here")
     args = parser.parse_args(argv)
     latency = args.budget == "latency"
@@ -139,24 +143,28 @@ def main(argv: list[str] | None = None) -> int:
     env_kwargs = {key: value for key, value, default in (("channel_multiple", args.channel_multiple, 1),
                                                          ("budget", args.budget, "flops")) if value != default}
     stem = "compare_channels_digits" + (f"_m{args.channel_multiple}" if args.channel_multiple != 1 else "") + (
-        f"_{args.budget}" if args.budget != "flops" else "")
+        f"_{args.budget}" if args.budget != "flops" else "") + (f"_ft{args.finetune_epochs}" if args.finetune_epochs else "")
     load_start = os.getloadavg()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         result = compare(ENV_ID, args.sparsity, "dqn", timesteps=args.timesteps, output_dir=folder / "compare",
-                         seed=args.seed, env_kwargs=env_kwargs or None)
+                         seed=args.seed, env_kwargs=env_kwargs or None, finetune_epochs=args.finetune_epochs)
         compare_seconds = time.perf_counter() - started
         pick = result.metadata["export_picks"][target_key(args.export_target)]  # reward split + measured speed
         chosen = next(row for row in result.results if row.method == pick["method"]
                       and abs(row.target_sparsity - args.export_target) < 1e-9)
         recipe = folder / "compare" / "recipes" / pick["recipe"]
-        exported, _ = export_channel_task(ENV_ID, folder / "export", recipe=recipe, device="cpu", latency=False)
+        exported, finetuned = export_channel_task(ENV_ID, folder / "export", recipe=recipe, device="cpu", latency=False,
+                                                  finetune_epochs=args.finetune_epochs, seed=args.seed)
         task = get_task(ENV_ID)
-        slim = load_slim(exported.checkpoint, task.build_model(), torch.zeros(1, 1, 8, 8))
+        # The network a deployer takes: the fine-tuned one when the rows were fine-tuned.
+        suffix = "-finetuned" if args.finetune_epochs else ""
+        slim = load_slim(folder / "export" / f"model{suffix}.pt", task.build_model(), torch.zeros(1, 1, 8, 8))
         dense = task.load_model().eval()
         dense_onnx = export_onnx(dense, torch.zeros(1, 1, 8, 8), folder / "dense.onnx")
-        latency = side_by_side(dense, slim, dense_onnx, exported.onnx, (1, 8, 8), (1, 256), args.rounds)
+        latency = side_by_side(dense, slim, dense_onnx, folder / "export" / f"model{suffix}.onnx", (1, 8, 8), (1, 256),
+                               args.rounds)
         predicted = None
         if args.budget == "latency":  # the table's prediction for the exported network (read from the cache)
             env = gym.make(ENV_ID, **env_kwargs).unwrapped
@@ -172,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "compare_channels_digits",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": f"prune-gym compare {ENV_ID}" + (f" --timesteps {args.timesteps}" if args.timesteps else "")
+        + (f" --finetune-epochs {args.finetune_epochs}" if args.finetune_epochs else "")
         + (f" (env kwargs {env_kwargs})" if env_kwargs else ""),
         "machine": machine_info(),
         "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
@@ -183,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         "exported": {"method": chosen.method, "target": args.export_target, "table_test_accuracy": chosen.test_accuracy,
                      "exported_test_accuracy": exported.test_accuracy, "flops_reduction": exported.flops_reduction,
                      "params": exported.params, "dense_params": exported.dense_params,
-                     "onnx_max_difference": exported.onnx_max_difference},
+                     "onnx_max_difference": exported.onnx_max_difference,
+                     **({"table_finetuned_test_accuracy": chosen.finetuned_test_accuracy, **finetuned} if finetuned else {})},
         "latency": latency,
         "predicted": predicted,
     }
@@ -200,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
         f"test accuracy {100 * exported.test_accuracy:.2f}% (the table: "
         f"{100 * chosen.test_accuracy:.2f}%), FLOPs removed {100 * exported.flops_reduction:.1f}%, parameters "
         f"{exported.params:,} of {exported.dense_params:,}; ONNX against PyTorch: largest logit difference "
-        f"{exported.onnx_max_difference:.1e}.",
+        f"{exported.onnx_max_difference:.1e}."
+        + (f" Fine-tuned {args.finetune_epochs} epochs: test accuracy {100 * finetuned['finetuned_test_accuracy']:.2f}% "
+           f"(the table: {100 * chosen.finetuned_test_accuracy:.2f}%), its ONNX against PyTorch "
+           f"{finetuned['finetuned_onnx_max_difference']:.1e}; the latency below is the fine-tuned network's."
+           if finetuned else ""),
         "",
         f"Latency, dense and pruned alternating over {args.rounds} rounds (median of each round's median; speed-up = "
         "median over rounds of dense / pruned, with its range):",

@@ -140,6 +140,8 @@ BENCHMARKS: list[Benchmark] = [
         "Channel pruning on digits: compare, export, latency side by side",
         full=lambda out, cuda: [["--output", str(out)], ["--channel-multiple", "8", "--output", str(out)],
                                 ["--budget", "latency", "--sparsity", "0.2", "0.3", "0.4", "--export-target", "0.3",
+                                 "--output", str(out)],
+                                ["--channel-multiple", "16", "--finetune-epochs", "10", "--sparsity", "0.3", "0.5",
                                  "--output", str(out)]],
         quick=lambda out: [["--timesteps", "100", "--sparsity", "0.5", "--rounds", "1", "--output", str(out)]],
     ),
@@ -309,7 +311,9 @@ def table_compare_channels(results: Path, link: str) -> str | None:
     for stem, label in (("compare_channels_digits", "The defaults (any channel count)"),
                         ("compare_channels_digits_m8", "channel_multiple=8 (kept channels in multiples of 8)"),
                         ("compare_channels_digits_latency", "budget=\"latency\" (targets: predicted latency removed, "
-                                                            "from the per-layer table measured first)")):
+                                                            "from the per-layer table measured first)"),
+                        ("compare_channels_digits_m16_ft10", "channel_multiple=16 and 10 epochs of fine-tuning (every "
+                                                             "row's smaller network, and the export)")):
         path = results / f"{stem}.md"
         if path.is_file():
             parts.append(f"**{label}** ([JSON]({link}{stem}.json)):\n\n" + _relink(_without_title(path.read_text()), link))
