@@ -32,7 +32,7 @@ from bench_compare_channels_digits import alternate  # beside this script
 from machine import machine_info, write_record  # benchmarks/machine.py, beside this script
 
 import prune_gym  # noqa: F401  (registers the envs)
-from prune_gym.channel_export import export_onnx, fold_batchnorm, slim_model
+from prune_gym.channel_export import OnnxRunner, export_onnx, fold_batchnorm, slim_model
 
 ENV_ID = "PruneResNet20DigitsChannels-v1"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,14 +53,11 @@ HEADINGS = ("pytorch", "pytorch, BN folded", "pytorch, channels_last", "pytorch,
 
 def runners(dense: torch.nn.Module, slim: torch.nn.Module, folder: Path) -> dict[str, dict[str, object]]:
     """For each runtime, the dense and the pruned network as a callable on a numpy batch."""
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
     example = torch.zeros(1, 1, 8, 8)
     made: dict[str, dict[str, object]] = {runtime: {} for runtime in RUNTIMES}
     for name, model in (("dense", dense), ("pruned", slim)):
         folded = fold_batchnorm(model)
-        session = onnxruntime.InferenceSession(str(export_onnx(model, example, folder / f"{name}.onnx")), options,
-                                               providers=["CPUExecutionProvider"])
+        session = OnnxRunner(export_onnx(model, example, folder / f"{name}.onnx")).session
         feed_name = session.get_inputs()[0].name
 
         for runtime, network, channels_last in (

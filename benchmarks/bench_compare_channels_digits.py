@@ -43,12 +43,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import gymnasium as gym
-import onnxruntime
 import torch
 from machine import machine_info, write_record  # benchmarks/machine.py, beside this script
 
 from prune_gym.channel_export import (
     BUDGET_LABELS,
+    OnnxRunner,
     export_channel_task,
     export_onnx,
     fold_batchnorm,
@@ -90,32 +90,25 @@ def side_by_side(dense: torch.nn.Module, slim: torch.nn.Module, dense_onnx: Path
                  shape: tuple[int, ...], batches: tuple[int, ...], rounds: int) -> dict:
     """Alternate dense and smaller network, ``rounds`` times, in PyTorch (as exported, and with
     BatchNorm folded into the convolutions as a deployment does) and onnxruntime."""
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    sessions = {name: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                for name, path in (("dense", dense_onnx), ("pruned", slim_onnx))}
     networks = {"pytorch": {"dense": dense, "pruned": slim},
-                "pytorch, BN folded": {"dense": fold_batchnorm(dense), "pruned": fold_batchnorm(slim)}}
+                "pytorch, BN folded": {"dense": fold_batchnorm(dense), "pruned": fold_batchnorm(slim)},
+                "onnxruntime": {"dense": OnnxRunner(dense_onnx), "pruned": OnnxRunner(slim_onnx)}}
 
-    def eager(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def timed(network: Callable[[torch.Tensor], object], x: torch.Tensor) -> Callable[[], object]:
+        if isinstance(network, OnnxRunner):  # no autograd to turn off: time the session call alone
+            return lambda: network(x)
+
         def run() -> None:
             with torch.inference_mode():
-                model(x)
+                network(x)
         return run
-
-    def onnx(session: onnxruntime.InferenceSession, x: torch.Tensor) -> Callable[[], object]:
-        feed = {session.get_inputs()[0].name: x.numpy()}
-        return lambda: session.run(None, feed)
 
     results: dict = {}
     for batch in batches:
         x = torch.randn(batch, *shape)
-        for runtime in ("pytorch", "pytorch, BN folded", "onnxruntime"):
-            if runtime in networks:
-                runs = {name: eager(model, x) for name, model in networks[runtime].items()}
-            else:
-                runs = {name: onnx(session, x) for name, session in sessions.items()}
-            results[f"{runtime} batch {batch}"] = alternate(runs, batch, rounds)
+        for runtime, pair in networks.items():
+            results[f"{runtime} batch {batch}"] = alternate({name: timed(network, x) for name, network in pair.items()},
+                                                            batch, rounds)
     return results
 
 
