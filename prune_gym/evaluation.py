@@ -389,7 +389,9 @@ class Evaluator:
 
     def _logits(self, x: Tensor, eager: bool = False, forward: nn.Module | None = None) -> Tensor:
         with self._autocast():
-            return (forward or (self.model if eager else self._forward))(x)
+            if forward is None:
+                forward = self.model if eager else self._forward
+            return forward(x)
 
     def _autocast(self):
         if self.amp_dtype is None:
