@@ -64,6 +64,24 @@ def test_factory_builds_every_allowed_algorithm_and_it_learns(envs, algo, action
     assert envs[action_type].action_space.contains(action if action_type == "continuous" else int(action))
 
 
+@pytest.mark.parametrize("algo, action_type", [("dqn", "discrete"), ("ppo", "discrete"), ("ddpg", "continuous")])
+def test_a_channel_env_trains_dqn_ppo_and_ddpg_as_amc_did(algo, action_type):
+    """The channel env (one group per step, the share of its channels removed) with the agents
+    of the issue: DQN as in PuRL, PPO, and DDPG as AMC used it."""
+    env = gym.make("PruneResNet20DigitsChannels-v1", action_type=action_type, **SYNTHETIC)
+    agent = make_agent(env, algo, QUICK[algo], seed=0)
+    before = parameters_of(agent)
+    agent.learn(total_timesteps=200)
+    assert any(not torch.equal(a, b) for a, b in zip(before, parameters_of(agent), strict=True))
+    observation, _ = env.reset()
+    done, info = False, {}
+    while not done:  # its policy plays a whole episode within the budget
+        action, _ = agent.predict(observation, deterministic=True)
+        observation, _, done, _, info = env.step(action if action_type == "continuous" else int(action))
+    assert info["flops_reduction"] >= env.unwrapped.target_sparsity - 1e-9
+    env.close()
+
+
 def test_action_type_allows_the_expected_algorithms():
     assert algorithms_for("discrete") == ["dqn", "ppo", "a2c"]
     assert algorithms_for("continuous") == ["ppo", "a2c", "sac", "td3", "ddpg"]
