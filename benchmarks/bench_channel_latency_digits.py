@@ -57,8 +57,7 @@ def runners(dense: torch.nn.Module, slim: torch.nn.Module, folder: Path) -> dict
     made: dict[str, dict[str, object]] = {runtime: {} for runtime in RUNTIMES}
     for name, model in (("dense", dense), ("pruned", slim)):
         folded = fold_batchnorm(model)
-        session = OnnxRunner(export_onnx(model, example, folder / f"{name}.onnx")).session
-        feed_name = session.get_inputs()[0].name
+        onnx = OnnxRunner(export_onnx(model, example, folder / f"{name}.onnx"))
 
         for runtime, network, channels_last in (
                 ("pytorch", model, False), ("pytorch, BatchNorm folded", folded, False),
@@ -72,7 +71,8 @@ def runners(dense: torch.nn.Module, slim: torch.nn.Module, folder: Path) -> dict
                     network(inputs.contiguous(memory_format=torch.channels_last) if channels_last else inputs)
 
             made[runtime][name] = run
-        made["onnxruntime"][name] = lambda x, session=session, feed_name=feed_name: session.run(None, {feed_name: x})
+        # The batch is numpy already: the session is called directly, as OnnxRunner calls it.
+        made["onnxruntime"][name] = lambda x, onnx=onnx: onnx.session.run(None, {onnx.input_name: x})
     return made
 
 
