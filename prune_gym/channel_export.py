@@ -266,7 +266,7 @@ class ChannelExport:
         return "\n".join(lines)
 
 
-def write_onnx(model: nn.Module, env: Any, path: Path) -> tuple[Path, float]:
+def _write_onnx(model: nn.Module, env: Any, path: Path) -> tuple[Path, float]:
     """``model`` (a channel env's smaller network, on the CPU) as ONNX at ``path``, and the largest
     difference between onnxruntime's and PyTorch's logits on 64 of the env's test inputs."""
     path = export_onnx(model, _example(env), path)
@@ -311,7 +311,7 @@ def export_channel_recipe(env: Any, layer_sparsities: Mapping[str, float], outpu
         record["predicted_speedup"] = 1.0 / max(1.0 - info["latency_reduction"], 1e-12)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = save_slim(slim, output / "model.pt", removed, record)
-    onnx_path, difference = write_onnx(slim, env, output / "model.onnx") if onnx else (None, None)
+    onnx_path, difference = _write_onnx(slim, env, output / "model.onnx") if onnx else (None, None)
     timings: dict[str, dict[str, dict[str, float]]] = {}
     if latency:
         dense = env.dense_architecture()
@@ -381,7 +381,7 @@ def export_channel_task(env_id: str, output: str | Path, *, policy: str | None =
             save_slim(slim, Path(output) / "model-finetuned.pt", dict(zip(
                 prune_env.group_names(), prune_env.removed_channels(), strict=True)), {**meta, **extra})
             if onnx:  # the same architecture as model.onnx: the latency measured above holds for it
-                _, extra["finetuned_onnx_max_difference"] = write_onnx(slim, prune_env, Path(output) / "model-finetuned.onnx")
+                _, extra["finetuned_onnx_max_difference"] = _write_onnx(slim, prune_env, Path(output) / "model-finetuned.onnx")
     finally:
         env.close()
     return result, extra
