@@ -76,13 +76,21 @@ def _global(scores: Sequence[np.ndarray], allowed: Sequence[np.ndarray], cost: C
 
 def _scaled(shares: np.ndarray, allowed: Sequence[np.ndarray], cost: ChannelCost, budget: str, target: float,
             steps: int = 4096) -> np.ndarray:
-    """Remove ``scale * shares[g]`` of each group's channels, the smallest scale that meets the target."""
-    top = 1.0 / max(float(shares.max()), 1e-12)
+    """Remove ``scale * shares[g]`` of each group's channels, the smallest scale that meets the target.
 
-    def counts_at(step: int) -> np.ndarray:
-        return _snap(np.floor(step / steps * top * shares * cost.channels + 0.5).astype(np.int64), allowed)
+    The scale first rises until the largest share's group would lose all its channels; when the
+    target is not met by then (unequal shares, a target near what the caps allow), it rises on
+    until the smallest share's group would too, every group then at its cap."""
 
-    return _smallest_meeting(counts_at, steps, cost, budget, target)
+    def path(top: float) -> Callable[[int], np.ndarray]:
+        def counts_at(step: int) -> np.ndarray:
+            return _snap(np.floor(step / steps * top * shares * cost.channels + 0.5).astype(np.int64), allowed)
+        return counts_at
+
+    counts = _smallest_meeting(path(1.0 / max(float(shares.max()), 1e-12)), steps, cost, budget, target)
+    if cost.reduction(budget, counts) >= target:
+        return counts
+    return _smallest_meeting(path(1.0 / max(float(shares.min()), 1e-12)), steps, cost, budget, target)
 
 
 def _global_norm(importance, cost, allowed, budget, target, seed):

@@ -158,7 +158,9 @@ class ChannelPruneEnv(EngineView, gym.Env):
     - v1: initial release (2026-12-04); ``budget="latency"`` added 2026-12-05 (the defaults unchanged);
       later that day: a model's groups a mask cannot remove keep their channels instead of refusing the
       model, and masks of groups sharing a BatchNorm (DenseNet) no longer undo each other (the
-      registered tasks have neither: their episodes are unchanged).
+      registered tasks have neither: their episodes are unchanged); the random and uniform rules meet
+      targets near what the caps allow, which the random rule could miss (where they met the
+      target before, their allocations are unchanged).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
